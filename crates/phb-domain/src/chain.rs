@@ -1,0 +1,122 @@
+//! The hash chain and signatures: the bytes an auditor re-computes.
+//! docs/log-format.md specifies the same layout for other languages.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// The `prev_hash` of sequence 1.
+pub const GENESIS_HASH: Hash = [0u8; 32];
+
+/// A signed event as submitted and as stored: the exact client bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEvent {
+    /// The serialized `Event` message, verbatim.
+    pub event: Vec<u8>,
+    /// The signer's id ("root" or an organisation id).
+    pub signer_id: String,
+    /// ed25519 signature over `event`.
+    pub signature: Vec<u8>,
+}
+
+impl SignedEvent {
+    /// The idempotency digest: SHA-256 over the length-prefixed signer id,
+    /// signature and event bytes. Two submissions are "the same signed event"
+    /// exactly when this matches.
+    pub fn digest(&self) -> Hash {
+        let mut h = Sha256::new();
+        put(&mut h, self.signer_id.as_bytes());
+        put(&mut h, &self.signature);
+        put(&mut h, &self.event);
+        h.finalize().into()
+    }
+}
+
+fn put(h: &mut Sha256, bytes: &[u8]) {
+    // Bounded well below u32::MAX by MAX_EVENT_BYTES and the gRPC message limit.
+    h.update((bytes.len() as u32).to_be_bytes());
+    h.update(bytes);
+}
+
+/// One entry of the log, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// From 1, no gaps.
+    pub sequence: u64,
+    /// Microseconds since the Unix epoch, never decreasing along the log.
+    pub recorded_at_micros: i64,
+    /// The previous entry's hash.
+    pub prev_hash: Hash,
+    /// This entry's hash (`entry_hash` of the fields above).
+    pub hash: Hash,
+    /// What was submitted.
+    pub signed: SignedEvent,
+}
+
+/// The entry hash:
+/// `SHA-256(prev_hash ‖ u64be(sequence) ‖ i64be(recorded_at_micros) ‖
+///  u32be(len) ‖ signer_id ‖ u32be(len) ‖ signature ‖ u32be(len) ‖ event)`.
+pub fn entry_hash(
+    prev_hash: &Hash,
+    sequence: u64,
+    recorded_at_micros: i64,
+    signed: &SignedEvent,
+) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev_hash);
+    h.update(sequence.to_be_bytes());
+    h.update(recorded_at_micros.to_be_bytes());
+    put(&mut h, signed.signer_id.as_bytes());
+    put(&mut h, &signed.signature);
+    put(&mut h, &signed.event);
+    h.finalize().into()
+}
+
+impl LogEntry {
+    /// Builds the entry that follows `prev`, computing its hash.
+    pub fn next(
+        prev_hash: Hash,
+        sequence: u64,
+        recorded_at_micros: i64,
+        signed: SignedEvent,
+    ) -> LogEntry {
+        let hash = entry_hash(&prev_hash, sequence, recorded_at_micros, &signed);
+        LogEntry {
+            sequence,
+            recorded_at_micros,
+            prev_hash,
+            hash,
+            signed,
+        }
+    }
+
+    /// True if `hash` matches the other fields.
+    pub fn hash_is_valid(&self) -> bool {
+        entry_hash(
+            &self.prev_hash,
+            self.sequence,
+            self.recorded_at_micros,
+            &self.signed,
+        ) == self.hash
+    }
+}
+
+/// Parses a raw 32-byte public key, refusing malformed and weak (small-order) keys,
+/// under which a batch verifier could accept forgeries.
+pub fn parse_public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    let key = VerifyingKey::from_bytes(bytes).ok()?;
+    if key.is_weak() {
+        return None;
+    }
+    Some(key)
+}
+
+/// Strict ed25519 verification of `signature` over `message`.
+pub fn verify_signature(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(sig) = Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(message, &sig).is_ok()
+}

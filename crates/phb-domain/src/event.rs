@@ -1,0 +1,605 @@
+//! Domain events, and the one place wire bytes become them.
+//!
+//! `decode_event` takes the exact bytes a client signed and returns a fully
+//! validated `Event` or a `Reject` naming the field to fix. Everything after
+//! it (authorisation, budget rules, projection) works on these types only.
+
+use crate::error::Reject;
+use crate::money::{self, Money};
+use phb_proto::v1 as pb;
+use prost::Message;
+
+/// The largest serialized `Event` accepted (64 KiB).
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Longest event, budget and organisation id.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest pseudonymous reference (holder, payee, supplier).
+pub const MAX_REF_LEN: usize = 64;
+/// Longest free-text field (reason, description).
+pub const MAX_TEXT_LEN: usize = 256;
+/// Earliest `occurred_at` accepted: 2000-01-01T00:00:00Z, in microseconds.
+pub const MIN_OCCURRED_AT_MICROS: i64 = 946_684_800 * 1_000_000;
+/// How far into the future `occurred_at` may be (24 hours), in microseconds.
+pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// The reserved signer id of the ledger's root key.
+pub const ROOT_SIGNER: &str = "root";
+
+/// What an organisation may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Opens, funds, reviews and stops its own budgets.
+    Commissioner,
+    /// Pays personal assistants on budgets that name it.
+    PayrollProvider,
+    /// Holds and spends funds on budgets that name it.
+    ThirdParty,
+    /// Holds a direct-payment account on budgets that name it.
+    AccountProvider,
+    /// Reads everything.
+    Auditor,
+}
+
+/// How a budget's money is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Management {
+    /// Held in the holder's own account.
+    DirectPayment,
+    /// Held by a third-party organisation.
+    ThirdParty,
+    /// Kept by the commissioner.
+    Notional,
+}
+
+/// Why an allocation was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllocationBasis {
+    /// From a care cluster's cost.
+    ClusterCost,
+    /// From an assessment of need.
+    NeedsBased,
+    /// From the cost of existing services.
+    ExistingServices,
+    /// A one-off sum.
+    OneOff,
+}
+
+/// Who a payment goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayeeKind {
+    /// A personal assistant (wages).
+    PersonalAssistant,
+    /// A provider (invoice).
+    Provider,
+}
+
+/// A calendar date, validated, kept as (year, month, day) so it orders correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Date {
+    /// Year (2000-2199).
+    pub year: u16,
+    /// Month 1-12.
+    pub month: u8,
+    /// Day 1-31, valid for the month.
+    pub day: u8,
+}
+
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new organisation and its key.
+    OrganisationRegistered {
+        /// The organisation's id.
+        organisation_id: String,
+        /// Its roles (sorted, no duplicates).
+        roles: Vec<Role>,
+        /// Its ed25519 public key.
+        public_key: [u8; 32],
+    },
+    /// A new key for an organisation.
+    KeyRotated {
+        /// The organisation.
+        organisation_id: String,
+        /// The new ed25519 public key.
+        new_public_key: [u8; 32],
+    },
+    /// A new budget.
+    BudgetOpened {
+        /// Pseudonymous holder reference.
+        holder_ref: String,
+        /// The commissioner.
+        commissioner_id: String,
+        /// First day.
+        period_start: Date,
+        /// Last day.
+        period_end: Date,
+        /// How the money is held.
+        management: Management,
+        /// Who holds the funds, if anyone.
+        funds_holder_id: Option<String>,
+        /// The payroll provider, if any.
+        payroll_provider_id: Option<String>,
+    },
+    /// Entitlement up.
+    Allocation {
+        /// Positive amount.
+        amount: Money,
+        /// Why.
+        basis: AllocationBasis,
+    },
+    /// Money paid to where the budget is held.
+    Disbursement {
+        /// Positive amount.
+        amount: Money,
+    },
+    /// Money paid out: wages or invoices.
+    Payment {
+        /// Positive amount.
+        amount: Money,
+        /// Who is paid.
+        payee_kind: PayeeKind,
+        /// Pseudonymous payee.
+        payee_ref: String,
+        /// Spending category.
+        category: String,
+        /// Payer's reference.
+        reference: String,
+    },
+    /// Goods or services bought.
+    Purchase {
+        /// Positive amount.
+        amount: Money,
+        /// Spending category.
+        category: String,
+        /// Pseudonymous supplier.
+        supplier_ref: String,
+        /// What was bought.
+        description: String,
+        /// Receipt reference.
+        receipt_ref: String,
+    },
+    /// Entitlement up or down after a review.
+    ReviewAdjustment {
+        /// Non-zero signed amount.
+        delta: Money,
+        /// Why.
+        reason: String,
+    },
+    /// The budget is stopped.
+    BudgetStopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// True for events that are about organisations rather than a budget.
+    pub fn is_organisation_event(&self) -> bool {
+        matches!(
+            self,
+            EventKind::OrganisationRegistered { .. } | EventKind::KeyRotated { .. }
+        )
+    }
+
+    /// A short name for logs and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::OrganisationRegistered { .. } => "OrganisationRegistered",
+            EventKind::KeyRotated { .. } => "KeyRotated",
+            EventKind::BudgetOpened { .. } => "BudgetOpened",
+            EventKind::Allocation { .. } => "Allocation",
+            EventKind::Disbursement { .. } => "Disbursement",
+            EventKind::Payment { .. } => "Payment",
+            EventKind::Purchase { .. } => "Purchase",
+            EventKind::ReviewAdjustment { .. } => "ReviewAdjustment",
+            EventKind::BudgetStopped { .. } => "BudgetStopped",
+        }
+    }
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Idempotency key.
+    pub event_id: String,
+    /// The budget (empty for organisation events).
+    pub budget_id: String,
+    /// When it happened, microseconds since the Unix epoch.
+    pub occurred_at_micros: i64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What the decoder checks against: this ledger's id and the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeContext<'a> {
+    /// The server's configured ledger id.
+    pub ledger_id: &'a str,
+    /// The time the event is being recorded, microseconds since the epoch.
+    pub now_micros: i64,
+}
+
+/// Checks an id: 1..=max characters from `[A-Za-z0-9._:-]`.
+pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Reject> {
+    if value.is_empty() {
+        return Err(Reject::invalid(field, format!("{field} is required")));
+    }
+    if value.len() > max {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} is {} bytes long; the limit is {max}", value.len()),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} contains {c:?}; use only A-Z, a-z, 0-9 and . _ : -"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_category(field: &str, value: &str) -> Result<(), Reject> {
+    if value.is_empty() || value.len() > MAX_REF_LEN {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} must be 1-{MAX_REF_LEN} characters"),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} {value:?} must use only a-z, 0-9, _ and - (e.g. \"personal_care\")"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text: printable, no control characters, bounded.
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Reject> {
+    if required && value.trim().is_empty() {
+        return Err(Reject::invalid(field, format!("{field} is required")));
+    }
+    if value.chars().count() > max {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Reject::invalid(
+            field,
+            format!("{field} contains control characters; use printable text only"),
+        ));
+    }
+    Ok(())
+}
+
+fn amount(field: &str, s: &str) -> Result<Money, Reject> {
+    money::parse_positive(s).map_err(|e| Reject::invalid(field, e.to_string()))
+}
+
+fn key32(field: &str, bytes: &[u8]) -> Result<[u8; 32], Reject> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| {
+        Reject::invalid(
+            field,
+            format!(
+                "{field} must be a raw 32-byte ed25519 public key; got {} bytes",
+                bytes.len()
+            ),
+        )
+    })
+}
+
+/// Parses "YYYY-MM-DD" strictly.
+pub fn parse_date(field: &str, s: &str) -> Result<Date, Reject> {
+    let bad = || {
+        Reject::invalid(
+            field,
+            format!("{field} {s:?} is not a date of the form YYYY-MM-DD between 2000 and 2199"),
+        )
+    };
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u16, Reject> {
+        let part = &s[r];
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse::<u16>().map_err(|_| bad())
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(2000..=2199).contains(&year) || !(1..=12).contains(&month) {
+        return Err(bad());
+    }
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if day == 0 || day > days {
+        return Err(bad());
+    }
+    Ok(Date {
+        year,
+        month: month as u8,
+        day: day as u8,
+    })
+}
+
+fn role(r: i32) -> Result<Role, Reject> {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::Commissioner) => Ok(Role::Commissioner),
+        Ok(pb::Role::PayrollProvider) => Ok(Role::PayrollProvider),
+        Ok(pb::Role::ThirdParty) => Ok(Role::ThirdParty),
+        Ok(pb::Role::AccountProvider) => Ok(Role::AccountProvider),
+        Ok(pb::Role::Auditor) => Ok(Role::Auditor),
+        _ => Err(Reject::invalid(
+            "kind.organisation_registered.roles",
+            format!("role {r} is not a known role; use ROLE_COMMISSIONER, ROLE_PAYROLL_PROVIDER, ROLE_THIRD_PARTY, ROLE_ACCOUNT_PROVIDER or ROLE_AUDITOR"),
+        )),
+    }
+}
+
+fn optional_org(field: &str, s: &str) -> Result<Option<String>, Reject> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        check_id(field, s, MAX_ID_LEN)?;
+        Ok(Some(s.to_string()))
+    }
+}
+
+/// The `event_id` of stored event bytes, without validating the rest
+/// (used to re-index the log).
+pub fn decode_event_id(bytes: &[u8]) -> Option<String> {
+    pb::Event::decode(bytes).ok().map(|e| e.event_id)
+}
+
+/// Decodes and validates the exact bytes a client signed.
+///
+/// Checks everything that needs no ledger state: shape, ids, amounts,
+/// dates, the ledger id and the clock window.
+pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Reject> {
+    if bytes.is_empty() {
+        return Err(Reject::invalid("event", "event is empty; send the serialized Event message"));
+    }
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Reject::invalid(
+            "event",
+            format!(
+                "event is {} bytes; the limit is {MAX_EVENT_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let ev = pb::Event::decode(bytes).map_err(|e| {
+        Reject::invalid(
+            "event",
+            format!("event bytes are not a valid phb.ledger.v1.Event protobuf message: {e}"),
+        )
+    })?;
+    check_id("event_id", &ev.event_id, MAX_ID_LEN)?;
+    if ev.ledger_id != ctx.ledger_id {
+        return Err(Reject::invalid(
+            "ledger_id",
+            format!(
+                "ledger_id {:?} is not this ledger ({:?}); events cannot be replayed across ledgers",
+                ev.ledger_id, ctx.ledger_id
+            ),
+        ));
+    }
+    let occurred = ev.occurred_at.as_ref().ok_or_else(|| {
+        Reject::invalid("occurred_at", "occurred_at is required: when the event happened")
+    })?;
+    if !(0..1_000_000_000).contains(&occurred.nanos) {
+        return Err(Reject::invalid(
+            "occurred_at",
+            "occurred_at.nanos must be between 0 and 999999999",
+        ));
+    }
+    let occurred_at_micros = occurred
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(occurred.nanos / 1000)))
+        .filter(|m| *m >= MIN_OCCURRED_AT_MICROS && *m <= ctx.now_micros.saturating_add(MAX_FUTURE_MICROS))
+        .ok_or_else(|| {
+            Reject::invalid(
+                "occurred_at",
+                "occurred_at must be after 2000-01-01 and no more than 24 hours in the future",
+            )
+        })?;
+    let kind = ev.kind.ok_or_else(|| {
+        Reject::invalid("kind", "exactly one event kind (payment, purchase, ...) must be set")
+    })?;
+    let kind = decode_kind(kind)?;
+    if kind.is_organisation_event() {
+        if !ev.budget_id.is_empty() {
+            return Err(Reject::invalid(
+                "budget_id",
+                format!("budget_id must be empty for {}", kind.name()),
+            ));
+        }
+    } else {
+        check_id("budget_id", &ev.budget_id, MAX_ID_LEN)?;
+    }
+    Ok(Event {
+        event_id: ev.event_id,
+        budget_id: ev.budget_id,
+        occurred_at_micros,
+        kind,
+    })
+}
+
+fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
+    use pb::event::Kind as K;
+    Ok(match kind {
+        K::OrganisationRegistered(o) => {
+            let f = "kind.organisation_registered";
+            check_id(&format!("{f}.organisation_id"), &o.organisation_id, MAX_ID_LEN)?;
+            if o.organisation_id == ROOT_SIGNER {
+                return Err(Reject::invalid(
+                    format!("{f}.organisation_id"),
+                    "\"root\" is reserved for the ledger's root key",
+                ));
+            }
+            if o.roles.is_empty() {
+                return Err(Reject::invalid(format!("{f}.roles"), "at least one role is required"));
+            }
+            let mut roles = o.roles.iter().map(|r| role(*r)).collect::<Result<Vec<_>, _>>()?;
+            roles.sort();
+            let n = roles.len();
+            roles.dedup();
+            if roles.len() != n {
+                return Err(Reject::invalid(format!("{f}.roles"), "roles must not repeat"));
+            }
+            EventKind::OrganisationRegistered {
+                organisation_id: o.organisation_id,
+                roles,
+                public_key: key32(&format!("{f}.public_key"), &o.public_key)?,
+            }
+        }
+        K::KeyRotated(k) => {
+            let f = "kind.key_rotated";
+            check_id(&format!("{f}.organisation_id"), &k.organisation_id, MAX_ID_LEN)?;
+            EventKind::KeyRotated {
+                organisation_id: k.organisation_id,
+                new_public_key: key32(&format!("{f}.new_public_key"), &k.new_public_key)?,
+            }
+        }
+        K::BudgetOpened(b) => {
+            let f = "kind.budget_opened";
+            check_id(&format!("{f}.holder_ref"), &b.holder_ref, MAX_REF_LEN)?;
+            check_id(&format!("{f}.commissioner_id"), &b.commissioner_id, MAX_ID_LEN)?;
+            let period_start = parse_date(&format!("{f}.period_start"), &b.period_start)?;
+            let period_end = parse_date(&format!("{f}.period_end"), &b.period_end)?;
+            if period_end < period_start {
+                return Err(Reject::invalid(
+                    format!("{f}.period_end"),
+                    format!("period_end {period_end} is before period_start {period_start}"),
+                ));
+            }
+            let management = match pb::Management::try_from(b.management) {
+                Ok(pb::Management::DirectPayment) => Management::DirectPayment,
+                Ok(pb::Management::ThirdParty) => Management::ThirdParty,
+                Ok(pb::Management::Notional) => Management::Notional,
+                _ => {
+                    return Err(Reject::invalid(
+                        format!("{f}.management"),
+                        "management must be MANAGEMENT_DIRECT_PAYMENT, MANAGEMENT_THIRD_PARTY or MANAGEMENT_NOTIONAL",
+                    ))
+                }
+            };
+            let funds_holder_id = optional_org(&format!("{f}.funds_holder_id"), &b.funds_holder_id)?;
+            let payroll_provider_id =
+                optional_org(&format!("{f}.payroll_provider_id"), &b.payroll_provider_id)?;
+            match management {
+                Management::ThirdParty if funds_holder_id.is_none() => {
+                    return Err(Reject::invalid(
+                        format!("{f}.funds_holder_id"),
+                        "a third-party budget needs funds_holder_id: the organisation that holds the money",
+                    ))
+                }
+                Management::Notional if funds_holder_id.is_some() || payroll_provider_id.is_some() => {
+                    return Err(Reject::invalid(
+                        format!("{f}.funds_holder_id"),
+                        "a notional budget is held by the commissioner: leave funds_holder_id and payroll_provider_id empty",
+                    ))
+                }
+                _ => {}
+            }
+            EventKind::BudgetOpened {
+                holder_ref: b.holder_ref,
+                commissioner_id: b.commissioner_id,
+                period_start,
+                period_end,
+                management,
+                funds_holder_id,
+                payroll_provider_id,
+            }
+        }
+        K::Allocation(a) => EventKind::Allocation {
+            amount: amount("kind.allocation.amount", &a.amount)?,
+            basis: match pb::AllocationBasis::try_from(a.basis) {
+                Ok(pb::AllocationBasis::ClusterCost) => AllocationBasis::ClusterCost,
+                Ok(pb::AllocationBasis::NeedsBased) => AllocationBasis::NeedsBased,
+                Ok(pb::AllocationBasis::ExistingServices) => AllocationBasis::ExistingServices,
+                Ok(pb::AllocationBasis::OneOff) => AllocationBasis::OneOff,
+                _ => {
+                    return Err(Reject::invalid(
+                        "kind.allocation.basis",
+                        "basis must be one of ALLOCATION_BASIS_CLUSTER_COST, _NEEDS_BASED, _EXISTING_SERVICES, _ONE_OFF",
+                    ))
+                }
+            },
+        },
+        K::Disbursement(d) => EventKind::Disbursement {
+            amount: amount("kind.disbursement.amount", &d.amount)?,
+        },
+        K::Payment(p) => {
+            let f = "kind.payment";
+            let payee_kind = match pb::PayeeKind::try_from(p.payee_kind) {
+                Ok(pb::PayeeKind::PersonalAssistant) => PayeeKind::PersonalAssistant,
+                Ok(pb::PayeeKind::Provider) => PayeeKind::Provider,
+                _ => {
+                    return Err(Reject::invalid(
+                        format!("{f}.payee_kind"),
+                        "payee_kind must be PAYEE_KIND_PERSONAL_ASSISTANT or PAYEE_KIND_PROVIDER",
+                    ))
+                }
+            };
+            check_id(&format!("{f}.payee_ref"), &p.payee_ref, MAX_REF_LEN)?;
+            check_category(&format!("{f}.category"), &p.category)?;
+            check_text(&format!("{f}.reference"), &p.reference, MAX_ID_LEN, false)?;
+            EventKind::Payment {
+                amount: amount(&format!("{f}.amount"), &p.amount)?,
+                payee_kind,
+                payee_ref: p.payee_ref,
+                category: p.category,
+                reference: p.reference,
+            }
+        }
+        K::Purchase(p) => {
+            let f = "kind.purchase";
+            check_category(&format!("{f}.category"), &p.category)?;
+            check_id(&format!("{f}.supplier_ref"), &p.supplier_ref, MAX_REF_LEN)?;
+            check_text(&format!("{f}.description"), &p.description, MAX_TEXT_LEN, false)?;
+            check_text(&format!("{f}.receipt_ref"), &p.receipt_ref, MAX_ID_LEN, false)?;
+            EventKind::Purchase {
+                amount: amount(&format!("{f}.amount"), &p.amount)?,
+                category: p.category,
+                supplier_ref: p.supplier_ref,
+                description: p.description,
+                receipt_ref: p.receipt_ref,
+            }
+        }
+        K::ReviewAdjustment(r) => {
+            let f = "kind.review_adjustment";
+            check_text(&format!("{f}.reason"), &r.reason, MAX_TEXT_LEN, true)?;
+            EventKind::ReviewAdjustment {
+                delta: money::parse_nonzero_delta(&r.delta)
+                    .map_err(|e| Reject::invalid(format!("{f}.delta"), e.to_string()))?,
+                reason: r.reason,
+            }
+        }
+        K::BudgetStopped(s) => {
+            check_text("kind.budget_stopped.reason", &s.reason, MAX_TEXT_LEN, true)?;
+            EventKind::BudgetStopped { reason: s.reason }
+        }
+    })
+}

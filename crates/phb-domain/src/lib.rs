@@ -1,0 +1,20 @@
+//! The pure core of phb-ledger.
+//!
+//! Domain types (money, events), validation of the exact bytes clients sign,
+//! authorisation, the budget rules, the hash chain and the projections.
+//! No IO, no async, no clock: time comes in as an argument. Everything that
+//! writes (`phb-engine`) and everything that replays (startup, auditors)
+//! goes through the same `Ledger::decide` / `Ledger::apply`.
+#![deny(missing_docs)]
+
+pub mod chain;
+pub mod error;
+pub mod event;
+pub mod ledger;
+pub mod money;
+
+pub use chain::{entry_hash, Hash, LogEntry, SignedEvent, GENESIS_HASH};
+pub use error::{Reject, RejectCode};
+pub use event::{Event, EventKind, Management, Role};
+pub use ledger::{Budget, Change, Head, Ledger, Organisation, Reader, ReplayError, Undo};
+pub use money::Money;

@@ -1,0 +1,384 @@
+//! The write path of phb-ledger, and the committed view readers see.
+//!
+//! One writer thread owns the store and a working copy of the ledger state.
+//! Callers send `AppendRequest`s over a bounded queue; the writer drains what
+//! is waiting (a group), decides every event against its working state,
+//! writes the whole group with one write and one fdatasync, and only then
+//! applies the same changes to the shared read view and answers the callers.
+//! If the write fails, the working state is rolled back and every caller in
+//! the group is told UNAVAILABLE: nothing unacknowledged is ever visible.
+//!
+//! No gRPC here: requests and answers are domain types.
+#![deny(missing_docs)]
+
+use phb_domain::chain::{Hash, LogEntry, SignedEvent};
+use phb_domain::{Change, Head, Ledger, Reject, Undo};
+use phb_store::{Append, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The most events one request may carry.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+/// How many requests may wait for the writer before callers are refused.
+pub const QUEUE_DEPTH: usize = 1024;
+
+/// How to open the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// This ledger's id (events must name it).
+    pub ledger_id: String,
+    /// The root public key.
+    pub root_key: ed25519_dalek::VerifyingKey,
+}
+
+/// Why the engine could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Storage failed or is corrupt.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer thread could not start.
+    #[error("starting the writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What happened to one submitted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written now.
+    Written {
+        /// Its sequence.
+        sequence: u64,
+        /// Its entry hash.
+        entry_hash: Hash,
+    },
+    /// The same signed event was already written.
+    Duplicate {
+        /// The original sequence.
+        sequence: u64,
+        /// The original entry hash.
+        entry_hash: Hash,
+    },
+    /// Refused; nothing written.
+    Rejected(Reject),
+}
+
+/// One submitted event with what the caller already checked.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The exact signed event.
+    pub signed: SignedEvent,
+    /// The key the signature was verified under before queueing, if it was
+    /// (verification is parallel in callers; the writer re-verifies only if
+    /// the signer's key changed in between).
+    pub verified_key: Option<ed25519_dalek::VerifyingKey>,
+}
+
+struct WriteRequest {
+    events: Vec<Submission>,
+    atomic: bool,
+    reply: oneshot::Sender<Vec<Outcome>>,
+}
+
+/// The handle the gRPC shell holds.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<WriteRequest>,
+    view: Arc<RwLock<Ledger>>,
+    committed: watch::Receiver<u64>,
+    reader: Arc<LogReader>,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Opens the store, replays and verifies the whole log, and starts the writer.
+    pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
+        let mut ledger = Ledger::new(config.ledger_id.clone(), config.root_key);
+        let (store, report) = Store::open(&config.data_dir, &mut |entry| {
+            ledger.replay(entry).map(|_| ()).map_err(|e| e.to_string())
+        })?;
+        let reader = Arc::new(store.reader()?);
+        let view = Arc::new(RwLock::new(ledger.clone()));
+        let (committed_tx, committed) = watch::channel(ledger.head().sequence);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            store,
+            ledger,
+            view: view.clone(),
+            committed: committed_tx,
+        };
+        std::thread::Builder::new()
+            .name("phb-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(OpenError::Thread)?;
+        Ok((
+            Engine {
+                tx,
+                view,
+                committed,
+                reader,
+            },
+            report,
+        ))
+    }
+
+    /// The committed state. Hold the guard briefly: the writer waits for it
+    /// after every group.
+    pub fn view(&self) -> RwLockReadGuard<'_, Ledger> {
+        // A poisoned lock means a panic while applying a committed group; the
+        // data is still the last fully applied state, so keep serving reads.
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest committed sequence, updated after every group.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Reads committed entries `from..` up to `max`.
+    pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let through = *self.committed.borrow();
+        self.reader.read(from.max(1), through, max)
+    }
+
+    /// Verifies a signature against the committed view, outside the writer.
+    /// Returns the key it verified under, or `None` if it did not verify (the
+    /// writer then produces the precise refusal).
+    pub fn preverify(&self, signed: &SignedEvent) -> Option<ed25519_dalek::VerifyingKey> {
+        let view = self.view();
+        let key = *view.signer_key(&signed.signer_id)?;
+        drop(view);
+        phb_domain::chain::verify_signature(&key, &signed.event, &signed.signature).then_some(key)
+    }
+
+    /// Submits events and waits until they are durable (or refused).
+    pub async fn append(&self, events: Vec<Submission>, atomic: bool) -> Vec<Outcome> {
+        let n = events.len();
+        let unavailable = |msg: &str| vec![Outcome::Rejected(Reject::unavailable(msg)); n];
+        if n == 0 {
+            return Vec::new();
+        }
+        let (reply, answer) = oneshot::channel();
+        let req = WriteRequest {
+            events,
+            atomic,
+            reply,
+        };
+        if self.tx.send(req).await.is_err() {
+            return unavailable("the writer has stopped; restart the server");
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| unavailable("the writer stopped before answering; retry"))
+    }
+}
+
+struct Writer {
+    store: Store,
+    ledger: Ledger,
+    view: Arc<RwLock<Ledger>>,
+    committed: watch::Sender<u64>,
+}
+
+/// One group under construction.
+#[derive(Default)]
+struct Group {
+    entries: Vec<LogEntry>,
+    event_ids: Vec<String>,
+    changes: Vec<(Change, Head)>,
+    undo: Vec<Undo>,
+    /// event id -> (index in entries, digest)
+    ids: HashMap<String, (usize, Hash)>,
+}
+
+impl Group {
+    fn truncate(&mut self, len: usize) {
+        for id in self.event_ids.drain(len..) {
+            self.ids.remove(&id);
+        }
+        self.entries.truncate(len);
+        self.changes.truncate(len);
+    }
+}
+
+struct Pending {
+    reply: oneshot::Sender<Vec<Outcome>>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Group::default();
+            let mut pending = Vec::new();
+            let now = now_micros();
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                let outcomes = self.process(&mut group, &req, now);
+                pending.push(Pending {
+                    reply: req.reply,
+                    outcomes,
+                });
+                // Take more only while the group has room for a whole request.
+                if group.entries.len() + MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(group, &mut pending);
+            for p in pending {
+                // A caller that went away will retry; its events are durable.
+                let _ = p.reply.send(p.outcomes);
+            }
+        }
+        tracing::info!("writer stopped: all engine handles dropped");
+    }
+
+    fn process(&mut self, group: &mut Group, req: &WriteRequest, now: i64) -> Vec<Outcome> {
+        let start_len = group.entries.len();
+        let start_undo = group.undo.len();
+        let mut outcomes = Vec::with_capacity(req.events.len());
+        for sub in &req.events {
+            let outcome = self.process_one(group, sub, now);
+            let failed = matches!(outcome, Outcome::Rejected(_));
+            outcomes.push(outcome);
+            if failed && req.atomic {
+                let undo = group.undo.split_off(start_undo);
+                self.ledger.rollback(undo);
+                group.truncate(start_len);
+                let failed_at = outcomes.len() - 1;
+                return abort_others(outcomes, failed_at, req.events.len());
+            }
+        }
+        outcomes
+    }
+
+    fn process_one(&mut self, group: &mut Group, sub: &Submission, now: i64) -> Outcome {
+        match self.try_one(group, sub, now) {
+            Ok(o) => o,
+            Err(r) => Outcome::Rejected(r),
+        }
+    }
+
+    fn try_one(&mut self, group: &mut Group, sub: &Submission, now: i64) -> Result<Outcome, Reject> {
+        let signed = &sub.signed;
+        let event = self.ledger.decode(signed, now)?;
+        let digest = signed.digest();
+        let existing = match group.ids.get(&event.event_id) {
+            Some((i, d)) => Some((group.entries[*i].sequence, *d, group.entries[*i].hash)),
+            None => self
+                .store
+                .find_event(&event.event_id)
+                .map_err(|e| Reject::unavailable(format!("index lookup failed: {e}")))?
+                .map(|x| (x.sequence, x.digest, x.entry_hash)),
+        };
+        if let Some((sequence, d, entry_hash)) = existing {
+            if d == digest {
+                return Ok(Outcome::Duplicate {
+                    sequence,
+                    entry_hash,
+                });
+            }
+            return Err(Reject::exists(format!(
+                "event_id {:?} was already used at sequence {sequence} for a different event; use a new event_id for a new event",
+                event.event_id
+            )));
+        }
+        let current = self.ledger.signer_key(&signed.signer_id).copied();
+        if current.is_none() || current != sub.verified_key {
+            self.ledger.authenticate(signed)?;
+        }
+        let change = self.ledger.decide(&signed.signer_id, &event)?;
+        let head = self.ledger.head();
+        let entry = LogEntry::next(
+            head.hash,
+            head.sequence + 1,
+            now.max(head.recorded_at_micros),
+            signed.clone(),
+        );
+        let new_head = Head {
+            sequence: entry.sequence,
+            hash: entry.hash,
+            recorded_at_micros: entry.recorded_at_micros,
+        };
+        group.undo.push(self.ledger.apply(change.clone(), new_head));
+        group
+            .ids
+            .insert(event.event_id.clone(), (group.entries.len(), digest));
+        group.event_ids.push(event.event_id);
+        group.changes.push((change, new_head));
+        let out = Outcome::Written {
+            sequence: entry.sequence,
+            entry_hash: entry.hash,
+        };
+        group.entries.push(entry);
+        Ok(out)
+    }
+
+    fn commit(&mut self, group: Group, pending: &mut [Pending]) {
+        if group.entries.is_empty() {
+            return;
+        }
+        let appends: Vec<Append<'_>> = group
+            .entries
+            .iter()
+            .zip(&group.event_ids)
+            .map(|(entry, id)| Append {
+                entry,
+                event_id: id,
+            })
+            .collect();
+        match self.store.append(&appends) {
+            Ok(()) => {
+                let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+                for (change, head) in group.changes {
+                    view.apply(change, head);
+                }
+                debug_assert_eq!(view.head(), self.ledger.head());
+                let head = view.head().sequence;
+                drop(view);
+                self.committed.send_replace(head);
+                tracing::debug!(entries = appends.len(), head, "group committed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");
+                self.ledger.rollback(group.undo);
+                let msg = format!("the ledger could not store this event ({e}); nothing was written, retry later with the same event_id");
+                for p in pending.iter_mut() {
+                    for o in p.outcomes.iter_mut() {
+                        if matches!(o, Outcome::Written { .. }) {
+                            *o = Outcome::Rejected(Reject::unavailable(msg.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn abort_others(mut outcomes: Vec<Outcome>, failed_at: usize, total: usize) -> Vec<Outcome> {
+    let reason = match &outcomes[failed_at] {
+        Outcome::Rejected(r) => r.message.clone(),
+        _ => String::new(),
+    };
+    let aborted = Reject::aborted(format!(
+        "not applied: the atomic batch failed at event {failed_at} ({reason})"
+    ));
+    for (i, o) in outcomes.iter_mut().enumerate() {
+        if i != failed_at {
+            *o = Outcome::Rejected(aborted.clone());
+        }
+    }
+    outcomes.resize(total, Outcome::Rejected(aborted));
+    outcomes
+}

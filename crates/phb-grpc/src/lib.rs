@@ -1,0 +1,378 @@
+//! The gRPC shell of phb-ledger: `phb.ledger.v1.LedgerService`, read-call
+//! authentication, health and reflection. Converts wire types to domain types
+//! and back; every `Reject` becomes a `tonic::Status` in `status::from_reject`.
+#![deny(missing_docs)]
+
+mod read_auth;
+pub mod status;
+
+use phb_domain::chain::SignedEvent;
+use phb_domain::{Budget, Ledger, LogEntry, Management};
+use phb_engine::{Engine, Outcome, Submission, MAX_EVENTS_PER_REQUEST};
+use phb_proto::v1 as pb;
+use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+
+pub use read_auth::MAX_CLOCK_SKEW_SECS;
+
+/// Largest request accepted on the wire (8 MiB). A full 1000-event batch of
+/// typical events is well under 1 MiB; single events are capped at 64 KiB.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Default and largest ListBalances page.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest ListBalances page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Entries read from disk per ReadLog step.
+const READ_LOG_CHUNK: usize = 256;
+/// Entries buffered per ReadLog stream before back-pressure.
+const READ_LOG_BUFFER: usize = 512;
+
+/// The service.
+#[derive(Clone)]
+pub struct LedgerApi {
+    engine: Engine,
+}
+
+impl LedgerApi {
+    /// Wraps an engine.
+    pub fn new(engine: Engine) -> Self {
+        LedgerApi { engine }
+    }
+}
+
+fn money_pb(b: &Budget) -> pb::Balance {
+    pb::Balance {
+        budget_id: b.id.clone(),
+        holder_ref: b.holder_ref.clone(),
+        commissioner_id: b.commissioner_id.clone(),
+        management: match b.management {
+            Management::DirectPayment => pb::Management::DirectPayment,
+            Management::ThirdParty => pb::Management::ThirdParty,
+            Management::Notional => pb::Management::Notional,
+        } as i32,
+        funds_holder_id: b.funds_holder_id.clone().unwrap_or_default(),
+        payroll_provider_id: b.payroll_provider_id.clone().unwrap_or_default(),
+        allocated: b.allocated.to_string(),
+        paid_in: b.paid_in.to_string(),
+        spent: b.spent.to_string(),
+        held: b.held().to_string(),
+        available: b.available().to_string(),
+        stopped: b.stopped,
+        last_sequence: b.last_sequence,
+        period_start: b.period_start.to_string(),
+        period_end: b.period_end.to_string(),
+    }
+}
+
+/// The wire form of a log entry.
+pub fn entry_pb(e: LogEntry) -> pb::LogEntry {
+    pb::LogEntry {
+        sequence: e.sequence,
+        recorded_at: Some(prost_types::Timestamp {
+            seconds: e.recorded_at_micros.div_euclid(1_000_000),
+            nanos: (e.recorded_at_micros.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        prev_hash: e.prev_hash.to_vec(),
+        hash: e.hash.to_vec(),
+        signed_event: Some(pb::SignedEvent {
+            event: e.signed.event,
+            signer_id: e.signed.signer_id,
+            signature: e.signed.signature,
+        }),
+    }
+}
+
+fn result_pb(o: Outcome) -> pb::AppendResult {
+    match o {
+        Outcome::Written {
+            sequence,
+            entry_hash,
+        } => pb::AppendResult {
+            sequence,
+            duplicate: false,
+            event_id: String::new(),
+            error: Some(pb::ErrorStatus::default()),
+            entry_hash: entry_hash.to_vec(),
+        },
+        Outcome::Duplicate {
+            sequence,
+            entry_hash,
+        } => pb::AppendResult {
+            sequence,
+            duplicate: true,
+            event_id: String::new(),
+            error: Some(pb::ErrorStatus::default()),
+            entry_hash: entry_hash.to_vec(),
+        },
+        Outcome::Rejected(r) => pb::AppendResult {
+            sequence: 0,
+            duplicate: false,
+            event_id: String::new(),
+            error: Some(pb::ErrorStatus {
+                code: r.code.grpc_code(),
+                message: r.message,
+                field: r.field.unwrap_or_default(),
+            }),
+            entry_hash: Vec::new(),
+        },
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+fn encode_page_token(last_id: &str) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{last_id}")
+}
+
+fn decode_page_token(token: &str) -> Result<&str, Status> {
+    if token.is_empty() {
+        return Ok("");
+    }
+    token
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .filter(|id| phb_domain::event::check_id("page_token", id, phb_domain::event::MAX_ID_LEN).is_ok())
+        .ok_or_else(|| {
+            status::invalid(
+                "page_token",
+                "page_token is not one this server issued; pass next_page_token from the previous page, or empty for the first",
+            )
+        })
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::ReadLogResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LedgerService for LedgerApi {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let req = request.into_inner();
+        if req.events.is_empty() {
+            return Err(status::invalid("events", "events is empty; send at least one SignedEvent"));
+        }
+        if req.events.len() > MAX_EVENTS_PER_REQUEST {
+            return Err(status::invalid(
+                "events",
+                &format!(
+                    "{} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}: split the batch",
+                    req.events.len()
+                ),
+            ));
+        }
+        let ids: Vec<String> = req
+            .events
+            .iter()
+            .map(|e| phb_domain::event::decode_event_id(&e.event).unwrap_or_default())
+            .collect();
+        let submissions: Vec<Submission> = req
+            .events
+            .into_iter()
+            .map(|e| {
+                let signed = SignedEvent {
+                    event: e.event,
+                    signer_id: e.signer_id,
+                    signature: e.signature,
+                };
+                let verified_key = self.engine.preverify(&signed);
+                Submission {
+                    signed,
+                    verified_key,
+                }
+            })
+            .collect();
+        let outcomes = self.engine.append(submissions, req.atomic).await;
+        let results = outcomes
+            .into_iter()
+            .zip(ids)
+            .map(|(o, id)| {
+                if let Outcome::Rejected(r) = &o {
+                    tracing::info!(event_id = %id, code = ?r.code, reason = %r.message, "event refused");
+                }
+                let mut r = result_pb(o);
+                r.event_id = id;
+                r
+            })
+            .collect();
+        Ok(Response::new(pb::AppendResponse { results }))
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let reader_id = read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_BALANCE)?;
+        let budget_id = &request.get_ref().budget_id;
+        phb_domain::event::check_id("budget_id", budget_id, phb_domain::event::MAX_ID_LEN)
+            .map_err(|r| status::from_reject(&r))?;
+        let view = self.engine.view();
+        let reader = view
+            .reader(&reader_id)
+            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+        let budget = view
+            .budget(budget_id)
+            .ok_or_else(|| Status::not_found(format!("budget {budget_id:?} does not exist")))?;
+        if !Ledger::may_read(reader, budget) {
+            return Err(Status::permission_denied(format!(
+                "{reader_id:?} may not read budget {budget_id:?}: commissioners read their own budgets, providers the budgets that name them, auditors all"
+            )));
+        }
+        Ok(Response::new(pb::GetBalanceResponse {
+            balance: Some(money_pb(budget)),
+        }))
+    }
+
+    async fn list_balances(
+        &self,
+        request: Request<pb::ListBalancesRequest>,
+    ) -> Result<Response<pb::ListBalancesResponse>, Status> {
+        let reader_id =
+            read_auth::authenticate(&self.engine, &request, phb_client_paths::LIST_BALANCES)?;
+        let req = request.get_ref();
+        let page_size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = decode_page_token(&req.page_token)?;
+        let filter = req.commissioner_id.as_str();
+        let view = self.engine.view();
+        let reader = view
+            .reader(&reader_id)
+            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+        if let phb_domain::Reader::Organisation(o) = reader {
+            let sees_all = o.has(phb_domain::Role::Auditor);
+            if !filter.is_empty() && !sees_all && filter != o.id && o.has(phb_domain::Role::Commissioner) {
+                return Err(Status::permission_denied(format!(
+                    "{:?} may not list the budgets of commissioner {filter:?}; a commissioner lists its own",
+                    o.id
+                )));
+            }
+        }
+        let mut balances = Vec::with_capacity(page_size);
+        let mut more = false;
+        for b in view.budgets_after(after) {
+            if (!filter.is_empty() && b.commissioner_id != filter) || !Ledger::may_read(reader, b) {
+                continue;
+            }
+            if balances.len() == page_size {
+                more = true;
+                break;
+            }
+            balances.push(money_pb(b));
+        }
+        let next_page_token = match (more, balances.last()) {
+            (true, Some(last)) => encode_page_token(&last.budget_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListBalancesResponse {
+            balances,
+            next_page_token,
+        }))
+    }
+
+    type ReadLogStream = LogStream;
+
+    async fn read_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<Self::ReadLogStream>, Status> {
+        let reader_id = read_auth::authenticate(&self.engine, &request, phb_client_paths::READ_LOG)?;
+        {
+            let view = self.engine.view();
+            let reader = view
+                .reader(&reader_id)
+                .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+            if !Ledger::may_read_log(reader) {
+                return Err(Status::permission_denied(format!(
+                    "{reader_id:?} may not read the whole log: auditors only (use GetBalance/ListBalances for your budgets)"
+                )));
+            }
+        }
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_LOG_BUFFER);
+        tokio::spawn(async move {
+            let mut next = req.from_sequence.max(1);
+            let mut committed = engine.committed();
+            loop {
+                let e = engine.clone();
+                let batch = tokio::task::spawn_blocking(move || e.read_log(next, READ_LOG_CHUNK)).await;
+                let batch = match batch {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(err)) => {
+                        tracing::error!(error = %err, "ReadLog could not read the log");
+                        let _ = tx.send(Err(Status::internal(format!("reading the log failed: {err}")))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                if batch.is_empty() {
+                    if !req.follow {
+                        return;
+                    }
+                    // Wait for the next commit (or the client going away).
+                    tokio::select! {
+                        changed = committed.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                for entry in batch {
+                    next = entry.sequence + 1;
+                    if tx.send(Ok(pb::ReadLogResponse { entry: Some(entry_pb(entry)) })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Method paths (kept here so the server does not depend on the client crate).
+mod phb_client_paths {
+    pub const GET_BALANCE: &str = "/phb.ledger.v1.LedgerService/GetBalance";
+    pub const LIST_BALANCES: &str = "/phb.ledger.v1.LedgerService/ListBalances";
+    pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
+}
+
+/// Serves the ledger, health and reflection on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LedgerServiceServer<LedgerApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(phb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(phb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let ledger = LedgerServiceServer::new(LedgerApi::new(engine))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ledger)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The address a listener is bound to, for logs.
+pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}

@@ -1,0 +1,244 @@
+//! The log file: the ledger's source of truth.
+//!
+//! One append-only file, `ledger.log`: a 16-byte header, then records
+//! `u32be len ‖ u32be crc32c(payload) ‖ payload`. docs/log-format.md gives
+//! the payload layout. Every group of records is written with one `write`
+//! and made durable with one `fdatasync` before anyone is told it is stored.
+
+use crate::StoreError;
+use phb_domain::{Hash, LogEntry, SignedEvent};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// File magic and format version.
+pub const MAGIC: &[u8; 8] = b"PHBLEDG1";
+/// Format version written in the header.
+pub const VERSION: u32 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: u64 = 16;
+/// Framing per record: length and CRC.
+pub const FRAME_LEN: u64 = 8;
+/// The largest payload a record may have; anything larger is corruption.
+pub const MAX_PAYLOAD: u32 = 1024 * 1024;
+/// Fixed part of a payload: seq, time, prev_hash, hash, three length prefixes.
+const FIXED_PAYLOAD: usize = 8 + 8 + 32 + 32 + 4 + 4 + 4;
+
+/// Encodes one record (frame + payload) onto `out`.
+pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
+    let s = &entry.signed;
+    let payload_len = FIXED_PAYLOAD + s.signer_id.len() + s.signature.len() + s.event.len();
+    assert!(payload_len <= MAX_PAYLOAD as usize, "record exceeds MAX_PAYLOAD");
+    let start = out.len();
+    out.extend_from_slice(&(payload_len as u32).to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&entry.sequence.to_be_bytes());
+    out.extend_from_slice(&entry.recorded_at_micros.to_be_bytes());
+    out.extend_from_slice(&entry.prev_hash);
+    out.extend_from_slice(&entry.hash);
+    for part in [s.signer_id.as_bytes(), &s.signature, &s.event] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    debug_assert_eq!(out.len() - start, 8 + payload_len);
+}
+
+/// Decodes a payload whose CRC already matched.
+pub fn decode_payload(p: &[u8]) -> Option<LogEntry> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = p.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(s)
+    };
+    let sequence = u64::from_be_bytes(take(8)?.try_into().ok()?);
+    let recorded_at_micros = i64::from_be_bytes(take(8)?.try_into().ok()?);
+    let prev_hash: Hash = take(32)?.try_into().ok()?;
+    let hash: Hash = take(32)?.try_into().ok()?;
+    let mut part = || -> Option<Vec<u8>> {
+        let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+        Some(take(n)?.to_vec())
+    };
+    let signer_id = String::from_utf8(part()?).ok()?;
+    let signature = part()?;
+    let event = part()?;
+    if at != p.len() {
+        return None;
+    }
+    Some(LogEntry {
+        sequence,
+        recorded_at_micros,
+        prev_hash,
+        hash,
+        signed: SignedEvent {
+            event,
+            signer_id,
+            signature,
+        },
+    })
+}
+
+/// What reading one record at an offset found.
+pub enum ReadOutcome {
+    /// A whole, checksummed record, and the offset after it.
+    Entry(Box<LogEntry>, u64),
+    /// The file ends exactly here.
+    End,
+    /// A record that is cut short or fails its checksum, and the offset at
+    /// which the declared record would end (may be past the file's end).
+    Damaged {
+        /// Where the declared record would end.
+        declared_end: u64,
+    },
+}
+
+/// Reads the record at `offset` from a file of length `len`.
+pub fn read_record(file: &File, offset: u64, len: u64) -> std::io::Result<ReadOutcome> {
+    if offset == len {
+        return Ok(ReadOutcome::End);
+    }
+    if offset + FRAME_LEN > len {
+        return Ok(ReadOutcome::Damaged {
+            declared_end: offset + FRAME_LEN,
+        });
+    }
+    let mut frame = [0u8; 8];
+    file.read_exact_at(&mut frame, offset)?;
+    let payload_len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let crc = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let declared_end = offset + FRAME_LEN + u64::from(payload_len);
+    if payload_len == 0 || payload_len > MAX_PAYLOAD || declared_end > len {
+        return Ok(ReadOutcome::Damaged { declared_end });
+    }
+    let mut payload = vec![0u8; payload_len as usize];
+    file.read_exact_at(&mut payload, offset + FRAME_LEN)?;
+    if crc32c::crc32c(&payload) != crc {
+        return Ok(ReadOutcome::Damaged { declared_end });
+    }
+    match decode_payload(&payload) {
+        Some(e) => Ok(ReadOutcome::Entry(Box::new(e), declared_end)),
+        None => Ok(ReadOutcome::Damaged { declared_end }),
+    }
+}
+
+/// The open log file, positioned for appends.
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes known durable and valid: the end of the last fsync'd group.
+    committed_len: u64,
+    /// Set after a failed fsync: the page cache can no longer be trusted
+    /// (the "fsyncgate" lesson), so no further writes until restart.
+    poisoned: bool,
+}
+
+impl LogFile {
+    /// Opens or creates the log file; validates the header. Recovery of the
+    /// record tail is the caller's (`Store::open`) job.
+    pub fn open(path: &Path) -> Result<LogFile, StoreError> {
+        let io = |e| StoreError::Io(format!("opening {}", path.display()), e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            let mut header = Vec::with_capacity(HEADER_LEN as usize);
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&VERSION.to_be_bytes());
+            header.extend_from_slice(&0u32.to_be_bytes());
+            file.write_all(&header).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+        } else {
+            let mut header = [0u8; HEADER_LEN as usize];
+            file.seek(SeekFrom::Start(0)).map_err(io)?;
+            if len < HEADER_LEN || file.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+                return Err(StoreError::Corrupt {
+                    sequence: None,
+                    offset: 0,
+                    detail: format!("{} is not a phb-ledger log (bad header)", path.display()),
+                });
+            }
+            let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+            if version != VERSION {
+                return Err(StoreError::Corrupt {
+                    sequence: None,
+                    offset: 0,
+                    detail: format!("log format version {version} is not supported (expected {VERSION})"),
+                });
+            }
+        }
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            committed_len: HEADER_LEN,
+            poisoned: false,
+        })
+    }
+
+    /// The underlying file, for positional reads.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file's current length on disk.
+    pub fn len_on_disk(&self) -> Result<u64, StoreError> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StoreError::Io(format!("reading size of {}", self.path.display()), e))
+    }
+
+    /// Cuts a torn tail off at `len` (recovery only) and makes that durable.
+    pub fn truncate_to(&mut self, len: u64) -> Result<(), StoreError> {
+        let io = |e| StoreError::Io(format!("truncating {}", self.path.display()), e);
+        self.file.set_len(len).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        self.committed_len = len;
+        Ok(())
+    }
+
+    /// Sets the committed length after recovery.
+    pub fn set_committed_len(&mut self, len: u64) {
+        self.committed_len = len;
+    }
+
+    /// Bytes known durable.
+    pub fn committed_len(&self) -> u64 {
+        self.committed_len
+    }
+
+    /// Writes `bytes` (whole records) at the end and fdatasyncs. On success
+    /// they are durable; returns the offset they start at. On a failed write
+    /// the file is cut back to the committed length; on a failed fsync the
+    /// log is poisoned.
+    pub fn append_durable(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let offset = self.committed_len;
+        if let Err(e) = self.file.write_all_at(bytes, offset) {
+            // Nothing was acknowledged; remove whatever part reached the file
+            // so the next group does not land behind garbage.
+            if self.file.set_len(offset).is_err() {
+                self.poisoned = true;
+            }
+            return Err(StoreError::Io(format!("writing {}", self.path.display()), e));
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(StoreError::Io(format!("fdatasync of {}", self.path.display()), e));
+        }
+        self.committed_len = offset + bytes.len() as u64;
+        Ok(offset)
+    }
+}

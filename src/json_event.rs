@@ -1,0 +1,179 @@
+//! The JSON form of events for `phb-ledger submit` (docs/cli.md).
+//!
+//! Field names are the proto field names; the event kind is the name of the
+//! oneof field; enums take their proto names with or without the prefix
+//! (`"ROLE_COMMISSIONER"` or `"COMMISSIONER"`); keys are hex; `occurred_at`
+//! is unix seconds (default: now). Amounts stay strings: they are never
+//! parsed as JSON numbers, so no float ever touches money.
+
+use anyhow::{anyhow, bail, Context, Result};
+use phb_proto::v1 as pb;
+use pb::event::Kind;
+use serde_json::{json, Map, Value};
+
+fn str_field(obj: &Map<String, Value>, name: &str) -> Result<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => bail!("{name} must be a JSON string (amounts too, e.g. \"202.04\"); got {other}"),
+    }
+}
+
+fn enum_field(obj: &Map<String, Value>, name: &str, prefix: &str, parse: fn(&str) -> Option<i32>) -> Result<i32> {
+    let s = str_field(obj, name)?;
+    if s.is_empty() {
+        return Ok(0);
+    }
+    let full = if s.starts_with(prefix) { s.clone() } else { format!("{prefix}{s}") };
+    parse(&full).ok_or_else(|| anyhow!("{name}: {s:?} is not a known value"))
+}
+
+fn hex_field(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>> {
+    hex::decode(str_field(obj, name)?).with_context(|| format!("{name} must be hex"))
+}
+
+fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
+    Ok(match name {
+        "organisation_registered" => {
+            let roles = match o.get("roles") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|r| {
+                        let s = r.as_str().ok_or_else(|| anyhow!("roles must be strings"))?;
+                        let full = if s.starts_with("ROLE_") { s.to_string() } else { format!("ROLE_{s}") };
+                        pb::Role::from_str_name(&full)
+                            .map(|r| r as i32)
+                            .ok_or_else(|| anyhow!("unknown role {s:?}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                _ => Vec::new(),
+            };
+            Kind::OrganisationRegistered(pb::OrganisationRegistered {
+                organisation_id: str_field(o, "organisation_id")?,
+                roles,
+                public_key: hex_field(o, "public_key")?,
+            })
+        }
+        "key_rotated" => Kind::KeyRotated(pb::KeyRotated {
+            organisation_id: str_field(o, "organisation_id")?,
+            new_public_key: hex_field(o, "new_public_key")?,
+        }),
+        "budget_opened" => Kind::BudgetOpened(pb::BudgetOpened {
+            holder_ref: str_field(o, "holder_ref")?,
+            commissioner_id: str_field(o, "commissioner_id")?,
+            period_start: str_field(o, "period_start")?,
+            period_end: str_field(o, "period_end")?,
+            management: enum_field(o, "management", "MANAGEMENT_", |s| pb::Management::from_str_name(s).map(|v| v as i32))?,
+            funds_holder_id: str_field(o, "funds_holder_id")?,
+            payroll_provider_id: str_field(o, "payroll_provider_id")?,
+        }),
+        "allocation" => Kind::Allocation(pb::Allocation {
+            amount: str_field(o, "amount")?,
+            basis: enum_field(o, "basis", "ALLOCATION_BASIS_", |s| pb::AllocationBasis::from_str_name(s).map(|v| v as i32))?,
+        }),
+        "disbursement" => Kind::Disbursement(pb::Disbursement { amount: str_field(o, "amount")? }),
+        "payment" => Kind::Payment(pb::Payment {
+            amount: str_field(o, "amount")?,
+            payee_kind: enum_field(o, "payee_kind", "PAYEE_KIND_", |s| pb::PayeeKind::from_str_name(s).map(|v| v as i32))?,
+            payee_ref: str_field(o, "payee_ref")?,
+            category: str_field(o, "category")?,
+            reference: str_field(o, "reference")?,
+        }),
+        "purchase" => Kind::Purchase(pb::Purchase {
+            amount: str_field(o, "amount")?,
+            category: str_field(o, "category")?,
+            supplier_ref: str_field(o, "supplier_ref")?,
+            description: str_field(o, "description")?,
+            receipt_ref: str_field(o, "receipt_ref")?,
+        }),
+        "review_adjustment" => Kind::ReviewAdjustment(pb::ReviewAdjustment {
+            delta: str_field(o, "delta")?,
+            reason: str_field(o, "reason")?,
+        }),
+        "budget_stopped" => Kind::BudgetStopped(pb::BudgetStopped { reason: str_field(o, "reason")? }),
+        other => bail!("unknown event kind {other:?}"),
+    })
+}
+
+const KINDS: [&str; 9] = [
+    "organisation_registered",
+    "key_rotated",
+    "budget_opened",
+    "allocation",
+    "disbursement",
+    "payment",
+    "purchase",
+    "review_adjustment",
+    "budget_stopped",
+];
+
+/// One JSON object to an `Event`.
+pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
+    let o = v.as_object().ok_or_else(|| anyhow!("each event must be a JSON object"))?;
+    let present: Vec<&str> = KINDS.iter().copied().filter(|k| o.contains_key(*k)).collect();
+    let [name] = present.as_slice() else {
+        bail!("exactly one of {} must be present; found {}", KINDS.join(", "), present.len());
+    };
+    let body = o[*name].as_object().ok_or_else(|| anyhow!("{name} must be an object"))?;
+    let ledger_id = match str_field(o, "ledger_id")? {
+        s if s.is_empty() => default_ledger_id.to_string(),
+        s => s,
+    };
+    let occurred_at = match o.get("occurred_at") {
+        None | Some(Value::Null) => phb_client::now_timestamp(),
+        Some(Value::Number(n)) => prost_types::Timestamp {
+            seconds: n.as_i64().ok_or_else(|| anyhow!("occurred_at must be whole unix seconds"))?,
+            nanos: 0,
+        },
+        Some(_) => bail!("occurred_at must be unix seconds"),
+    };
+    Ok(pb::Event {
+        event_id: str_field(o, "event_id")?,
+        ledger_id,
+        budget_id: str_field(o, "budget_id")?,
+        occurred_at: Some(occurred_at),
+        kind: Some(kind(name, body)?),
+    })
+}
+
+/// A JSON object or array of objects to events.
+pub fn parse_events(text: &str, default_ledger_id: &str) -> Result<Vec<pb::Event>> {
+    let v: Value = serde_json::from_str(text).context("the event is not valid JSON")?;
+    match v {
+        Value::Array(items) => items.iter().map(|i| parse_event(i, default_ledger_id)).collect(),
+        one => Ok(vec![parse_event(&one, default_ledger_id)?]),
+    }
+}
+
+/// An `AppendResult` as one line of JSON.
+pub fn result_json(r: &pb::AppendResult) -> String {
+    let e = r.error.clone().unwrap_or_default();
+    json!({
+        "event_id": r.event_id,
+        "sequence": r.sequence,
+        "duplicate": r.duplicate,
+        "code": tonic::Code::from_i32(e.code).description(),
+        "message": e.message,
+        "field": e.field,
+        "entry_hash": hex::encode(&r.entry_hash),
+    })
+    .to_string()
+}
+
+/// A `Balance` as one line of JSON.
+pub fn balance_json(b: &pb::Balance) -> String {
+    json!({
+        "budget_id": b.budget_id,
+        "holder_ref": b.holder_ref,
+        "commissioner_id": b.commissioner_id,
+        "management": pb::Management::try_from(b.management).map(|m| m.as_str_name()).unwrap_or("?"),
+        "allocated": b.allocated,
+        "paid_in": b.paid_in,
+        "spent": b.spent,
+        "held": b.held,
+        "available": b.available,
+        "stopped": b.stopped,
+        "last_sequence": b.last_sequence,
+    })
+    .to_string()
+}
