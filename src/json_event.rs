@@ -7,24 +7,35 @@
 //! parsed as JSON numbers, so no float ever touches money.
 
 use anyhow::{anyhow, bail, Context, Result};
-use phb_proto::v1 as pb;
 use pb::event::Kind;
+use phb_proto::v1 as pb;
 use serde_json::{json, Map, Value};
 
 fn str_field(obj: &Map<String, Value>, name: &str) -> Result<String> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => bail!("{name} must be a JSON string (amounts too, e.g. \"202.04\"); got {other}"),
+        Some(other) => {
+            bail!("{name} must be a JSON string (amounts too, e.g. \"202.04\"); got {other}")
+        }
     }
 }
 
-fn enum_field(obj: &Map<String, Value>, name: &str, prefix: &str, parse: fn(&str) -> Option<i32>) -> Result<i32> {
+fn enum_field(
+    obj: &Map<String, Value>,
+    name: &str,
+    prefix: &str,
+    parse: fn(&str) -> Option<i32>,
+) -> Result<i32> {
     let s = str_field(obj, name)?;
     if s.is_empty() {
         return Ok(0);
     }
-    let full = if s.starts_with(prefix) { s.clone() } else { format!("{prefix}{s}") };
+    let full = if s.starts_with(prefix) {
+        s.clone()
+    } else {
+        format!("{prefix}{s}")
+    };
     parse(&full).ok_or_else(|| anyhow!("{name}: {s:?} is not a known value"))
 }
 
@@ -40,7 +51,11 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
                     .iter()
                     .map(|r| {
                         let s = r.as_str().ok_or_else(|| anyhow!("roles must be strings"))?;
-                        let full = if s.starts_with("ROLE_") { s.to_string() } else { format!("ROLE_{s}") };
+                        let full = if s.starts_with("ROLE_") {
+                            s.to_string()
+                        } else {
+                            format!("ROLE_{s}")
+                        };
                         pb::Role::from_str_name(&full)
                             .map(|r| r as i32)
                             .ok_or_else(|| anyhow!("unknown role {s:?}"))
@@ -63,18 +78,26 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             commissioner_id: str_field(o, "commissioner_id")?,
             period_start: str_field(o, "period_start")?,
             period_end: str_field(o, "period_end")?,
-            management: enum_field(o, "management", "MANAGEMENT_", |s| pb::Management::from_str_name(s).map(|v| v as i32))?,
+            management: enum_field(o, "management", "MANAGEMENT_", |s| {
+                pb::Management::from_str_name(s).map(|v| v as i32)
+            })?,
             funds_holder_id: str_field(o, "funds_holder_id")?,
             payroll_provider_id: str_field(o, "payroll_provider_id")?,
         }),
         "allocation" => Kind::Allocation(pb::Allocation {
             amount: str_field(o, "amount")?,
-            basis: enum_field(o, "basis", "ALLOCATION_BASIS_", |s| pb::AllocationBasis::from_str_name(s).map(|v| v as i32))?,
+            basis: enum_field(o, "basis", "ALLOCATION_BASIS_", |s| {
+                pb::AllocationBasis::from_str_name(s).map(|v| v as i32)
+            })?,
         }),
-        "disbursement" => Kind::Disbursement(pb::Disbursement { amount: str_field(o, "amount")? }),
+        "disbursement" => Kind::Disbursement(pb::Disbursement {
+            amount: str_field(o, "amount")?,
+        }),
         "payment" => Kind::Payment(pb::Payment {
             amount: str_field(o, "amount")?,
-            payee_kind: enum_field(o, "payee_kind", "PAYEE_KIND_", |s| pb::PayeeKind::from_str_name(s).map(|v| v as i32))?,
+            payee_kind: enum_field(o, "payee_kind", "PAYEE_KIND_", |s| {
+                pb::PayeeKind::from_str_name(s).map(|v| v as i32)
+            })?,
             payee_ref: str_field(o, "payee_ref")?,
             category: str_field(o, "category")?,
             reference: str_field(o, "reference")?,
@@ -90,7 +113,9 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             delta: str_field(o, "delta")?,
             reason: str_field(o, "reason")?,
         }),
-        "budget_stopped" => Kind::BudgetStopped(pb::BudgetStopped { reason: str_field(o, "reason")? }),
+        "budget_stopped" => Kind::BudgetStopped(pb::BudgetStopped {
+            reason: str_field(o, "reason")?,
+        }),
         other => bail!("unknown event kind {other:?}"),
     })
 }
@@ -109,12 +134,24 @@ const KINDS: [&str; 9] = [
 
 /// One JSON object to an `Event`.
 pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
-    let o = v.as_object().ok_or_else(|| anyhow!("each event must be a JSON object"))?;
-    let present: Vec<&str> = KINDS.iter().copied().filter(|k| o.contains_key(*k)).collect();
+    let o = v
+        .as_object()
+        .ok_or_else(|| anyhow!("each event must be a JSON object"))?;
+    let present: Vec<&str> = KINDS
+        .iter()
+        .copied()
+        .filter(|k| o.contains_key(*k))
+        .collect();
     let [name] = present.as_slice() else {
-        bail!("exactly one of {} must be present; found {}", KINDS.join(", "), present.len());
+        bail!(
+            "exactly one of {} must be present; found {}",
+            KINDS.join(", "),
+            present.len()
+        );
     };
-    let body = o[*name].as_object().ok_or_else(|| anyhow!("{name} must be an object"))?;
+    let body = o[*name]
+        .as_object()
+        .ok_or_else(|| anyhow!("{name} must be an object"))?;
     let ledger_id = match str_field(o, "ledger_id")? {
         s if s.is_empty() => default_ledger_id.to_string(),
         s => s,
@@ -122,7 +159,9 @@ pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
     let occurred_at = match o.get("occurred_at") {
         None | Some(Value::Null) => phb_client::now_timestamp(),
         Some(Value::Number(n)) => prost_types::Timestamp {
-            seconds: n.as_i64().ok_or_else(|| anyhow!("occurred_at must be whole unix seconds"))?,
+            seconds: n
+                .as_i64()
+                .ok_or_else(|| anyhow!("occurred_at must be whole unix seconds"))?,
             nanos: 0,
         },
         Some(_) => bail!("occurred_at must be unix seconds"),
@@ -140,7 +179,10 @@ pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
 pub fn parse_events(text: &str, default_ledger_id: &str) -> Result<Vec<pb::Event>> {
     let v: Value = serde_json::from_str(text).context("the event is not valid JSON")?;
     match v {
-        Value::Array(items) => items.iter().map(|i| parse_event(i, default_ledger_id)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| parse_event(i, default_ledger_id))
+            .collect(),
         one => Ok(vec![parse_event(&one, default_ledger_id)?]),
     }
 }
@@ -152,7 +194,7 @@ pub fn result_json(r: &pb::AppendResult) -> String {
         "event_id": r.event_id,
         "sequence": r.sequence,
         "duplicate": r.duplicate,
-        "code": tonic::Code::from_i32(e.code).description(),
+        "code": format!("{:?}", tonic::Code::from_i32(e.code)),
         "message": e.message,
         "field": e.field,
         "entry_hash": hex::encode(&r.entry_hash),

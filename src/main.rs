@@ -15,7 +15,11 @@ use phb_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "phb-ledger", version, about = "Ledger for NHS personal health budgets and direct payments")]
+#[command(
+    name = "phb-ledger",
+    version,
+    about = "Ledger for NHS personal health budgets and direct payments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -123,7 +127,16 @@ fn main() -> Result<()> {
                 ledger_id,
                 atomic,
                 event,
-            } => submit(server, load_signer(&signer, &key)?, ledger_id, atomic, event).await,
+            } => {
+                submit(
+                    server,
+                    load_signer(&signer, &key)?,
+                    ledger_id,
+                    atomic,
+                    event,
+                )
+                .await
+            }
             Command::Balance {
                 server,
                 signer,
@@ -252,7 +265,8 @@ async fn serve(
     // Tests and scripts read this line to find the port.
     println!("phb-ledger {ledger_id} listening on {addr}");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
@@ -265,23 +279,36 @@ async fn serve(
     Ok(())
 }
 
-async fn connect(server: &str) -> Result<pb::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>> {
+async fn connect(
+    server: &str,
+) -> Result<pb::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>> {
     pb::ledger_service_client::LedgerServiceClient::connect(server.to_string())
         .await
         .with_context(|| format!("connecting to {server}"))
 }
 
-async fn submit(server: String, signer: Signer, ledger_id: String, atomic: bool, input: String) -> Result<()> {
+async fn submit(
+    server: String,
+    signer: Signer,
+    ledger_id: String,
+    atomic: bool,
+    input: String,
+) -> Result<()> {
     let text = match input.as_str() {
         "-" => std::io::read_to_string(std::io::stdin())?,
-        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).with_context(|| format!("reading {}", &s[1..]))?,
+        s if s.starts_with('@') => {
+            std::fs::read_to_string(&s[1..]).with_context(|| format!("reading {}", &s[1..]))?
+        }
         s => s.to_string(),
     };
     let events = json_event::parse_events(&text, &ledger_id)?;
     let signed = events.iter().map(|e| signer.sign(e)).collect();
     let mut client = connect(&server).await?;
     let resp = client
-        .append(pb::AppendRequest { events: signed, atomic })
+        .append(pb::AppendRequest {
+            events: signed,
+            atomic,
+        })
         .await
         .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
@@ -301,7 +328,10 @@ async fn balance(server: String, signer: Signer, budget_id: Option<String>) -> R
     let mut client = connect(&server).await?;
     let balances = match budget_id {
         Some(id) => {
-            let req = signer.request(phb_client::methods::GET_BALANCE, pb::GetBalanceRequest { budget_id: id });
+            let req = signer.request(
+                phb_client::methods::GET_BALANCE,
+                pb::GetBalanceRequest { budget_id: id },
+            );
             let b = client
                 .get_balance(req)
                 .await

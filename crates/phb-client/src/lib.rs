@@ -52,7 +52,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,7 +132,8 @@ impl Signer {
         unix_seconds: i64,
     ) {
         let message = read_signing_message(method, unix_seconds);
-        let sig = base64::engine::general_purpose::STANDARD.encode(self.key.sign(message.as_bytes()).to_bytes());
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(self.key.sign(message.as_bytes()).to_bytes());
         let md = request.metadata_mut();
         // These values are ASCII by construction (id chars, digits, base64).
         if let Ok(v) = self.id.parse() {

@@ -377,7 +377,10 @@ pub fn decode_event_id(bytes: &[u8]) -> Option<String> {
 /// dates, the ledger id and the clock window.
 pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Reject> {
     if bytes.is_empty() {
-        return Err(Reject::invalid("event", "event is empty; send the serialized Event message"));
+        return Err(Reject::invalid(
+            "event",
+            "event is empty; send the serialized Event message",
+        ));
     }
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Reject::invalid(
@@ -405,7 +408,10 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
         ));
     }
     let occurred = ev.occurred_at.as_ref().ok_or_else(|| {
-        Reject::invalid("occurred_at", "occurred_at is required: when the event happened")
+        Reject::invalid(
+            "occurred_at",
+            "occurred_at is required: when the event happened",
+        )
     })?;
     if !(0..1_000_000_000).contains(&occurred.nanos) {
         return Err(Reject::invalid(
@@ -417,7 +423,9 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
         .seconds
         .checked_mul(1_000_000)
         .and_then(|s| s.checked_add(i64::from(occurred.nanos / 1000)))
-        .filter(|m| *m >= MIN_OCCURRED_AT_MICROS && *m <= ctx.now_micros.saturating_add(MAX_FUTURE_MICROS))
+        .filter(|m| {
+            *m >= MIN_OCCURRED_AT_MICROS && *m <= ctx.now_micros.saturating_add(MAX_FUTURE_MICROS)
+        })
         .ok_or_else(|| {
             Reject::invalid(
                 "occurred_at",
@@ -425,7 +433,10 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
             )
         })?;
     let kind = ev.kind.ok_or_else(|| {
-        Reject::invalid("kind", "exactly one event kind (payment, purchase, ...) must be set")
+        Reject::invalid(
+            "kind",
+            "exactly one event kind (payment, purchase, ...) must be set",
+        )
     })?;
     let kind = decode_kind(kind)?;
     if kind.is_organisation_event() {

@@ -480,7 +480,11 @@ impl Ledger {
             _ => Role::AccountProvider,
         };
         must_have(funds_holder_id, holder_role, "funds_holder_id")?;
-        must_have(payroll_provider_id, Role::PayrollProvider, "payroll_provider_id")?;
+        must_have(
+            payroll_provider_id,
+            Role::PayrollProvider,
+            "payroll_provider_id",
+        )?;
         Ok(Change::Budget(Budget {
             id: event.budget_id.clone(),
             holder_ref: holder_ref.clone(),
@@ -521,7 +525,9 @@ impl Ledger {
                     || (!notional && is_funds_holder)
                     || (!notional && is_payroll && *payee_kind == PayeeKind::PersonalAssistant)
             }
-            EventKind::Purchase { .. } => (notional && is_commissioner) || (!notional && is_funds_holder),
+            EventKind::Purchase { .. } => {
+                (notional && is_commissioner) || (!notional && is_funds_holder)
+            }
             _ => false,
         };
         if allowed {
@@ -582,7 +588,10 @@ impl Ledger {
     }
 
     /// Reverts `apply`s, newest first.
-    pub fn rollback(&mut self, undo: impl IntoIterator<Item = Undo, IntoIter: DoubleEndedIterator>) {
+    pub fn rollback(
+        &mut self,
+        undo: impl IntoIterator<Item = Undo, IntoIter: DoubleEndedIterator>,
+    ) {
         for u in undo.into_iter().rev() {
             self.head = u.head;
             match u.change {

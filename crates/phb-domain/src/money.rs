@@ -202,7 +202,9 @@ mod tests {
     fn sums_are_exact() {
         let mut total = Money::ZERO;
         for _ in 0..4 {
-            total = total.checked_add(parse_positive("202.04").unwrap()).unwrap();
+            total = total
+                .checked_add(parse_positive("202.04").unwrap())
+                .unwrap();
         }
         assert_eq!(total.to_string(), "808.16");
         let left = parse_positive("4800.00")

@@ -270,7 +270,12 @@ impl Writer {
         }
     }
 
-    fn try_one(&mut self, group: &mut Group, sub: &Submission, now: i64) -> Result<Outcome, Reject> {
+    fn try_one(
+        &mut self,
+        group: &mut Group,
+        sub: &Submission,
+        now: i64,
+    ) -> Result<Outcome, Reject> {
         let signed = &sub.signed;
         let event = self.ledger.decode(signed, now)?;
         let digest = signed.digest();

@@ -6,11 +6,11 @@
 mod read_auth;
 pub mod status;
 
+use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 use phb_domain::chain::SignedEvent;
 use phb_domain::{Budget, Ledger, LogEntry, Management};
 use phb_engine::{Engine, Outcome, Submission, MAX_EVENTS_PER_REQUEST};
 use phb_proto::v1 as pb;
-use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
@@ -152,7 +152,10 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let req = request.into_inner();
         if req.events.is_empty() {
-            return Err(status::invalid("events", "events is empty; send at least one SignedEvent"));
+            return Err(status::invalid(
+                "events",
+                "events is empty; send at least one SignedEvent",
+            ));
         }
         if req.events.len() > MAX_EVENTS_PER_REQUEST {
             return Err(status::invalid(
@@ -204,7 +207,8 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
-        let reader_id = read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_BALANCE)?;
+        let reader_id =
+            read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_BALANCE)?;
         let budget_id = &request.get_ref().budget_id;
         phb_domain::event::check_id("budget_id", budget_id, phb_domain::event::MAX_ID_LEN)
             .map_err(|r| status::from_reject(&r))?;
@@ -244,7 +248,11 @@ impl LedgerService for LedgerApi {
             .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
         if let phb_domain::Reader::Organisation(o) = reader {
             let sees_all = o.has(phb_domain::Role::Auditor);
-            if !filter.is_empty() && !sees_all && filter != o.id && o.has(phb_domain::Role::Commissioner) {
+            if !filter.is_empty()
+                && !sees_all
+                && filter != o.id
+                && o.has(phb_domain::Role::Commissioner)
+            {
                 return Err(Status::permission_denied(format!(
                     "{:?} may not list the budgets of commissioner {filter:?}; a commissioner lists its own",
                     o.id
@@ -279,7 +287,8 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
-        let reader_id = read_auth::authenticate(&self.engine, &request, phb_client_paths::READ_LOG)?;
+        let reader_id =
+            read_auth::authenticate(&self.engine, &request, phb_client_paths::READ_LOG)?;
         {
             let view = self.engine.view();
             let reader = view
@@ -299,12 +308,17 @@ impl LedgerService for LedgerApi {
             let mut committed = engine.committed();
             loop {
                 let e = engine.clone();
-                let batch = tokio::task::spawn_blocking(move || e.read_log(next, READ_LOG_CHUNK)).await;
+                let batch =
+                    tokio::task::spawn_blocking(move || e.read_log(next, READ_LOG_CHUNK)).await;
                 let batch = match batch {
                     Ok(Ok(b)) => b,
                     Ok(Err(err)) => {
                         tracing::error!(error = %err, "ReadLog could not read the log");
-                        let _ = tx.send(Err(Status::internal(format!("reading the log failed: {err}")))).await;
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "reading the log failed: {err}"
+                            ))))
+                            .await;
                         return;
                     }
                     Err(_) => return,
@@ -322,7 +336,13 @@ impl LedgerService for LedgerApi {
                 }
                 for entry in batch {
                     next = entry.sequence + 1;
-                    if tx.send(Ok(pb::ReadLogResponse { entry: Some(entry_pb(entry)) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::ReadLogResponse {
+                            entry: Some(entry_pb(entry)),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -41,11 +41,11 @@ pub fn authenticate<T>(engine: &Engine, req: &Request<T>, method: &str) -> Resul
     let sig = base64::engine::general_purpose::STANDARD
         .decode(sig_text)
         .map_err(|_| Status::unauthenticated("x-phb-signature is not standard base64"))?;
-    let key = engine
-        .view()
-        .signer_key(org)
-        .copied()
-        .ok_or_else(|| Status::unauthenticated(format!("x-phb-org {org:?} is not a registered organisation")))?;
+    let key = engine.view().signer_key(org).copied().ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "x-phb-org {org:?} is not a registered organisation"
+        ))
+    })?;
     let message = format!("{method}\n{ts_text}");
     if !phb_domain::chain::verify_signature(&key, message.as_bytes(), &sig) {
         return Err(Status::unauthenticated(format!(

@@ -49,7 +49,9 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     /// An earlier fsync or index write failed; the process must restart to
     /// recover from disk.
-    #[error("the log refuses writes after a failed fsync or index write; restart the server to recover")]
+    #[error(
+        "the log refuses writes after a failed fsync or index write; restart the server to recover"
+    )]
     Poisoned,
     /// The caller's visitor refused an entry during open.
     #[error("entry at sequence {sequence}: {detail}")]
@@ -211,7 +213,11 @@ impl Store {
         if indexed_through > head_sequence {
             // The index claims entries the log does not have: it is not to be
             // trusted. Rebuild it from the log.
-            tracing::warn!(indexed_through, head_sequence, "index ahead of log; rebuilding");
+            tracing::warn!(
+                indexed_through,
+                head_sequence,
+                "index ahead of log; rebuilding"
+            );
             drop(index);
             drop(db);
             std::fs::remove_dir_all(&index_path).map_err(|e| io("removing index in", e))?;
@@ -313,7 +319,9 @@ fn bad_index(what: &str) -> StoreError {
     StoreError::Corrupt {
         sequence: None,
         offset: 0,
-        detail: format!("index value for {what:?} is malformed; delete the index directory to rebuild it"),
+        detail: format!(
+            "index value for {what:?} is malformed; delete the index directory to rebuild it"
+        ),
     }
 }
 

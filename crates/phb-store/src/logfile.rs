@@ -29,7 +29,10 @@ const FIXED_PAYLOAD: usize = 8 + 8 + 32 + 32 + 4 + 4 + 4;
 pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
     let s = &entry.signed;
     let payload_len = FIXED_PAYLOAD + s.signer_id.len() + s.signature.len() + s.event.len();
-    assert!(payload_len <= MAX_PAYLOAD as usize, "record exceeds MAX_PAYLOAD");
+    assert!(
+        payload_len <= MAX_PAYLOAD as usize,
+        "record exceeds MAX_PAYLOAD"
+    );
     let start = out.len();
     out.extend_from_slice(&(payload_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -173,7 +176,9 @@ impl LogFile {
                 return Err(StoreError::Corrupt {
                     sequence: None,
                     offset: 0,
-                    detail: format!("log format version {version} is not supported (expected {VERSION})"),
+                    detail: format!(
+                        "log format version {version} is not supported (expected {VERSION})"
+                    ),
                 });
             }
         }
@@ -232,11 +237,17 @@ impl LogFile {
             if self.file.set_len(offset).is_err() {
                 self.poisoned = true;
             }
-            return Err(StoreError::Io(format!("writing {}", self.path.display()), e));
+            return Err(StoreError::Io(
+                format!("writing {}", self.path.display()),
+                e,
+            ));
         }
         if let Err(e) = self.file.sync_data() {
             self.poisoned = true;
-            return Err(StoreError::Io(format!("fdatasync of {}", self.path.display()), e));
+            return Err(StoreError::Io(
+                format!("fdatasync of {}", self.path.display()),
+                e,
+            ));
         }
         self.committed_len = offset + bytes.len() as u64;
         Ok(offset)
