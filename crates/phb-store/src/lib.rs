@@ -221,7 +221,10 @@ impl Store {
             drop(index);
             drop(db);
             std::fs::remove_dir_all(&index_path).map_err(|e| io("removing index in", e))?;
-            return Store::open(dir, &mut |_| Ok(()));
+            let (store, mut again) = Store::open(dir, &mut |_| Ok(()))?;
+            again.truncated_bytes = report.truncated_bytes;
+            again.index_rebuilt = true;
+            return Ok((store, again));
         }
         if pending > 0 {
             batch.insert(KEY_INDEXED_THROUGH, &head_sequence.to_be_bytes());
