@@ -1,0 +1,246 @@
+//! Append throughput and latency of the write path, against a peer in the same run.
+//!
+//! Workload: signed 0.01 payments on one well-funded third-party budget, by
+//! C concurrent submitters, each event durable before it is acknowledged.
+//!
+//! * `phb-engine, C=1`: no concurrency, so every event pays its own fdatasync.
+//! * `phb-engine, C=64`: group commit: concurrent appends share one fdatasync.
+//! * peer `sled insert+flush`: the same events stored in a sled 0.34 tree
+//!   with `flush()` after each (what "just use sled" would do; note sled's
+//!   flush is not even a real fsync — sled #1452).
+//! * peer `file write+fdatasync`: append each event to a file and fdatasync it:
+//!   the floor for one-sync-per-event designs.
+//!
+//! Run: `cargo bench --bench append` (EVENTS=N to change the count).
+
+use phb_client::{event, kinds, Signer};
+use phb_domain::chain::SignedEvent;
+use phb_engine::{Engine, EngineConfig, Outcome, Submission};
+use phb_proto::v1 as pb;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LEDGER: &str = "bench";
+
+fn to_domain(s: pb::SignedEvent) -> SignedEvent {
+    SignedEvent {
+        event: s.event,
+        signer_id: s.signer_id,
+        signature: s.signature,
+    }
+}
+
+struct Figures {
+    name: String,
+    events: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn print(&mut self) {
+        self.latencies.sort();
+        let pct = |p: f64| {
+            let i = ((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1);
+            self.latencies[i].as_secs_f64() * 1e3
+        };
+        println!(
+            "{:<34} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>10.3}",
+            self.name,
+            self.events,
+            self.events as f64 / self.elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+}
+
+async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, usize) {
+    let root = Signer::generate("root");
+    let icb = Signer::generate("icb");
+    let tp = Signer::generate("tp");
+    let (engine, _) = Engine::open(EngineConfig {
+        data_dir: dir.to_path_buf(),
+        ledger_id: LEDGER.into(),
+        root_key: root.public_key(),
+    })
+    .expect("open engine");
+    let setup = vec![
+        root.sign(&event(
+            LEDGER,
+            "r1",
+            "",
+            kinds::register(
+                "icb",
+                &[pb::Role::Commissioner],
+                &icb.public_key().to_bytes(),
+            ),
+        )),
+        root.sign(&event(
+            LEDGER,
+            "r2",
+            "",
+            kinds::register("tp", &[pb::Role::ThirdParty], &tp.public_key().to_bytes()),
+        )),
+        icb.sign(&event(
+            LEDGER,
+            "o",
+            "b",
+            kinds::open("h", "icb", pb::Management::ThirdParty, "tp", ""),
+        )),
+        icb.sign(&event(
+            LEDGER,
+            "a",
+            "b",
+            kinds::allocate("1000000.00", pb::AllocationBasis::OneOff),
+        )),
+        icb.sign(&event(LEDGER, "d", "b", kinds::disburse("1000000.00"))),
+    ];
+    let subs = setup
+        .into_iter()
+        .map(|s| Submission {
+            signed: to_domain(s),
+            verified_key: None,
+        })
+        .collect();
+    let out = engine.append(subs, true).await;
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Written { .. })),
+        "setup failed: {out:?}"
+    );
+    let n: usize = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let events = (0..n)
+        .map(|i| {
+            tp.sign(&event(
+                LEDGER,
+                &format!("p{i}"),
+                "b",
+                kinds::pay("0.01", pb::PayeeKind::Provider, "prov", "care"),
+            ))
+        })
+        .collect();
+    (engine, tp, events, n)
+}
+
+async fn run_engine(concurrency: usize) -> Figures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, _tp, events, n) = setup(dir.path()).await;
+    let queue = Arc::new(std::sync::Mutex::new(events));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let engine = engine.clone();
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let Some(ev) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                let signed = to_domain(ev);
+                let verified_key = engine.preverify(&signed);
+                let out = engine
+                    .append(
+                        vec![Submission {
+                            signed,
+                            verified_key,
+                        }],
+                        false,
+                    )
+                    .await;
+                assert!(matches!(out[0], Outcome::Written { .. }), "{out:?}");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("task"));
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(
+        engine.view().budget("b").expect("budget").spent.to_string(),
+        format!("{}.{:02}", n / 100, n % 100)
+    );
+    Figures {
+        name: format!("phb-engine, C={concurrency}"),
+        events: n,
+        elapsed,
+        latencies,
+    }
+}
+
+fn run_sled_peer(events: &[pb::SignedEvent]) -> Figures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::open(dir.path()).expect("sled");
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let t = Instant::now();
+        db.insert((i as u64).to_be_bytes(), e.event.as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+        latencies.push(t.elapsed());
+    }
+    Figures {
+        name: "peer: sled insert+flush".into(),
+        events: events.len(),
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+fn run_file_peer(events: &[pb::SignedEvent]) -> Figures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = std::fs::File::create(dir.path().join("log")).expect("file");
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for e in events {
+        let t = Instant::now();
+        f.write_all(&(e.event.len() as u32).to_be_bytes())
+            .expect("write");
+        f.write_all(&e.event).expect("write");
+        f.sync_data().expect("fdatasync");
+        latencies.push(t.elapsed());
+    }
+    Figures {
+        name: "peer: file write+fdatasync".into(),
+        events: events.len(),
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "{:<34} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "write path", "events", "events/s", "p50 ms", "p99 ms", "max ms"
+    );
+    let mut one = rt.block_on(run_engine(1));
+    one.print();
+    let mut many = rt.block_on(run_engine(64));
+    many.print();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_engine, _tp, events, _) = rt.block_on(setup(dir.path()));
+    run_sled_peer(&events).print();
+    run_file_peer(&events).print();
+    println!(
+        "group commit speed-up over one fsync per event: {:.1}x",
+        (many.events as f64 / many.elapsed.as_secs_f64())
+            / (one.events as f64 / one.elapsed.as_secs_f64())
+    );
+}
