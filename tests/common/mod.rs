@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -36,7 +36,7 @@ pub struct Server {
     /// Where the server listens now (changes on restart: port 0).
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     starts: u32,
 }
 
@@ -51,7 +51,7 @@ impl Server {
             root: Signer::generate("root"),
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
-            child: None,
+            child: Mutex::new(None),
             starts: 0,
         };
         s.spawn();
@@ -68,7 +68,10 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "server already running");
+        assert!(
+            self.child.get_mut().unwrap().is_none(),
+            "server already running"
+        );
         self.starts += 1;
         let stderr_path = self.stderr_path();
         let stderr = std::fs::File::create(&stderr_path).expect("creating stderr log");
@@ -107,11 +110,16 @@ impl Server {
                 }
             }
         });
-        self.child = Some(child);
+        *self.child.get_mut().unwrap() = Some(child);
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(e) => {
-                let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let status = self
+                    .child
+                    .get_mut()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 self.kill();
                 panic!(
                     "phb-ledger did not print its listening line ({e}); exit status {status:?}; stderr:\n{}",
@@ -119,7 +127,10 @@ impl Server {
                 );
             }
         };
-        let addr = line.rsplit(' ').next().expect("address on the listening line");
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .expect("address on the listening line");
         self.addr = addr
             .parse()
             .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
@@ -140,17 +151,19 @@ impl Server {
         panic!("could not connect to {url}: {last:?}");
     }
 
-    /// SIGKILLs the server and waits for it to die.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// SIGKILLs the server and waits for it to die. Takes `&self` so a test
+    /// can pull the plug while other tasks are using the server.
+    pub fn kill(&self) {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
             let _ = child.kill(); // SIGKILL on unix
             let _ = child.wait();
         }
     }
 
     /// True while the child is running.
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
+    pub fn is_running(&self) -> bool {
+        match self.child.lock().unwrap().as_mut() {
             Some(c) => c.try_wait().ok().flatten().is_none(),
             None => false,
         }
@@ -208,9 +221,15 @@ pub fn assert_refused(r: &pb::AppendResult, c: Code) {
         "expected {c:?} ({}), got {r:?}",
         code(c)
     );
-    assert_eq!(r.sequence, 0, "a refused event must not have a sequence: {r:?}");
+    assert_eq!(
+        r.sequence, 0,
+        "a refused event must not have a sequence: {r:?}"
+    );
     assert!(!r.duplicate, "a refused event is not a duplicate: {r:?}");
-    assert!(r.entry_hash.is_empty(), "a refused event has no entry hash: {r:?}");
+    assert!(
+        r.entry_hash.is_empty(),
+        "a refused event has no entry hash: {r:?}"
+    );
     let msg = &r.error.as_ref().unwrap().message;
     assert!(!msg.is_empty(), "a refusal must say why: {r:?}");
 }
@@ -324,11 +343,19 @@ impl World {
     }
 
     /// Appends signed events; the RPC must succeed and answer every event.
-    pub async fn append_batch(&self, events: Vec<pb::SignedEvent>, atomic: bool) -> Vec<pb::AppendResult> {
+    pub async fn append_batch(
+        &self,
+        events: Vec<pb::SignedEvent>,
+        atomic: bool,
+    ) -> Vec<pb::AppendResult> {
         let n = events.len();
         let ids: Vec<String> = events
             .iter()
-            .map(|e| <pb::Event as prost::Message>::decode(e.event.as_slice()).map(|e| e.event_id).unwrap_or_default())
+            .map(|e| {
+                <pb::Event as prost::Message>::decode(e.event.as_slice())
+                    .map(|e| e.event_id)
+                    .unwrap_or_default()
+            })
             .collect();
         let resp = self
             .client
@@ -362,11 +389,21 @@ impl World {
     }
 
     /// Appends and asserts it was refused with `c` and that nothing was written.
-    pub async fn refused(&self, signer: &Signer, budget_id: &str, kind: Kind, c: Code) -> pb::AppendResult {
+    pub async fn refused(
+        &self,
+        signer: &Signer,
+        budget_id: &str,
+        kind: Kind,
+        c: Code,
+    ) -> pb::AppendResult {
         let before = self.log_len().await;
         let r = self.append(signer, budget_id, kind).await;
         assert_refused(&r, c);
-        assert_eq!(self.log_len().await, before, "a refused event must not be written: {r:?}");
+        assert_eq!(
+            self.log_len().await,
+            before,
+            "a refused event must not be written: {r:?}"
+        );
         r
     }
 
@@ -409,8 +446,12 @@ impl World {
     /// Allocates (and, unless notional, disburses) money into a budget.
     pub async fn fund(&self, budget_id: &str, allocate: &str, disburse: Option<&str>) {
         let c = self.commissioner.clone();
-        self.ok(&c, budget_id, kinds::allocate(allocate, pb::AllocationBasis::NeedsBased))
-            .await;
+        self.ok(
+            &c,
+            budget_id,
+            kinds::allocate(allocate, pb::AllocationBasis::NeedsBased),
+        )
+        .await;
         if let Some(d) = disburse {
             self.ok(&c, budget_id, kinds::disburse(d)).await;
         }
@@ -452,7 +493,11 @@ impl World {
 }
 
 /// GetBalance signed by `reader`.
-pub async fn get_balance(client: &Client, reader: &Signer, budget_id: &str) -> Result<pb::Balance, tonic::Status> {
+pub async fn get_balance(
+    client: &Client,
+    reader: &Signer,
+    budget_id: &str,
+) -> Result<pb::Balance, tonic::Status> {
     let req = reader.request(
         methods::GET_BALANCE,
         pb::GetBalanceRequest {
@@ -483,7 +528,12 @@ pub async fn list_page(
 }
 
 /// Every page of ListBalances.
-pub async fn list_all(client: &Client, reader: &Signer, commissioner_id: &str, page_size: u32) -> Vec<pb::Balance> {
+pub async fn list_all(
+    client: &Client,
+    reader: &Signer,
+    commissioner_id: &str,
+    page_size: u32,
+) -> Vec<pb::Balance> {
     let mut out = Vec::new();
     let mut token = String::new();
     for _ in 0..10_000 {
@@ -518,7 +568,11 @@ pub async fn read_log(client: &Client, reader: &Signer, from: u64) -> Vec<pb::Lo
     let mut out = Vec::new();
     let next = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(item) = stream.next().await {
-            out.push(item.expect("ReadLog item").entry.expect("ReadLog item without entry"));
+            out.push(
+                item.expect("ReadLog item")
+                    .entry
+                    .expect("ReadLog item without entry"),
+            );
         }
     })
     .await;
@@ -540,11 +594,21 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
     let mut events = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e.sequence, i as u64 + 1, "sequences are contiguous from 1");
-        assert_eq!(e.prev_hash, prev.to_vec(), "prev_hash of {} is the hash of {}", e.sequence, i);
+        assert_eq!(
+            e.prev_hash,
+            prev.to_vec(),
+            "prev_hash of {} is the hash of {}",
+            e.sequence,
+            i
+        );
         let ts = e.recorded_at.as_ref().expect("recorded_at");
         assert_eq!(ts.nanos % 1000, 0, "recorded_at is whole microseconds");
         let micros = ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000);
-        assert!(micros >= prev_micros, "recorded_at goes backwards at {}", e.sequence);
+        assert!(
+            micros >= prev_micros,
+            "recorded_at goes backwards at {}",
+            e.sequence
+        );
         let se = e.signed_event.as_ref().expect("signed_event");
         let signed = phb_domain::SignedEvent {
             event: se.event.clone(),
@@ -552,25 +616,37 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
             signature: se.signature.clone(),
         };
         let h = phb_domain::chain::entry_hash(&prev, e.sequence, micros, &signed);
-        assert_eq!(e.hash, h.to_vec(), "recomputed hash of entry {}", e.sequence);
+        assert_eq!(
+            e.hash,
+            h.to_vec(),
+            "recomputed hash of entry {}",
+            e.sequence
+        );
         let key = keys
             .get(&se.signer_id)
             .unwrap_or_else(|| panic!("entry {} signed by unknown {:?}", e.sequence, se.signer_id));
         let sig = ed25519_dalek::Signature::from_slice(&se.signature).expect("64-byte signature");
-        key.verify_strict(&se.event, &sig)
-            .unwrap_or_else(|err| panic!("signature of entry {} does not verify: {err}", e.sequence));
+        key.verify_strict(&se.event, &sig).unwrap_or_else(|err| {
+            panic!("signature of entry {} does not verify: {err}", e.sequence)
+        });
         let ev = pb::Event::decode(se.event.as_slice()).expect("stored event decodes");
         assert_eq!(ev.ledger_id, LEDGER_ID);
         match &ev.kind {
             Some(Kind::OrganisationRegistered(o)) => {
                 assert_eq!(se.signer_id, "root");
                 let k: [u8; 32] = o.public_key.as_slice().try_into().unwrap();
-                keys.insert(o.organisation_id.clone(), ed25519_dalek::VerifyingKey::from_bytes(&k).unwrap());
+                keys.insert(
+                    o.organisation_id.clone(),
+                    ed25519_dalek::VerifyingKey::from_bytes(&k).unwrap(),
+                );
             }
             Some(Kind::KeyRotated(o)) => {
                 assert_eq!(se.signer_id, "root");
                 let k: [u8; 32] = o.new_public_key.as_slice().try_into().unwrap();
-                keys.insert(o.organisation_id.clone(), ed25519_dalek::VerifyingKey::from_bytes(&k).unwrap());
+                keys.insert(
+                    o.organisation_id.clone(),
+                    ed25519_dalek::VerifyingKey::from_bytes(&k).unwrap(),
+                );
             }
             _ => {}
         }

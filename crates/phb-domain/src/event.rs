@@ -397,6 +397,15 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
             format!("event bytes are not a valid phb.ledger.v1.Event protobuf message: {e}"),
         )
     })?;
+    // prost drops fields it does not know. Refuse them instead: the log keeps
+    // the client's exact bytes forever, so nothing unvalidated (personal data
+    // in an unknown field, say) may ride along inside a signed event.
+    if ev.encoded_len() != bytes.len() {
+        return Err(Reject::invalid(
+            "event",
+            "event contains fields this ledger does not know, or a non-canonical encoding; send only the fields of phb.ledger.v1.Event, serialized by a standard protobuf library",
+        ));
+    }
     check_id("event_id", &ev.event_id, MAX_ID_LEN)?;
     if ev.ledger_id != ctx.ledger_id {
         return Err(Reject::invalid(

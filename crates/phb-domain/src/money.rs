@@ -80,8 +80,8 @@ pub enum AmountError {
     /// More than two decimal places.
     #[error("amount {0:?} has more than 2 decimal places; amounts are exact pounds and pence")]
     TooPrecise(String),
-    /// Above the bound.
-    #[error("amount {0:?} is larger than the largest accepted amount (1000000000.00)")]
+    /// Above the bound, or more than 10 integer digits.
+    #[error("amount {0:?} is larger than the largest accepted amount (1000000000.00, at most 10 digits before the point)")]
     TooLarge(String),
     /// Zero or negative where a positive amount is required.
     #[error("amount {0:?} must be greater than zero")]
@@ -108,8 +108,9 @@ fn parse_signed(s: &str) -> Result<Money, AmountError> {
     if frac.is_some_and(|f| f.len() > 2) {
         return Err(AmountError::TooPrecise(s.to_string()));
     }
-    let trimmed = int.trim_start_matches('0');
-    if trimmed.len() > 10 {
+    // At most 10 integer digits (leading zeros count), so the accepted shape
+    // is exactly -?[0-9]{1,10}(\.[0-9]{1,2})? and auditors can re-check it.
+    if int.len() > 10 {
         return Err(AmountError::TooLarge(s.to_string()));
     }
     let d = Decimal::from_str_exact(s).map_err(|_| AmountError::Malformed(s.to_string()))?;

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The most events one request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
-/// How many requests may wait for the writer before callers are refused.
+/// How many requests may wait for the writer; further callers wait for room
+/// (gRPC deadlines bound how long).
 pub const QUEUE_DEPTH: usize = 1024;
 
 /// How to open the engine.
@@ -105,9 +106,17 @@ impl Engine {
     /// Opens the store, replays and verifies the whole log, and starts the writer.
     pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
         let mut ledger = Ledger::new(config.ledger_id.clone(), config.root_key);
+        // Event ids are unique in a valid log; the writer guarantees it, and
+        // replay checks it so a doctored log cannot pass.
+        let mut ids = std::collections::HashSet::new();
         let (store, report) = Store::open(&config.data_dir, &mut |entry| {
-            ledger.replay(entry).map(|_| ()).map_err(|e| e.to_string())
+            let event = ledger.replay(entry).map_err(|e| e.to_string())?;
+            if !ids.insert(event.event_id) {
+                return Err("event_id already used earlier in the log".into());
+            }
+            Ok(())
         })?;
+        drop(ids);
         let reader = Arc::new(store.reader()?);
         let view = Arc::new(RwLock::new(ledger.clone()));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
@@ -287,6 +296,8 @@ impl Writer {
                 .map_err(|e| Reject::unavailable(format!("index lookup failed: {e}")))?
                 .map(|x| (x.sequence, x.digest, x.entry_hash)),
         };
+        // A byte-identical resubmission of a stored event is a duplicate even
+        // if the signer's key has since rotated: it was verified when stored.
         if let Some((sequence, d, entry_hash)) = existing {
             if d == digest {
                 return Ok(Outcome::Duplicate {
@@ -294,14 +305,18 @@ impl Writer {
                     entry_hash,
                 });
             }
+        }
+        // Authenticate before saying anything about other events, so an
+        // unauthenticated caller cannot probe which event ids exist.
+        let current = self.ledger.signer_key(&signed.signer_id).copied();
+        if current.is_none() || current != sub.verified_key {
+            self.ledger.authenticate(signed)?;
+        }
+        if let Some((sequence, _, _)) = existing {
             return Err(Reject::exists(format!(
                 "event_id {:?} was already used at sequence {sequence} for a different event; use a new event_id for a new event",
                 event.event_id
             )));
-        }
-        let current = self.ledger.signer_key(&signed.signer_id).copied();
-        if current.is_none() || current != sub.verified_key {
-            self.ledger.authenticate(signed)?;
         }
         let change = self.ledger.decide(&signed.signer_id, &event)?;
         let head = self.ledger.head();
@@ -358,7 +373,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");
                 self.ledger.rollback(group.undo);
-                let msg = format!("the ledger could not store this event ({e}); nothing was written, retry later with the same event_id");
+                let msg = format!("the ledger could not make this event durable ({e}) and did not acknowledge it; retry later with the same signed event (if it was stored after all, the retry is answered as a duplicate)");
                 for p in pending.iter_mut() {
                     for o in p.outcomes.iter_mut() {
                         if matches!(o, Outcome::Written { .. }) {

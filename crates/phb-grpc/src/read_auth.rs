@@ -33,7 +33,7 @@ pub fn authenticate<T>(engine: &Engine, req: &Request<T>, method: &str) -> Resul
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    if (now - ts).abs() > MAX_CLOCK_SKEW_SECS {
+    if now.abs_diff(ts) > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
         return Err(Status::unauthenticated(format!(
             "x-phb-timestamp {ts} is more than {MAX_CLOCK_SKEW_SECS} s from the server clock ({now}); sign each call with the current time"
         )));

@@ -165,22 +165,40 @@ impl Store {
             match outcome {
                 ReadOutcome::End => break,
                 ReadOutcome::Damaged { declared_end } => {
-                    if declared_end >= len || tail_is_zero(log.file(), offset, len)? {
-                        // A torn final group: never acknowledged (acks follow fsync).
-                        report.truncated_bytes = len - offset;
-                        tracing::warn!(
-                            offset,
-                            bytes = report.truncated_bytes,
-                            "cutting off a torn, unacknowledged tail of the log"
-                        );
-                        log.truncate_to(offset)?;
-                        break;
-                    }
-                    return Err(StoreError::Corrupt {
+                    let corrupt = |detail: String| StoreError::Corrupt {
                         sequence: Some(expected),
                         offset,
-                        detail: "record fails its checksum but is followed by more data; this is not a torn tail. Restore from a replica or backup; docs/operations.md explains the options".into(),
-                    });
+                        detail,
+                    };
+                    if indexed_through >= expected {
+                        // The index was written after this entry was fsync'd:
+                        // it was committed, so this is damage, not a torn write.
+                        return Err(corrupt(format!(
+                            "record is damaged but the index shows it was committed (indexed through sequence {indexed_through}); restore from a backup or replica (docs/operations.md)"
+                        )));
+                    }
+                    let zero_tail = tail_is_zero(log.file(), offset, len)?;
+                    if !zero_tail {
+                        if declared_end < len {
+                            return Err(corrupt("record fails its checksum but is followed by more data; this is not a torn tail. Restore from a backup or replica (docs/operations.md)".into()));
+                        }
+                        // A damaged length field also looks like "runs past the
+                        // end". Only a tail with no valid record after it is torn.
+                        if let Some((at, seq)) = find_record_after(log.file(), offset, len)? {
+                            return Err(corrupt(format!(
+                                "record is damaged and a valid record (sequence {seq}) follows at offset {at}; this is not a torn tail. Restore from a backup or replica (docs/operations.md)"
+                            )));
+                        }
+                    }
+                    // A torn final group: never acknowledged (acks follow fsync).
+                    report.truncated_bytes = len - offset;
+                    tracing::warn!(
+                        offset,
+                        bytes = report.truncated_bytes,
+                        "cutting off a torn, unacknowledged tail of the log"
+                    );
+                    log.truncate_to(offset)?;
+                    break;
                 }
                 ReadOutcome::Entry(entry, next) => {
                     if entry.sequence != expected {
@@ -211,20 +229,16 @@ impl Store {
         }
         let head_sequence = expected - 1;
         if indexed_through > head_sequence {
-            // The index claims entries the log does not have: it is not to be
-            // trusted. Rebuild it from the log.
-            tracing::warn!(
-                indexed_through,
-                head_sequence,
-                "index ahead of log; rebuilding"
-            );
-            drop(index);
-            drop(db);
-            std::fs::remove_dir_all(&index_path).map_err(|e| io("removing index in", e))?;
-            let (store, mut again) = Store::open(dir, &mut |_| Ok(()))?;
-            again.truncated_bytes = report.truncated_bytes;
-            again.index_rebuilt = true;
-            return Ok((store, again));
+            // The index is only written after the log is durable, so it can
+            // only be ahead if committed entries vanished from the log.
+            return Err(StoreError::Corrupt {
+                sequence: Some(head_sequence + 1),
+                offset,
+                detail: format!(
+                    "the log ends at sequence {head_sequence} but its index records entries through {indexed_through}: committed entries are missing. Restore the log from a backup or replica; if the log was restored on purpose, delete {} so it is rebuilt",
+                    index_path.display()
+                ),
+            });
         }
         if pending > 0 {
             batch.insert(KEY_INDEXED_THROUGH, &head_sequence.to_be_bytes());
@@ -354,6 +368,34 @@ fn open_index(path: &Path) -> Result<sled::Db, sled::Error> {
         .cache_capacity(INDEX_CACHE_BYTES)
         .mode(sled::Mode::HighThroughput)
         .open()
+}
+
+/// Looks for a whole, checksummed record starting anywhere after `from`.
+/// The damaged record's true length is at most `MAX_PAYLOAD`, so the next
+/// intact record, if any, starts within the window searched.
+fn find_record_after(file: &File, from: u64, len: u64) -> Result<Option<(u64, u64)>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let window = (len - from).min(2 * (logfile::FRAME_LEN + u64::from(logfile::MAX_PAYLOAD)));
+    let mut buf = vec![0u8; window as usize];
+    file.read_exact_at(&mut buf, from)
+        .map_err(|e| StoreError::Io("reading log tail".into(), e))?;
+    for start in 1..buf.len().saturating_sub(logfile::FRAME_LEN as usize) {
+        let frame = &buf[start..start + 8];
+        let plen = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        if plen == 0 || plen > logfile::MAX_PAYLOAD {
+            continue;
+        }
+        let Some(payload) = buf.get(start + 8..start + 8 + plen as usize) else {
+            continue;
+        };
+        let crc = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        if crc32c::crc32c(payload) == crc {
+            if let Some(e) = logfile::decode_payload(payload) {
+                return Ok(Some((from + start as u64, e.sequence)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn tail_is_zero(file: &File, from: u64, len: u64) -> Result<bool, StoreError> {

@@ -172,7 +172,7 @@ impl LogFile {
                 });
             }
             let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-            if version != VERSION {
+            if version != VERSION || header[12..16] != [0, 0, 0, 0] {
                 return Err(StoreError::Corrupt {
                     sequence: None,
                     offset: 0,

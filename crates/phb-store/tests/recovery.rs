@@ -85,40 +85,127 @@ fn reopens_every_entry_in_order() {
     assert!(store.find_event("e-51").unwrap().is_none());
 }
 
+fn record_bytes(e: &LogEntry) -> Vec<u8> {
+    let mut v = Vec::new();
+    phb_store::logfile::encode_record(e, &mut v);
+    v
+}
+
+fn append_raw(dir: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(log_path(dir)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
 #[test]
 fn torn_tail_is_cut_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let all = entries(10);
-    write(dir.path(), &all, 10);
-    let full = std::fs::metadata(log_path(dir.path())).unwrap().len();
-    // Cut the last record short: a crash mid-write of an unacknowledged group.
-    let f = OpenOptions::new()
-        .write(true)
-        .open(log_path(dir.path()))
-        .unwrap();
-    f.set_len(full - 40).unwrap();
-    drop(f);
+    let all = entries(12);
+    write(dir.path(), &all[..9], 9);
+    // A crash mid-write of an unacknowledged group: record 10 whole, 11 cut short.
+    let mut torn = record_bytes(&all[9]);
+    let eleven = record_bytes(&all[10]);
+    torn.extend_from_slice(&eleven[..eleven.len() - 20]);
+    append_raw(dir.path(), &torn);
     let (mut store, seen, report) = reopen(dir.path()).unwrap();
-    assert_eq!(seen, all[..9].to_vec());
-    assert!(report.truncated_bytes > 0);
-    assert_eq!(store.head_sequence(), 9);
-    assert!(
-        report.index_rebuilt,
-        "index claimed sequence 10 and must be rebuilt"
-    );
-    // The index had e-10 at sequence 10, ahead of the log: it must have been
-    // rebuilt, not left pointing at an entry that no longer exists.
-    assert!(store.find_event("e-10").unwrap().is_none());
-    let last = all[9].clone();
+    // Record 10 was whole: it is kept (it was simply never acknowledged).
+    assert_eq!(seen, all[..10].to_vec());
+    assert_eq!(report.truncated_bytes, (eleven.len() - 20) as u64);
+    assert_eq!(report.reindexed, 1);
+    assert_eq!(store.head_sequence(), 10);
+    let eleven = all[10].clone();
     store
         .append(&[Append {
-            entry: &last,
-            event_id: "e-10",
+            entry: &eleven,
+            event_id: "e-11",
         }])
         .unwrap();
     drop(store);
     let (_, seen, _) = reopen(dir.path()).unwrap();
-    assert_eq!(seen, all);
+    assert_eq!(seen, all[..11].to_vec());
+}
+
+#[test]
+fn torn_record_with_garbage_length_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(3);
+    write(dir.path(), &all[..2], 2);
+    let mut torn = record_bytes(&all[2]);
+    torn[0] = 0x7f; // a length far past the end of the file
+    torn.truncate(30);
+    append_raw(dir.path(), &torn);
+    let (_, seen, report) = reopen(dir.path()).unwrap();
+    assert_eq!(seen, all[..2].to_vec());
+    assert_eq!(report.truncated_bytes, 30);
+}
+
+#[test]
+fn flipped_length_bit_in_committed_record_is_not_taken_for_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(23);
+    write(dir.path(), &all, 23);
+    // Lose the index so only the log itself can tell: the damaged length now
+    // claims the record runs past the end of the file.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let mut bytes = std::fs::read(log_path(dir.path())).unwrap();
+    bytes[16] ^= 0x40;
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+    match reopen(dir.path()) {
+        Err(StoreError::Corrupt { sequence, .. }) => assert_eq!(sequence, Some(1)),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok((_, seen, _)) => panic!("opened, keeping {} of 23 entries", seen.len()),
+    }
+    assert_eq!(
+        std::fs::read(log_path(dir.path())).unwrap(),
+        bytes,
+        "nothing cut"
+    );
+}
+
+#[test]
+fn damaged_last_record_known_to_the_index_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(5);
+    write(dir.path(), &all, 5);
+    let mut bytes = std::fs::read(log_path(dir.path())).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+    assert!(matches!(
+        reopen(dir.path()),
+        Err(StoreError::Corrupt {
+            sequence: Some(5),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn log_shorter_than_its_index_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(6);
+    write(dir.path(), &all, 6);
+    // Whole committed records vanish (e.g. an old copy of the log restored).
+    let keep = 16
+        + all[..4]
+            .iter()
+            .map(|e| record_bytes(e).len())
+            .sum::<usize>();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(log_path(dir.path()))
+        .unwrap();
+    f.set_len(keep as u64).unwrap();
+    drop(f);
+    match reopen(dir.path()) {
+        Err(StoreError::Corrupt {
+            sequence, detail, ..
+        }) => {
+            assert_eq!(sequence, Some(5));
+            assert!(detail.contains("through 6"), "{detail}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("opened a log missing committed entries"),
+    }
 }
 
 #[test]
