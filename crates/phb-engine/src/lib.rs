@@ -92,6 +92,7 @@ pub struct Engine {
     tx: mpsc::Sender<WriteRequest>,
     view: Arc<RwLock<Ledger>>,
     committed: watch::Receiver<u64>,
+    writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
 }
 
@@ -121,11 +122,13 @@ impl Engine {
         let view = Arc::new(RwLock::new(ledger.clone()));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (writable_tx, writable) = watch::channel(true);
         let writer = Writer {
             store,
             ledger,
             view: view.clone(),
             committed: committed_tx,
+            writable: writable_tx,
         };
         std::thread::Builder::new()
             .name("phb-writer".into())
@@ -136,6 +139,7 @@ impl Engine {
                 tx,
                 view,
                 committed,
+                writable,
                 reader,
             },
             report,
@@ -153,6 +157,12 @@ impl Engine {
     /// The highest committed sequence, updated after every group.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+
+    /// False once storage failed in a way only a restart can recover from
+    /// (a failed fsync); reads keep working, writes are refused UNAVAILABLE.
+    pub fn writable(&self) -> watch::Receiver<bool> {
+        self.writable.clone()
     }
 
     /// Reads committed entries `from..` up to `max`.
@@ -198,6 +208,7 @@ struct Writer {
     ledger: Ledger,
     view: Arc<RwLock<Ledger>>,
     committed: watch::Sender<u64>,
+    writable: watch::Sender<bool>,
 }
 
 /// One group under construction.
@@ -373,6 +384,12 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");
                 self.ledger.rollback(group.undo);
+                if !self.store.accepts_writes() {
+                    tracing::error!(
+                        "storage no longer accepts writes; restart the server to recover"
+                    );
+                    self.writable.send_replace(false);
+                }
                 let msg = format!("the ledger could not make this event durable ({e}) and did not acknowledge it; retry later with the same signed event (if it was stored after all, the retry is answered as a duplicate)");
                 for p in pending.iter_mut() {
                     for o in p.outcomes.iter_mut() {

@@ -369,6 +369,18 @@ pub async fn serve(
     health_reporter
         .set_serving::<LedgerServiceServer<LedgerApi>>()
         .await;
+    // Writes can become impossible until a restart (a failed fsync): say so
+    // on the health service, so operators and load balancers see it.
+    let mut writable = engine.writable();
+    tokio::spawn(async move {
+        while writable.changed().await.is_ok() {
+            if !*writable.borrow() {
+                health_reporter
+                    .set_not_serving::<LedgerServiceServer<LedgerApi>>()
+                    .await;
+            }
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(phb_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

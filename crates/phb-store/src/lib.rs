@@ -260,6 +260,11 @@ impl Store {
         ))
     }
 
+    /// False once a failure means only a restart can make writes safe again.
+    pub fn accepts_writes(&self) -> bool {
+        self.log.accepts_writes() && !self.index_behind
+    }
+
     /// The last sequence in the log.
     pub fn head_sequence(&self) -> u64 {
         self.head_sequence

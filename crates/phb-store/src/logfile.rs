@@ -217,6 +217,11 @@ impl LogFile {
         self.committed_len = len;
     }
 
+    /// False after a failed fsync (or a failed cut-back of a failed write).
+    pub fn accepts_writes(&self) -> bool {
+        !self.poisoned
+    }
+
     /// Bytes known durable.
     pub fn committed_len(&self) -> u64 {
         self.committed_len
