@@ -161,6 +161,37 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the server to exit.
+    /// Returns the exit status, or `None` if it was still running (it is
+    /// then SIGKILLed).
+    pub fn terminate(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut child = guard.take()?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("running kill -TERM");
+        assert!(sent.success(), "kill -TERM {} failed", child.id());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again after `kill` or `terminate`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// True while the child is running.
     pub fn is_running(&self) -> bool {
         match self.child.lock().unwrap().as_mut() {

@@ -7,7 +7,7 @@
 //! the right, a stale, a corrupted or a truncated signature, with valid and
 //! invalid amounts, ids, texts and times, singly or in atomic batches. The
 //! harness drives `Ledger` exactly as `phb-engine`'s writer does
-//! (`decode` → event-id dedupe → `authenticate` → `decide` → `apply` with a
+//! (`decode` → duplicate check → `authenticate` → `decide` → `apply` with a
 //! head from `LogEntry::next`; atomic requests roll back their own undo
 //! records on the first refusal) and checks after every event:
 //!
@@ -26,7 +26,7 @@
 //! runs a longer search.
 
 use ed25519_dalek::{Signer, SigningKey};
-use phb_domain::event::{EventKind, Management};
+use phb_domain::event::{EventKind, Management, PayeeKind, Role};
 use phb_domain::money::{parse_nonzero_delta, parse_positive, Money};
 use phb_domain::{
     Budget, Event, Head, Ledger, LogEntry, Organisation, Reject, RejectCode, SignedEvent, Undo,
@@ -622,17 +622,17 @@ fn setup(mask: &[bool], alloc: &[i64], disb: &[i64]) -> Vec<Batch> {
             dates: 0,
         });
     }
-    for budget in 0..6 {
+    for (budget, &pence) in alloc.iter().enumerate().take(6) {
         ops.push(Op::Allocate {
             budget,
-            amount: pence_str(alloc[budget]),
+            amount: pence_str(pence),
             basis: 2,
         });
     }
-    for budget in 0..4 {
+    for (budget, &pence) in disb.iter().enumerate().take(4) {
         ops.push(Op::Disburse {
             budget,
-            amount: pence_str(disb[budget]),
+            amount: pence_str(pence),
         });
     }
     ops.into_iter()
@@ -664,9 +664,9 @@ fn scenario() -> impl Strategy<Value = Vec<Batch>> {
 // Oracles
 // ---------------------------------------------------------------------------
 
-/// The documented amount grammar, independently of `money.rs`: an optional
-/// '-', ASCII digits, optionally '.' and one or two digits; at most
-/// 1,000,000,000.00 in size. Returns signed pence.
+/// The documented amount grammar, independently of `money.rs`:
+/// `-?[0-9]{1,10}(\.[0-9]{1,2})?`, at most 1,000,000,000.00 in size.
+/// Returns signed pence.
 fn oracle_pence(s: &str) -> Option<i64> {
     let (neg, body) = match s.strip_prefix('-') {
         Some(b) => (true, b),
@@ -1104,18 +1104,21 @@ impl Harness {
         signed
     }
 
-    /// `Writer::try_one`, minus the store: decode → dedupe → authenticate →
-    /// decide → apply.
+    /// `Writer::try_one`, minus the store: decode → duplicate? → authenticate
+    /// → id already used? → decide → apply.
     fn try_one(&mut self, signed: &SignedEvent, now: i64) -> Result<Outcome, Reject> {
         let event = self.ledger.decode(signed, now)?;
         let digest = signed.digest();
-        if let Some((sequence, d)) = self.ids.get(&event.event_id) {
-            if *d == digest {
-                return Ok(Outcome::Duplicate(*sequence));
+        let existing = self.ids.get(&event.event_id).copied();
+        if let Some((sequence, d)) = existing {
+            if d == digest {
+                return Ok(Outcome::Duplicate(sequence));
             }
-            return Err(Reject::exists("event_id already used"));
         }
         self.ledger.authenticate(signed)?;
+        if existing.is_some() {
+            return Err(Reject::exists("event_id already used"));
+        }
         let change = self.ledger.decide(&signed.signer_id, &event)?;
         let head = self.ledger.head();
         let entry = LogEntry::next(
@@ -1178,6 +1181,7 @@ impl Harness {
                     assert_eq!(printed_pence(m), pence, "{raw:?}");
                     acc.raw_pence = Some(pence);
                 }
+                check_authorised(&before, &signed.signer_id, &acc.event);
                 // A stopped budget never changes again.
                 for b in &before.budgets {
                     if b.stopped {
@@ -1235,6 +1239,93 @@ impl Harness {
         }
         outcomes
     }
+}
+
+/// The rules of who may record what (domain.md, ledger.proto), written out
+/// independently of `Ledger::authorise`, checked for every accepted event
+/// against the state before it.
+fn check_authorised(before: &Snapshot, signer: &str, event: &Event) {
+    let kind = event.kind.name();
+    if event.kind.is_organisation_event() {
+        assert_eq!(signer, "root", "{kind} accepted from {signer}");
+        return;
+    }
+    let org = before.orgs[org_index(signer) - 1]
+        .as_ref()
+        .unwrap_or_else(|| panic!("{kind} accepted from unregistered {signer}"));
+    assert_eq!(org.id, signer);
+    let budget = before.budgets.iter().find(|b| b.id == event.budget_id);
+    if let EventKind::BudgetOpened {
+        commissioner_id,
+        management,
+        funds_holder_id,
+        payroll_provider_id,
+        ..
+    } = &event.kind
+    {
+        assert!(budget.is_none(), "budget {} opened twice", event.budget_id);
+        assert_eq!(commissioner_id, signer, "opened by someone else");
+        assert!(org.roles.contains(&Role::Commissioner));
+        let has = |id: &Option<String>, role: Role| {
+            id.as_ref().is_none_or(|id| {
+                before
+                    .orgs
+                    .iter()
+                    .flatten()
+                    .any(|o| &o.id == id && o.roles.contains(&role))
+            })
+        };
+        let holder_role = match management {
+            Management::ThirdParty => Role::ThirdParty,
+            _ => Role::AccountProvider,
+        };
+        assert!(
+            has(funds_holder_id, holder_role),
+            "funds holder without the role"
+        );
+        assert!(
+            has(payroll_provider_id, Role::PayrollProvider),
+            "payroll without the role"
+        );
+        match management {
+            Management::ThirdParty => assert!(funds_holder_id.is_some()),
+            Management::Notional => {
+                assert!(funds_holder_id.is_none() && payroll_provider_id.is_none())
+            }
+            Management::DirectPayment => {}
+        }
+        return;
+    }
+    let b = budget.unwrap_or_else(|| panic!("{kind} accepted on unopened {}", event.budget_id));
+    assert!(!b.stopped, "{kind} accepted on stopped budget {}", b.id);
+    let commissioner = b.commissioner_id == signer && org.roles.contains(&Role::Commissioner);
+    let holder = b.funds_holder_id.as_deref() == Some(signer)
+        && (org.roles.contains(&Role::ThirdParty) || org.roles.contains(&Role::AccountProvider));
+    let payroll = b.payroll_provider_id.as_deref() == Some(signer)
+        && org.roles.contains(&Role::PayrollProvider);
+    let notional = b.management == Management::Notional;
+    let ok = match &event.kind {
+        EventKind::Allocation { .. }
+        | EventKind::ReviewAdjustment { .. }
+        | EventKind::BudgetStopped { .. } => commissioner,
+        EventKind::Disbursement { .. } => commissioner && !notional,
+        EventKind::Payment { payee_kind, .. } => {
+            if notional {
+                commissioner
+            } else {
+                holder || (payroll && *payee_kind == PayeeKind::PersonalAssistant)
+            }
+        }
+        EventKind::Purchase { .. } => {
+            if notional {
+                commissioner
+            } else {
+                holder
+            }
+        }
+        _ => unreachable!(),
+    };
+    assert!(ok, "{kind} on {} accepted from {signer}", b.id);
 }
 
 /// The amount string an event carries, read straight from the signed bytes,
@@ -1341,12 +1432,19 @@ fn check_model(h: &Harness) {
 
 fn replay(entries: &[LogEntry]) -> (Ledger, Vec<Event>) {
     let mut fresh = Ledger::new(LEDGER_ID, signing_key(ROOT, 0).verifying_key());
+    let mut ids = std::collections::HashSet::new();
     let events = entries
         .iter()
         .map(|e| {
-            fresh
+            let event = fresh
                 .replay(e)
-                .unwrap_or_else(|err| panic!("accepted entry does not replay: {err}"))
+                .unwrap_or_else(|err| panic!("accepted entry does not replay: {err}"));
+            // What `Engine::open` checks on top of `Ledger::replay`.
+            assert!(
+                ids.insert(event.event_id.clone()),
+                "event_id reused in the log"
+            );
+            event
         })
         .collect();
     (fresh, events)

@@ -34,12 +34,18 @@ const READ_LOG_BUFFER: usize = 512;
 #[derive(Clone)]
 pub struct LedgerApi {
     engine: Engine,
+    /// Set to true when the server starts shutting down: ends ReadLog
+    /// streams, which would otherwise hold graceful shutdown open forever.
+    stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl LedgerApi {
     /// Wraps an engine.
     pub fn new(engine: Engine) -> Self {
-        LedgerApi { engine }
+        LedgerApi {
+            engine,
+            stopping: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
     }
 }
 
@@ -303,7 +309,9 @@ impl LedgerService for LedgerApi {
         let req = request.into_inner();
         let engine = self.engine.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(READ_LOG_BUFFER);
-        tokio::spawn(async move {
+        let mut stopping = self.stopping.subscribe();
+        let stop_tx = tx.clone();
+        let stream = async move {
             let mut next = req.from_sequence.max(1);
             let mut committed = engine.committed();
             loop {
@@ -345,6 +353,16 @@ impl LedgerService for LedgerApi {
                     {
                         return;
                     }
+                }
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                _ = stopping.wait_for(|s| *s) => {
+                    let _ = stop_tx.try_send(Err(Status::unavailable(
+                        "the server is shutting down; reconnect and resume from the next sequence",
+                    )));
                 }
             }
         });
@@ -389,7 +407,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(phb_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let ledger = LedgerServiceServer::new(LedgerApi::new(engine))
+    let api = LedgerApi::new(engine);
+    let stopping = api.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
+    let ledger = LedgerServiceServer::new(api)
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
