@@ -127,7 +127,13 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     let client = LedgerServiceClient::connect(server.to_string())
         .await
         .map_err(|e| anyhow!("connecting to {server}: {e}; is `phb-ledger serve` running?"))?;
-    let run = format!("{:x}", phb_client::unix_now());
+    // Time plus random bits: two runs in the same second must not collide
+    // on event ids (the second would be refused ALREADY_EXISTS).
+    let run = format!(
+        "{:x}{:04x}",
+        phb_client::unix_now(),
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng) & 0xffff
+    );
     let mut d = Demo {
         client,
         ledger_id: ledger_id.to_string(),
