@@ -391,9 +391,20 @@ impl Writer {
                     self.writable.send_replace(false);
                 }
                 let msg = format!("the ledger could not make this event durable ({e}) and did not acknowledge it; retry later with the same signed event (if it was stored after all, the retry is answered as a duplicate)");
+                // Everything this group would have written is refused, and so
+                // is a duplicate of an event earlier in the same group (the
+                // same event twice, or sent by two callers at once): its
+                // "original" was never stored, so answering OK would be a
+                // false acknowledgement.
+                let first_of_group = group.entries[0].sequence;
                 for p in pending.iter_mut() {
                     for o in p.outcomes.iter_mut() {
-                        if matches!(o, Outcome::Written { .. }) {
+                        let unstored = match o {
+                            Outcome::Written { .. } => true,
+                            Outcome::Duplicate { sequence, .. } => *sequence >= first_of_group,
+                            Outcome::Rejected(_) => false,
+                        };
+                        if unstored {
                             *o = Outcome::Rejected(Reject::unavailable(msg.clone()));
                         }
                     }
