@@ -158,6 +158,41 @@ fn load_signer(id: &str, key: &Path) -> Result<Signer> {
     Ok(Signer::from_secret_hex(id, &text)?)
 }
 
+/// Makes a new or renamed entry in `dir` durable (the entry, not the file's
+/// contents: fsync the file for those).
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// The directory a path is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a small file so that after a crash it holds either nothing (it
+/// does not exist) or all of `contents`: write a temporary file, fsync it,
+/// rename it into place, fsync the directory. A plain `fs::write` can leave
+/// an empty file behind when the machine or the filesystem stops right
+/// after it (seen with `ledger-id` when storage went read-only mid-run).
+fn write_durably(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let ctx = || format!("writing {}", path.display());
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut f = std::fs::File::create(&tmp).with_context(ctx)?;
+    f.write_all(contents.as_bytes()).with_context(ctx)?;
+    f.sync_all().with_context(ctx)?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(ctx)?;
+    sync_dir(parent_dir(path))
+}
+
 fn write_secret(path: &Path, secret_hex: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -169,7 +204,7 @@ fn write_secret(path: &Path, secret_hex: &str) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     writeln!(f, "{secret_hex}")?;
     f.sync_all()?;
-    Ok(())
+    sync_dir(parent_dir(path))
 }
 
 fn keygen(out: &Path) -> Result<()> {
@@ -185,6 +220,14 @@ fn keygen(out: &Path) -> Result<()> {
 fn resolve_ledger_id(data: &Path, given: Option<String>) -> Result<String> {
     let file = data.join("ledger-id");
     let stored = match std::fs::read_to_string(&file) {
+        // An empty file is a first start that was cut short before the id
+        // reached the disk (versions before write_durably). The log cannot
+        // hold events yet that name another id without failing replay, so
+        // take the id as unset and write it again.
+        Ok(s) if s.trim().is_empty() => {
+            tracing::warn!(file = %file.display(), "the ledger-id file is empty; writing it again");
+            None
+        }
         Ok(s) => Some(s.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
@@ -199,8 +242,7 @@ fn resolve_ledger_id(data: &Path, given: Option<String>) -> Result<String> {
             let id = g.unwrap_or_else(|| DEFAULT_LEDGER_ID.to_string());
             phb_domain::event::check_id("--ledger-id", &id, phb_domain::event::MAX_ID_LEN)
                 .map_err(|r| anyhow!(r.message))?;
-            std::fs::write(&file, format!("{id}\n"))
-                .with_context(|| format!("writing {}", file.display()))?;
+            write_durably(&file, &format!("{id}\n"))?;
             Ok(id)
         }
     }
@@ -217,7 +259,7 @@ fn resolve_root_key(data: &Path, given: Option<String>) -> Result<ed25519_dalek:
                 let root = Signer::generate("root");
                 let secret = data.join("root.key");
                 write_secret(&secret, &root.secret_hex())?;
-                std::fs::write(&pub_file, format!("{}\n", root.public_key_hex()))?;
+                write_durably(&pub_file, &format!("{}\n", root.public_key_hex()))?;
                 println!(
                     "generated the ledger's root key: secret {} (keep it offline), public {}",
                     secret.display(),
@@ -228,10 +270,22 @@ fn resolve_root_key(data: &Path, given: Option<String>) -> Result<ed25519_dalek:
             Err(e) => return Err(e).with_context(|| format!("reading {}", pub_file.display())),
         },
     };
-    if key.is_weak() {
-        bail!("the root public key is a weak ed25519 key; generate a new one with `phb-ledger keygen`");
+    if phb_domain::chain::parse_public_key(key.as_bytes()).is_none() {
+        bail!("the root public key is not one an ed25519 key generator produces (weak, mixed-order or non-canonical); generate a new one with `phb-ledger keygen`");
     }
     Ok(key)
+}
+
+/// A write past RLIMIT_FSIZE (`ulimit -f`, systemd `LimitFSIZE=`) raises
+/// SIGXFSZ, whose default action kills the process: a full file would then
+/// crash the ledger instead of refusing the write. Ignored, the write fails
+/// with EFBIG, which the writer answers UNAVAILABLE like any other failed write.
+fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler
+    // code and touches no memory; it is done once, at start-up.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 async fn serve(
@@ -240,7 +294,11 @@ async fn serve(
     ledger_id: Option<String>,
     root_public_key: Option<String>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    ignore_sigxfsz();
+    if !data.exists() {
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        sync_dir(parent_dir(&data))?;
+    }
     let ledger_id = resolve_ledger_id(&data, ledger_id)?;
     let root_key = resolve_root_key(&data, root_public_key)?;
     let started = std::time::Instant::now();
@@ -262,20 +320,30 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    // Take over SIGTERM and SIGINT before anyone can know the address: a
+    // handler installed only when the shutdown future is first polled left
+    // a window in which SIGTERM killed the process outright instead of
+    // stopping it cleanly (seen in tests/storage_faults.rs under load).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     // Tests and scripts read this line to find the port.
     println!("phb-ledger {ledger_id} listening on {addr}");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
         tracing::info!("shutting down");
     };
+    let flusher = engine.clone();
     phb_grpc::serve(engine, listener, shutdown)
         .await
         .map_err(|e| anyhow!(e))?;
+    // Every answered write is durable in the log already; leave the derived
+    // index complete too, so that it vouches for the last entries next time.
+    flusher.flush_index().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

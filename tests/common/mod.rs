@@ -3,14 +3,17 @@
 //! and talks to it over real gRPC with real ed25519 signatures.
 #![allow(dead_code)]
 
+pub mod logfile;
+
 use phb_client::{event, kinds, methods, Kind, Signer};
 use phb_proto::v1 as pb;
 use phb_proto::v1::ledger_service_client::LedgerServiceClient;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -29,6 +32,31 @@ pub fn code(c: Code) -> i32 {
     c as i32
 }
 
+/// How to start a server. `ServerOptions::default()` is what `Server::start`
+/// does: a fresh temporary data directory, a new root key, no wrapper.
+#[derive(Default)]
+pub struct ServerOptions {
+    /// Run on this data directory (e.g. a mount point) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+    /// A command line the server runs under, e.g. `["strace", "-f", ...]` or
+    /// `["prlimit", "--fsize=1000000", "--"]`; the server's own command line
+    /// is appended to it.
+    pub wrapper: Vec<OsString>,
+    /// The root signer (default: a new key).
+    pub root: Option<Signer>,
+}
+
+/// Why `phb-ledger serve` did not come up.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The exit status, if it exited.
+    pub status: Option<ExitStatus>,
+    /// What it wrote to stderr.
+    pub stderr: String,
+    /// What the harness saw (exited, timed out).
+    pub reason: String,
+}
+
 /// A running `phb-ledger serve` child process.
 pub struct Server {
     /// The ledger's root signer (its public key is passed on the command line).
@@ -36,6 +64,8 @@ pub struct Server {
     /// Where the server listens now (changes on restart: port 0).
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    data: PathBuf,
+    wrapper: Vec<OsString>,
     child: Mutex<Option<Child>>,
     starts: u32,
 }
@@ -43,24 +73,48 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh data directory.
     pub fn start() -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("phb-ledger-test")
-            .tempdir()
-            .expect("creating a temp dir");
-        let mut s = Server {
-            root: Signer::generate("root"),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            dir,
-            child: Mutex::new(None),
-            starts: 0,
-        };
+        Server::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server as `options` say; panics if it does not come up.
+    pub fn start_with(options: ServerOptions) -> Server {
+        let mut s = Server::prepare(options);
         s.spawn();
         s
     }
 
+    /// A server that is not started yet: call `start_again`,
+    /// `try_start_again` or `expect_start_failure`.
+    pub fn prepare(options: ServerOptions) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("phb-ledger-test")
+            .tempdir()
+            .expect("creating a temp dir");
+        let data = options.data_dir.unwrap_or_else(|| dir.path().join("data"));
+        Server {
+            root: options.root.unwrap_or_else(|| Signer::generate("root")),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            data,
+            wrapper: options.wrapper,
+            child: Mutex::new(None),
+            starts: 0,
+        }
+    }
+
     /// The data directory the server runs on.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
+    }
+
+    /// The wrapper command for the next start (empty: none).
+    pub fn set_wrapper(&mut self, wrapper: Vec<OsString>) {
+        self.wrapper = wrapper;
+    }
+
+    /// A scratch directory that lives as long as the server (not the data dir).
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn stderr_path(&self) -> PathBuf {
@@ -68,6 +122,83 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Err(f) = self.try_spawn() {
+            panic!(
+                "phb-ledger did not start: {}; exit status {:?}; stderr:\n{}",
+                f.reason, f.status, f.stderr
+            );
+        }
+    }
+
+    /// Starts the server (after `prepare`, `kill` or `terminate`) and
+    /// reports, rather than panics, if it does not come up.
+    pub fn try_start_again(&mut self) -> Result<(), StartFailure> {
+        self.try_spawn()
+    }
+
+    /// Starts the server expecting it to refuse: it must exit within
+    /// `within` without listening. Panics if it comes up.
+    pub fn expect_start_failure(&mut self, within: Duration) -> StartFailure {
+        let started = std::time::Instant::now();
+        match self.try_spawn() {
+            Ok(()) => {
+                let stderr = self.stderr();
+                self.kill();
+                panic!(
+                    "phb-ledger was expected to refuse to start but is listening on {}; stderr:\n{stderr}",
+                    self.addr
+                );
+            }
+            Err(f) => {
+                assert!(
+                    f.status.is_some(),
+                    "phb-ledger neither started nor exited ({}); stderr:\n{}",
+                    f.reason,
+                    f.stderr
+                );
+                assert!(
+                    started.elapsed() <= within,
+                    "phb-ledger took {:?} to refuse to start (limit {within:?})",
+                    started.elapsed()
+                );
+                f
+            }
+        }
+    }
+
+    /// The process id of the child (the wrapper's, if there is one).
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.id())
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself; returns its
+    /// status, or `None` if it is still running (it keeps running).
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            {
+                let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+                match guard.as_mut().map(|c| c.try_wait()) {
+                    None => return None,
+                    Some(Ok(Some(status))) => {
+                        guard.take();
+                        return Some(status);
+                    }
+                    Some(_) => {}
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), StartFailure> {
         assert!(
             self.child.get_mut().unwrap().is_none(),
             "server already running"
@@ -75,7 +206,17 @@ impl Server {
         self.starts += 1;
         let stderr_path = self.stderr_path();
         let stderr = std::fs::File::create(&stderr_path).expect("creating stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_phb-ledger"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_phb-ledger"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_phb-ledger")),
+        };
+        // Its own process group, so `kill` also reaches a wrapper's child.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
             .arg("serve")
             .arg("--data")
             .arg(self.data_dir())
@@ -94,7 +235,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .spawn()
-            .expect("spawning phb-ledger");
+            .unwrap_or_else(|e| panic!("spawning phb-ledger (wrapper {:?}): {e}", self.wrapper));
         let stdout = child.stdout.take().expect("child stdout");
         let (tx, rx) = mpsc::channel::<String>();
         // Keep draining stdout for the life of the child; hand over the
@@ -114,17 +255,15 @@ impl Server {
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(e) => {
-                let status = self
-                    .child
-                    .get_mut()
-                    .unwrap()
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
+                // Stdout closed (the process is exiting) or the start timed
+                // out: give it a moment to exit, then collect what it said.
+                let status = self.wait_exit(Duration::from_secs(10));
                 self.kill();
-                panic!(
-                    "phb-ledger did not print its listening line ({e}); exit status {status:?}; stderr:\n{}",
-                    read_to_string_lossy(&stderr_path)
-                );
+                return Err(StartFailure {
+                    status,
+                    stderr: read_to_string_lossy(&stderr_path),
+                    reason: format!("no listening line ({e})"),
+                });
             }
         };
         let addr = line
@@ -135,6 +274,7 @@ impl Server {
             .parse()
             .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
         assert_ne!(self.addr.port(), 0, "server reported port 0");
+        Ok(())
     }
 
     /// A new gRPC connection to the server.
@@ -152,12 +292,15 @@ impl Server {
     }
 
     /// SIGKILLs the server and waits for it to die. Takes `&self` so a test
-    /// can pull the plug while other tasks are using the server.
+    /// can pull the plug while other tasks are using the server. The whole
+    /// process group goes: a wrapper's child (strace's tracee) too.
     pub fn kill(&self) {
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = child {
+            signal_group(child.id(), libc::SIGKILL);
             let _ = child.kill(); // SIGKILL on unix
             let _ = child.wait();
+            wait_group_gone(child.id(), Duration::from_secs(10));
         }
     }
 
@@ -176,11 +319,15 @@ impl Server {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
+                // A wrapper may exit before what it runs: wait for the rest.
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                return wait_group_gone(child.id(), left).then_some(status);
             }
             if std::time::Instant::now() >= deadline {
+                signal_group(child.id(), libc::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
+                wait_group_gone(child.id(), Duration::from_secs(10));
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -210,11 +357,66 @@ impl Server {
     pub fn stderr(&self) -> String {
         read_to_string_lossy(&self.stderr_path())
     }
+
+    /// How many times the server was started (1 after `start`).
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// What the `n`-th start (from 1) wrote to stderr.
+    pub fn stderr_of_start(&self, n: u32) -> String {
+        read_to_string_lossy(&self.dir.path().join(format!("stderr-{n}.log")))
+    }
+
+    /// The gRPC health status of `phb.ledger.v1.LedgerService`
+    /// (`tonic_health::pb::health_check_response::ServingStatus` as i32).
+    pub async fn health(&self) -> Result<i32, tonic::Status> {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("server url")
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "phb.ledger.v1.LedgerService".into(),
+            })
+            .await?;
+        Ok(resp.into_inner().status)
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends `signal` to every process in the group `pgid` (each server runs in
+/// its own group, led by the spawned child).
+fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory
+    // is involved.
+    unsafe {
+        libc::kill(-(pgid as i32), signal);
+    }
+}
+
+/// Waits until no process of group `pgid` is left, SIGKILLing stragglers
+/// once `timeout` has passed. True if the group was gone in time.
+fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: signal 0 only checks whether the group exists.
+        if unsafe { libc::kill(-(pgid as i32), 0) } != 0 {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -322,7 +524,12 @@ pub struct World {
 impl World {
     /// Starts a server and registers the organisations.
     pub async fn new() -> World {
-        let server = Server::start();
+        World::with_server(Server::start()).await
+    }
+
+    /// Registers the organisations on a running server with an empty log
+    /// (e.g. one started with `Server::start_with`).
+    pub async fn with_server(server: Server) -> World {
         let client = server.client().await;
         let w = World {
             client,

@@ -103,11 +103,20 @@ impl LogEntry {
     }
 }
 
-/// Parses a raw 32-byte public key, refusing malformed and weak (small-order) keys,
-/// under which a batch verifier could accept forgeries.
+/// Parses a raw 32-byte public key. Accepts only keys an honest key
+/// generator produces: a canonical encoding of a point in the prime-order
+/// subgroup. Refused: malformed points; weak (small-order) keys, under which
+/// a batch verifier could accept forgeries; non-canonical encodings (y >= p),
+/// which other ed25519 libraries (libsodium) reject, so partners' auditors
+/// would disagree with us; and mixed-order keys (a torsion component), for
+/// which cofactored and cofactorless verifiers can disagree on a signature.
 pub fn parse_public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
     let key = VerifyingKey::from_bytes(bytes).ok()?;
     if key.is_weak() {
+        return None;
+    }
+    let point = key.to_edwards();
+    if point.compress().to_bytes() != *bytes || !point.is_torsion_free() {
         return None;
     }
     Some(key)
@@ -119,4 +128,55 @@ pub fn verify_signature(key: &VerifyingKey, message: &[u8], signature: &[u8]) ->
         return false;
     };
     key.verify_strict(message, &sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn only_canonical_prime_order_keys_are_accepted() {
+        for seed in 0..64u8 {
+            let honest = SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            assert!(parse_public_key(honest.as_bytes()).is_some(), "seed {seed}");
+            // The same point plus a small-order point: mixed order.
+            for t in &EIGHT_TORSION[1..] {
+                let mixed = (honest.to_edwards() + t).compress().to_bytes();
+                assert!(
+                    parse_public_key(&mixed).is_none(),
+                    "mixed-order key accepted"
+                );
+            }
+        }
+        // Small order: the identity and the other torsion points.
+        for t in &EIGHT_TORSION {
+            assert!(parse_public_key(&t.compress().to_bytes()).is_none());
+        }
+        // Non-canonical encodings: y + p for small y, wherever that decodes
+        // to a prime-order point (it would then equal the canonical key).
+        let p_le: [u8; 32] = {
+            let mut b = [0xffu8; 32];
+            b[0] = 0xed;
+            b[31] = 0x7f;
+            b
+        };
+        let mut refused = 0;
+        for y in 0u8..19 {
+            for sign in [0u8, 0x80] {
+                let mut b = p_le;
+                b[0] = 0xed + y; // p + y, y < 19 so no carry
+                b[31] |= sign;
+                if VerifyingKey::from_bytes(&b).is_ok() {
+                    assert!(parse_public_key(&b).is_none(), "non-canonical {b:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            refused > 0,
+            "no non-canonical encoding decoded; the check is vacuous"
+        );
+    }
 }

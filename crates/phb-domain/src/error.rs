@@ -3,6 +3,22 @@
 
 use std::fmt;
 
+/// The most characters of client input a refusal message quotes back.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// Client input as a refusal message quotes it: Debug-escaped, and cut to
+/// `MAX_QUOTED_CHARS` characters (with its full length in bytes) when longer.
+/// Refusals travel back in the response and into the server log, so they
+/// must stay small whatever was sent: unquoted, 60 KiB of U+0001 in a
+/// ledger_id would come back as 360 KiB, and a batch of them would outgrow
+/// the 8 MiB response limit and turn per-event answers into a call error.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// The class of a refusal. Each maps to one gRPC status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectCode {
@@ -103,5 +119,23 @@ impl Reject {
     /// Storage unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(RejectCode::Unavailable, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_and_bounds_client_input() {
+        assert_eq!(quote("phb-prod"), "\"phb-prod\"");
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        let q = quote(&"\u{1}".repeat(60 * 1024));
+        assert!(q.len() < 64 * 10, "{} bytes", q.len());
+        assert!(q.ends_with("... (61440 bytes)"), "{q}");
+        let exact = "x".repeat(MAX_QUOTED_CHARS);
+        assert_eq!(quote(&exact), format!("{exact:?}"));
+        // Cuts on a character boundary.
+        assert!(quote(&"é".repeat(100)).starts_with("\"éé"));
     }
 }

@@ -4,7 +4,7 @@
 //! validated `Event` or a `Reject` naming the field to fix. Everything after
 //! it (authorisation, budget rules, projection) works on these types only.
 
-use crate::error::Reject;
+use crate::error::{quote, Reject};
 use crate::money::{self, Money};
 use phb_proto::v1 as pb;
 use prost::Message;
@@ -260,13 +260,35 @@ fn check_category(field: &str, value: &str) -> Result<(), Reject> {
     {
         return Err(Reject::invalid(
             field,
-            format!("{field} {value:?} must use only a-z, 0-9, _ and - (e.g. \"personal_care\")"),
+            format!(
+                "{field} {} must use only a-z, 0-9, _ and - (e.g. \"personal_care\")",
+                quote(value)
+            ),
         ));
     }
     Ok(())
 }
 
-/// Free text: printable, no control characters, bounded.
+/// True for characters free text may not contain: control characters (Cc),
+/// the bidirectional formatting characters, with which a description can be
+/// made to display as something else to an auditor ("Trojan Source",
+/// CVE-2021-42574), and the line and paragraph separators, which break a
+/// text into lines as a line feed does.
+pub fn is_forbidden_in_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+/// Free text: printable, no control or bidirectional formatting characters, bounded.
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Reject> {
     if required && value.trim().is_empty() {
         return Err(Reject::invalid(field, format!("{field} is required")));
@@ -277,10 +299,13 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
             format!("{field} is longer than {max} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = value.chars().find(|c| is_forbidden_in_text(*c)) {
         return Err(Reject::invalid(
             field,
-            format!("{field} contains control characters; use printable text only"),
+            format!(
+                "{field} contains U+{:04X}, a control or bidirectional formatting character; use printable text only",
+                u32::from(c)
+            ),
         ));
     }
     Ok(())
@@ -307,7 +332,10 @@ pub fn parse_date(field: &str, s: &str) -> Result<Date, Reject> {
     let bad = || {
         Reject::invalid(
             field,
-            format!("{field} {s:?} is not a date of the form YYYY-MM-DD between 2000 and 2199"),
+            format!(
+                "{field} {} is not a date of the form YYYY-MM-DD between 2000 and 2199",
+                quote(s)
+            ),
         )
     };
     let b = s.as_bytes();
@@ -397,10 +425,14 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
             format!("event bytes are not a valid phb.ledger.v1.Event protobuf message: {e}"),
         )
     })?;
-    // prost drops fields it does not know. Refuse them instead: the log keeps
-    // the client's exact bytes forever, so nothing unvalidated (personal data
-    // in an unknown field, say) may ride along inside a signed event.
-    if ev.encoded_len() != bytes.len() {
+    // prost drops fields it does not know, keeps only the last of a repeated
+    // field, and takes fields in any order and varints with redundant bytes.
+    // Refuse all of that: the log keeps the client's exact bytes forever, so
+    // nothing unvalidated (personal data in an unknown field, say) may ride
+    // along inside a signed event, and an event has exactly one byte form.
+    // Comparing lengths alone is not enough: fields in another order, or an
+    // unpacked role plus a padded varint, are non-canonical at equal length.
+    if ev.encoded_len() != bytes.len() || ev.encode_to_vec() != bytes {
         return Err(Reject::invalid(
             "event",
             "event contains fields this ledger does not know, or a non-canonical encoding; send only the fields of phb.ledger.v1.Event, serialized by a standard protobuf library",
@@ -411,8 +443,9 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
         return Err(Reject::invalid(
             "ledger_id",
             format!(
-                "ledger_id {:?} is not this ledger ({:?}); events cannot be replayed across ledgers",
-                ev.ledger_id, ctx.ledger_id
+                "ledger_id {} is not this ledger ({:?}); events cannot be replayed across ledgers",
+                quote(&ev.ledger_id),
+                ctx.ledger_id
             ),
         ));
     }
@@ -622,4 +655,68 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             EventKind::BudgetStopped { reason: s.reason }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_refuses_control_and_bidi_formatting_characters() {
+        for ok in [
+            "annual review",
+            "na\u{ef}ve \u{2713}",
+            "\u{5e9}\u{5dc}\u{5d5}\u{5dd}",
+        ] {
+            assert!(check_text("f", ok, 256, true).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "bell\u{7}",
+            "tab\there",
+            "line\nfeed",
+            "del\u{7f}",
+            "next\u{85}line",
+            "chair \u{202e}00.001",
+            "isolate \u{2066}x\u{2069}",
+            "mark \u{200f}",
+            "arabic mark \u{61c}",
+            "line\u{2028}separator",
+            "para\u{2029}separator",
+        ] {
+            let r = check_text("f", bad, 256, true).expect_err(bad);
+            assert_eq!(r.field.as_deref(), Some("f"));
+            assert!(r.message.contains("U+"), "{}", r.message);
+        }
+    }
+
+    /// Found by the `decode_event` fuzz target: the length check let through
+    /// encodings of equal length that are not canonical (fields reordered).
+    #[test]
+    fn only_the_canonical_encoding_is_accepted() {
+        let ev = pb::Event {
+            event_id: "e-1".into(),
+            ledger_id: "l".into(),
+            budget_id: "b-1".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_704_067_200,
+                nanos: 0,
+            }),
+            kind: Some(pb::event::Kind::BudgetStopped(pb::BudgetStopped {
+                reason: "moved".into(),
+            })),
+        };
+        let ctx = DecodeContext {
+            ledger_id: "l",
+            now_micros: 1_704_067_200_000_000,
+        };
+        let canonical = ev.encode_to_vec();
+        assert!(decode_event(&canonical, ctx).is_ok());
+        // event_id (0a 03 "e-1") and ledger_id (12 01 "l") swapped.
+        let mut swapped = canonical[5..8].to_vec();
+        swapped.extend_from_slice(&canonical[..5]);
+        swapped.extend_from_slice(&canonical[8..]);
+        assert_eq!(pb::Event::decode(&swapped[..]).unwrap(), ev);
+        let r = decode_event(&swapped, ctx).expect_err("reordered fields accepted");
+        assert_eq!(r.field.as_deref(), Some("event"));
+    }
 }

@@ -4,7 +4,7 @@
 //! same two functions, so the live service and a rebuild cannot disagree.
 
 use crate::chain::{self, Hash, LogEntry, SignedEvent, GENESIS_HASH};
-use crate::error::Reject;
+use crate::error::{quote, Reject};
 use crate::event::{
     decode_event, Date, DecodeContext, Event, EventKind, Management, PayeeKind, Role, ROOT_SIGNER,
 };
@@ -245,8 +245,8 @@ impl Ledger {
     pub fn authenticate(&self, signed: &SignedEvent) -> Result<(), Reject> {
         let key = self.signer_key(&signed.signer_id).ok_or_else(|| {
             Reject::unauthenticated(format!(
-                "signer_id {:?} is not a registered organisation; ask the ledger operator to register it",
-                signed.signer_id
+                "signer_id {} is not a registered organisation; ask the ledger operator to register it",
+                quote(&signed.signer_id)
             ))
         })?;
         if signed.signature.len() != 64 {
@@ -308,7 +308,7 @@ impl Ledger {
             ));
         }
         let signer = self.orgs.get(signer_id).ok_or_else(|| {
-            Reject::unauthenticated(format!("signer_id {signer_id:?} is not registered"))
+            Reject::unauthenticated(format!("signer_id {} is not registered", quote(signer_id)))
         })?;
         if let EventKind::BudgetOpened { .. } = event.kind {
             return self.decide_open(signer, event);

@@ -5,6 +5,7 @@
 //! "NaN", no non-ASCII digits ("١٢"), no whitespace, no "+", no third decimal
 //! place (we never round a figure someone signed).
 
+use crate::error::quote;
 use rust_decimal::Decimal;
 use std::fmt;
 use std::str::FromStr;
@@ -68,26 +69,27 @@ impl fmt::Debug for Money {
     }
 }
 
-/// Why an amount string was refused.
+/// Why an amount string was refused. Each variant carries the input as the
+/// message quotes it (`error::quote`: escaped, at most 64 characters).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
     /// Empty string.
     #[error("amount is empty; give pounds as a decimal string such as \"202.04\"")]
     Empty,
     /// Not of the accepted shape.
-    #[error("amount {0:?} is not a plain decimal number of pounds; use ASCII digits with at most 2 decimal places, e.g. \"202.04\" (no exponent, sign '+', spaces or separators)")]
+    #[error("amount {0} is not a plain decimal number of pounds; use ASCII digits with at most 2 decimal places, e.g. \"202.04\" (no exponent, sign '+', spaces or separators)")]
     Malformed(String),
     /// More than two decimal places.
-    #[error("amount {0:?} has more than 2 decimal places; amounts are exact pounds and pence")]
+    #[error("amount {0} has more than 2 decimal places; amounts are exact pounds and pence")]
     TooPrecise(String),
     /// Above the bound, or more than 10 integer digits.
-    #[error("amount {0:?} is larger than the largest accepted amount (1000000000.00, at most 10 digits before the point)")]
+    #[error("amount {0} is larger than the largest accepted amount (1000000000.00, at most 10 digits before the point)")]
     TooLarge(String),
     /// Zero or negative where a positive amount is required.
-    #[error("amount {0:?} must be greater than zero")]
+    #[error("amount {0} must be greater than zero")]
     NotPositive(String),
     /// Zero where a non-zero delta is required.
-    #[error("delta {0:?} must not be zero")]
+    #[error("delta {0} must not be zero")]
     Zero(String),
 }
 
@@ -103,19 +105,19 @@ fn parse_signed(s: &str) -> Result<Money, AmountError> {
     };
     let all_ascii_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if !all_ascii_digits(int) || frac.is_some_and(|f| !all_ascii_digits(f)) {
-        return Err(AmountError::Malformed(s.to_string()));
+        return Err(AmountError::Malformed(quote(s)));
     }
     if frac.is_some_and(|f| f.len() > 2) {
-        return Err(AmountError::TooPrecise(s.to_string()));
+        return Err(AmountError::TooPrecise(quote(s)));
     }
     // At most 10 integer digits (leading zeros count), so the accepted shape
     // is exactly -?[0-9]{1,10}(\.[0-9]{1,2})? and auditors can re-check it.
     if int.len() > 10 {
-        return Err(AmountError::TooLarge(s.to_string()));
+        return Err(AmountError::TooLarge(quote(s)));
     }
-    let d = Decimal::from_str_exact(s).map_err(|_| AmountError::Malformed(s.to_string()))?;
+    let d = Decimal::from_str_exact(s).map_err(|_| AmountError::Malformed(quote(s)))?;
     if d.abs() > Decimal::from(MAX_AMOUNT_POUNDS) {
-        return Err(AmountError::TooLarge(s.to_string()));
+        return Err(AmountError::TooLarge(quote(s)));
     }
     Ok(Money::at_scale(d))
 }
@@ -124,7 +126,7 @@ fn parse_signed(s: &str) -> Result<Money, AmountError> {
 pub fn parse_positive(s: &str) -> Result<Money, AmountError> {
     let m = parse_signed(s)?;
     if m.is_negative() || m.0.is_zero() {
-        return Err(AmountError::NotPositive(s.to_string()));
+        return Err(AmountError::NotPositive(quote(s)));
     }
     Ok(m)
 }
@@ -133,7 +135,7 @@ pub fn parse_positive(s: &str) -> Result<Money, AmountError> {
 pub fn parse_nonzero_delta(s: &str) -> Result<Money, AmountError> {
     let m = parse_signed(s)?;
     if m.0.is_zero() {
-        return Err(AmountError::Zero(s.to_string()));
+        return Err(AmountError::Zero(quote(s)));
     }
     Ok(m)
 }

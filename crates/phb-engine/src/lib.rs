@@ -86,10 +86,18 @@ struct WriteRequest {
     reply: oneshot::Sender<Vec<Outcome>>,
 }
 
+/// What the writer thread is asked to do.
+enum Request {
+    Write(WriteRequest),
+    /// Write the index out (after everything queued before it); answered
+    /// when done. Used on a clean shutdown.
+    FlushIndex(oneshot::Sender<()>),
+}
+
 /// The handle the gRPC shell holds.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<WriteRequest>,
+    tx: mpsc::Sender<Request>,
     view: Arc<RwLock<Ledger>>,
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
@@ -160,7 +168,9 @@ impl Engine {
     }
 
     /// False once storage failed in a way only a restart can recover from
-    /// (a failed fsync); reads keep working, writes are refused UNAVAILABLE.
+    /// (a failed fsync, a failed cut-back of a failed write, a failed index
+    /// write or lookup) or the writer stopped; reads keep working, writes are
+    /// refused UNAVAILABLE.
     pub fn writable(&self) -> watch::Receiver<bool> {
         self.writable.clone()
     }
@@ -181,6 +191,16 @@ impl Engine {
         phb_domain::chain::verify_signature(&key, &signed.event, &signed.signature).then_some(key)
     }
 
+    /// Writes the index out to its files after every write queued so far
+    /// (sled otherwise does so every 500 ms). Call on a clean shutdown, so
+    /// that the index vouches for every committed entry at the next start.
+    pub async fn flush_index(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Request::FlushIndex(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
     /// Submits events and waits until they are durable (or refused).
     pub async fn append(&self, events: Vec<Submission>, atomic: bool) -> Vec<Outcome> {
         let n = events.len();
@@ -194,7 +214,7 @@ impl Engine {
             atomic,
             reply,
         };
-        if self.tx.send(req).await.is_err() {
+        if self.tx.send(Request::Write(req)).await.is_err() {
             return unavailable("the writer has stopped; restart the server");
         }
         answer
@@ -209,6 +229,14 @@ struct Writer {
     view: Arc<RwLock<Ledger>>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
+}
+
+impl Drop for Writer {
+    /// However the writer thread ends (a panic included), nothing will be
+    /// written any more: say so, so health goes NOT_SERVING.
+    fn drop(&mut self) {
+        self.writable.send_replace(false);
+    }
 }
 
 /// One group under construction.
@@ -238,13 +266,22 @@ struct Pending {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
             let mut group = Group::default();
             let mut pending = Vec::new();
+            let mut flushes = Vec::new();
             let now = now_micros();
             let mut next = Some(first);
             while let Some(req) = next.take() {
+                let req = match req {
+                    Request::Write(req) => req,
+                    Request::FlushIndex(reply) => {
+                        // After the group gathered so far is committed.
+                        flushes.push(reply);
+                        break;
+                    }
+                };
                 let outcomes = self.process(&mut group, &req, now);
                 pending.push(Pending {
                     reply: req.reply,
@@ -256,9 +293,21 @@ impl Writer {
                 }
             }
             self.commit(group, &mut pending);
+            // Say so before answering: a caller told "restart needed" must
+            // find health NOT_SERVING already.
+            if !self.store.accepts_writes() && *self.writable.borrow() {
+                tracing::error!("storage no longer accepts writes; restart the server to recover");
+                self.writable.send_replace(false);
+            }
             for p in pending {
                 // A caller that went away will retry; its events are durable.
                 let _ = p.reply.send(p.outcomes);
+            }
+            for reply in flushes {
+                if let Err(e) = self.store.flush_index() {
+                    tracing::warn!(error = %e, "writing the index out failed; it is re-indexed from the log at the next start");
+                }
+                let _ = reply.send(());
             }
         }
         tracing::info!("writer stopped: all engine handles dropped");
@@ -304,7 +353,11 @@ impl Writer {
             None => self
                 .store
                 .find_event(&event.event_id)
-                .map_err(|e| Reject::unavailable(format!("index lookup failed: {e}")))?
+                .map_err(|e| {
+                    Reject::unavailable(format!(
+                        "the event-id index failed ({e}), so duplicates cannot be detected; nothing was written. The server refuses writes until it is restarted; retry then with the same signed event"
+                    ))
+                })?
                 .map(|x| (x.sequence, x.digest, x.entry_hash)),
         };
         // A byte-identical resubmission of a stored event is a duplicate even
@@ -384,12 +437,6 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");
                 self.ledger.rollback(group.undo);
-                if !self.store.accepts_writes() {
-                    tracing::error!(
-                        "storage no longer accepts writes; restart the server to recover"
-                    );
-                    self.writable.send_replace(false);
-                }
                 let msg = format!("the ledger could not make this event durable ({e}) and did not acknowledge it; retry later with the same signed event (if it was stored after all, the retry is answered as a duplicate)");
                 // Everything this group would have written is refused, and so
                 // is a duplicate of an event earlier in the same group (the

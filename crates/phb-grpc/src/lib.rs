@@ -416,7 +416,10 @@ pub async fn serve(
     let ledger = LedgerServiceServer::new(api)
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm
+    // holds a response's second small write (data after headers, trailers
+    // after data) until the client's delayed ACK, about 40 ms per call.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .add_service(health_service)

@@ -2,6 +2,7 @@
 //! `x-phb-signature` = base64(ed25519("{method path}\n{timestamp}")).
 
 use base64::Engine as _;
+use phb_domain::error::quote;
 use phb_engine::Engine;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Status};
@@ -24,11 +25,16 @@ pub fn authenticate<T>(engine: &Engine, req: &Request<T>, method: &str) -> Resul
     let org = header(req, "x-phb-org")?;
     let ts_text = header(req, "x-phb-timestamp")?;
     let sig_text = header(req, "x-phb-signature")?;
-    let ts: i64 = ts_text.parse().map_err(|_| {
-        Status::unauthenticated(format!(
-            "x-phb-timestamp {ts_text:?} is not unix seconds as a decimal integer"
-        ))
-    })?;
+    // Plain ASCII digits only: `i64::from_str` would also take a sign.
+    let ts: i64 = Some(ts_text)
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "x-phb-timestamp {} is not unix seconds as plain decimal digits (no sign, spaces or exponent)",
+                quote(ts_text)
+            ))
+        })?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -43,7 +49,8 @@ pub fn authenticate<T>(engine: &Engine, req: &Request<T>, method: &str) -> Resul
         .map_err(|_| Status::unauthenticated("x-phb-signature is not standard base64"))?;
     let key = engine.view().signer_key(org).copied().ok_or_else(|| {
         Status::unauthenticated(format!(
-            "x-phb-org {org:?} is not a registered organisation"
+            "x-phb-org {} is not a registered organisation",
+            quote(org)
         ))
     })?;
     let message = format!("{method}\n{ts_text}");

@@ -47,10 +47,10 @@ pub enum StoreError {
     /// The index database failed.
     #[error("index: {0}")]
     Index(#[from] sled::Error),
-    /// An earlier fsync or index write failed; the process must restart to
-    /// recover from disk.
+    /// An earlier fsync, cut-back of a failed write, or index operation
+    /// failed; the process must restart to recover from disk.
     #[error(
-        "the log refuses writes after a failed fsync or index write; restart the server to recover"
+        "the log refuses writes after a storage failure it cannot undo (a failed fsync, cut-back of a failed write, or index operation); restart the server to recover"
     )]
     Poisoned,
     /// The caller's visitor refused an entry during open.
@@ -97,6 +97,10 @@ pub struct Store {
     /// Set when indexing failed after the log was durable: lookups may miss
     /// the newest ids, so no more writes until a restart re-indexes.
     index_behind: bool,
+    /// Set when an index lookup failed: sled's IO errors are sticky, and
+    /// without lookups duplicates cannot be detected, so no more writes
+    /// until a restart re-checks (and if need be rebuilds) the index.
+    index_failed: std::cell::Cell<bool>,
 }
 
 /// One entry to append, with the event id it indexes under.
@@ -128,31 +132,37 @@ fn be_u64(v: &[u8]) -> Option<u64> {
 impl Store {
     /// Opens (or creates) the store in `dir`, recovering a torn tail, and
     /// calls `visit` with every entry in order (the caller replays them).
+    ///
+    /// The index is checked against the log as it is read: every entry it
+    /// claims must be there with the same offset, digest and hash, and it
+    /// must hold nothing else. An index that cannot be opened or read, or
+    /// that disagrees with the log, is derived data gone bad: it is deleted
+    /// and rebuilt from the log rather than trusted or refused. Only an
+    /// index that is consistent with the log *and* records entries beyond
+    /// its end refuses the start (committed entries are missing).
     pub fn open(
         dir: &Path,
         visit: &mut dyn FnMut(&LogEntry) -> Result<(), String>,
     ) -> Result<(Store, OpenReport), StoreError> {
         let io = |what: &str, e| StoreError::Io(format!("{what} {}", dir.display()), e);
-        std::fs::create_dir_all(dir.join("log")).map_err(|e| io("creating", e))?;
+        if !dir.join("log").is_dir() {
+            std::fs::create_dir_all(dir.join("log")).map_err(|e| io("creating", e))?;
+            // The new directory's entry must survive a crash with the log in it.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing", e))?;
+        }
         let log_path = dir.join("log").join("ledger.log");
         let mut log = LogFile::open(&log_path)?;
         let index_path = dir.join("index");
         let mut report = OpenReport::default();
-        let db = match open_index(&index_path) {
-            Ok(db) => db,
+        let mut index = match OpenedIndex::open(&index_path) {
+            Ok(ix) => Some(ix),
             Err(e) => {
-                // The index is derived data: rebuild rather than refuse to start.
                 tracing::warn!(error = %e, "index unreadable; rebuilding it from the log");
-                std::fs::remove_dir_all(&index_path).map_err(|e| io("removing index in", e))?;
-                report.index_rebuilt = true;
-                open_index(&index_path)?
+                None
             }
         };
-        let index = db.open_tree("v1")?;
-        let indexed_through = index
-            .get(KEY_INDEXED_THROUGH)?
-            .and_then(|v| be_u64(&v))
-            .unwrap_or(0);
 
         let len = log.len_on_disk()?;
         let mut offset = HEADER_LEN;
@@ -170,9 +180,11 @@ impl Store {
                         offset,
                         detail,
                     };
+                    let indexed_through = index.as_ref().map_or(0, |ix| ix.indexed_through);
                     if indexed_through >= expected {
-                        // The index was written after this entry was fsync'd:
-                        // it was committed, so this is damage, not a torn write.
+                        // The index was written after this entry was fsync'd
+                        // (and agreed with every entry before it): it was
+                        // committed, so this is damage, not a torn write.
                         return Err(corrupt(format!(
                             "record is damaged but the index shows it was committed (indexed through sequence {indexed_through}); restore from a backup or replica (docs/operations.md)"
                         )));
@@ -195,6 +207,7 @@ impl Store {
                     tracing::warn!(
                         offset,
                         bytes = report.truncated_bytes,
+                        sequence = expected,
                         "cutting off a torn, unacknowledged tail of the log"
                     );
                     log.truncate_to(offset)?;
@@ -212,14 +225,28 @@ impl Store {
                         sequence: entry.sequence,
                         detail,
                     })?;
-                    if entry.sequence > indexed_through {
-                        index_entry(&mut batch, &entry, offset)?;
-                        pending += 1;
-                        report.reindexed += 1;
-                        if pending >= MAX_GROUP_ENTRIES {
-                            batch.insert(KEY_INDEXED_THROUGH, &entry.sequence.to_be_bytes());
-                            index.apply_batch(std::mem::take(&mut batch))?;
-                            pending = 0;
+                    let id = stored_event_id(&entry)?;
+                    if let Some(ix) = &index {
+                        let checked = if entry.sequence <= ix.indexed_through {
+                            ix.agrees(&entry, &id, offset)
+                        } else {
+                            batch.insert(event_key(&id), index_value(&entry));
+                            batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
+                            pending += 1;
+                            report.reindexed += 1;
+                            if pending >= MAX_GROUP_ENTRIES {
+                                pending = 0;
+                                batch.insert(KEY_INDEXED_THROUGH, &entry.sequence.to_be_bytes());
+                                ix.tree
+                                    .apply_batch(std::mem::take(&mut batch))
+                                    .map_err(|e| format!("writing: {e}"))
+                            } else {
+                                Ok(())
+                            }
+                        };
+                        if let Err(why) = checked {
+                            tracing::warn!(sequence = entry.sequence, problem = %why, "the index disagrees with the log; rebuilding it from the log");
+                            index = None;
                         }
                     }
                     expected += 1;
@@ -228,33 +255,57 @@ impl Store {
             }
         }
         let head_sequence = expected - 1;
-        if indexed_through > head_sequence {
-            // The index is only written after the log is durable, so it can
-            // only be ahead if committed entries vanished from the log.
-            return Err(StoreError::Corrupt {
-                sequence: Some(head_sequence + 1),
-                offset,
-                detail: format!(
-                    "the log ends at sequence {head_sequence} but its index records entries through {indexed_through}: committed entries are missing. Restore the log from a backup or replica; if the log was restored on purpose, delete {} so it is rebuilt",
-                    index_path.display()
-                ),
-            });
+        if let Some(ix) = &index {
+            if ix.indexed_through > head_sequence {
+                // The index agrees with every entry the log has and is only
+                // written after the log is durable, so it can only be ahead
+                // if committed entries vanished from the log.
+                return Err(StoreError::Corrupt {
+                    sequence: Some(head_sequence + 1),
+                    offset,
+                    detail: format!(
+                        "the log ends at sequence {head_sequence} but its index records entries through {}: committed entries are missing. Restore the log from a backup or replica; if the log was restored on purpose, delete {} so it is rebuilt",
+                        ix.indexed_through,
+                        index_path.display()
+                    ),
+                });
+            }
         }
-        if pending > 0 {
-            batch.insert(KEY_INDEXED_THROUGH, &head_sequence.to_be_bytes());
-            index.apply_batch(batch)?;
+        if let Some(ix) = &index {
+            let finished = if pending > 0 {
+                batch.insert(KEY_INDEXED_THROUGH, &head_sequence.to_be_bytes());
+                ix.tree
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| format!("writing: {e}"))
+            } else {
+                Ok(())
+            }
+            .and_then(|()| ix.holds_only(head_sequence));
+            if let Err(why) = finished {
+                tracing::warn!(problem = %why, "the index disagrees with the log; rebuilding it from the log");
+                index = None;
+            }
         }
-        index.flush()?;
+        let index = match index {
+            Some(ix) => ix,
+            None => {
+                report.index_rebuilt = true;
+                report.reindexed = head_sequence;
+                rebuild_index(&index_path, &log, offset, head_sequence)?
+            }
+        };
+        index.tree.flush()?;
         log.set_committed_len(offset);
         report.entries = head_sequence;
         Ok((
             Store {
                 log,
-                index,
-                _db: db,
+                index: index.tree,
+                _db: index.db,
                 log_path,
                 head_sequence,
                 index_behind: false,
+                index_failed: std::cell::Cell::new(false),
             },
             report,
         ))
@@ -262,7 +313,7 @@ impl Store {
 
     /// False once a failure means only a restart can make writes safe again.
     pub fn accepts_writes(&self) -> bool {
-        self.log.accepts_writes() && !self.index_behind
+        self.log.accepts_writes() && !self.index_behind && !self.index_failed.get()
     }
 
     /// The last sequence in the log.
@@ -274,7 +325,7 @@ impl Store {
     /// indexes them. Returns only after the entries are on disk.
     pub fn append(&mut self, group: &[Append<'_>]) -> Result<(), StoreError> {
         assert!(!group.is_empty() && group.len() <= MAX_GROUP_ENTRIES);
-        if self.index_behind {
+        if self.index_behind || self.index_failed.get() {
             return Err(StoreError::Poisoned);
         }
         let mut buf = Vec::new();
@@ -307,8 +358,25 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the index out to its files (sled's `flush`: not an fsync, see
+    /// the crate docs; the index never needs to be durable, only complete
+    /// after a clean stop so it can vouch for the last committed entries).
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        self.index.flush()?;
+        Ok(())
+    }
+
     /// Looks up an event id.
+    /// An error (sled failing, or a malformed value) means the index can no
+    /// longer be trusted: the store then refuses writes until a restart.
     pub fn find_event(&self, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
+        self.lookup(event_id).inspect_err(|e| {
+            tracing::error!(error = %e, "index lookup failed; refusing writes until restart");
+            self.index_failed.set(true);
+        })
+    }
+
+    fn lookup(&self, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
         let Some(v) = self.index.get(event_key(event_id))? else {
             return Ok(None);
         };
@@ -333,6 +401,8 @@ impl Store {
         Ok(LogReader {
             file,
             index: self.index.clone(),
+            resume: std::sync::Mutex::new((1, HEADER_LEN)),
+            index_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -356,15 +426,139 @@ fn index_value(entry: &LogEntry) -> Vec<u8> {
 }
 
 fn index_entry(batch: &mut sled::Batch, entry: &LogEntry, offset: u64) -> Result<(), StoreError> {
-    let id = phb_domain::event::decode_event_id(&entry.signed.event).ok_or_else(|| {
-        StoreError::Rejected {
-            sequence: entry.sequence,
-            detail: "stored event has no readable event_id".into(),
-        }
-    })?;
+    let id = stored_event_id(entry)?;
     batch.insert(event_key(&id), index_value(entry));
     batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
     Ok(())
+}
+
+/// The event id a stored entry indexes under.
+fn stored_event_id(entry: &LogEntry) -> Result<String, StoreError> {
+    phb_domain::event::decode_event_id(&entry.signed.event).ok_or_else(|| StoreError::Rejected {
+        sequence: entry.sequence,
+        detail: "stored event has no readable event_id".into(),
+    })
+}
+
+/// An index opened at start-up, with the watermark it claims.
+struct OpenedIndex {
+    db: sled::Db,
+    tree: sled::Tree,
+    indexed_through: u64,
+}
+
+impl OpenedIndex {
+    /// Opens the index; any failure (including a panic inside sled on a
+    /// damaged file) is reported as a reason to rebuild it.
+    fn open(path: &Path) -> Result<OpenedIndex, String> {
+        let opened = std::panic::catch_unwind(|| -> Result<OpenedIndex, String> {
+            let db = open_index(path).map_err(|e| e.to_string())?;
+            let tree = db.open_tree("v1").map_err(|e| e.to_string())?;
+            let indexed_through = match tree.get(KEY_INDEXED_THROUGH).map_err(|e| e.to_string())? {
+                None => 0,
+                Some(v) if v.len() == 8 => be_u64(&v).unwrap_or(0),
+                Some(v) => return Err(format!("malformed watermark ({} bytes)", v.len())),
+            };
+            Ok(OpenedIndex {
+                db,
+                tree,
+                indexed_through,
+            })
+        });
+        opened.unwrap_or_else(|_| Err("sled panicked opening the index".into()))
+    }
+
+    /// True if the index holds exactly what the log says for `entry`.
+    fn agrees(&self, entry: &LogEntry, id: &str, offset: u64) -> Result<(), String> {
+        let seq = entry.sequence;
+        let at = self
+            .tree
+            .get(seq_key(seq))
+            .map_err(|e| format!("reading: {e}"))?;
+        if at.as_deref() != Some(&offset.to_be_bytes()[..]) {
+            return Err(format!("wrong or missing offset for sequence {seq}"));
+        }
+        let hit = self
+            .tree
+            .get(event_key(id))
+            .map_err(|e| format!("reading: {e}"))?;
+        if hit.as_deref() != Some(&index_value(entry)[..]) {
+            return Err(format!(
+                "wrong or missing event id entry for sequence {seq}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// True if the index holds nothing but the entries 1..=head.
+    fn holds_only(&self, head: u64) -> Result<(), String> {
+        for prefix in [KEY_EVENT, KEY_SEQ] {
+            let mut n = 0u64;
+            for item in self.tree.scan_prefix([prefix]) {
+                item.map_err(|e| format!("reading: {e}"))?;
+                n += 1;
+            }
+            if n != head {
+                return Err(format!(
+                    "{n} '{}' keys for {head} log entries",
+                    prefix as char
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the index and builds it again from the log's first `end` bytes
+/// (already read and verified: `head` entries).
+fn rebuild_index(
+    path: &Path,
+    log: &LogFile,
+    end: u64,
+    head: u64,
+) -> Result<OpenedIndex, StoreError> {
+    let io = |what: &str, e| StoreError::Io(format!("{what} {}", path.display()), e);
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(|e| io("removing", e))?,
+        Ok(_) => std::fs::remove_file(path).map_err(|e| io("removing", e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspecting", e)),
+    }
+    let db = open_index(path)?;
+    let tree = db.open_tree("v1")?;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let mut offset = HEADER_LEN;
+    let mut seq = 0u64;
+    while offset < end {
+        let outcome = read_record(log.file(), offset, end)
+            .map_err(|e| StoreError::Io("re-reading the log to rebuild the index".into(), e))?;
+        let ReadOutcome::Entry(entry, next) = outcome else {
+            return Err(StoreError::Corrupt {
+                sequence: Some(seq + 1),
+                offset,
+                detail: "the log changed while the index was being rebuilt".into(),
+            });
+        };
+        seq = entry.sequence;
+        index_entry(&mut batch, &entry, offset)?;
+        pending += 1;
+        if pending >= MAX_GROUP_ENTRIES {
+            batch.insert(KEY_INDEXED_THROUGH, &seq.to_be_bytes());
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+        offset = next;
+    }
+    debug_assert_eq!(seq, head);
+    batch.insert(KEY_INDEXED_THROUGH, &head.to_be_bytes());
+    tree.apply_batch(batch)?;
+    tracing::info!(entries = head, "index rebuilt from the log");
+    Ok(OpenedIndex {
+        db,
+        tree,
+        indexed_through: head,
+    })
 }
 
 fn open_index(path: &Path) -> Result<sled::Db, sled::Error> {
@@ -420,32 +614,98 @@ fn tail_is_zero(file: &File, from: u64, len: u64) -> Result<bool, StoreError> {
 }
 
 /// Reads committed entries by sequence.
+///
+/// The index's sequence → offset entries only speed reads up: when the index
+/// fails (sled's IO errors are sticky, e.g. after the disk filled up) or is
+/// wrong, the reader walks the log file itself, from where its last read
+/// ended if it can, so reads keep working while writes are refused.
 pub struct LogReader {
     file: File,
     index: sled::Tree,
+    /// (next sequence, its offset) after the last read.
+    resume: std::sync::Mutex<(u64, u64)>,
+    /// Set once the index failed a read (warned about once).
+    index_failed: std::sync::atomic::AtomicBool,
 }
 
 impl LogReader {
     /// Reads up to `max` entries starting at `from`, not past `through`
     /// (the committed head the caller knows about).
     pub fn read(&self, from: u64, through: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let mut out = Vec::new();
-        if from == 0 || from > through {
-            return Ok(out);
+        if from == 0 || from > through || max == 0 {
+            return Ok(Vec::new());
         }
-        let Some(off) = self.index.get(seq_key(from))? else {
-            return Err(StoreError::Corrupt {
-                sequence: Some(from),
-                offset: 0,
-                detail: "sequence missing from index".into(),
-            });
-        };
-        let mut offset = be_u64(&off).ok_or_else(|| bad_index("offset"))?;
         let len = self
             .file
             .metadata()
             .map_err(|e| StoreError::Io("reading log size".into(), e))?
             .len();
+        if let Some(offset) = self.indexed_offset(from) {
+            if let Ok(out) = self.read_at(offset, from, through, max, len) {
+                return Ok(out);
+            }
+            tracing::warn!(
+                sequence = from,
+                offset,
+                "the index points at the wrong place; reading the log without it"
+            );
+        }
+        let offset = self.scan_to(from, len)?;
+        self.read_at(offset, from, through, max, len)
+    }
+
+    /// The offset the index gives for `seq`, if it can.
+    fn indexed_offset(&self, seq: u64) -> Option<u64> {
+        match self.index.get(seq_key(seq)) {
+            Ok(Some(v)) => be_u64(&v),
+            Ok(None) => None,
+            Err(e) => {
+                use std::sync::atomic::Ordering;
+                if !self.index_failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "index unreadable; reading the log without it");
+                }
+                None
+            }
+        }
+    }
+
+    /// Walks the log to the record of `seq`.
+    fn scan_to(&self, seq: u64, len: u64) -> Result<u64, StoreError> {
+        let (mut at_seq, mut offset) = *self.resume.lock().unwrap_or_else(|p| p.into_inner());
+        if at_seq > seq {
+            (at_seq, offset) = (1, HEADER_LEN);
+        }
+        loop {
+            if at_seq == seq {
+                return Ok(offset);
+            }
+            match read_record(&self.file, offset, len)
+                .map_err(|e| StoreError::Io("reading log".into(), e))?
+            {
+                ReadOutcome::Entry(e, next) if e.sequence == at_seq => {
+                    at_seq += 1;
+                    offset = next;
+                }
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        sequence: Some(at_seq),
+                        offset,
+                        detail: format!("committed entry unreadable while looking for {seq}"),
+                    })
+                }
+            }
+        }
+    }
+
+    fn read_at(
+        &self,
+        mut offset: u64,
+        from: u64,
+        through: u64,
+        max: usize,
+        len: u64,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out = Vec::new();
         let mut seq = from;
         while seq <= through && out.len() < max {
             match read_record(&self.file, offset, len)
@@ -465,6 +725,7 @@ impl LogReader {
                 }
             }
         }
+        *self.resume.lock().unwrap_or_else(|p| p.into_inner()) = (seq, offset);
         Ok(out)
     }
 }

@@ -254,7 +254,28 @@ impl LogFile {
                 e,
             ));
         }
-        self.committed_len = offset + bytes.len() as u64;
+        let end = offset + bytes.len() as u64;
+        // fdatasync can report success for data it did not make durable when
+        // the filesystem fails at the same moment: while ext4 aborts its
+        // journal, fdatasync may return 0 and the data still be lost (seen
+        // in tests/storage_faults.rs). A failed filesystem stays failed, and
+        // ext4, XFS and btrfs then refuse every write, even an empty one,
+        // before doing anything else: so an empty write after the fsync
+        // catches a filesystem that failed before or during the fsync, once
+        // the kernel has marked it failed. (ext4 marks it only at the end of
+        // its abort, so a window of some milliseconds remains that no
+        // application can close.) It costs one syscall and touches nothing.
+        if let Err(e) = self.file.write_at(&[], end) {
+            self.poisoned = true;
+            return Err(StoreError::Io(
+                format!(
+                    "the filesystem of {} failed during fdatasync; its success cannot be trusted",
+                    self.path.display()
+                ),
+                e,
+            ));
+        }
+        self.committed_len = end;
         Ok(offset)
     }
 }

@@ -294,3 +294,61 @@ fn not_a_log_file_is_refused() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+/// Opens the index the way the store does, to tamper with it.
+fn tamper_index(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+    let db = sled::Config::new().path(dir.join("index")).open().unwrap();
+    let tree = db.open_tree("v1").unwrap();
+    f(&tree);
+    tree.flush().unwrap();
+}
+
+#[test]
+fn index_that_disagrees_with_the_log_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(8);
+    write(dir.path(), &all, 3);
+    // The index opens fine but points e-3 at the wrong entry.
+    tamper_index(dir.path(), |t| {
+        let mut v = t.get(b"ee-3").unwrap().unwrap().to_vec();
+        v[..8].copy_from_slice(&7u64.to_be_bytes());
+        t.insert(b"ee-3", v).unwrap();
+    });
+    let (store, seen, report) = reopen(dir.path()).unwrap();
+    assert_eq!(seen, all);
+    assert!(report.index_rebuilt, "{report:?}");
+    assert_eq!(store.find_event("e-3").unwrap().unwrap().sequence, 3);
+    assert_eq!(store.reader().unwrap().read(1, 8, 100).unwrap(), all);
+}
+
+#[test]
+fn index_with_entries_the_log_lacks_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(4);
+    write(dir.path(), &all, 4);
+    // An event id the log never had: it would refuse a new event with that
+    // id as "already used".
+    tamper_index(dir.path(), |t| {
+        t.insert(b"ee-ghost", vec![0u8; 72]).unwrap();
+    });
+    let (store, seen, report) = reopen(dir.path()).unwrap();
+    assert_eq!(seen, all);
+    assert!(report.index_rebuilt, "{report:?}");
+    assert!(store.find_event("e-ghost").unwrap().is_none());
+    assert_eq!(store.find_event("e-4").unwrap().unwrap().sequence, 4);
+}
+
+#[test]
+fn wrong_offsets_in_the_index_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(6);
+    write(dir.path(), &all, 6);
+    tamper_index(dir.path(), |t| {
+        let mut k = vec![b's'];
+        k.extend_from_slice(&5u64.to_be_bytes());
+        t.insert(k, &16u64.to_be_bytes()).unwrap();
+    });
+    let (store, _, report) = reopen(dir.path()).unwrap();
+    assert!(report.index_rebuilt, "{report:?}");
+    assert_eq!(store.reader().unwrap().read(5, 6, 10).unwrap(), all[4..6]);
+}

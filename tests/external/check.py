@@ -1,0 +1,1248 @@
+#!/usr/bin/env python3
+"""An independent external client and auditor for phb-ledger.
+
+Written from proto/phb/ledger/v1/ledger.proto, docs/api.md and
+docs/log-format.md alone, the way a partner organisation would. It drives a
+running server through a realistic scenario (and the documented refusals),
+then reads the whole log as an auditor and verifies it independently: hash
+chain, signatures under the keys the log itself registered, the budget rules,
+and the balances the server reports.
+
+usage: check.py ADDR DATADIR [--write-head FILE | --audit-only FILE]
+
+--write-head FILE keeps the verified head (sequence and hash) in FILE;
+--audit-only FILE only audits (as root), e.g. after a restart, and checks the
+log still holds the head pinned in FILE.
+
+ADDR is host:port of a running `phb-ledger serve`; DATADIR is its data
+directory, from which only what an operator hands out of band is taken:
+`root.key` (the root's hex seed, because this script acts as the operator
+too), `root.pub` and `ledger-id`, plus `log/ledger.log`, which is compared
+byte for byte with what ReadLog streams. The Python stubs for the ledger
+proto must be importable (run.sh generates them with grpc_tools.protoc).
+"""
+
+import base64
+import datetime
+import hashlib
+import os
+import re
+import secrets
+import struct
+import sys
+import threading
+import time
+import unicodedata
+from decimal import Decimal
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as refl_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+import nacl.bindings
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from phb.ledger.v1 import ledger_pb2 as pb
+from phb.ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+SERVICE = "phb.ledger.v1.LedgerService"
+METHOD = "/" + SERVICE + "/"
+RPC_TIMEOUT = 30
+
+# google.rpc.Code values used in AppendResult.error.code (docs/api.md §7).
+OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS = 0, 3, 5, 6
+PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNAUTHENTICATED = 7, 9, 10, 16
+
+
+# ---------------------------------------------------------------------------
+# Bookkeeping
+# ---------------------------------------------------------------------------
+
+
+class Mismatch(Exception):
+    """Something the server did differs from what the docs say."""
+
+
+CHECKS = [0]
+
+
+def check(cond, msg):
+    if not cond:
+        raise Mismatch(msg)
+    CHECKS[0] += 1
+
+
+def step(title):
+    print(f"-- {title}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Documented byte formats (docs/log-format.md §2, §3, §5; docs/api.md §8)
+# ---------------------------------------------------------------------------
+
+GENESIS_HASH = bytes(32)
+
+
+def lp(b):
+    return struct.pack(">I", len(b)) + b
+
+
+def entry_hash(prev_hash, sequence, micros, signer_id, signature, event):
+    return hashlib.sha256(
+        prev_hash
+        + struct.pack(">Q", sequence)
+        + struct.pack(">q", micros)
+        + lp(signer_id.encode("utf-8"))
+        + lp(signature)
+        + lp(event)
+    ).digest()
+
+
+def idempotency_digest(signer_id, signature, event):
+    return hashlib.sha256(lp(signer_id.encode("utf-8")) + lp(signature) + lp(event)).digest()
+
+
+def ts_micros(ts):
+    """Timestamp -> microseconds, as log-format.md §3 (nanos must be >= 0)."""
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def read_signature_metadata(org_id, key, method, timestamp):
+    msg = f"{METHOD}{method}\n{timestamp}".encode("ascii")
+    sig = base64.b64encode(key.sign(msg).signature).decode("ascii")
+    return (("x-phb-org", org_id), ("x-phb-timestamp", str(timestamp)), ("x-phb-signature", sig))
+
+
+def self_test():
+    """The test vectors printed in the docs, so a wrong implementation here
+    cannot pass by agreeing with a wrong server."""
+    k = SigningKey(bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
+    check(k.verify_key.encode().hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+          "RFC 8032 test key 1 public key")
+    md = dict(read_signature_metadata("x", k, "GetBalance", 1764050000))
+    check(md["x-phb-signature"] == "kKkuWMooGJvsP3GwvGXJOn2GfhAh+X5Wrhs382ANnKli1OXtQVezjp11isZoY1rrmJEX+cABAYDUw+ApOP14Aw==",
+          "api.md §8 read-signature test vector")
+    ev = pb.Event(event_id="e-1", ledger_id="phb-local", budget_id="b-1",
+                  occurred_at=Timestamp(seconds=1764000000),
+                  allocation=pb.Allocation(amount="4800.00", basis=pb.ALLOCATION_BASIS_NEEDS_BASED))
+    data = ev.SerializeToString()
+    check(data.hex() == "0a03652d3112097068622d6c6f63616c1a03622d31220608808292c9066a0b0a07343830302e30301002",
+          "api.md §10 event serialization test vector")
+    check(k.sign(data).signature.hex() == "99df92e8101151703f4b94c3de1c32726aaae3c167e55cd8bfc3ffdb9cacf7e4"
+          "5e255d54c8854f05ea6e041bbf5fc21715c09932f77cbc8bf3c6f47752c90602", "api.md §10 signature test vector")
+    ev_bytes, sig = bytes.fromhex("0a03652d31"), b"\x01" * 64
+    check(entry_hash(GENESIS_HASH, 1, 1764000000000000, "root", sig, ev_bytes).hex()
+          == "bdb53223c3b721470481a23fd93eab490d4a717baac36bc56ba39f024ac1e86e", "log-format.md §4 entry hash")
+    check(idempotency_digest("root", sig, ev_bytes).hex()
+          == "43d531c433e0f8224f9d4a4fc06ffef0da8ce2413f80fc841178498ee914af5e", "log-format.md §4 digest")
+    check(crc32c(b"123456789") == 0xE3069283, "log-format.md §5 CRC-32C check value")
+    payload = (struct.pack(">Qq", 1, 1764000000000000) + GENESIS_HASH
+               + bytes.fromhex("bdb53223c3b721470481a23fd93eab490d4a717baac36bc56ba39f024ac1e86e")
+               + lp(b"root") + lp(sig) + lp(ev_bytes))
+    check(len(payload) == 0xA5 and crc32c(payload) == 0x2BCF5A8C, "log-format.md §4 record CRC")
+
+
+# ---------------------------------------------------------------------------
+# Event validation and the auditor's replay (docs/log-format.md §6)
+# ---------------------------------------------------------------------------
+
+ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REF_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CATEGORY_RE = re.compile(r"[a-z0-9_-]{1,64}")
+AMOUNT_RE = re.compile(r"-?[0-9]{1,10}(\.[0-9]{1,2})?")
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MAX_AMOUNT = Decimal("1000000000.00")
+MIN_OCCURRED_MICROS = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
+DAY_MICROS = 86_400 * 1_000_000
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+ORG_KINDS = ("organisation_registered", "key_rotated")
+PCT = Decimal("0.01")
+
+
+class Invalid(Exception):
+    pass
+
+
+def need(cond, msg):
+    if not cond:
+        raise Invalid(msg)
+
+
+def valid_id(s):
+    return ID_RE.fullmatch(s) is not None
+
+
+# api.md §6: bidirectional formatting characters and line/paragraph separators.
+FORBIDDEN_TEXT = set("\u061c\u200e\u200f\u2028\u2029") | {chr(c) for c in range(0x202A, 0x202F)} | {
+    chr(c) for c in range(0x2066, 0x206A)}
+
+
+def text_ok(s, limit, required):
+    if required and s.strip() == "":
+        return False
+    return len(s) <= limit and not any(unicodedata.category(c) == "Cc" or c in FORBIDDEN_TEXT for c in s)
+
+
+def amount(s, what, positive):
+    need(AMOUNT_RE.fullmatch(s) is not None, f"{what} {s!r} is not a decimal amount")
+    d = Decimal(s)
+    need(abs(d) <= MAX_AMOUNT, f"{what} {s!r} too large")
+    need(d > 0 if positive else d != 0, f"{what} {s!r} not positive / zero")
+    return d
+
+
+def date(s, what):
+    need(DATE_RE.fullmatch(s) is not None, f"{what} {s!r} is not YYYY-MM-DD")
+    try:
+        d = datetime.date.fromisoformat(s)
+    except ValueError:
+        raise Invalid(f"{what} {s!r} is not a calendar date")
+    need(2000 <= d.year <= 2199, f"{what} {s!r} out of 2000-2199")
+    return d
+
+
+# Edwards25519 arithmetic, just enough for the documented key check.
+ED_P = 2**255 - 19
+ED_D = (-121665 * pow(121666, ED_P - 2, ED_P)) % ED_P
+ED_SQRT_M1 = pow(2, (ED_P - 1) // 4, ED_P)
+
+
+def ed_decompress(b):
+    """Point decoding as the server's curve25519-dalek does it (y reduced mod p)."""
+    if len(b) != 32:
+        return None
+    n = int.from_bytes(b, "little")
+    sign, y = n >> 255, (n & ((1 << 255) - 1)) % ED_P
+    x2 = (y * y - 1) * pow(ED_D * y * y + 1, ED_P - 2, ED_P) % ED_P
+    x = pow(x2, (ED_P + 3) // 8, ED_P)
+    if (x * x - x2) % ED_P:
+        x = x * ED_SQRT_M1 % ED_P
+    if (x * x - x2) % ED_P:
+        return None
+    return ((ED_P - x) % ED_P if (x & 1) != sign else x, y)
+
+
+def ed_add(a, b):
+    (x1, y1), (x2, y2) = a, b
+    t = ED_D * x1 * x2 * y1 * y2 % ED_P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, ED_P - 2, ED_P) % ED_P,
+            (y1 * y2 + x1 * x2) * pow(1 - t, ED_P - 2, ED_P) % ED_P)
+
+
+def ed_compress(pt):
+    return (pt[1] | ((pt[0] & 1) << 255)).to_bytes(32, "little")
+
+
+def ed_mul(n, pt):
+    acc, q = (0, 1), pt
+    while n:
+        if n & 1:
+            acc = ed_add(acc, q)
+        q = ed_add(q, q)
+        n >>= 1
+    return acc
+
+
+def invalid_key(key):
+    """log-format.md §7: a key must be the canonical encoding (y < p, and
+    re-compressing gives the same bytes) of a point in the prime-order
+    subgroup ([l]A = identity). This is libsodium's
+    crypto_core_ed25519_is_valid_point; both are checked and must agree."""
+    ours = True
+    pt = ed_decompress(key)
+    if pt is not None:
+        y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+        canonical = y < ED_P and ed_compress(pt) == bytes(key)
+        ours = not (canonical and pt != (0, 1) and ed_mul(ED25519_L, pt) == (0, 1))
+    sodium = not nacl.bindings.crypto_core_ed25519_is_valid_point(bytes(key))
+    need(ours == sodium, f"key check disagrees with libsodium on {bytes(key).hex()}")
+    return ours
+
+
+def validate_event(raw, ledger_id, now_micros):
+    """docs/api.md §6 / log-format.md §6 step 5. Returns the decoded Event."""
+    need(1 <= len(raw) <= 65536, f"event is {len(raw)} bytes")
+    ev = pb.Event()
+    try:
+        ev.ParseFromString(raw)
+    except DecodeError as e:
+        raise Invalid(f"event does not decode: {e}")
+    ev.DiscardUnknownFields()
+    need(ev.ByteSize() == len(raw), f"event has unknown fields or is not canonical "
+         f"({ev.ByteSize()} != {len(raw)} bytes)")
+    need(valid_id(ev.event_id), f"bad event_id {ev.event_id!r}")
+    need(ev.ledger_id == ledger_id, f"ledger_id {ev.ledger_id!r} != {ledger_id!r}")
+    need(ev.HasField("occurred_at"), "occurred_at missing")
+    need(0 <= ev.occurred_at.nanos <= 999_999_999, "occurred_at.nanos out of range")
+    occ = ts_micros(ev.occurred_at)
+    need(MIN_OCCURRED_MICROS <= occ <= now_micros + DAY_MICROS, f"occurred_at {occ} out of window")
+    kind = ev.WhichOneof("kind")
+    need(kind is not None, "no kind set")
+    if kind in ORG_KINDS:
+        need(ev.budget_id == "", "budget_id set on an organisation event")
+    else:
+        need(valid_id(ev.budget_id), f"bad budget_id {ev.budget_id!r}")
+    k = getattr(ev, kind)
+    if kind == "organisation_registered":
+        need(valid_id(k.organisation_id) and k.organisation_id != "root", "bad organisation_id")
+        need(len(k.roles) > 0 and len(set(k.roles)) == len(k.roles), "roles empty or repeated")
+        need(all(r in pb.Role.values() and r != pb.ROLE_UNSPECIFIED for r in k.roles), "bad role")
+        need(len(k.public_key) == 32, "public_key not 32 bytes")
+    elif kind == "key_rotated":
+        need(valid_id(k.organisation_id), "bad organisation_id")
+        need(len(k.new_public_key) == 32, "new_public_key not 32 bytes")
+    elif kind == "budget_opened":
+        need(REF_RE.fullmatch(k.holder_ref) is not None, "bad holder_ref")
+        need(valid_id(k.commissioner_id), "bad commissioner_id")
+        need(date(k.period_end, "period_end") >= date(k.period_start, "period_start"), "period ends before it starts")
+        need(k.management in pb.Management.values() and k.management != pb.MANAGEMENT_UNSPECIFIED, "bad management")
+        for f in ("funds_holder_id", "payroll_provider_id"):
+            need(getattr(k, f) == "" or valid_id(getattr(k, f)), f"bad {f}")
+        if k.management == pb.MANAGEMENT_THIRD_PARTY:
+            need(k.funds_holder_id != "", "third-party budget without funds_holder_id")
+        if k.management == pb.MANAGEMENT_NOTIONAL:
+            need(k.funds_holder_id == "" and k.payroll_provider_id == "", "notional budget with a holder/payroll")
+    elif kind == "allocation":
+        amount(k.amount, "allocation.amount", True)
+        need(k.basis in pb.AllocationBasis.values() and k.basis != 0, "bad basis")
+    elif kind == "disbursement":
+        amount(k.amount, "disbursement.amount", True)
+    elif kind == "payment":
+        amount(k.amount, "payment.amount", True)
+        need(k.payee_kind in pb.PayeeKind.values() and k.payee_kind != 0, "bad payee_kind")
+        need(REF_RE.fullmatch(k.payee_ref) is not None, "bad payee_ref")
+        need(CATEGORY_RE.fullmatch(k.category) is not None, "bad category")
+        need(text_ok(k.reference, 128, False), "bad reference")
+    elif kind == "purchase":
+        amount(k.amount, "purchase.amount", True)
+        need(CATEGORY_RE.fullmatch(k.category) is not None, "bad category")
+        need(REF_RE.fullmatch(k.supplier_ref) is not None, "bad supplier_ref")
+        need(text_ok(k.description, 256, False), "bad description")
+        need(text_ok(k.receipt_ref, 128, False), "bad receipt_ref")
+    elif kind == "review_adjustment":
+        amount(k.delta, "review_adjustment.delta", False)
+        need(text_ok(k.reason, 256, True), "bad reason")
+    elif kind == "budget_stopped":
+        need(text_ok(k.reason, 256, True), "bad reason")
+    return ev
+
+
+class Budget:
+    def __init__(self, budget_id, opened):
+        self.budget_id = budget_id
+        self.holder_ref = opened.holder_ref
+        self.commissioner_id = opened.commissioner_id
+        self.management = opened.management
+        self.funds_holder_id = opened.funds_holder_id
+        self.payroll_provider_id = opened.payroll_provider_id
+        self.period_start = opened.period_start
+        self.period_end = opened.period_end
+        self.allocated = self.paid_in = self.spent = Decimal("0.00")
+        self.stopped = False
+        self.last_sequence = 0
+
+    @property
+    def notional(self):
+        return self.management == pb.MANAGEMENT_NOTIONAL
+
+    @property
+    def held(self):
+        return Decimal("0.00") if self.notional else self.paid_in - self.spent
+
+    @property
+    def available(self):
+        return self.allocated - self.spent
+
+
+def fmt(d):
+    d = d.quantize(PCT)
+    return "0.00" if d == 0 else f"{d:.2f}"
+
+
+class Auditor:
+    """log-format.md §6: replays the log from nothing but the root public key
+    and the ledger id, trusting nothing the server says about itself."""
+
+    def __init__(self, root_public_key, ledger_id):
+        self.root_key = root_public_key
+        self.ledger_id = ledger_id
+        self.head_seq, self.head_hash, self.head_time = 0, GENESIS_HASH, 0
+        self.orgs = {}  # id -> {"roles": set, "key": bytes}
+        self.budgets = {}  # id -> Budget
+        self.seen_ids = set()
+        self.stats = {"signers": set(), "kinds": {}, "rotations": 0}
+
+    def apply(self, entry):
+        seq = entry.sequence
+        where = f"log entry {seq}"
+        check(seq == self.head_seq + 1, f"{where}: expected sequence {self.head_seq + 1}")
+        check(entry.prev_hash == self.head_hash,
+              f"{where}: prev_hash {entry.prev_hash.hex()} != previous hash {self.head_hash.hex()}")
+        rec = entry.recorded_at
+        check(entry.HasField("recorded_at") and 0 <= rec.nanos < 1_000_000_000 and rec.nanos % 1000 == 0,
+              f"{where}: recorded_at.nanos {rec.nanos} not whole microseconds")
+        micros = ts_micros(rec)
+        se = entry.signed_event
+        want = entry_hash(entry.prev_hash, seq, micros, se.signer_id, se.signature, se.event)
+        check(len(entry.hash) == 32 and entry.hash == want,
+              f"{where}: hash {entry.hash.hex()} but the documented layout gives {want.hex()}")
+        check(micros >= self.head_time, f"{where}: recorded_at went backwards")
+        try:
+            ev = validate_event(se.event, self.ledger_id, micros)
+        except Invalid as e:
+            raise Mismatch(f"{where}: invalid event: {e}")
+        check(ev.event_id not in self.seen_ids, f"{where}: event_id {ev.event_id} repeated")
+        self.seen_ids.add(ev.event_id)
+        # Signature under the key in force at this point of the log.
+        if se.signer_id == "root":
+            key = self.root_key
+        else:
+            check(se.signer_id in self.orgs, f"{where}: unknown signer {se.signer_id!r}")
+            key = self.orgs[se.signer_id]["key"]
+        check(len(se.signature) == 64, f"{where}: signature not 64 bytes")
+        check(int.from_bytes(se.signature[32:], "little") < ED25519_L, f"{where}: non-canonical S")
+        try:
+            VerifyKey(key).verify(se.event, se.signature)
+        except BadSignatureError:
+            raise Mismatch(f"{where}: signature by {se.signer_id!r} does not verify under its key at this point")
+        CHECKS[0] += 1
+        try:
+            self.rules(se.signer_id, ev, seq)
+        except Invalid as e:
+            raise Mismatch(f"{where}: the budget rules refuse it: {e}")
+        self.head_seq, self.head_hash, self.head_time = seq, entry.hash, micros
+        kind = ev.WhichOneof("kind")
+        self.stats["kinds"][kind] = self.stats["kinds"].get(kind, 0) + 1
+        self.stats["signers"].add(se.signer_id)
+
+    def rules(self, signer_id, ev, seq):
+        kind = ev.WhichOneof("kind")
+        k = getattr(ev, kind)
+        if kind in ORG_KINDS:
+            need(signer_id == "root", f"{kind} signed by {signer_id!r}, not root")
+            if kind == "organisation_registered":
+                need(k.organisation_id not in self.orgs, "organisation already registered")
+                need(not invalid_key(k.public_key), "invalid public key")
+                self.orgs[k.organisation_id] = {"roles": set(k.roles), "key": k.public_key}
+            else:
+                need(k.organisation_id in self.orgs, "rotation for an unknown organisation")
+                need(not invalid_key(k.new_public_key), "invalid public key")
+                need(k.new_public_key != self.orgs[k.organisation_id]["key"], "rotation to the same key")
+                self.orgs[k.organisation_id]["key"] = k.new_public_key
+                self.stats["rotations"] += 1
+            return
+        need(signer_id != "root", "budget event signed by root")
+        need(signer_id in self.orgs, "unregistered signer")
+        roles = self.orgs[signer_id]["roles"]
+        if kind == "budget_opened":
+            need(pb.ROLE_COMMISSIONER in roles and k.commissioner_id == signer_id, "signer is not the commissioner")
+            need(ev.budget_id not in self.budgets, "budget_id already used")
+            if k.funds_holder_id:
+                role = pb.ROLE_THIRD_PARTY if k.management == pb.MANAGEMENT_THIRD_PARTY else pb.ROLE_ACCOUNT_PROVIDER
+                need(k.funds_holder_id in self.orgs and role in self.orgs[k.funds_holder_id]["roles"],
+                     "funds holder unregistered or lacks its role")
+            if k.payroll_provider_id:
+                need(k.payroll_provider_id in self.orgs
+                     and pb.ROLE_PAYROLL_PROVIDER in self.orgs[k.payroll_provider_id]["roles"],
+                     "payroll provider unregistered or lacks its role")
+            b = Budget(ev.budget_id, k)
+            b.last_sequence = seq
+            self.budgets[ev.budget_id] = b
+            return
+        need(ev.budget_id in self.budgets, "unknown budget")
+        b = self.budgets[ev.budget_id]
+        commissioner = pb.ROLE_COMMISSIONER in roles and b.commissioner_id == signer_id
+        funds_holder = b.funds_holder_id == signer_id and (
+            pb.ROLE_THIRD_PARTY in roles or pb.ROLE_ACCOUNT_PROVIDER in roles)
+        payroll = b.payroll_provider_id == signer_id and pb.ROLE_PAYROLL_PROVIDER in roles
+        if kind == "payment":
+            allowed = commissioner if b.notional else (
+                funds_holder or (payroll and k.payee_kind == pb.PAYEE_KIND_PERSONAL_ASSISTANT))
+        elif kind == "purchase":
+            allowed = commissioner if b.notional else funds_holder
+        else:
+            allowed = commissioner
+        need(allowed, f"{signer_id} may not sign {kind} on {b.budget_id}")
+        need(not b.stopped, "budget stopped")
+        spendable = b.available if b.notional else b.held
+        if kind == "allocation":
+            b.allocated += Decimal(k.amount)
+        elif kind == "disbursement":
+            a = Decimal(k.amount)
+            need(not b.notional, "disbursement on a notional budget")
+            need(a <= b.allocated - b.paid_in, "over-disbursement")
+            b.paid_in += a
+        elif kind in ("payment", "purchase"):
+            a = Decimal(k.amount)
+            need(a <= spendable, "overspend")
+            b.spent += a
+        elif kind == "review_adjustment":
+            d = Decimal(k.delta)
+            need(b.allocated + d >= (b.spent if b.notional else b.paid_in), "review below paid_in/spent")
+            b.allocated += d
+        elif kind == "budget_stopped":
+            b.stopped = True
+        b.last_sequence = seq
+        # Invariants the docs promise follow from the rules.
+        if b.notional:
+            need(0 <= b.spent <= b.allocated, "invariant 0 <= spent <= allocated broken")
+        else:
+            need(0 <= b.spent <= b.paid_in <= b.allocated, "invariant 0 <= spent <= paid_in <= allocated broken")
+
+    def expected_balance(self, budget_id):
+        b = self.budgets[budget_id]
+        return {
+            "budget_id": b.budget_id, "holder_ref": b.holder_ref, "commissioner_id": b.commissioner_id,
+            "management": b.management, "funds_holder_id": b.funds_holder_id,
+            "payroll_provider_id": b.payroll_provider_id, "allocated": fmt(b.allocated),
+            "paid_in": fmt(b.paid_in), "spent": fmt(b.spent), "held": fmt(b.held),
+            "available": fmt(b.available), "stopped": b.stopped, "last_sequence": b.last_sequence,
+            "period_start": b.period_start, "period_end": b.period_end,
+        }
+
+
+def compare_balance(expected, got, who):
+    for field, want in expected.items():
+        have = getattr(got, field)
+        check(have == want, f"{who}: budget {expected['budget_id']} {field}: server says {have!r}, "
+              f"the replayed log gives {want!r}")
+    for field in ("allocated", "paid_in", "spent", "held", "available"):
+        check(re.fullmatch(r"-?[0-9]+\.[0-9]{2}", getattr(got, field)) is not None,
+              f"{who}: {field} {getattr(got, field)!r} does not have exactly two decimal places")
+
+
+def parse_ledger_file(path):
+    """log-format.md §5: the records of log/ledger.log, CRC-checked."""
+    with open(path, "rb") as f:
+        data = f.read()
+    # Magic "PHBLEDG1", u32be version 1, u32be reserved (not checked).
+    check(len(data) >= 16 and data[:12] == b"PHBLEDG1" + struct.pack(">I", 1), f"{path}: bad header {data[:16].hex()}")
+    off, out = 16, []
+    while off < len(data):
+        check(len(data) - off >= 8, f"{path}: damaged record at offset {off} (short frame)")
+        plen, crc = struct.unpack(">II", data[off:off + 8])
+        check(1 <= plen <= 1 << 20 and off + 8 + plen <= len(data), f"{path}: damaged record at offset {off}")
+        payload = data[off + 8:off + 8 + plen]
+        check(crc32c(payload) == crc, f"{path}: CRC mismatch at offset {off}")
+        seq, micros = struct.unpack(">Qq", payload[:16])
+        prev, h = payload[16:48], payload[48:80]
+        p, fields = 80, []
+        for _ in range(3):
+            check(p + 4 <= plen, f"{path}: record {seq} truncated")
+            n = struct.unpack(">I", payload[p:p + 4])[0]
+            check(p + 4 + n <= plen, f"{path}: record {seq} length runs past the payload")
+            fields.append(payload[p + 4:p + 4 + n])
+            p += 4 + n
+        check(p == plen, f"{path}: record {seq} has {plen - p} bytes left over")
+        check(plen == 92 + sum(len(x) for x in fields), f"{path}: payload_len formula")
+        out.append((seq, micros, prev, h, fields[0].decode("utf-8"), fields[1], fields[2]))
+        off += 8 + plen
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------
+
+
+def now_ts(offset_seconds=0):
+    t = Timestamp()
+    t.GetCurrentTime()
+    t.seconds += offset_seconds
+    return t
+
+
+class Org:
+    def __init__(self, org_id, key=None):
+        self.id = org_id
+        self.key = key or SigningKey.generate()
+
+    @property
+    def public(self):
+        return self.key.verify_key.encode()
+
+    def sign(self, event):
+        data = event.SerializeToString()  # serialize once; sign and send these bytes
+        return pb.SignedEvent(event=data, signer_id=self.id, signature=self.key.sign(data).signature)
+
+    def md(self, method, timestamp=None):
+        ts = int(time.time()) if timestamp is None else timestamp
+        return read_signature_metadata(self.id, self.key, method, ts)
+
+
+class Client:
+    def __init__(self, channel, ledger_id, tag):
+        self.stub = pb_grpc.LedgerServiceStub(channel)
+        self.ledger_id = ledger_id
+        self.tag = tag
+        self.n = 0
+        self.head = 0  # last sequence this client saw written (it is the only writer)
+        self.receipts = {}  # sequence -> (SignedEvent, entry_hash)
+        self.refused_signed = []  # refused SignedEvents: none may appear in the log
+
+    def event(self, name, budget_id="", occurred_at=None, **kind):
+        self.n += 1
+        return pb.Event(event_id=f"{self.tag}.{name}.{self.n}", ledger_id=self.ledger_id, budget_id=budget_id,
+                        occurred_at=occurred_at if occurred_at is not None else now_ts(), **kind)
+
+    def append(self, signed, atomic=False):
+        resp = self.stub.Append(pb.AppendRequest(events=signed, atomic=atomic), timeout=RPC_TIMEOUT)
+        check(len(resp.results) == len(signed), f"Append: {len(resp.results)} results for {len(signed)} events")
+        return list(resp.results)
+
+    def written(self, result, signed, what):
+        e = result.error
+        check(e.code == OK, f"{what}: refused with code {e.code} field {e.field!r}: {e.message}")
+        check(not result.duplicate, f"{what}: unexpectedly a duplicate")
+        check(result.sequence == self.head + 1,
+              f"{what}: written at sequence {result.sequence}, expected {self.head + 1}")
+        check(len(result.entry_hash) == 32, f"{what}: entry_hash is {len(result.entry_hash)} bytes")
+        ev = pb.Event.FromString(signed.event)
+        check(result.event_id == ev.event_id, f"{what}: event_id echoed as {result.event_id!r}")
+        self.head = result.sequence
+        self.receipts[result.sequence] = (signed, result.entry_hash)
+        return result
+
+    def write(self, signer, event, what):
+        signed = signer.sign(event)
+        return self.written(self.append([signed])[0], signed, what), signed
+
+    def refused(self, result, signed, code, what, field=None):
+        e = result.error
+        check(e.code == code, f"{what}: expected code {code}, got {e.code} field {e.field!r}: {e.message!r}")
+        if field is not None:
+            check(e.field == field, f"{what}: expected field {field!r}, got {e.field!r} ({e.message})")
+        check(result.sequence == 0 and not result.duplicate and result.entry_hash == b"",
+              f"{what}: refused but sequence={result.sequence} duplicate={result.duplicate}")
+        if code not in (OK, ABORTED):
+            check(e.message != "", f"{what}: refusal has no message")
+        if code != ABORTED:  # an aborted event may legitimately be written later
+            self.refused_signed.append(signed)
+
+    def refuse(self, signer, event, code, what, field=None):
+        signed = signer.sign(event) if signer is not None else event
+        self.refused(self.append([signed])[0], signed, code, what, field)
+
+    def balance(self, reader, budget_id):
+        return self.stub.GetBalance(pb.GetBalanceRequest(budget_id=budget_id), metadata=reader.md("GetBalance"),
+                                    timeout=RPC_TIMEOUT).balance
+
+    def list_all(self, reader, page_size, commissioner_id=""):
+        out, token, pages = [], "", 0
+        while True:
+            r = self.stub.ListBalances(
+                pb.ListBalancesRequest(commissioner_id=commissioner_id, page_size=page_size, page_token=token),
+                metadata=reader.md("ListBalances"), timeout=RPC_TIMEOUT)
+            pages += 1
+            check(len(r.balances) <= (page_size or 100), f"ListBalances: page of {len(r.balances)} > {page_size}")
+            out.extend(r.balances)
+            if not r.next_page_token:
+                break
+            check(len(r.balances) > 0, "ListBalances: empty page with a next_page_token")
+            check(pages < 10_000, "ListBalances: paging does not end")
+            token = r.next_page_token
+        ids = [b.budget_id.encode() for b in out]
+        check(ids == sorted(ids) and len(set(ids)) == len(ids),
+              f"ListBalances: not strictly ordered by budget id: {ids}")
+        return out, pages
+
+    def read_log(self, reader, from_sequence=0):
+        return [r.entry for r in self.stub.ReadLog(pb.ReadLogRequest(from_sequence=from_sequence, follow=False),
+                                                    metadata=reader.md("ReadLog"), timeout=RPC_TIMEOUT)]
+
+
+def rpc_code(fn):
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+def health_and_reflection(channel):
+    step("health and reflection")
+    health = health_pb2_grpc.HealthStub(channel)
+    for svc in ("", SERVICE):
+        r = health.Check(health_pb2.HealthCheckRequest(service=svc), timeout=RPC_TIMEOUT)
+        check(r.status == health_pb2.HealthCheckResponse.SERVING, f"health {svc!r}: status {r.status}")
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=RPC_TIMEOUT)
+    check(next(watch).status == health_pb2.HealthCheckResponse.SERVING, "health Watch: first status not SERVING")
+    watch.cancel()
+
+    # v1alpha through grpcio-reflection's own client: list the services, then
+    # build the whole schema (dependencies fetched by file name, as grpcurl
+    # does) and use it to encode an Event without the proto files.
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(db.get_services())
+    check(SERVICE in services and "grpc.health.v1.Health" in services,
+          f"reflection v1alpha (grpcio-reflection client): services {sorted(services)}")
+    pool = descriptor_pool.DescriptorPool(db)
+    svc = pool.FindServiceByName(SERVICE)
+    check({m.name for m in svc.methods} == {"Append", "GetBalance", "ListBalances", "ReadLog"},
+          f"reflection v1alpha: methods {[m.name for m in svc.methods]}")
+    check(svc.methods_by_name["ReadLog"].server_streaming, "reflection: ReadLog is not server-streaming")
+    Dyn = message_factory.GetMessageClass(pool.FindMessageTypeByName("phb.ledger.v1.Event"))
+    dyn = Dyn(event_id="e-1", ledger_id="phb-local", budget_id="b-1")
+    dyn.occurred_at.seconds = 1764000000
+    dyn.allocation.amount, dyn.allocation.basis = "4800.00", 2
+    check(dyn.SerializeToString().hex() == "0a03652d3112097068622d6c6f63616c1a03622d31220608808292c9066a0b0a07"
+          "343830302e30301002", "reflection: an Event built from the served schema encodes differently")
+
+    local = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(local)
+
+    def schema(fdp):
+        # json_name is filled in by some compilers and not by CopyToProto.
+        fdp = descriptor_pb2.FileDescriptorProto.FromString(fdp.SerializeToString())
+        for m in fdp.message_type:
+            for f in m.field:
+                f.ClearField("json_name")
+        return (list(fdp.message_type), list(fdp.enum_type), list(fdp.service))
+
+    for version in ("v1", "v1alpha"):
+        # v1 and v1alpha messages are wire-identical; only the method path differs.
+        call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=refl_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=refl_pb2.ServerReflectionResponse.FromString)
+        reqs = [refl_pb2.ServerReflectionRequest(list_services=""),
+                refl_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                refl_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health"),
+                refl_pb2.ServerReflectionRequest(file_by_filename="google/protobuf/timestamp.proto")]
+        resps = list(call(iter(reqs), timeout=RPC_TIMEOUT))
+        check(len(resps) == len(reqs), f"reflection {version}: {len(resps)} responses to {len(reqs)} requests")
+        check(not any(r.HasField("error_response") for r in resps),
+              f"reflection {version}: error {[r.error_response for r in resps]}")
+        names = {s.name for s in resps[0].list_services_response.service}
+        check(SERVICE in names, f"reflection {version}: {SERVICE} not listed ({sorted(names)})")
+        check("grpc.health.v1.Health" in names, f"reflection {version}: health not listed ({sorted(names)})")
+
+        def files(r):
+            return [descriptor_pb2.FileDescriptorProto.FromString(b)
+                    for b in r.file_descriptor_response.file_descriptor_proto]
+
+        mine = [f for f in files(resps[1]) if f.package == "phb.ledger.v1"]
+        check(len(mine) == 1, f"reflection {version}: no phb.ledger.v1 file descriptor")
+        check(schema(mine[0]) == schema(local), f"reflection {version}: served schema differs from proto/")
+        check(any(s.name == "Health" for f in files(resps[2]) for s in f.service),
+              f"reflection {version}: no health descriptor")
+        check(any(m.name == "Timestamp" for f in files(resps[3]) for m in f.message_type),
+              f"reflection {version}: google/protobuf/timestamp.proto not served")
+    print(f"   health SERVING; reflection v1 + v1alpha list {SERVICE}; served schema == proto/")
+
+
+def run(addr, datadir):
+    self_test()
+    with open(os.path.join(datadir, "ledger-id")) as f:
+        ledger_id = f.read().strip()
+    with open(os.path.join(datadir, "root.key")) as f:
+        root = Org("root", SigningKey(bytes.fromhex(f.read().strip())))
+    with open(os.path.join(datadir, "root.pub")) as f:
+        root_pub = bytes.fromhex(f.read().strip())
+    check(root.public == root_pub, "root.key and root.pub do not match")
+
+    channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
+    health_and_reflection(channel)
+
+    tag = "x" + secrets.token_hex(3)
+    c = Client(channel, ledger_id, tag)
+    # Run-unique ids, so the script can also run against a ledger that has
+    # history; the audit then covers that history too.
+    history = c.read_log(root)
+    c.head = history[-1].sequence if history else 0
+
+    # -- organisations -------------------------------------------------------
+    step("root registers organisations")
+    icb = Org(f"icb-{tag}")
+    payroll = Org(f"payroll-{tag}")
+    tp = Org(f"tp-{tag}")
+    auditor = Org(f"audit-{tag}")
+    regs = [(icb, [pb.ROLE_COMMISSIONER]), (payroll, [pb.ROLE_PAYROLL_PROVIDER]),
+            (tp, [pb.ROLE_THIRD_PARTY]), (auditor, [pb.ROLE_AUDITOR])]
+    signed = [root.sign(c.event(f"reg-{o.id}", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=o.id, roles=roles, public_key=o.public))) for o, roles in regs]
+    for r, s in zip(c.append(signed), signed):
+        c.written(r, s, "OrganisationRegistered")
+    c.refuse(root, c.event("reg-again", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=icb.id, roles=[pb.ROLE_AUDITOR], public_key=SigningKey.generate().verify_key.encode())),
+        ALREADY_EXISTS, "re-registering an organisation")
+    c.refuse(icb, c.event("reg-by-icb", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=f"rogue-{tag}", roles=[pb.ROLE_AUDITOR], public_key=SigningKey.generate().verify_key.encode())),
+        PERMISSION_DENIED, "OrganisationRegistered signed by an organisation")
+    identity = bytes([1]) + bytes(31)  # the identity point: small order
+    c.refuse(root, c.event("reg-weak", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=f"weak-{tag}", roles=[pb.ROLE_AUDITOR], public_key=identity)),
+        INVALID_ARGUMENT, "OrganisationRegistered with a small-order key")
+    # A key with a small-order component (mixed order) and a non-canonical
+    # encoding of an honest key are refused too (log-format.md §7); the
+    # auditor's own check must agree, and so must libsodium's.
+    order8 = ed_decompress(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"))
+    honest = SigningKey.generate().verify_key.encode()
+    mixed = ed_compress(ed_add(ed_decompress(honest), order8))
+    # y + p still fits in 255 bits only when y < 19: search a key like that.
+    noncanon = None
+    for y in range(19):
+        for sign in (0, 1):
+            cand = (y + ED_P + (sign << 255)).to_bytes(32, "little")
+            pt = ed_decompress(cand)
+            if noncanon is None and pt is not None and pt != (0, 1) and ed_mul(ED25519_L, pt) == (0, 1):
+                noncanon = cand
+    check(invalid_key(identity) and invalid_key(mixed) and not invalid_key(honest),
+          "the auditor's key check")
+    c.refuse(root, c.event("reg-mixed", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=f"mixed-{tag}", roles=[pb.ROLE_AUDITOR], public_key=mixed)),
+        INVALID_ARGUMENT, "OrganisationRegistered with a mixed-order key")
+    if noncanon is not None:
+        check(invalid_key(noncanon), "the auditor refuses a non-canonical key")
+        c.refuse(root, c.event("reg-noncanon", organisation_registered=pb.OrganisationRegistered(
+            organisation_id=f"noncanon-{tag}", roles=[pb.ROLE_AUDITOR], public_key=noncanon)),
+            INVALID_ARGUMENT, "OrganisationRegistered with a non-canonically encoded key")
+
+    # -- budgets -------------------------------------------------------------
+    step("commissioner opens budgets, allocates, disburses")
+    b_tp, b_dp, b_nt = f"{tag}-b1-tp", f"{tag}-b2-dp", f"{tag}-b3-notional"
+    extra = [f"{tag}-b4-extra", f"{tag}-b5-extra"]
+
+    def opened(bid, management, funds="", payroll_id=""):
+        return c.event(f"open-{bid}", bid, budget_opened=pb.BudgetOpened(
+            holder_ref=f"holder-{secrets.token_hex(4)}", commissioner_id=icb.id, period_start="2026-04-01",
+            period_end="2027-03-31", management=management, funds_holder_id=funds, payroll_provider_id=payroll_id))
+
+    batch = [icb.sign(opened(b_tp, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id)),
+             icb.sign(opened(b_dp, pb.MANAGEMENT_DIRECT_PAYMENT, payroll_id=payroll.id)),
+             icb.sign(opened(b_nt, pb.MANAGEMENT_NOTIONAL))] + [
+             icb.sign(opened(b, pb.MANAGEMENT_NOTIONAL)) for b in extra]
+    for r, s in zip(c.append(batch, atomic=True), batch):
+        c.written(r, s, "BudgetOpened")
+    c.refuse(icb, opened(b_tp, pb.MANAGEMENT_NOTIONAL), ALREADY_EXISTS, "BudgetOpened with a used budget_id")
+    c.refuse(icb, opened(f"{tag}-b9", pb.MANAGEMENT_THIRD_PARTY, funds=payroll.id), FAILED_PRECONDITION,
+             "third-party budget whose funds holder lacks ROLE_THIRD_PARTY")
+    c.refuse(tp, opened(f"{tag}-b9", pb.MANAGEMENT_NOTIONAL), PERMISSION_DENIED, "BudgetOpened by a non-commissioner")
+
+    def alloc(bid, amt, **kw):
+        return c.event("alloc", bid, allocation=pb.Allocation(amount=amt, basis=pb.ALLOCATION_BASIS_NEEDS_BASED), **kw)
+
+    c.write(icb, alloc(b_tp, "4800.00"), "allocation to third-party budget")
+    c.write(icb, alloc(b_dp, "12000"), "allocation to direct-payment budget")
+    c.write(icb, alloc(b_nt, "202.04"), "allocation to notional budget")
+    c.write(icb, c.event("disb", b_tp, disbursement=pb.Disbursement(amount="1200.5")), "disbursement to third party")
+    c.write(icb, c.event("disb", b_dp, disbursement=pb.Disbursement(amount="3000.00")), "disbursement to DP account")
+    c.refuse(icb, c.event("disb", b_nt, disbursement=pb.Disbursement(amount="1.00")), FAILED_PRECONDITION,
+             "disbursement on a notional budget")
+    c.refuse(icb, c.event("disb", b_tp, disbursement=pb.Disbursement(amount="3599.51")), FAILED_PRECONDITION,
+             "over-disbursement (allocated - paid_in = 3599.50)")
+    c.refuse(root, alloc(b_tp, "1.00"), PERMISSION_DENIED, "budget event signed by root")
+    c.refuse(icb, alloc(f"{tag}-nope", "1.00"), NOT_FOUND, "allocation on an unknown budget")
+
+    # -- spending ------------------------------------------------------------
+    step("third party purchases; payroll pays a personal assistant")
+    _, purchase_signed = c.write(tp, c.event("buy", b_tp, purchase=pb.Purchase(
+        amount="99.99", category="equipment", supplier_ref="sup-41", description="Shower chair",
+        receipt_ref="R-1")), "third-party purchase")
+    purchase_seq = c.head
+    purchase_hash = c.receipts[purchase_seq][1]
+    c.write(payroll, c.event("pay", b_dp, payment=pb.Payment(
+        amount="364.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b", category="personal_care",
+        reference="payslip 0042")), "payroll personal-assistant payment")
+    c.refuse(payroll, c.event("pay", b_dp, payment=pb.Payment(
+        amount="10.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-1", category="respite")),
+        PERMISSION_DENIED, "payroll provider paying a provider")
+    c.refuse(tp, c.event("buy", b_dp, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s")),
+             PERMISSION_DENIED, "purchase by an organisation the budget does not name")
+    c.write(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="2.04", category="respite", supplier_ref="s-9")),
+            "commissioner purchase on a notional budget")
+
+    step("overspend is refused and changes nothing")
+    before = c.balance(icb, b_tp)
+    log_before = len(c.read_log(auditor))
+    check(before.held == "1100.51", f"held before overspend: {before.held}")
+    c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1100.52", category="equipment",
+                                                            supplier_ref="sup-41")),
+             FAILED_PRECONDITION, "overspend by 0.01")
+    after = c.balance(icb, b_tp)
+    check(after == before, f"overspend changed the balance: {before} -> {after}")
+    check(len(c.read_log(auditor)) == log_before, "overspend changed the log length")
+
+    step("retry of the same signed bytes is a duplicate")
+    r = c.append([purchase_signed])[0]
+    check(r.error.code == OK and r.duplicate and r.sequence == purchase_seq and r.entry_hash == purchase_hash,
+          f"retry: duplicate={r.duplicate} seq={r.sequence} (want {purchase_seq}) code={r.error.code}")
+    changed = pb.Event.FromString(purchase_signed.event)
+    changed.purchase.receipt_ref = "R-2"
+    c.refuse(tp, changed, ALREADY_EXISTS, "same event_id, different bytes")
+    garbage = pb.SignedEvent(event=changed.SerializeToString(), signer_id=tp.id, signature=bytes(64))
+    c.refuse(None, garbage, UNAUTHENTICATED, "same event_id, bad signature (signature checked before ALREADY_EXISTS)")
+
+    step("atomic batch with a bad last event writes nothing")
+    def pa(amt, n):
+        return payroll.sign(c.event(f"payrun-{n}", b_dp, payment=pb.Payment(
+            amount=amt, payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref=f"pa-{n}",
+            category="personal_care", reference=f"run 7/{n}")))
+    dp_before = c.balance(payroll, b_dp)
+    run_bad = [pa("400.00", 1), pa("400.00", 2), pa("2000.00", 3)]  # held 2636.00: the third overspends
+    res = c.append(run_bad, atomic=True)
+    c.refused(res[0], run_bad[0], ABORTED, "atomic batch, event 1")
+    c.refused(res[1], run_bad[1], ABORTED, "atomic batch, event 2")
+    c.refused(res[2], run_bad[2], FAILED_PRECONDITION, "atomic batch, event 3 (overspend)")
+    check(c.balance(payroll, b_dp) == dp_before, "failed atomic batch changed the balance")
+    check(len(c.read_log(auditor)) == c.head, "failed atomic batch changed the log")
+    batch = [pa("0.01", 7), pa("5000.00", 8), pa("0.00", 9)]  # fails in the middle; the last is never evaluated
+    res = c.append(batch, atomic=True)
+    for i, code in enumerate((ABORTED, FAILED_PRECONDITION, ABORTED)):
+        c.refused(res[i], batch[i], code, f"atomic batch failing in the middle, event {i + 1}")
+    # Resending the same first two events, now with a valid third, writes all three.
+    run_good = run_bad[:2] + [pa("1836.00", 3)]
+    for r, s in zip(c.append(run_good, atomic=True), run_good):
+        c.written(r, s, "atomic batch, fixed")
+    batch = [run_good[0], pa("0.01", 4)]  # held is 0.00 now
+    res = c.append(batch, atomic=True)
+    c.refused(res[0], batch[0], ABORTED, "atomic batch: a would-be duplicate before the failure")
+    c.refused(res[1], batch[1], FAILED_PRECONDITION, "atomic batch: overspend of an empty account")
+    batch = [run_good[2], pa("0.01", 5), pa("0.00", 6)]
+    res = c.append(batch, atomic=False)
+    check(res[0].duplicate and res[0].sequence == c.head, "non-atomic: duplicate result")
+    c.refused(res[1], batch[1], FAILED_PRECONDITION, "non-atomic: overspend")
+    c.refused(res[2], batch[2], INVALID_ARGUMENT, "non-atomic: zero amount", "kind.payment.amount")
+
+    step("review, stop, key rotation")
+    c.write(icb, c.event("review", b_tp, review_adjustment=pb.ReviewAdjustment(
+        delta="-587.20", reason="Annual review: fewer support hours")), "negative review adjustment")
+    c.refuse(icb, c.event("review", b_tp, review_adjustment=pb.ReviewAdjustment(
+        delta="-3012.31", reason="too far")), FAILED_PRECONDITION, "review below paid_in")
+    c.write(icb, c.event("stop", extra[1], budget_stopped=pb.BudgetStopped(reason="Moved out of area")), "stop")
+    c.refuse(icb, alloc(extra[1], "1.00"), FAILED_PRECONDITION, "allocation on a stopped budget")
+    c.refuse(icb, c.event("stop", extra[1], budget_stopped=pb.BudgetStopped(reason="again")), FAILED_PRECONDITION,
+             "stopping twice")
+
+    old_tp = Org(tp.id, tp.key)
+    new_key = SigningKey.generate()
+    c.refuse(root, c.event("rot-same", key_rotated=pb.KeyRotated(organisation_id=tp.id, new_public_key=tp.public)),
+             FAILED_PRECONDITION, "rotation to the same key")
+    c.refuse(root, c.event("rot-unknown", key_rotated=pb.KeyRotated(organisation_id=f"nobody-{tag}",
+                                                                    new_public_key=new_key.verify_key.encode())),
+             NOT_FOUND, "rotation of an unknown organisation")
+    c.write(root, c.event("rot", key_rotated=pb.KeyRotated(organisation_id=tp.id,
+                                                          new_public_key=new_key.verify_key.encode())), "key rotation")
+    tp = Org(tp.id, new_key)
+    c.write(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="50.00", category="transport", supplier_ref="taxi-2",
+                                                          description="Taxi to day centre")), "purchase, new key")
+    c.refuse(old_tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1.00", category="transport", supplier_ref="t")),
+             UNAUTHENTICATED, "new event signed with the rotated-out key")
+    r = c.append([purchase_signed])[0]
+    check(r.duplicate and r.sequence == purchase_seq, "retry under a rotated key is no longer a duplicate")
+    check(rpc_code(lambda: c.balance(old_tp, b_tp)) == grpc.StatusCode.UNAUTHENTICATED,
+          "a read signed with the rotated-out key was accepted")
+
+    step("documented field rules (amounts, occurred_at, text, bytes, signatures)")
+    for amt in ("5", "4.8", "0.01", "1000000000.00", "0000000001.5"):
+        c.write(icb, alloc(extra[0], amt), f"allocation amount {amt!r}")
+    refused_amounts = ["", "1e9", "NaN", "inf", "0x10", "١٢", "+5", " 5", "5 ", "1,000", "1_000", "--1", "1.",
+                       ".5", "0.001", "1000000000.01", "99999999999", "-5", "0", "0.00"]
+    bad = [icb.sign(alloc(extra[0], a)) for a in refused_amounts]
+    bad += [icb.sign(c.event("review", extra[0], review_adjustment=pb.ReviewAdjustment(delta=d, reason="r")))
+            for d in ("0", "-0.00")]
+    fields = ["kind.allocation.amount"] * len(refused_amounts) + ["kind.review_adjustment.delta"] * 2
+    for r, s, f, a in zip(c.append(bad), bad, fields, refused_amounts + ["0", "-0.00"]):
+        c.refused(r, s, INVALID_ARGUMENT, f"amount {a!r}", f)
+    y2k = Timestamp(seconds=946_684_800)
+    c.write(icb, alloc(extra[0], "1.00", occurred_at=y2k), "occurred_at 2000-01-01T00:00:00Z")
+    c.write(icb, alloc(extra[0], "1.00", occurred_at=now_ts(86_400 - 120)), "occurred_at now + 24 h - 2 min")
+    for ts, what in ((Timestamp(seconds=946_684_799, nanos=999_999_999), "1999-12-31T23:59:59.999999999Z"),
+                     (now_ts(86_400 + 120), "now + 24 h + 2 min")):
+        c.refuse(icb, alloc(extra[0], "1.00", occurred_at=ts), INVALID_ARGUMENT, f"occurred_at {what}",
+                 "occurred_at")
+    no_ts = alloc(extra[0], "1.00")
+    no_ts.ClearField("occurred_at")
+    c.refuse(icb, no_ts, INVALID_ARGUMENT, "occurred_at missing", "occurred_at")
+    wrong_ledger = alloc(extra[0], "1.00")
+    wrong_ledger.ledger_id = ledger_id + "-other"
+    c.refuse(icb, wrong_ledger, INVALID_ARGUMENT, "another ledger's id", "ledger_id")
+    c.write(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="0.01", category="equipment", supplier_ref="s-1",
+                                                          description="\u00e9" * 256)),
+            "description of 256 non-ASCII characters")
+    c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="0.01", category="equipment", supplier_ref="s-1",
+                                                           description="a" * 257)),
+             INVALID_ARGUMENT, "description of 257 characters", "kind.purchase.description")
+    for text in ("Taxi\u202egnp.exe", "Taxi\tfare"):
+        c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="0.01", category="transport", supplier_ref="t",
+                                                               description=text)),
+                 INVALID_ARGUMENT, f"description {text!r}", "kind.purchase.description")
+    unknown = icb.sign(alloc(extra[0], "1.00"))
+    unknown.event += b"\xf8\x06\x01"  # field 111, varint 1: not in the proto
+    unknown.signature = icb.key.sign(unknown.event).signature
+    c.refused(c.append([unknown])[0], unknown, INVALID_ARGUMENT, "event with an unknown field", "event")
+    short_sig = icb.sign(alloc(extra[0], "1.00"))
+    short_sig.signature = short_sig.signature[:63]
+    c.refused(c.append([short_sig])[0], short_sig, UNAUTHENTICATED, "63-byte signature")
+    stranger = Org(f"stranger-{tag}")
+    c.refuse(stranger, alloc(extra[0], "1.00"), UNAUTHENTICATED, "unregistered signer")
+    check(rpc_code(lambda: c.stub.Append(pb.AppendRequest(events=[]), timeout=RPC_TIMEOUT))
+          == grpc.StatusCode.INVALID_ARGUMENT, "empty Append is not INVALID_ARGUMENT")
+
+    # -- reads ---------------------------------------------------------------
+    step("authenticated reads")
+    stub = c.stub
+    gb = pb.GetBalanceRequest(budget_id=b_tp)
+    m = "GetBalance"
+    check(rpc_code(lambda: stub.GetBalance(gb, timeout=RPC_TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED,
+          "unsigned GetBalance is not UNAUTHENTICATED")
+    check(rpc_code(lambda: stub.ListBalances(pb.ListBalancesRequest(), timeout=RPC_TIMEOUT))
+          == grpc.StatusCode.UNAUTHENTICATED, "unsigned ListBalances is not UNAUTHENTICATED")
+    check(rpc_code(lambda: list(stub.ReadLog(pb.ReadLogRequest(), timeout=RPC_TIMEOUT)))
+          == grpc.StatusCode.UNAUTHENTICATED, "unsigned ReadLog is not UNAUTHENTICATED")
+    now = int(time.time())
+    variants = {
+        "signed for another method": icb.md("ListBalances"),
+        "timestamp 400 s old": icb.md(m, now - 400),
+        "timestamp 400 s ahead": icb.md(m, now + 400),
+        "signed by another key": read_signature_metadata(icb.id, tp.key, m, now),
+        "unregistered org": stranger.md(m),
+        "unpadded base64": tuple((k, v.rstrip("=")) if k == "x-phb-signature" else (k, v) for k, v in icb.md(m)),
+        "timestamp that is not a number": read_signature_metadata(icb.id, icb.key, m, f"{now}s"),
+        "timestamp with a sign": read_signature_metadata(icb.id, icb.key, m, f"+{now}"),
+    }
+    for what, md in variants.items():
+        code = rpc_code(lambda: stub.GetBalance(gb, metadata=md, timeout=RPC_TIMEOUT))
+        check(code == grpc.StatusCode.UNAUTHENTICATED, f"GetBalance with {what}: {code}, want UNAUTHENTICATED")
+    check(stub.GetBalance(gb, metadata=icb.md(m, now - 250), timeout=RPC_TIMEOUT).balance.budget_id == b_tp,
+          "a timestamp 250 s old was refused (docs: +/-300 s)")
+    for reader in (icb, tp, auditor, root):
+        check(c.balance(reader, b_tp).budget_id == b_tp, f"{reader.id} cannot read {b_tp}")
+    check(rpc_code(lambda: c.balance(tp, b_dp)) == grpc.StatusCode.PERMISSION_DENIED,
+          "third party can read a budget that does not name it")
+    check(rpc_code(lambda: c.balance(icb, f"{tag}-nope")) == grpc.StatusCode.NOT_FOUND, "unknown budget not NOT_FOUND")
+    check(rpc_code(lambda: c.balance(icb, "bad id!")) == grpc.StatusCode.INVALID_ARGUMENT, "bad id not INVALID_ARGUMENT")
+    check(rpc_code(lambda: c.read_log(icb)) == grpc.StatusCode.PERMISSION_DENIED, "commissioner may ReadLog")
+    check(rpc_code(lambda: c.list_all(icb, 10, commissioner_id=f"other-{tag}")) == grpc.StatusCode.PERMISSION_DENIED,
+          "commissioner may list another commissioner")
+    check(rpc_code(lambda: stub.ListBalances(pb.ListBalancesRequest(page_token="not-a-token"),
+                                             metadata=auditor.md("ListBalances"), timeout=RPC_TIMEOUT))
+          == grpc.StatusCode.INVALID_ARGUMENT, "forged page_token not INVALID_ARGUMENT")
+    mine, _ = c.list_all(icb, 2, commissioner_id=icb.id)
+    check({b.budget_id for b in mine} == {b_tp, b_dp, b_nt, *extra}, "commissioner's ListBalances")
+    check({b.budget_id for b in c.list_all(tp, 0)[0]} == {b_tp}, "third party sees only its budget")
+    check({b.budget_id for b in c.list_all(payroll, 0)[0]} == {b_dp}, "payroll sees only its budget")
+    paged, pages = c.list_all(auditor, 2)
+    whole, _ = c.list_all(auditor, 0)
+    check(pages >= 3 and [b.SerializeToString() for b in paged] == [b.SerializeToString() for b in whole],
+          "ListBalances pages of 2 differ from one page")
+
+    step("ReadLog follow delivers a new entry")
+    head = c.head
+    stream = stub.ReadLog(pb.ReadLogRequest(from_sequence=head + 1, follow=True), metadata=auditor.md("ReadLog"),
+                          timeout=RPC_TIMEOUT)
+    got = []
+    reader_thread = threading.Thread(target=lambda: got.append(next(stream).entry), daemon=True)
+    reader_thread.start()
+    time.sleep(0.2)
+    c.write(icb, alloc(b_nt, "10.00"), "allocation during follow")
+    reader_thread.join(RPC_TIMEOUT)
+    stream.cancel()
+    check(got and got[0].sequence == head + 1 and got[0].hash == c.receipts[head + 1][1],
+          "ReadLog follow did not deliver the new entry")
+
+    # -- the audit -----------------------------------------------------------
+    check(len(c.read_log(auditor)) == c.head, f"the log does not hold the {c.head} entries written")
+    check([e.SerializeToString() for e in c.read_log(auditor, 5)]
+          == [e.SerializeToString() for e in c.read_log(root)[4:]], "ReadLog from_sequence=5 is not the log's suffix")
+    audit, entries = audit_ledger(c, auditor, datadir, root_pub, ledger_id)
+    # Receipts: every acknowledgement matches the log, byte for byte.
+    for seq, (signed, h) in c.receipts.items():
+        e = entries[seq - 1]
+        check(e.hash == h and e.signed_event == signed, f"receipt for sequence {seq} does not match the log")
+    logged = {e.signed_event.SerializeToString() for e in entries}
+    check(not any(s.SerializeToString() in logged for s in c.refused_signed), "a refused event is in the log")
+    expect = {b_tp: ("4212.80", "1200.50", "150.00", "1050.50", "4062.80"),
+              b_dp: ("12000.00", "3000.00", "3000.00", "0.00", "9000.00"),
+              b_nt: ("212.04", "0.00", "2.04", "0.00", "210.00")}
+    for bid, figures in expect.items():
+        bal = c.balance(auditor, bid)
+        got_fig = (bal.allocated, bal.paid_in, bal.spent, bal.held, bal.available)
+        check(got_fig == figures, f"{bid}: worked-out figures {figures} != server {got_fig}")
+        print(f"   {bid}: allocated {bal.allocated} paid_in {bal.paid_in} spent {bal.spent} "
+              f"held {bal.held} available {bal.available}")
+    tamper_test(entries, {seq: h for seq, (_, h) in c.receipts.items()}, root_pub, ledger_id)
+    return audit
+
+
+def audit_ledger(c, reader, datadir, root_pub, ledger_id):
+    """log-format.md §6, as `reader` (an auditor or root): replay the whole
+    log, compare it with log/ledger.log and the balances with the server's."""
+    step(f"ReadLog as {reader.id}: verify the whole log independently")
+    entries = c.read_log(reader)
+    audit = Auditor(root_pub, ledger_id)
+    for e in entries:
+        audit.apply(e)
+
+    # The file on disk must hold exactly the same entries (log-format.md §5).
+    records = parse_ledger_file(os.path.join(datadir, "log", "ledger.log"))
+    check(len(records) == len(entries), f"ledger.log has {len(records)} records, ReadLog {len(entries)}")
+    for rec, e in zip(records, entries):
+        se = e.signed_event
+        check(rec == (e.sequence, ts_micros(e.recorded_at), e.prev_hash, e.hash, se.signer_id, se.signature,
+                      se.event), f"ledger.log record {rec[0]} differs from ReadLog")
+
+    step("balances recomputed from the log equal GetBalance and ListBalances")
+    listed, _ = c.list_all(reader, 3)
+    check({b.budget_id for b in listed} == set(audit.budgets),
+          f"ListBalances budgets {sorted(b.budget_id for b in listed)} != replayed {sorted(audit.budgets)}")
+    for b in listed:
+        compare_balance(audit.expected_balance(b.budget_id), b, "ListBalances")
+        compare_balance(audit.expected_balance(b.budget_id), c.balance(reader, b.budget_id), "GetBalance")
+
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(audit.stats["kinds"].items()))
+    print(f"   {len(entries)} entries: sequences 1..{audit.head_seq}, entry hashes, prev_hash chain, "
+          f"{len(entries)} signatures by {len(audit.stats['signers'])} signers "
+          f"({audit.stats['rotations']} key rotation(s)), field and budget rules; ledger.log identical")
+    print(f"   kinds: {kinds}")
+    print(f"   {len(audit.budgets)} budgets: replayed with decimal arithmetic == GetBalance == ListBalances")
+    print(f"   head {audit.head_seq} {audit.head_hash.hex()}")
+    return audit, entries
+
+
+def tamper_test(entries, receipts, root_pub, ledger_id):
+    """The auditor must notice tampering, or agreeing with the server proves nothing."""
+    step("the auditor catches tampered logs")
+
+    def refuses(mutate, what):
+        copy = [pb.LogEntry.FromString(e.SerializeToString()) for e in entries]
+        mutate(copy)
+        audit = Auditor(root_pub, ledger_id)
+        try:
+            for e in copy:
+                audit.apply(e)
+        except Mismatch:
+            CHECKS[0] += 1
+            return
+        raise Mismatch(f"the auditor accepted a log with {what}")
+
+    def rehash(copy, start):
+        prev = copy[start - 1].hash if start else GENESIS_HASH
+        for e in copy[start:]:
+            e.prev_hash = prev
+            se = e.signed_event
+            e.hash = prev = entry_hash(prev, e.sequence, ts_micros(e.recorded_at), se.signer_id, se.signature, se.event)
+
+    def flip_event(copy):
+        copy[-1].signed_event.event = copy[-1].signed_event.event[:-1] + b"\x03"
+
+    def forge_amount(copy):  # rewrite an amount and rebuild the whole chain: only the signature catches it
+        i = next(i for i, e in enumerate(copy) if pb.Event.FromString(e.signed_event.event).HasField("purchase"))
+        ev = pb.Event.FromString(copy[i].signed_event.event)
+        ev.purchase.amount = "9.99"
+        copy[i].signed_event.event = ev.SerializeToString()
+        rehash(copy, i)
+
+    def drop(copy):
+        del copy[len(copy) // 2]
+        for n, e in enumerate(copy, 1):
+            e.sequence = n
+        rehash(copy, 0)
+
+    def old_key(copy):  # an event after the rotation, re-signed with the rotated-out key, is not in the log
+        i = next(i for i, e in enumerate(copy) if pb.Event.FromString(e.signed_event.event).HasField("key_rotated"))
+        copy[i:] = copy[i + 1:]
+        for n, e in enumerate(copy, 1):
+            e.sequence = n
+        rehash(copy, 0)
+
+    def clock(copy):
+        copy[-1].recorded_at.seconds = copy[-2].recorded_at.seconds - 1
+        rehash(copy, len(copy) - 1)
+
+    refuses(flip_event, "a changed event byte")
+    refuses(forge_amount, "a forged amount and a rebuilt chain")
+    # A dropped entry with the chain rebuilt can be a valid ledger (log-format.md
+    # §6 says so): the partners' receipts are what catch it.
+    copy = [pb.LogEntry.FromString(e.SerializeToString()) for e in entries]
+    drop(copy)
+    check(any(seq > len(copy) or copy[seq - 1].hash != h for seq, h in receipts.items()),
+          "a dropped entry with a rebuilt chain still matches every Append receipt")
+    refuses(old_key, "the key rotation removed")
+    refuses(clock, "recorded_at going backwards")
+    print("   refused: a changed byte, a forged amount (chain rebuilt), a removed key rotation, a clock going "
+          "backwards; a dropped entry (chain rebuilt) fails the Append receipts")
+
+
+def audit_only(addr, datadir, head_file):
+    """After a restart: the log the server replayed is the one audited before."""
+    self_test()
+    with open(os.path.join(datadir, "ledger-id")) as f:
+        ledger_id = f.read().strip()
+    with open(os.path.join(datadir, "root.key")) as f:
+        root = Org("root", SigningKey(bytes.fromhex(f.read().strip())))
+    channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
+    c = Client(channel, ledger_id, "audit")
+    audit, entries = audit_ledger(c, root, datadir, root.public, ledger_id)
+    with open(head_file) as f:
+        seq, h = f.read().split()
+    seq = int(seq)
+    check(len(entries) >= seq and entries[seq - 1].hash.hex() == h,
+          f"after the restart the log no longer holds the pinned head {seq} {h}")
+    print(f"   the pinned head {seq} {h[:16]}... is still in the log")
+
+
+def main():
+    args = sys.argv[1:]
+    head_file, audit_mode = None, False
+    if len(args) == 4 and args[2] in ("--write-head", "--audit-only"):
+        head_file, audit_mode = args[3], args[2] == "--audit-only"
+    elif len(args) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        if audit_mode:
+            audit_only(args[0], args[1], head_file)
+        else:
+            audit = run(args[0], args[1])
+            if head_file:
+                with open(head_file, "w") as f:
+                    f.write(f"{audit.head_seq} {audit.head_hash.hex()}\n")
+    except Mismatch as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        print(f"external: {CHECKS[0]} passed, 1 failed")
+        return 1
+    except grpc.RpcError as e:
+        print(f"FAIL: unexpected RPC error {e.code()}: {e.details()}", file=sys.stderr)
+        print(f"external: {CHECKS[0]} passed, 1 failed")
+        return 1
+    print(f"external client: all checks passed in {time.monotonic() - started:.1f} s")
+    print(f"external: {CHECKS[0]} passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
