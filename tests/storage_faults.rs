@@ -1013,6 +1013,38 @@ async fn disk_full_is_refused_and_nothing_false_is_acknowledged() {
             log_enospc || msg.contains("restart"),
             "refused for a full disk: {msg}"
         );
+        // The same new event twice in one request, and by two callers at
+        // once: the second copy is a "duplicate" of an entry in the same
+        // group, which was never stored. Neither copy may be acknowledged.
+        // (49 fresh events ride along so the group is larger than whatever
+        // slack is left in the log file's last page.)
+        let mut fresh = |n: usize| -> Vec<pb::SignedEvent> {
+            let v = (0..n).map(|k| purchase(&w, b, next + k)).collect();
+            next += n;
+            v
+        };
+        let twice = fresh(1).remove(0);
+        let mut batch = fresh(48);
+        batch.extend([twice.clone(), twice.clone()]);
+        let rs = w.append_batch(batch.clone(), false).await;
+        for r in &rs {
+            assert_refused(r, Code::Unavailable);
+            assert!(!r.duplicate, "a duplicate of an unstored event: {r:?}");
+        }
+        let racing = fresh(1).remove(0);
+        let (mut b1, mut b2) = (fresh(49), fresh(49));
+        b1.push(racing.clone());
+        b2.push(racing.clone());
+        let (r1, r2) = tokio::join!(
+            w.append_batch(b1.clone(), false),
+            w.append_batch(b2.clone(), false)
+        );
+        for r in r1.iter().chain(&r2) {
+            assert_refused(r, Code::Unavailable);
+        }
+        phase2.unavailable.extend(batch);
+        phase2.unavailable.extend(b1);
+        phase2.unavailable.extend(b2);
         let head = phase2.highest_acked().max(book.highest_acked());
         if log_enospc {
             // The failed group was cut back: the file is whole records up to
