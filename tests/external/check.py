@@ -294,8 +294,8 @@ def validate_event(raw, ledger_id, now_micros):
     except DecodeError as e:
         raise Invalid(f"event does not decode: {e}")
     ev.DiscardUnknownFields()
-    need(ev.ByteSize() == len(raw), f"event has unknown fields or is not canonical "
-         f"({ev.ByteSize()} != {len(raw)} bytes)")
+    need(ev.SerializeToString(deterministic=True) == bytes(raw),
+         f"event has unknown fields or is not canonical ({ev.ByteSize()} vs {len(raw)} bytes)")
     need(valid_id(ev.event_id), f"bad event_id {ev.event_id!r}")
     need(ev.ledger_id == ledger_id, f"ledger_id {ev.ledger_id!r} != {ledger_id!r}")
     need(ev.HasField("occurred_at"), "occurred_at missing")

@@ -1,0 +1,309 @@
+//! Checks shared by the targets: figures, snapshots, validated events.
+
+use crate::cast::ORGS;
+use crate::oracle::{canonical, oracle_pence, MAX_PENCE};
+use phb_domain::event::{
+    EventKind, Management, MAX_FUTURE_MICROS, MAX_ID_LEN, MAX_REF_LEN, MIN_OCCURRED_AT_MICROS,
+};
+use phb_domain::{Budget, Event, Head, Ledger, Money, Organisation};
+use phb_proto::v1 as pb;
+
+/// Everything observable about a ledger's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The chain head.
+    pub head: Head,
+    /// Every budget, in id order.
+    pub budgets: Vec<Budget>,
+    /// Every cast member (and "root"'s key) as the ledger sees it.
+    pub orgs: Vec<Option<Organisation>>,
+    /// The keys each signer id signs with now.
+    pub keys: Vec<Option<[u8; 32]>>,
+}
+
+/// The observable state of `l`.
+pub fn snapshot(l: &Ledger) -> Snapshot {
+    Snapshot {
+        head: l.head(),
+        budgets: l.budgets().cloned().collect(),
+        orgs: ORGS.iter().map(|o| l.organisation(o).cloned()).collect(),
+        keys: ORGS
+            .iter()
+            .map(|o| l.signer_key(o).map(|k| k.to_bytes()))
+            .collect(),
+    }
+}
+
+/// A figure's pence, asserting it prints canonically at scale 2 and parses
+/// back to itself.
+pub fn pence_of(m: Money, what: &str) -> i64 {
+    let s = m.to_string();
+    assert_eq!(m.as_decimal().scale(), 2, "{what} {s:?} is not at scale 2");
+    let p = parse_printed(&s).unwrap_or_else(|| panic!("{what} prints as {s:?}"));
+    assert_eq!(s, canonical(p), "{what} does not print canonically");
+    assert_eq!(m, Money::from_pence(p), "{what} {s:?}");
+    p
+}
+
+/// Reads "-?digits.dd" (any size) back to pence.
+fn parse_printed(s: &str) -> Option<i64> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let (int, frac) = body.split_once('.')?;
+    if int.is_empty()
+        || frac.len() != 2
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let v = int.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// The figures of one budget, in pence, after checking the invariants:
+/// nothing negative, `held`/`available` as documented, `paid_in <=
+/// allocated` and `spent <= paid_in` for budgets that hold money,
+/// `spent <= allocated` always.
+pub fn check_budget(b: &Budget) -> [i64; 3] {
+    let allocated = pence_of(b.allocated, "allocated");
+    let paid_in = pence_of(b.paid_in, "paid_in");
+    let spent = pence_of(b.spent, "spent");
+    let held = pence_of(b.held(), "held");
+    let available = pence_of(b.available(), "available");
+    let id = &b.id;
+    for (name, v) in [
+        ("allocated", allocated),
+        ("paid_in", paid_in),
+        ("spent", spent),
+        ("held", held),
+        ("available", available),
+    ] {
+        assert!(v >= 0, "budget {id}: {name} is negative: {v}");
+    }
+    assert!(
+        spent <= allocated,
+        "budget {id}: spent {spent} > allocated {allocated}"
+    );
+    assert_eq!(available, allocated - spent, "budget {id}: available");
+    match b.management {
+        Management::Notional => {
+            assert_eq!(paid_in, 0, "notional budget {id} was paid in");
+            assert_eq!(held, 0, "notional budget {id} holds money");
+        }
+        _ => {
+            assert!(paid_in <= allocated, "budget {id}: paid_in > allocated");
+            assert!(
+                spent <= paid_in,
+                "budget {id}: spent {spent} > paid_in {paid_in}"
+            );
+            assert_eq!(held, paid_in - spent, "budget {id}: held");
+        }
+    }
+    [allocated, paid_in, spent]
+}
+
+/// Checks every budget of `l`.
+pub fn check_ledger(l: &Ledger) {
+    for b in l.budgets() {
+        check_budget(b);
+        assert!(
+            b.last_sequence >= 1 && b.last_sequence <= l.head().sequence,
+            "budget {} last_sequence {} outside 1..={}",
+            b.id,
+            b.last_sequence,
+            l.head().sequence
+        );
+    }
+}
+
+fn is_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+fn is_category(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_REF_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// docs/api.md §6: no control characters (Cc), no bidirectional formatting
+/// characters, no line or paragraph separators.
+fn is_text(s: &str, max: usize, required: bool) -> bool {
+    let forbidden = |c: char| {
+        let u = u32::from(c);
+        u < 0x20
+            || (0x7f..=0x9f).contains(&u)
+            || [0x061c, 0x200e, 0x200f, 0x2028, 0x2029].contains(&u)
+            || (0x202a..=0x202e).contains(&u)
+            || (0x2066..=0x2069).contains(&u)
+    };
+    (!required || !s.trim().is_empty()) && s.chars().count() <= max && !s.chars().any(forbidden)
+}
+
+/// The amount string of the protobuf kind, if it carries one.
+pub fn raw_amount(kind: &pb::event::Kind) -> Option<&str> {
+    use pb::event::Kind as K;
+    match kind {
+        K::Allocation(a) => Some(&a.amount),
+        K::Disbursement(d) => Some(&d.amount),
+        K::Payment(p) => Some(&p.amount),
+        K::Purchase(p) => Some(&p.amount),
+        K::ReviewAdjustment(r) => Some(&r.delta),
+        _ => None,
+    }
+}
+
+/// The amount (or delta) a validated event carries.
+pub fn amount_of(kind: &EventKind) -> Option<Money> {
+    match kind {
+        EventKind::Allocation { amount, .. }
+        | EventKind::Disbursement { amount }
+        | EventKind::Payment { amount, .. }
+        | EventKind::Purchase { amount, .. } => Some(*amount),
+        EventKind::ReviewAdjustment { delta, .. } => Some(*delta),
+        _ => None,
+    }
+}
+
+/// Re-checks, independently of `event.rs`, everything docs/api.md §6 says
+/// a validated event satisfies, against the protobuf it was decoded from.
+pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
+    assert!(
+        is_id(&ev.event_id, MAX_ID_LEN),
+        "event_id {:?}",
+        ev.event_id
+    );
+    assert_eq!(ev.event_id, raw.event_id);
+    assert_eq!(ev.budget_id, raw.budget_id);
+    if ev.kind.is_organisation_event() {
+        assert!(
+            ev.budget_id.is_empty(),
+            "organisation event with a budget_id"
+        );
+    } else {
+        assert!(
+            is_id(&ev.budget_id, MAX_ID_LEN),
+            "budget_id {:?}",
+            ev.budget_id
+        );
+    }
+    let ts = raw
+        .occurred_at
+        .as_ref()
+        .expect("accepted without occurred_at");
+    assert!((0..1_000_000_000).contains(&ts.nanos), "nanos {}", ts.nanos);
+    let micros = i128::from(ts.seconds) * 1_000_000 + i128::from(ts.nanos / 1000);
+    assert_eq!(i128::from(ev.occurred_at_micros), micros);
+    assert!(
+        ev.occurred_at_micros >= MIN_OCCURRED_AT_MICROS,
+        "before 2000"
+    );
+    assert!(
+        i128::from(ev.occurred_at_micros) <= i128::from(now) + i128::from(MAX_FUTURE_MICROS),
+        "more than 24 h ahead of {now}"
+    );
+    let raw_kind = raw.kind.as_ref().expect("accepted without a kind");
+    if let Some(m) = amount_of(&ev.kind) {
+        let s = raw_amount(raw_kind).expect("amount from a kind without one");
+        let p = oracle_pence(s).unwrap_or_else(|| panic!("amount {s:?} accepted"));
+        assert_eq!(pence_of(m, "amount"), p, "amount {s:?}");
+        if matches!(ev.kind, EventKind::ReviewAdjustment { .. }) {
+            assert_ne!(p, 0, "zero delta {s:?} accepted");
+        } else {
+            assert!(p > 0, "non-positive amount {s:?} accepted");
+        }
+        assert!(p.abs() <= MAX_PENCE);
+    }
+    match &ev.kind {
+        EventKind::OrganisationRegistered {
+            organisation_id,
+            roles,
+            ..
+        } => {
+            assert!(is_id(organisation_id, MAX_ID_LEN));
+            assert_ne!(organisation_id, "root");
+            assert!(!roles.is_empty());
+            assert!(roles.windows(2).all(|w| w[0] < w[1]), "roles {roles:?}");
+        }
+        EventKind::KeyRotated {
+            organisation_id, ..
+        } => assert!(is_id(organisation_id, MAX_ID_LEN)),
+        EventKind::BudgetOpened {
+            holder_ref,
+            commissioner_id,
+            period_start,
+            period_end,
+            management,
+            funds_holder_id,
+            payroll_provider_id,
+        } => {
+            assert!(is_id(holder_ref, MAX_REF_LEN));
+            assert!(is_id(commissioner_id, MAX_ID_LEN));
+            assert!(period_start <= period_end);
+            for d in [period_start, period_end] {
+                assert!((2000..=2199).contains(&d.year) && (1..=12).contains(&d.month));
+                let leap = (d.year % 4 == 0 && d.year % 100 != 0) || d.year % 400 == 0;
+                let days = [
+                    31,
+                    if leap { 29 } else { 28 },
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                ];
+                assert!(d.day >= 1 && d.day <= days[usize::from(d.month - 1)], "{d}");
+            }
+            for id in [funds_holder_id, payroll_provider_id].into_iter().flatten() {
+                assert!(is_id(id, MAX_ID_LEN));
+            }
+            match management {
+                Management::ThirdParty => assert!(funds_holder_id.is_some()),
+                Management::Notional => {
+                    assert!(funds_holder_id.is_none() && payroll_provider_id.is_none())
+                }
+                Management::DirectPayment => {}
+            }
+        }
+        EventKind::Payment {
+            payee_ref,
+            category,
+            reference,
+            ..
+        } => {
+            assert!(is_id(payee_ref, MAX_REF_LEN));
+            assert!(is_category(category), "category {category:?}");
+            assert!(
+                is_text(reference, MAX_ID_LEN, false),
+                "reference {reference:?}"
+            );
+        }
+        EventKind::Purchase {
+            category,
+            supplier_ref,
+            description,
+            receipt_ref,
+            ..
+        } => {
+            assert!(is_category(category), "category {category:?}");
+            assert!(is_id(supplier_ref, MAX_REF_LEN));
+            assert!(is_text(description, 256, false));
+            assert!(is_text(receipt_ref, MAX_ID_LEN, false));
+        }
+        EventKind::ReviewAdjustment { reason, .. } | EventKind::BudgetStopped { reason } => {
+            assert!(is_text(reason, 256, true), "reason {reason:?}");
+        }
+        EventKind::Allocation { .. } | EventKind::Disbursement { .. } => {}
+    }
+}
