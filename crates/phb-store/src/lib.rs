@@ -230,8 +230,7 @@ impl Store {
                         let checked = if entry.sequence <= ix.indexed_through {
                             ix.agrees(&entry, &id, offset)
                         } else {
-                            batch.insert(event_key(&id), index_value(&entry));
-                            batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
+                            index_entry(&mut batch, &id, &entry, offset);
                             pending += 1;
                             report.reindexed += 1;
                             if pending >= MAX_GROUP_ENTRIES {
@@ -345,8 +344,7 @@ impl Store {
         // entries and the next open re-indexes them.
         let mut batch = sled::Batch::default();
         for (a, rel) in group.iter().zip(relative) {
-            batch.insert(event_key(a.event_id), index_value(a.entry));
-            batch.insert(&seq_key(a.entry.sequence), &(start + rel).to_be_bytes());
+            index_entry(&mut batch, a.event_id, a.entry, start + rel);
         }
         batch.insert(KEY_INDEXED_THROUGH, &self.head_sequence.to_be_bytes());
         if let Err(e) = self.index.apply_batch(batch) {
@@ -425,11 +423,11 @@ fn index_value(entry: &LogEntry) -> Vec<u8> {
     v
 }
 
-fn index_entry(batch: &mut sled::Batch, entry: &LogEntry, offset: u64) -> Result<(), StoreError> {
-    let id = stored_event_id(entry)?;
-    batch.insert(event_key(&id), index_value(entry));
+/// The two index records of one entry: its event id, and where it starts.
+/// The only place index records are made (append, re-index, rebuild).
+fn index_entry(batch: &mut sled::Batch, event_id: &str, entry: &LogEntry, offset: u64) {
+    batch.insert(event_key(event_id), index_value(entry));
     batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
-    Ok(())
 }
 
 /// The event id a stored entry indexes under.
@@ -541,7 +539,7 @@ fn rebuild_index(
             });
         };
         seq = entry.sequence;
-        index_entry(&mut batch, &entry, offset)?;
+        index_entry(&mut batch, &stored_event_id(&entry)?, &entry, offset);
         pending += 1;
         if pending >= MAX_GROUP_ENTRIES {
             batch.insert(KEY_INDEXED_THROUGH, &seq.to_be_bytes());
