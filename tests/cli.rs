@@ -90,6 +90,20 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// `phb-ledger CMD --server URL --signer ID --key FILE REST...`: how every
+/// signed client command of the tour is spelled.
+fn signed<'a>(
+    cmd: &'a str,
+    url: &'a str,
+    signer: &'a str,
+    key: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![cmd, "--server", url, "--signer", signer, "--key", key];
+    args.extend_from_slice(rest);
+    args
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON {l:?}: {e}")))
@@ -139,15 +153,7 @@ fn readme_tour() {
     // 2. Every balance as root: the two demo runs' three budgets each.
     let all = json_lines(&ok(
         dir,
-        &[
-            "balance",
-            "--server",
-            url,
-            "--signer",
-            "root",
-            "--key",
-            "phb-data/root.key",
-        ],
+        &signed("balance", url, "root", "phb-data/root.key", &[]),
     ));
     assert_eq!(all.len(), 6, "{all:?}");
 
@@ -164,16 +170,7 @@ fn readme_tour() {
     );
     let r = json_lines(&ok(
         dir,
-        &[
-            "submit",
-            "--server",
-            url,
-            "--signer",
-            "root",
-            "--key",
-            "phb-data/root.key",
-            &reg,
-        ],
+        &signed("submit", url, "root", "phb-data/root.key", &[&reg]),
     ));
     assert_eq!(r[0]["code"], "Ok", "{r:?}");
 
@@ -182,17 +179,7 @@ fn readme_tour() {
   {"event_id":"b1-open","budget_id":"b1","occurred_at":1775001600,"budget_opened":{"holder_ref":"holder-0001",
    "commissioner_id":"my-icb","period_start":"2026-04-01","period_end":"2027-03-31","management":"NOTIONAL"}},
   {"event_id":"b1-alloc","budget_id":"b1","occurred_at":1775001600,"allocation":{"amount":"3602.00","basis":"NEEDS_BASED"}}]"#;
-    let submit = [
-        "submit",
-        "--server",
-        url,
-        "--signer",
-        "my-icb",
-        "--key",
-        "my-org.key",
-        "--atomic",
-        batch,
-    ];
+    let submit = signed("submit", url, "my-icb", "my-org.key", &["--atomic", batch]);
     let first = json_lines(&ok(dir, &submit));
     assert_eq!(first.len(), 2);
     for r in &first {
@@ -201,16 +188,7 @@ fn readme_tour() {
     }
     let b1 = json_lines(&ok(
         dir,
-        &[
-            "balance",
-            "--server",
-            url,
-            "--signer",
-            "my-icb",
-            "--key",
-            "my-org.key",
-            "b1",
-        ],
+        &signed("balance", url, "my-icb", "my-org.key", &["b1"]),
     ));
     assert_eq!(b1[0]["allocated"], "3602.00");
     assert_eq!(b1[0]["available"], "3602.00");
@@ -227,16 +205,15 @@ fn readme_tour() {
     // A refused submission exits non-zero and says why.
     let over = run(
         dir,
-        &[
+        &signed(
             "submit",
-            "--server",
             url,
-            "--signer",
             "my-icb",
-            "--key",
             "my-org.key",
-            r#"{"event_id":"b1-pay","budget_id":"b1","payment":{"amount":"3602.01","payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
-        ],
+            &[
+                r#"{"event_id":"b1-pay","budget_id":"b1","payment":{"amount":"3602.01","payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
+            ],
+        ),
     );
     assert!(!over.status.success());
     let r = json_lines(&String::from_utf8_lossy(&over.stdout));
@@ -244,16 +221,15 @@ fn readme_tour() {
     // A JSON number as an amount never reaches the server.
     let float = run(
         dir,
-        &[
+        &signed(
             "submit",
-            "--server",
             url,
-            "--signer",
             "my-icb",
-            "--key",
             "my-org.key",
-            r#"{"event_id":"b1-pay2","budget_id":"b1","payment":{"amount":1.5,"payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
-        ],
+            &[
+                r#"{"event_id":"b1-pay2","budget_id":"b1","payment":{"amount":1.5,"payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
+            ],
+        ),
     );
     assert!(!float.status.success());
     assert!(String::from_utf8_lossy(&float.stderr).contains("JSON string"));
