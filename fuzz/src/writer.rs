@@ -3,7 +3,7 @@
 //! `LogEntry::next` and the recorded time forced non-decreasing.
 
 use crate::cast::{signing_key, LEDGER_ID, ROOT};
-use phb_domain::{Event, Hash, Head, Ledger, LogEntry, Reject, SignedEvent, Undo};
+use phb_domain::{Admission, Event, Hash, Ledger, LogEntry, Reject, SignedEvent, Stored, Undo};
 use std::collections::HashMap;
 
 /// What a written or duplicate submission returned.
@@ -51,37 +51,25 @@ impl Writer {
 
     /// One submission at server time `now`.
     pub fn try_one(&mut self, signed: &SignedEvent, now: i64) -> Result<Outcome, Reject> {
-        let event = self.ledger.decode(signed, now)?;
-        let digest = signed.digest();
-        let existing = self.ids.get(&event.event_id).copied();
-        if let Some((sequence, d)) = existing {
-            if d == digest {
-                return Ok(Outcome::Duplicate(sequence));
-            }
-        }
-        self.ledger.authenticate(signed)?;
-        if existing.is_some() {
-            return Err(Reject::exists("event_id already used"));
-        }
-        let change = self.ledger.decide(&signed.signer_id, &event)?;
-        let head = self.ledger.head();
-        let entry = LogEntry::next(
-            head.hash,
-            head.sequence + 1,
-            now.max(head.recorded_at_micros),
-            signed.clone(),
-        );
-        let new_head = Head {
-            sequence: entry.sequence,
-            hash: entry.hash,
-            recorded_at_micros: entry.recorded_at_micros,
+        let (ids, log) = (&self.ids, &self.log);
+        let stored = |id: &str| {
+            Ok(ids.get(id).map(|&(sequence, digest)| Stored {
+                sequence,
+                digest,
+                entry_hash: log[sequence as usize - 1].hash,
+            }))
         };
-        self.undos.push(self.ledger.apply(change, new_head));
+        let a = match self.ledger.admit(signed, now, None, stored)? {
+            Admission::Duplicate(s) => return Ok(Outcome::Duplicate(s.sequence)),
+            Admission::Written(a) => *a,
+        };
+        let sequence = a.entry.sequence;
+        self.undos.push(a.undo);
         self.ids
-            .insert(event.event_id.clone(), (entry.sequence, digest));
-        self.log.push(entry);
-        self.events.push(event);
-        Ok(Outcome::Written(new_head.sequence))
+            .insert(a.event.event_id.clone(), (sequence, a.digest));
+        self.log.push(a.entry);
+        self.events.push(a.event);
+        Ok(Outcome::Written(sequence))
     }
 
     /// Rolls the ledger and log back to the first `len` entries, as the

@@ -115,6 +115,42 @@ enum UndoChange {
     Budget(String, Option<Budget>),
 }
 
+/// Where an event id already stands in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Its sequence.
+    pub sequence: u64,
+    /// The digest (`SignedEvent::digest`) of the signed event stored there.
+    pub digest: Hash,
+    /// Its entry hash.
+    pub entry_hash: Hash,
+}
+
+/// What `Ledger::admit` made of a submitted event.
+#[derive(Debug)]
+pub enum Admission {
+    /// The same signed event is already stored: nothing changed.
+    Duplicate(Stored),
+    /// Accepted and applied to the state as the next entry; the caller
+    /// writes `entry` (or rolls `undo` back if it cannot).
+    Written(Box<Admitted>),
+}
+
+/// An event `Ledger::admit` accepted and applied.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The decoded event.
+    pub event: Event,
+    /// `SignedEvent::digest` of the submission.
+    pub digest: Hash,
+    /// The log entry to write.
+    pub entry: LogEntry,
+    /// What it changed (to apply to other copies of the state).
+    pub change: Change,
+    /// How to undo it on this state.
+    pub undo: Undo,
+}
+
 /// The tip of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
@@ -124,6 +160,17 @@ pub struct Head {
     pub hash: Hash,
     /// The last entry's recorded_at (0 for an empty log).
     pub recorded_at_micros: i64,
+}
+
+impl Head {
+    /// The head once `entry` is the last entry.
+    pub fn of(entry: &LogEntry) -> Head {
+        Head {
+            sequence: entry.sequence,
+            hash: entry.hash,
+            recorded_at_micros: entry.recorded_at_micros,
+        }
+    }
 }
 
 /// Who is reading.
@@ -611,6 +658,63 @@ impl Ledger {
         }
     }
 
+    /// The writer's whole decision on one submitted event, and its
+    /// application to this state, in the one order every writer follows:
+    /// decode → a byte-identical resubmission is a duplicate → authenticate
+    /// → a reused event id is ALREADY_EXISTS → decide → apply as the next
+    /// entry, recorded at `now_micros` (never before the head's time).
+    ///
+    /// `stored` says where an event id already stands (the caller's index:
+    /// the log, plus whatever it has admitted but not yet written).
+    /// `verified_key` is the key the caller already checked the signature
+    /// under, if any; the signature is checked again unless that is still
+    /// the signer's key. Authentication comes before ALREADY_EXISTS so an
+    /// unauthenticated caller cannot probe which event ids exist.
+    pub fn admit(
+        &mut self,
+        signed: &SignedEvent,
+        now_micros: i64,
+        verified_key: Option<&VerifyingKey>,
+        stored: impl FnOnce(&str) -> Result<Option<Stored>, Reject>,
+    ) -> Result<Admission, Reject> {
+        let event = self.decode(signed, now_micros)?;
+        let digest = signed.digest();
+        let existing = stored(&event.event_id)?;
+        // A byte-identical resubmission of a stored event is a duplicate even
+        // if the signer's key has since rotated: it was verified when stored.
+        if let Some(s) = existing {
+            if s.digest == digest {
+                return Ok(Admission::Duplicate(s));
+            }
+        }
+        let current = self.signer_key(&signed.signer_id);
+        if current.is_none() || current != verified_key {
+            self.authenticate(signed)?;
+        }
+        if let Some(s) = existing {
+            return Err(Reject::exists(format!(
+                "event_id {:?} was already used at sequence {} for a different event; use a new event_id for a new event",
+                event.event_id, s.sequence
+            )));
+        }
+        let change = self.decide(&signed.signer_id, &event)?;
+        let head = self.head;
+        let entry = LogEntry::next(
+            head.hash,
+            head.sequence + 1,
+            now_micros.max(head.recorded_at_micros),
+            signed.clone(),
+        );
+        let undo = self.apply(change.clone(), Head::of(&entry));
+        Ok(Admission::Written(Box::new(Admitted {
+            event,
+            digest,
+            entry,
+            change,
+            undo,
+        })))
+    }
+
     /// Replays one stored entry: checks its place in the chain, its hash, its
     /// signature and every rule, exactly as the writer did, then applies it.
     pub fn replay(&mut self, entry: &LogEntry) -> Result<Event, ReplayError> {
@@ -638,14 +742,7 @@ impl Ledger {
         let change = self
             .decide(&entry.signed.signer_id, &event)
             .map_err(invalid)?;
-        self.apply(
-            change,
-            Head {
-                sequence: entry.sequence,
-                hash: entry.hash,
-                recorded_at_micros: entry.recorded_at_micros,
-            },
-        );
+        self.apply(change, Head::of(entry));
         Ok(event)
     }
 }

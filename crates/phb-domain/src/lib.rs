@@ -16,5 +16,8 @@ pub mod money;
 pub use chain::{entry_hash, Hash, LogEntry, SignedEvent, GENESIS_HASH};
 pub use error::{Reject, RejectCode};
 pub use event::{Event, EventKind, Management, Role};
-pub use ledger::{Budget, Change, Head, Ledger, Organisation, Reader, ReplayError, Undo};
+pub use ledger::{
+    Admission, Admitted, Budget, Change, Head, Ledger, Organisation, Reader, ReplayError, Stored,
+    Undo,
+};
 pub use money::Money;

@@ -29,8 +29,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use phb_domain::event::{EventKind, Management, PayeeKind, Role};
 use phb_domain::money::{parse_nonzero_delta, parse_positive, Money};
 use phb_domain::{
-    Budget, Event, Head, Ledger, LogEntry, Organisation, Reject, RejectCode, SignedEvent, Undo,
-    GENESIS_HASH,
+    Admission, Budget, Event, Head, Ledger, LogEntry, Organisation, Reject, RejectCode,
+    SignedEvent, Stored, Undo, GENESIS_HASH,
 };
 use phb_proto::v1 as pb;
 use proptest::prelude::*;
@@ -1104,44 +1104,32 @@ impl Harness {
         signed
     }
 
-    /// `Writer::try_one`, minus the store: decode → duplicate? → authenticate
-    /// → id already used? → decide → apply.
+    /// `Writer::try_one`, minus the store: the same `Ledger::admit`, with the
+    /// harness's own id index standing in for the store's.
     fn try_one(&mut self, signed: &SignedEvent, now: i64) -> Result<Outcome, Reject> {
-        let event = self.ledger.decode(signed, now)?;
-        let digest = signed.digest();
-        let existing = self.ids.get(&event.event_id).copied();
-        if let Some((sequence, d)) = existing {
-            if d == digest {
-                return Ok(Outcome::Duplicate(sequence));
-            }
-        }
-        self.ledger.authenticate(signed)?;
-        if existing.is_some() {
-            return Err(Reject::exists("event_id already used"));
-        }
-        let change = self.ledger.decide(&signed.signer_id, &event)?;
-        let head = self.ledger.head();
-        let entry = LogEntry::next(
-            head.hash,
-            head.sequence + 1,
-            now.max(head.recorded_at_micros),
-            signed.clone(),
-        );
-        let new_head = Head {
-            sequence: entry.sequence,
-            hash: entry.hash,
-            recorded_at_micros: entry.recorded_at_micros,
+        let (ids, log) = (&self.ids, &self.log);
+        let stored = |id: &str| {
+            Ok(ids.get(id).map(|&(sequence, digest)| Stored {
+                sequence,
+                digest,
+                entry_hash: log[sequence as usize - 1].hash,
+            }))
         };
-        self.undos.push(self.ledger.apply(change, new_head));
+        let a = match self.ledger.admit(signed, now, None, stored)? {
+            Admission::Duplicate(s) => return Ok(Outcome::Duplicate(s.sequence)),
+            Admission::Written(a) => *a,
+        };
+        let sequence = a.entry.sequence;
+        self.undos.push(a.undo);
         self.ids
-            .insert(event.event_id.clone(), (entry.sequence, digest));
-        self.log.push(entry);
+            .insert(a.event.event_id.clone(), (sequence, a.digest));
+        self.log.push(a.entry);
         self.accepted.push(Accepted {
-            event,
+            event: a.event,
             raw_pence: None,
         });
         self.snapshots.push(snapshot(&self.ledger));
-        Ok(Outcome::Written(new_head.sequence))
+        Ok(Outcome::Written(sequence))
     }
 
     /// Drops entries after the first `len`, as the writer does for a failed

@@ -12,7 +12,7 @@
 #![deny(missing_docs)]
 
 use phb_domain::chain::{Hash, LogEntry, SignedEvent};
-use phb_domain::{Change, Head, Ledger, Reject, Undo};
+use phb_domain::{Admission, Change, Head, Ledger, Reject, Stored, Undo};
 use phb_store::{Append, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -345,67 +345,50 @@ impl Writer {
         sub: &Submission,
         now: i64,
     ) -> Result<Outcome, Reject> {
-        let signed = &sub.signed;
-        let event = self.ledger.decode(signed, now)?;
-        let digest = signed.digest();
-        let existing = match group.ids.get(&event.event_id) {
-            Some((i, d)) => Some((group.entries[*i].sequence, *d, group.entries[*i].hash)),
-            None => self
-                .store
-                .find_event(&event.event_id)
+        let (store, ledger) = (&self.store, &mut self.ledger);
+        let stored = |id: &str| {
+            match group.ids.get(id) {
+            Some((i, digest)) => Ok(Some(Stored {
+                sequence: group.entries[*i].sequence,
+                digest: *digest,
+                entry_hash: group.entries[*i].hash,
+            })),
+            None => store
+                .find_event(id)
+                .map(|x| {
+                    x.map(|x| Stored {
+                        sequence: x.sequence,
+                        digest: x.digest,
+                        entry_hash: x.entry_hash,
+                    })
+                })
                 .map_err(|e| {
                     Reject::unavailable(format!(
                         "the event-id index failed ({e}), so duplicates cannot be detected; nothing was written. The server refuses writes until it is restarted; retry then with the same signed event"
                     ))
-                })?
-                .map(|x| (x.sequence, x.digest, x.entry_hash)),
+                }),
+        }
         };
-        // A byte-identical resubmission of a stored event is a duplicate even
-        // if the signer's key has since rotated: it was verified when stored.
-        if let Some((sequence, d, entry_hash)) = existing {
-            if d == digest {
+        let a = match ledger.admit(&sub.signed, now, sub.verified_key.as_ref(), stored)? {
+            Admission::Duplicate(s) => {
                 return Ok(Outcome::Duplicate {
-                    sequence,
-                    entry_hash,
-                });
+                    sequence: s.sequence,
+                    entry_hash: s.entry_hash,
+                })
             }
-        }
-        // Authenticate before saying anything about other events, so an
-        // unauthenticated caller cannot probe which event ids exist.
-        let current = self.ledger.signer_key(&signed.signer_id).copied();
-        if current.is_none() || current != sub.verified_key {
-            self.ledger.authenticate(signed)?;
-        }
-        if let Some((sequence, _, _)) = existing {
-            return Err(Reject::exists(format!(
-                "event_id {:?} was already used at sequence {sequence} for a different event; use a new event_id for a new event",
-                event.event_id
-            )));
-        }
-        let change = self.ledger.decide(&signed.signer_id, &event)?;
-        let head = self.ledger.head();
-        let entry = LogEntry::next(
-            head.hash,
-            head.sequence + 1,
-            now.max(head.recorded_at_micros),
-            signed.clone(),
-        );
-        let new_head = Head {
-            sequence: entry.sequence,
-            hash: entry.hash,
-            recorded_at_micros: entry.recorded_at_micros,
+            Admission::Written(a) => *a,
         };
-        group.undo.push(self.ledger.apply(change.clone(), new_head));
+        group.undo.push(a.undo);
         group
             .ids
-            .insert(event.event_id.clone(), (group.entries.len(), digest));
-        group.event_ids.push(event.event_id);
-        group.changes.push((change, new_head));
+            .insert(a.event.event_id.clone(), (group.entries.len(), a.digest));
+        group.event_ids.push(a.event.event_id);
+        group.changes.push((a.change, Head::of(&a.entry)));
         let out = Outcome::Written {
-            sequence: entry.sequence,
-            entry_hash: entry.hash,
+            sequence: a.entry.sequence,
+            entry_hash: a.entry.hash,
         };
-        group.entries.push(entry);
+        group.entries.push(a.entry);
         Ok(out)
     }
 
