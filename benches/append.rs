@@ -65,6 +65,7 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
         data_dir: dir.to_path_buf(),
         ledger_id: LEDGER.into(),
         root_key: root.public_key(),
+        allow_index_rebuild: false,
     })
     .expect("open engine");
     let setup = vec![
@@ -143,17 +144,7 @@ async fn run_engine(concurrency: usize) -> Figures {
                     break;
                 };
                 let t = Instant::now();
-                let signed = to_domain(ev);
-                let verified_key = engine.preverify(&signed);
-                let out = engine
-                    .append(
-                        vec![Submission {
-                            signed,
-                            verified_key,
-                        }],
-                        false,
-                    )
-                    .await;
+                let out = engine.submit(vec![to_domain(ev)], false).await;
                 assert!(matches!(out[0], Outcome::Written { .. }), "{out:?}");
                 lat.push(t.elapsed());
             }

@@ -42,6 +42,11 @@ enum Command {
         /// generated into the data directory on first start.
         #[arg(long, env = "PHB_ROOT_PUBLIC_KEY")]
         root_public_key: Option<String>,
+        /// Rebuild the index even though it records more entries than the
+        /// log holds (evidence of lost or removed entries). Only after
+        /// investigating: docs/operations.md, "The log is shorter than its index".
+        #[arg(long, env = "PHB_ALLOW_INDEX_REBUILD")]
+        allow_index_rebuild: bool,
     },
     /// Generate an ed25519 key: writes the secret (hex) to a file, prints the public key.
     Keygen {
@@ -118,7 +123,17 @@ fn main() -> Result<()> {
                 listen,
                 ledger_id,
                 root_public_key,
-            } => serve(data, listen, ledger_id, root_public_key).await,
+                allow_index_rebuild,
+            } => {
+                serve(
+                    data,
+                    listen,
+                    ledger_id,
+                    root_public_key,
+                    allow_index_rebuild,
+                )
+                .await
+            }
             Command::Keygen { out } => keygen(&out),
             Command::Submit {
                 server,
@@ -293,6 +308,7 @@ async fn serve(
     listen: String,
     ledger_id: Option<String>,
     root_public_key: Option<String>,
+    allow_index_rebuild: bool,
 ) -> Result<()> {
     ignore_sigxfsz();
     if !data.exists() {
@@ -306,6 +322,7 @@ async fn serve(
         data_dir: data.clone(),
         ledger_id: ledger_id.clone(),
         root_key,
+        allow_index_rebuild,
     })
     .with_context(|| format!("opening the ledger in {}", data.display()))?;
     tracing::info!(

@@ -181,8 +181,13 @@ async fn check(world: &mut World, record: &Record, funded: &HashMap<String, i64>
     world.reconnect().await;
     let log = world.log().await;
     let events = audit_log(&log, &world.server.root.public_key());
+    // Applied entries by event id (entries that record a refusal apply
+    // nothing: a refused event may be on the record, never applied).
     let mut at: HashMap<String, usize> = HashMap::new();
     for (i, ev) in events.iter().enumerate() {
+        if events.refused[i] {
+            continue;
+        }
         let before = at.insert(ev.event_id.clone(), i);
         assert!(
             before.is_none(),
@@ -211,7 +216,7 @@ async fn check(world: &mut World, record: &Record, funded: &HashMap<String, i64>
             }
             Fate::Refused(code) => assert!(
                 !at.contains_key(id),
-                "refused event {id} (code {code}) is in the log"
+                "refused event {id} (code {code}) is applied in the log"
             ),
             Fate::Unknown => {}
         }
@@ -316,11 +321,16 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     // come back as duplicates with their stored sequence; others are decided now.
     world.reconnect().await;
     let log = world.log().await;
-    let stored: HashMap<String, u64> = audit_log(&log, &world.server.root.public_key())
-        .iter()
-        .zip(&log)
-        .map(|(e, l)| (e.event_id.clone(), l.sequence))
-        .collect();
+    // event id -> (sequence, recorded refusal code if the entry records one)
+    let stored: HashMap<String, (u64, Option<u32>)> =
+        audit_log(&log, &world.server.root.public_key())
+            .iter()
+            .zip(&log)
+            .map(|(e, l)| {
+                let refusal = l.refusal.as_ref().map(|r| r.code);
+                (e.event_id.clone(), (l.sequence, refusal))
+            })
+            .collect();
     let units: Vec<(Vec<pb::SignedEvent>, bool)> = {
         let r = record.lock().unwrap();
         r.units
@@ -337,10 +347,21 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         let results = world.append_batch(events.clone(), *atomic).await;
         for (e, r) in events.iter().zip(&results) {
             let id = event_id(e);
-            if let Some(seq) = stored.get(&id) {
-                assert_eq!(result_code(r), 0, "retry of stored {id}: {r:?}");
-                assert!(r.duplicate, "retry of stored {id} must be a duplicate");
-                assert_eq!(r.sequence, *seq);
+            if let Some((seq, refusal)) = stored.get(&id) {
+                assert!(
+                    r.duplicate,
+                    "retry of stored {id} must be a duplicate: {r:?}"
+                );
+                match refusal {
+                    None => {
+                        assert_eq!(result_code(r), 0, "retry of stored {id}: {r:?}");
+                        assert_eq!(r.sequence, *seq);
+                    }
+                    Some(c) => {
+                        assert_eq!(result_code(r), *c as i32, "retry of refused {id}: {r:?}");
+                        assert_eq!(r.refusal_sequence, *seq);
+                    }
+                }
             } else {
                 let c = result_code(r);
                 assert!(
@@ -354,10 +375,8 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         }
     }
     let log_after = world.log().await;
-    let ids: HashSet<String> = audit_log(&log_after, &world.server.root.public_key())
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let audited = audit_log(&log_after, &world.server.root.public_key());
+    let ids: HashSet<String> = audited.applied().map(|e| e.event_id.clone()).collect();
     for batch in &record.lock().unwrap().batches {
         let present = batch.iter().filter(|id| ids.contains(*id)).count();
         assert!(

@@ -70,20 +70,35 @@ async fn idempotent_retry() {
     }
     assert_eq!(w.balance(d).await.spent, "105.00");
 
-    // A retry of a refused event is refused again (and can succeed later).
+    // A refusal by the rules is final (issue 6, defect 7): a retry gets the
+    // original refusal, and the same signed event is never applied later,
+    // even once the money is there; a new event (new id) is.
     let big = w.sign(&acct, d, kinds::pay("400.00", provider(), "p-1", "therapy"));
-    assert_refused(
-        &w.append_signed(big.clone()).await,
-        Code::FailedPrecondition,
-    );
-    assert_refused(
-        &w.append_signed(big.clone()).await,
-        Code::FailedPrecondition,
+    let refused = w.append_signed(big.clone()).await;
+    assert_refused(&refused, Code::FailedPrecondition);
+    let retried = w.append_signed(big.clone()).await;
+    assert_eq!(result_code(&retried), Code::FailedPrecondition as i32);
+    assert!(retried.duplicate, "{retried:?}");
+    assert_eq!(
+        (
+            retried.refusal_sequence,
+            &retried.entry_hash,
+            &retried.error
+        ),
+        (
+            refused.refusal_sequence,
+            &refused.entry_hash,
+            &refused.error
+        ),
+        "the original refusal, word for word"
     );
     w.ok(&c, d, kinds::allocate("5.00", Basis::OneOff)).await;
     w.ok(&c, d, kinds::disburse("5.00")).await;
-    let ok = w.append_signed(big.clone()).await;
-    assert_written(&ok);
+    let late = w.append_signed(big.clone()).await;
+    assert_eq!(late, retried, "still the original refusal");
+    assert_eq!(w.balance(d).await.held, "400.00");
+    w.ok(&acct, d, kinds::pay("400.00", provider(), "p-1", "therapy"))
+        .await;
     assert_eq!(w.balance(d).await.held, "0.00");
 
     // Many clients retrying the same event at once: exactly one write.
@@ -158,7 +173,14 @@ async fn batches_atomic_and_not() {
         assert_refused(&rs[i], Code::Aborted);
         assert_eq!(rs[i].error.as_ref().unwrap().code, 10);
     }
-    assert_eq!(w.log_len().await, len, "nothing of the batch is written");
+    // A batch refused by the rules is recorded, event by event in request
+    // order, so that none of its events can be applied later on its own
+    // (issue 6, defect 7); nothing of it is applied.
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.refusal_sequence, len + 1 + i as u64, "{r:?}");
+    }
+    let mut len = len + 4;
+    assert_eq!(w.log_len().await, len, "the batch is recorded as refused");
     assert_eq!(w.balance(d).await, bal, "nothing of the batch is applied");
 
     // The failure may come from an earlier event of the same batch.
@@ -167,7 +189,9 @@ async fn batches_atomic_and_not() {
         .await;
     assert_refused(&rs[0], Code::Aborted);
     assert_refused(&rs[1], Code::FailedPrecondition);
-    // Failures of every kind, anywhere in the batch.
+    len += 2;
+    // Failures of every kind, anywhere in the batch. Decisions of the rules
+    // are recorded; malformed or unauthenticated batches record nothing.
     let mut bad_sig = good("1.00");
     bad_sig.signature[10] ^= 0x40;
     let cases: Vec<(Vec<pb::SignedEvent>, usize, Code)> = vec![
@@ -212,18 +236,46 @@ async fn batches_atomic_and_not() {
         ),
     ];
     for (events, failing, code) in cases {
+        let n = events.len() as u64;
         let rs = w.append_batch(events, true).await;
         for (i, r) in rs.iter().enumerate() {
             assert_refused(r, if i == failing { code } else { Code::Aborted });
         }
+        if is_decision(code) {
+            for (i, r) in rs.iter().enumerate() {
+                assert_eq!(r.refusal_sequence, len + 1 + i as u64, "{code:?}: {r:?}");
+            }
+            len += n;
+        } else {
+            assert!(rs.iter().all(|r| r.refusal_sequence == 0), "{rs:?}");
+        }
+        assert_eq!(w.log_len().await, len, "{code:?}");
     }
-    assert_eq!(w.log_len().await, len);
     assert_eq!(w.balance(d).await, bal);
 
-    // The aborted events were not recorded: the same signed events, without
-    // the failing one, are now written (not duplicates), contiguously.
+    // The aborted events of the payroll run were recorded: sent again on
+    // their own, even though they would fit now, each gets its original
+    // refusal back and nothing is applied.
+    let first_run = len;
     let retry = vec![run[0].clone(), run[1].clone(), run[3].clone()];
     let rs = w.append_batch(retry, true).await;
+    for r in &rs {
+        assert_eq!(result_code(r), Code::Aborted as i32, "{r:?}");
+        assert!(
+            r.duplicate && r.sequence == 0 && r.refusal_sequence > 0,
+            "{r:?}"
+        );
+    }
+    let rs = w.append_batch(vec![run[0].clone()], false).await;
+    assert!(
+        rs[0].duplicate && result_code(&rs[0]) == Code::Aborted as i32,
+        "{rs:?}"
+    );
+    assert_eq!(w.log_len().await, first_run, "retries record nothing new");
+    assert_eq!(w.balance(d).await, bal);
+    // New events (new ids) for the same payments are written.
+    let again = vec![good("100.00"), good_pa("100.00"), good_pa("50.00")];
+    let rs = w.append_batch(again, true).await;
     for (i, r) in rs.iter().enumerate() {
         assert_eq!(assert_written(r), len + 1 + i as u64);
     }
@@ -247,7 +299,24 @@ async fn batches_atomic_and_not() {
     let rs = w.append_batch(setup.clone(), true).await;
     assert_refused(&rs[4], Code::FailedPrecondition);
     assert_status(get_balance(&w.client, &w.auditor, n).await, Code::NotFound);
+    // The refused batch is final: its first four events, sent again, get
+    // their recorded refusals; the same request signed anew is written.
     let rs = w.append_batch(setup[..4].to_vec(), true).await;
+    assert!(
+        rs.iter()
+            .all(|r| r.duplicate && result_code(r) == Code::Aborted as i32),
+        "{rs:?}"
+    );
+    let setup: Vec<_> = setup[..4]
+        .iter()
+        .zip([&c, &c, &c, &acct])
+        .map(|(e, signer)| {
+            let mut ev = <pb::Event as prost::Message>::decode(e.event.as_slice()).unwrap();
+            ev.event_id = w.new_id("again");
+            signer.sign(&ev)
+        })
+        .collect();
+    let rs = w.append_batch(setup, true).await;
     rs.iter().for_each(|r| {
         assert_written(r);
     });
@@ -286,10 +355,17 @@ async fn batches_atomic_and_not() {
                 assert_eq!(assert_written(r), next);
                 next += 1;
             }
-            Some(code) => assert_refused(r, code),
+            Some(code) => {
+                assert_refused(r, code);
+                if is_decision(code) {
+                    // Recorded in order with the written ones.
+                    assert_eq!(r.refusal_sequence, next, "{r:?}");
+                    next += 1;
+                }
+            }
         }
     }
-    assert_eq!(w.log_len().await, len + 3);
+    assert_eq!(w.log_len().await, len + 5, "3 written, 2 refusals recorded");
     assert_eq!(w.balance(d).await.spent, "310.00");
 
     // Request-level limits: an empty request and more than 1000 events fail the RPC.
@@ -789,10 +865,14 @@ async fn restart_yields_identical_state() {
         assert_eq!(r.sequence, entry.sequence);
         assert_eq!(r.entry_hash, entry.hash);
     }
-    let mut reused = <pb::Event as prost::Message>::decode(sample[0].event.as_slice()).unwrap();
+    let by_payroll = sample
+        .iter()
+        .find(|e| e.signer_id == w.payroll.id)
+        .expect("the sample has an event of the payroll provider");
+    let mut reused = <pb::Event as prost::Message>::decode(by_payroll.event.as_slice()).unwrap();
     reused.kind = Some(kinds::pay("1.00", provider(), "cmht", "mental_health"));
     assert_refused(
-        &w.append_signed(w.account.sign(&reused)).await,
+        &w.append_signed(w.payroll.sign(&reused)).await,
         Code::AlreadyExists,
     );
     // The rotation is remembered: old key refused, new key accepted.
@@ -815,7 +895,12 @@ async fn restart_yields_identical_state() {
         Code::FailedPrecondition,
     )
     .await;
-    assert_eq!(w.log().await, log, "retries and refusals wrote nothing");
+    // Retries wrote nothing; the refusal by the rules is recorded.
+    let log_now = w.log().await;
+    assert_eq!(log_now[..log.len()], log[..], "nothing rewritten");
+    assert_eq!(log_now.len(), log.len() + 1, "one recorded refusal");
+    assert!(log_now[log.len()].refusal.is_some());
+    let log = log_now;
 
     // The chain continues from the same head.
     let r = w

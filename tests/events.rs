@@ -1187,16 +1187,19 @@ async fn not_found_and_already_exists() {
         r.error.unwrap().message.contains(&first_seq.to_string()),
         "names the original sequence"
     );
-    // The same id on another budget, or signed by someone else, is also refused.
+    // The same id on another budget by the same signer is also refused.
     let mut third = first.clone();
     third.budget_id = "other".into();
     assert_refused(&w.append_signed(c.sign(&third)).await, Code::AlreadyExists);
+    // Signed by another organisation it is another event (idempotency keys
+    // are per signer): decided on its own merits, here refused for lack of
+    // funds and recorded, never ALREADY_EXISTS.
     let mut fourth = first.clone();
     fourth.kind = Some(kinds::pay("1.00", provider(), "p", "therapy"));
-    assert_refused(
-        &w.append_signed(acct.sign(&fourth)).await,
-        Code::AlreadyExists,
-    );
+    let r = w.append_signed(acct.sign(&fourth)).await;
+    assert_refused(&r, Code::FailedPrecondition);
+    assert_eq!(r.refusal_sequence, before + 1, "{r:?}");
+    let before = before + 1;
     // Same bytes, re-signed by the same key: the same signed event, a duplicate.
     let again = w.append_signed(c.sign(&first)).await;
     assert_eq!(result_code(&again), 0);

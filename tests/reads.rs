@@ -535,13 +535,19 @@ async fn read_log_follow() {
     let full = w.log().await;
     assert_eq!(full.len() as u64, n + 3);
     audit_log(&full, &w.server.root.public_key());
-    // A refused event is not delivered to followers.
-    w.refused(&c, d, kinds::disburse("1000.00"), Code::FailedPrecondition)
+    // A refusal by the rules is committed as an entry that applies nothing:
+    // followers receive it as such, and nothing else.
+    let r = w
+        .refused(&c, d, kinds::disburse("1000.00"), Code::FailedPrecondition)
         .await;
+    let recorded = next(&mut live).await;
+    assert_eq!(recorded.sequence, r.refusal_sequence);
+    assert_eq!(recorded.hash, r.entry_hash);
+    assert_eq!(recorded.refusal.as_ref().map(|x| x.code), Some(9));
     let idle = tokio::time::timeout(Duration::from_millis(300), live.next()).await;
     assert!(
         idle.is_err(),
-        "nothing was committed, nothing is delivered: {idle:?}"
+        "nothing else was committed, nothing else is delivered: {idle:?}"
     );
 }
 

@@ -97,6 +97,13 @@ pub fn encode_record(e: &phb_domain::LogEntry) -> Vec<u8> {
         payload.extend_from_slice(&(part.len() as u32).to_be_bytes());
         payload.extend_from_slice(part);
     }
+    if let Some(r) = &e.refusal {
+        payload.push(b'R');
+        payload.extend_from_slice(&r.code.to_be_bytes());
+        payload.push(u8::from(r.in_atomic_batch));
+        payload.extend_from_slice(&(r.message.len() as u32).to_be_bytes());
+        payload.extend_from_slice(r.message.as_bytes());
+    }
     let mut out = Vec::with_capacity(FRAME_LEN + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&crc32c(&payload).to_be_bytes());
@@ -122,5 +129,10 @@ pub fn entry_from_pb(e: &phb_proto::v1::LogEntry) -> phb_domain::LogEntry {
             signer_id: se.signer_id.clone(),
             signature: se.signature.clone(),
         },
+        refusal: e.refusal.as_ref().map(|r| phb_domain::Refusal {
+            code: r.code,
+            in_atomic_batch: r.in_atomic_batch,
+            message: r.message.clone(),
+        }),
     }
 }

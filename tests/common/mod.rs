@@ -445,7 +445,9 @@ pub fn assert_written(r: &pb::AppendResult) -> u64 {
     r.sequence
 }
 
-/// Asserts a result was refused with `c`, with nothing written.
+/// Asserts a result is a fresh refusal with `c`: nothing applied. A refusal
+/// by the ledger's rules is recorded (`refusal_sequence` and the recording
+/// entry's hash are set); any other refusal records nothing.
 #[track_caller]
 pub fn assert_refused(r: &pb::AppendResult, c: Code) {
     assert_eq!(
@@ -458,13 +460,34 @@ pub fn assert_refused(r: &pb::AppendResult, c: Code) {
         r.sequence, 0,
         "a refused event must not have a sequence: {r:?}"
     );
-    assert!(!r.duplicate, "a refused event is not a duplicate: {r:?}");
-    assert!(
-        r.entry_hash.is_empty(),
-        "a refused event has no entry hash: {r:?}"
-    );
+    assert!(!r.duplicate, "a fresh refusal is not a duplicate: {r:?}");
+    if r.refusal_sequence == 0 {
+        assert!(
+            r.entry_hash.is_empty(),
+            "an unrecorded refusal has no entry hash: {r:?}"
+        );
+    } else {
+        assert!(
+            is_decision(c) || c == Code::Aborted,
+            "only decisions of the rules are recorded: {r:?}"
+        );
+        assert_eq!(
+            r.entry_hash.len(),
+            32,
+            "a recorded refusal's entry hash: {r:?}"
+        );
+    }
     let msg = &r.error.as_ref().unwrap().message;
     assert!(!msg.is_empty(), "a refusal must say why: {r:?}");
+}
+
+/// The refusals the ledger's rules make about an authenticated, well-formed
+/// event: final, and recorded in the log (docs/api.md).
+pub fn is_decision(c: Code) -> bool {
+    matches!(
+        c,
+        Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists
+    )
 }
 
 /// Asserts a gRPC call failed with `c`.
@@ -635,12 +658,36 @@ impl World {
         c: Code,
     ) -> pb::AppendResult {
         let before = self.log_len().await;
+        let balances = self.all_balances().await;
         let r = self.append(signer, budget_id, kind).await;
         assert_refused(&r, c);
+        if matches!(
+            c,
+            Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound
+        ) {
+            assert_eq!(
+                r.refusal_sequence,
+                before + 1,
+                "a signed event refused by the rules is recorded as the next entry: {r:?}"
+            );
+        }
+        let recorded = u64::from(r.refusal_sequence != 0);
         assert_eq!(
             self.log_len().await,
-            before,
-            "a refused event must not be written: {r:?}"
+            before + recorded,
+            "a refused event is at most recorded, never applied: {r:?}"
+        );
+        if recorded == 1 {
+            let log = self.log().await;
+            let entry = &log[(r.refusal_sequence - 1) as usize];
+            let refusal = entry.refusal.as_ref().expect("the entry records a refusal");
+            assert_eq!(refusal.code as i32, code(c), "{entry:?}");
+            assert_eq!(entry.hash, r.entry_hash);
+        }
+        assert_eq!(
+            self.all_balances().await,
+            balances,
+            "a refused event changes no balance: {r:?}"
         );
         r
     }
@@ -822,14 +869,16 @@ pub async fn read_log(client: &Client, reader: &Signer, from: u64) -> Vec<pb::Lo
 /// `first`, each prev_hash the previous hash, each hash recomputed, recorded_at
 /// never decreasing, and every signature verified under the signer's key at
 /// that point (tracking registrations and rotations from the log itself).
-/// Requires the log from sequence 1. Returns the event decoded at each entry.
-pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -> Vec<pb::Event> {
+/// Requires the log from sequence 1. Returns the event decoded at each entry,
+/// and which entries record a refusal rather than apply their event.
+pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -> Audited {
     use prost::Message;
     let mut keys: HashMap<String, ed25519_dalek::VerifyingKey> = HashMap::new();
     keys.insert("root".into(), *root);
     let mut prev = [0u8; 32];
     let mut prev_micros = i64::MIN;
     let mut events = Vec::new();
+    let mut refused = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e.sequence, i as u64 + 1, "sequences are contiguous from 1");
         assert_eq!(
@@ -853,7 +902,18 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
             signer_id: se.signer_id.clone(),
             signature: se.signature.clone(),
         };
-        let h = phb_domain::chain::entry_hash(&prev, e.sequence, micros, &signed);
+        let refusal = e.refusal.as_ref().map(|r| phb_domain::Refusal {
+            code: r.code,
+            in_atomic_batch: r.in_atomic_batch,
+            message: r.message.clone(),
+        });
+        let h = phb_domain::chain::entry_hash_with(
+            &prev,
+            e.sequence,
+            micros,
+            &signed,
+            refusal.as_ref(),
+        );
         assert_eq!(
             e.hash,
             h.to_vec(),
@@ -869,6 +929,14 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
         });
         let ev = pb::Event::decode(se.event.as_slice()).expect("stored event decodes");
         assert_eq!(ev.ledger_id, LEDGER_ID);
+        prev = h;
+        prev_micros = micros;
+        refused.push(refusal.is_some());
+        if refusal.is_some() {
+            // Recorded, not applied: it changes no key and no figure.
+            events.push(ev);
+            continue;
+        }
         match &ev.kind {
             Some(Kind::OrganisationRegistered(o)) => {
                 assert_eq!(se.signer_id, "root");
@@ -889,16 +957,55 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
             _ => {}
         }
         events.push(ev);
-        prev = h;
-        prev_micros = micros;
     }
-    events
+    Audited { events, refused }
+}
+
+/// What `audit_log` read: the event at each entry (index = sequence - 1),
+/// and whether that entry records a refusal.
+pub struct Audited {
+    pub events: Vec<pb::Event>,
+    pub refused: Vec<bool>,
+}
+
+impl std::ops::Deref for Audited {
+    type Target = [pb::Event];
+    fn deref(&self) -> &[pb::Event] {
+        &self.events
+    }
+}
+
+impl IntoIterator for Audited {
+    type Item = pb::Event;
+    type IntoIter = std::vec::IntoIter<pb::Event>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Audited {
+    type Item = &'a pb::Event;
+    type IntoIter = std::slice::Iter<'a, pb::Event>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.iter()
+    }
+}
+
+impl Audited {
+    /// The applied events, in log order.
+    pub fn applied(&self) -> impl Iterator<Item = &pb::Event> {
+        self.events
+            .iter()
+            .zip(&self.refused)
+            .filter(|(_, r)| !**r)
+            .map(|(e, _)| e)
+    }
 }
 
 /// Recomputes every budget's figures from the log (in pence): (allocated, paid_in, spent, stopped).
-pub fn replay_figures(events: &[pb::Event]) -> HashMap<String, (i64, i64, i64, bool)> {
+pub fn replay_figures(audited: &Audited) -> HashMap<String, (i64, i64, i64, bool)> {
     let mut m: HashMap<String, (i64, i64, i64, bool)> = HashMap::new();
-    for e in events {
+    for e in audited.applied() {
         let b = m.entry(e.budget_id.clone()).or_default();
         match &e.kind {
             Some(Kind::Allocation(a)) => b.0 += pence_in(&a.amount),

@@ -40,6 +40,50 @@ fn put(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// The longest refusal message a log entry keeps, in bytes (longer ones
+/// are cut at a character boundary before they are hashed).
+pub const MAX_REFUSAL_MESSAGE_BYTES: usize = 1024;
+
+/// The marker byte that starts the refusal part of a hash input or record
+/// (ASCII `R`). Entries that record an applied event have no refusal part.
+pub const REFUSAL_TAG: u8 = b'R';
+
+/// The ledger's final decision not to apply a signed event, recorded in the
+/// log so that the same signed event can never be applied later (a retry is
+/// answered with this refusal) and so that attempts are on the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The google.rpc.Code number of the refusal (e.g. 9 FAILED_PRECONDITION).
+    pub code: u32,
+    /// True if the event was refused as part of an atomic batch that failed:
+    /// the decision then depended on the batch's other events, so a replay
+    /// checks the signature and id but cannot re-derive the code.
+    pub in_atomic_batch: bool,
+    /// The refusal message as the client was told it (at most
+    /// `MAX_REFUSAL_MESSAGE_BYTES`).
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `message` cut to `MAX_REFUSAL_MESSAGE_BYTES`.
+    pub fn new(code: u32, in_atomic_batch: bool, message: &str) -> Refusal {
+        let mut cut = message.len().min(MAX_REFUSAL_MESSAGE_BYTES);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Refusal {
+            code,
+            in_atomic_batch,
+            message: message[..cut].to_string(),
+        }
+    }
+
+    /// The flags byte: bit 0 is `in_atomic_batch`; the others are zero.
+    pub fn flags(&self) -> u8 {
+        u8::from(self.in_atomic_batch)
+    }
+}
+
 /// One entry of the log, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -53,9 +97,11 @@ pub struct LogEntry {
     pub hash: Hash,
     /// What was submitted.
     pub signed: SignedEvent,
+    /// `Some` if this entry records a refusal instead of an applied event.
+    pub refusal: Option<Refusal>,
 }
 
-/// The entry hash:
+/// The entry hash of an applied event:
 /// `SHA-256(prev_hash ‖ u64be(sequence) ‖ i64be(recorded_at_micros) ‖
 ///  u32be(len) ‖ signer_id ‖ u32be(len) ‖ signature ‖ u32be(len) ‖ event)`.
 pub fn entry_hash(
@@ -64,6 +110,20 @@ pub fn entry_hash(
     recorded_at_micros: i64,
     signed: &SignedEvent,
 ) -> Hash {
+    entry_hash_with(prev_hash, sequence, recorded_at_micros, signed, None)
+}
+
+/// The entry hash of any entry. A refusal appends
+/// `'R' ‖ u32be(code) ‖ u8(flags) ‖ u32be(len) ‖ message` to the input of
+/// `entry_hash`; since every earlier part is length-prefixed, no refusal
+/// entry shares a hash input with an applied one.
+pub fn entry_hash_with(
+    prev_hash: &Hash,
+    sequence: u64,
+    recorded_at_micros: i64,
+    signed: &SignedEvent,
+    refusal: Option<&Refusal>,
+) -> Hash {
     let mut h = Sha256::new();
     h.update(prev_hash);
     h.update(sequence.to_be_bytes());
@@ -71,6 +131,12 @@ pub fn entry_hash(
     put(&mut h, signed.signer_id.as_bytes());
     put(&mut h, &signed.signature);
     put(&mut h, &signed.event);
+    if let Some(r) = refusal {
+        h.update([REFUSAL_TAG]);
+        h.update(r.code.to_be_bytes());
+        h.update([r.flags()]);
+        put(&mut h, r.message.as_bytes());
+    }
     h.finalize().into()
 }
 
@@ -82,23 +148,43 @@ impl LogEntry {
         recorded_at_micros: i64,
         signed: SignedEvent,
     ) -> LogEntry {
-        let hash = entry_hash(&prev_hash, sequence, recorded_at_micros, &signed);
+        Self::sealed(prev_hash, sequence, recorded_at_micros, signed, None)
+    }
+
+    /// Builds an entry (an applied event, or a refusal if `refusal` is
+    /// `Some`) that follows `prev`, computing its hash.
+    pub fn sealed(
+        prev_hash: Hash,
+        sequence: u64,
+        recorded_at_micros: i64,
+        signed: SignedEvent,
+        refusal: Option<Refusal>,
+    ) -> LogEntry {
+        let hash = entry_hash_with(
+            &prev_hash,
+            sequence,
+            recorded_at_micros,
+            &signed,
+            refusal.as_ref(),
+        );
         LogEntry {
             sequence,
             recorded_at_micros,
             prev_hash,
             hash,
             signed,
+            refusal,
         }
     }
 
     /// True if `hash` matches the other fields.
     pub fn hash_is_valid(&self) -> bool {
-        entry_hash(
+        entry_hash_with(
             &self.prev_hash,
             self.sequence,
             self.recorded_at_micros,
             &self.signed,
+            self.refusal.as_ref(),
         ) == self.hash
     }
 }

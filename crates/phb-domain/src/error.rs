@@ -54,6 +54,38 @@ impl RejectCode {
             RejectCode::Unauthenticated => 16,
         }
     }
+
+    /// The class for a google.rpc.Code number, if it is one of ours.
+    pub fn from_grpc(code: u32) -> Option<RejectCode> {
+        [
+            RejectCode::InvalidArgument,
+            RejectCode::Unauthenticated,
+            RejectCode::PermissionDenied,
+            RejectCode::NotFound,
+            RejectCode::FailedPrecondition,
+            RejectCode::AlreadyExists,
+            RejectCode::Aborted,
+            RejectCode::Unavailable,
+        ]
+        .into_iter()
+        .find(|c| c.grpc_code() as u32 == code)
+    }
+
+    /// True for the refusals the ledger's rules make about a well-formed,
+    /// authenticated event (`Ledger::decide`): these are final and recorded
+    /// in the log, so the same signed event can never be applied later.
+    /// The others (malformed, unauthenticated, an event id already used,
+    /// storage unavailable) decide nothing about the event: it may be
+    /// corrected or retried under the same id.
+    pub fn is_decision(self) -> bool {
+        matches!(
+            self,
+            RejectCode::PermissionDenied
+                | RejectCode::FailedPrecondition
+                | RejectCode::NotFound
+                | RejectCode::AlreadyExists
+        )
+    }
 }
 
 /// A refusal: what class, which field (if one), and a message a person can act on.
@@ -119,6 +151,14 @@ impl Reject {
     /// Storage unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(RejectCode::Unavailable, message)
+    }
+
+    /// The refusal a log entry records, as the client was first told it.
+    /// A code we do not know (only a doctored log has one) reads as
+    /// FAILED_PRECONDITION, which still refuses.
+    pub fn from_refusal(r: &crate::chain::Refusal) -> Self {
+        let code = RejectCode::from_grpc(r.code).unwrap_or(RejectCode::FailedPrecondition);
+        Self::new(code, r.message.clone())
     }
 }
 

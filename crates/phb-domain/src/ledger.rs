@@ -3,8 +3,8 @@
 //! it changes; `apply` installs the change. Both writer and replay use the
 //! same two functions, so the live service and a rebuild cannot disagree.
 
-use crate::chain::{self, Hash, LogEntry, SignedEvent, GENESIS_HASH};
-use crate::error::{quote, Reject};
+use crate::chain::{self, Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
+use crate::error::{quote, Reject, RejectCode};
 use crate::event::{
     decode_event, Date, DecodeContext, Event, EventKind, Management, PayeeKind, Role, ROOT_SIGNER,
 };
@@ -100,6 +100,8 @@ pub enum Change {
     Organisation(Organisation),
     /// Insert or replace a budget (its `last_sequence` is set by `apply`).
     Budget(Budget),
+    /// Nothing but the head: the entry records a refusal.
+    Refused,
 }
 
 /// Enough to undo one `apply`.
@@ -113,10 +115,11 @@ pub struct Undo {
 enum UndoChange {
     Organisation(String, Option<Organisation>),
     Budget(String, Option<Budget>),
+    Nothing,
 }
 
 /// Where an event id already stands in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// Its sequence.
     pub sequence: u64,
@@ -124,16 +127,23 @@ pub struct Stored {
     pub digest: Hash,
     /// Its entry hash.
     pub entry_hash: Hash,
+    /// `Some` if the entry there records a refusal (code, message).
+    pub refusal: Option<Refusal>,
 }
 
 /// What `Ledger::admit` made of a submitted event.
 #[derive(Debug)]
 pub enum Admission {
-    /// The same signed event is already stored: nothing changed.
+    /// The same signed event is already stored: nothing changed. If the
+    /// stored entry records a refusal, that refusal is the answer again.
     Duplicate(Stored),
     /// Accepted and applied to the state as the next entry; the caller
     /// writes `entry` (or rolls `undo` back if it cannot).
     Written(Box<Admitted>),
+    /// Refused by the ledger's rules: `entry` records the refusal (it
+    /// changes nothing but the head) and must be written before the refusal
+    /// is answered, so that the same signed event can never be applied later.
+    Refused(Box<Admitted>, Reject),
 }
 
 /// An event `Ledger::admit` accepted and applied.
@@ -149,6 +159,12 @@ pub struct Admitted {
     pub change: Change,
     /// How to undo it on this state.
     pub undo: Undo,
+}
+
+/// What the checks before a decision found.
+enum Identified {
+    New(Event, Hash),
+    Duplicate(Stored),
 }
 
 /// The tip of the chain.
@@ -206,6 +222,16 @@ pub enum ReplayError {
         sequence: u64,
         /// Why.
         reject: Reject,
+    },
+    /// An entry records a refusal the ledger's rules do not give.
+    #[error("entry at sequence {sequence} records a refusal with code {recorded}, but the rules {found}")]
+    RefusalDisagrees {
+        /// Where.
+        sequence: u64,
+        /// The recorded google.rpc.Code.
+        recorded: u32,
+        /// What replaying the rules gave instead.
+        found: String,
     },
 }
 
@@ -290,12 +316,22 @@ impl Ledger {
 
     /// Verifies the signature under the signer's current key.
     pub fn authenticate(&self, signed: &SignedEvent) -> Result<(), Reject> {
-        let key = self.signer_key(&signed.signer_id).ok_or_else(|| {
-            Reject::unauthenticated(format!(
-                "signer_id {} is not a registered organisation; ask the ledger operator to register it",
-                quote(&signed.signer_id)
-            ))
-        })?;
+        let key = self
+            .signer_key(&signed.signer_id)
+            .ok_or_else(|| Self::unknown_signer(&signed.signer_id))?;
+        Self::verify_under(key, signed)
+    }
+
+    /// The refusal for a signer_id that is neither root nor registered.
+    pub fn unknown_signer(signer_id: &str) -> Reject {
+        Reject::unauthenticated(format!(
+            "signer_id {} is not a registered organisation; ask the ledger operator to register it",
+            quote(signer_id)
+        ))
+    }
+
+    /// Verifies the signature of `signed` under `key` (the signer's key).
+    pub fn verify_under(key: &VerifyingKey, signed: &SignedEvent) -> Result<(), Reject> {
         if signed.signature.len() != 64 {
             return Err(Reject::unauthenticated(format!(
                 "signature must be 64 bytes of ed25519; got {}",
@@ -304,8 +340,8 @@ impl Ledger {
         }
         if !chain::verify_signature(key, &signed.event, &signed.signature) {
             return Err(Reject::unauthenticated(format!(
-                "signature does not verify under the current key of {:?}; sign exactly the serialized event bytes with that key",
-                signed.signer_id
+                "signature does not verify under the current key of {}; sign exactly the serialized event bytes with that key",
+                quote(&signed.signer_id)
             )));
         }
         Ok(())
@@ -627,6 +663,7 @@ impl Ledger {
                 let prev = self.budgets.insert(id.clone(), b);
                 UndoChange::Budget(id, prev)
             }
+            Change::Refused => UndoChange::Nothing,
         };
         Undo {
             change,
@@ -654,6 +691,7 @@ impl Ledger {
                 UndoChange::Budget(id, None) => {
                     self.budgets.remove(&id);
                 }
+                UndoChange::Nothing => {}
             }
         }
     }
@@ -661,11 +699,15 @@ impl Ledger {
     /// The writer's whole decision on one submitted event, and its
     /// application to this state, in the one order every writer follows:
     /// decode → a byte-identical resubmission is a duplicate → authenticate
-    /// → a reused event id is ALREADY_EXISTS → decide → apply as the next
-    /// entry, recorded at `now_micros` (never before the head's time).
+    /// → a reused (signer, event id) is ALREADY_EXISTS → decide → apply as
+    /// the next entry, recorded at `now_micros` (never before the head's
+    /// time). A refusal by the rules (`RejectCode::is_decision`) is also an
+    /// entry: `Admission::Refused`.
     ///
-    /// `stored` says where an event id already stands (the caller's index:
-    /// the log, plus whatever it has admitted but not yet written).
+    /// `stored(signer_id, event_id)` says where an idempotency key already
+    /// stands (the caller's index: the log, plus whatever it has admitted
+    /// but not yet written). Keys are scoped to the signer, so one
+    /// organisation can neither take nor probe another's event ids.
     /// `verified_key` is the key the caller already checked the signature
     /// under, if any; the signature is checked again unless that is still
     /// the signer's key. Authentication comes before ALREADY_EXISTS so an
@@ -675,44 +717,126 @@ impl Ledger {
         signed: &SignedEvent,
         now_micros: i64,
         verified_key: Option<&VerifyingKey>,
-        stored: impl FnOnce(&str) -> Result<Option<Stored>, Reject>,
+        stored: impl FnOnce(&str, &str) -> Result<Option<Stored>, Reject>,
     ) -> Result<Admission, Reject> {
+        let (event, digest) = match self.identify(signed, now_micros, verified_key, stored)? {
+            Identified::New(event, digest) => (event, digest),
+            Identified::Duplicate(s) => return Ok(Admission::Duplicate(s)),
+        };
+        match self.decide(&signed.signer_id, &event) {
+            Ok(change) => Ok(Admission::Written(Box::new(
+                self.append(event, digest, signed, now_micros, change, None),
+            ))),
+            Err(reject) if reject.code.is_decision() => {
+                let refusal = Refusal::new(reject.code.grpc_code() as u32, false, &reject.message);
+                let a = self.append(
+                    event,
+                    digest,
+                    signed,
+                    now_micros,
+                    Change::Refused,
+                    Some(refusal),
+                );
+                Ok(Admission::Refused(Box::new(a), reject))
+            }
+            Err(reject) => Err(reject),
+        }
+    }
+
+    /// Records `reject` for an event of an atomic batch that failed by a
+    /// decision of the rules (the failing event itself, or another event of
+    /// the batch refused ABORTED with it), so that no event of the batch can
+    /// be applied later on its own: `Admission::Refused`. A resubmission of
+    /// a stored event is `Admission::Duplicate` (the caller answers it);
+    /// only a well-formed, authenticated event whose key is unused can be
+    /// recorded, otherwise this returns why not and the caller answers
+    /// `reject` unrecorded.
+    pub fn admit_refused(
+        &mut self,
+        signed: &SignedEvent,
+        now_micros: i64,
+        verified_key: Option<&VerifyingKey>,
+        stored: impl FnOnce(&str, &str) -> Result<Option<Stored>, Reject>,
+        reject: &Reject,
+    ) -> Result<Admission, Reject> {
+        debug_assert!(reject.code.is_decision() || reject.code == RejectCode::Aborted);
+        let (event, digest) = match self.identify(signed, now_micros, verified_key, stored)? {
+            Identified::New(event, digest) => (event, digest),
+            Identified::Duplicate(s) => return Ok(Admission::Duplicate(s)),
+        };
+        let refusal = Refusal::new(reject.code.grpc_code() as u32, true, &reject.message);
+        let a = self.append(
+            event,
+            digest,
+            signed,
+            now_micros,
+            Change::Refused,
+            Some(refusal),
+        );
+        Ok(Admission::Refused(Box::new(a), reject.clone()))
+    }
+
+    /// The checks before any decision: decode, duplicate, authenticate,
+    /// idempotency key unused.
+    fn identify(
+        &self,
+        signed: &SignedEvent,
+        now_micros: i64,
+        verified_key: Option<&VerifyingKey>,
+        stored: impl FnOnce(&str, &str) -> Result<Option<Stored>, Reject>,
+    ) -> Result<Identified, Reject> {
         let event = self.decode(signed, now_micros)?;
         let digest = signed.digest();
-        let existing = stored(&event.event_id)?;
+        let existing = stored(&signed.signer_id, &event.event_id)?;
         // A byte-identical resubmission of a stored event is a duplicate even
         // if the signer's key has since rotated: it was verified when stored.
-        if let Some(s) = existing {
-            if s.digest == digest {
-                return Ok(Admission::Duplicate(s));
-            }
-        }
+        let existing = match existing {
+            Some(s) if s.digest == digest => return Ok(Identified::Duplicate(s)),
+            other => other,
+        };
         let current = self.signer_key(&signed.signer_id);
         if current.is_none() || current != verified_key {
             self.authenticate(signed)?;
         }
         if let Some(s) = existing {
+            // The key is the signer's own (authenticated above), so naming
+            // the sequence tells the signer only about its own events.
             return Err(Reject::exists(format!(
-                "event_id {:?} was already used at sequence {} for a different event; use a new event_id for a new event",
-                event.event_id, s.sequence
+                "event_id {:?} was already used by {:?} at sequence {} for a different event; use a new event_id for a new event",
+                event.event_id, signed.signer_id, s.sequence
             )));
         }
-        let change = self.decide(&signed.signer_id, &event)?;
+        Ok(Identified::New(event, digest))
+    }
+
+    /// Applies `change` as the next entry, recorded at `now_micros` (never
+    /// before the head's time).
+    fn append(
+        &mut self,
+        event: Event,
+        digest: Hash,
+        signed: &SignedEvent,
+        now_micros: i64,
+        change: Change,
+        refusal: Option<Refusal>,
+    ) -> Admitted {
+        debug_assert_eq!(refusal.is_some(), change == Change::Refused);
         let head = self.head;
-        let entry = LogEntry::next(
+        let entry = LogEntry::sealed(
             head.hash,
             head.sequence + 1,
             now_micros.max(head.recorded_at_micros),
             signed.clone(),
+            refusal,
         );
         let undo = self.apply(change.clone(), Head::of(&entry));
-        Ok(Admission::Written(Box::new(Admitted {
+        Admitted {
             event,
             digest,
             entry,
             change,
             undo,
-        })))
+        }
     }
 
     /// Replays one stored entry: checks its place in the chain, its hash, its
@@ -739,10 +863,47 @@ impl Ledger {
             .decode(&entry.signed, entry.recorded_at_micros)
             .map_err(invalid)?;
         self.authenticate(&entry.signed).map_err(invalid)?;
-        let change = self
-            .decide(&entry.signed.signer_id, &event)
-            .map_err(invalid)?;
+        let decided = self.decide(&entry.signed.signer_id, &event);
+        let change = match (&entry.refusal, decided) {
+            (None, decided) => decided.map_err(invalid)?,
+            (Some(r), decided) => {
+                self.check_refusal(entry.sequence, r, decided.err())?;
+                Change::Refused
+            }
+        };
         self.apply(change, Head::of(entry));
         Ok(event)
+    }
+
+    /// A recorded refusal must be one the writer makes: a decision of the
+    /// rules that replaying them gives again, or, inside a failed atomic
+    /// batch (whose other events the log does not apply), any decision or
+    /// ABORTED.
+    fn check_refusal(
+        &self,
+        sequence: u64,
+        r: &Refusal,
+        decided: Option<Reject>,
+    ) -> Result<(), ReplayError> {
+        let disagrees = |found: String| ReplayError::RefusalDisagrees {
+            sequence,
+            recorded: r.code,
+            found,
+        };
+        let code = RejectCode::from_grpc(r.code)
+            .filter(|c| c.is_decision() || (r.in_atomic_batch && *c == RejectCode::Aborted))
+            .ok_or_else(|| disagrees("never record that code".into()))?;
+        if r.in_atomic_batch {
+            return Ok(());
+        }
+        match decided {
+            None => Err(disagrees("accept the event".into())),
+            Some(d) if d.code != code => Err(disagrees(format!(
+                "give code {}: {}",
+                d.code.grpc_code(),
+                d.message
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 }

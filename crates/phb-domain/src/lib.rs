@@ -13,7 +13,7 @@ pub mod event;
 pub mod ledger;
 pub mod money;
 
-pub use chain::{entry_hash, Hash, LogEntry, SignedEvent, GENESIS_HASH};
+pub use chain::{entry_hash, entry_hash_with, Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
 pub use error::{Reject, RejectCode};
 pub use event::{Event, EventKind, Management, Role};
 pub use ledger::{

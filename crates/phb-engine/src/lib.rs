@@ -12,8 +12,9 @@
 #![deny(missing_docs)]
 
 use phb_domain::chain::{Hash, LogEntry, SignedEvent};
-use phb_domain::{Admission, Change, Head, Ledger, Reject, Stored, Undo};
+use phb_domain::{Admission, Admitted, Change, Head, Ledger, Reject, Stored, Undo};
 use phb_store::{Append, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -26,6 +27,12 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 /// (gRPC deadlines bound how long).
 pub const QUEUE_DEPTH: usize = 1024;
 
+/// Requests with more events than this are prechecked on the blocking pool.
+const PRECHECK_INLINE_EVENTS: usize = 16;
+
+// The writer takes whole requests into a group only while one more fits.
+const _: () = assert!(MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES);
+
 /// How to open the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -35,6 +42,9 @@ pub struct EngineConfig {
     pub ledger_id: String,
     /// The root public key.
     pub root_key: ed25519_dalek::VerifyingKey,
+    /// Rebuild an index that records more entries than the log holds
+    /// instead of refusing to start (`phb_store::OpenOptions`).
+    pub allow_index_rebuild: bool,
 }
 
 /// Why the engine could not open.
@@ -65,8 +75,37 @@ pub enum Outcome {
         /// The original entry hash.
         entry_hash: Hash,
     },
-    /// Refused; nothing written.
+    /// Refused by the ledger's rules, and the refusal recorded in the log:
+    /// the same signed event can never be applied later.
+    Refused {
+        /// Why (for a retry: the original refusal).
+        reject: Reject,
+        /// The entry that records the refusal.
+        sequence: u64,
+        /// Its entry hash.
+        entry_hash: Hash,
+        /// True if the refusal was recorded by an earlier submission.
+        duplicate: bool,
+    },
+    /// Refused without deciding anything (malformed, unauthenticated, the
+    /// event id already used, storage unavailable); nothing written. The
+    /// event may be corrected, or retried, under the same event id.
     Rejected(Reject),
+}
+
+impl Outcome {
+    /// True unless the event is (or already was) applied.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Outcome::Refused { .. } | Outcome::Rejected(_))
+    }
+
+    /// The refusal, if any.
+    pub fn reject(&self) -> Option<&Reject> {
+        match self {
+            Outcome::Refused { reject, .. } | Outcome::Rejected(reject) => Some(reject),
+            _ => None,
+        }
+    }
 }
 
 /// One submitted event with what the caller already checked.
@@ -115,13 +154,17 @@ impl Engine {
     /// Opens the store, replays and verifies the whole log, and starts the writer.
     pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
         let mut ledger = Ledger::new(config.ledger_id.clone(), config.root_key);
-        // Event ids are unique in a valid log; the writer guarantees it, and
-        // replay checks it so a doctored log cannot pass.
+        // Idempotency keys (signer, event id) are unique in a valid log; the
+        // writer guarantees it, and replay checks it so a doctored log
+        // cannot pass.
         let mut ids = std::collections::HashSet::new();
-        let (store, report) = Store::open(&config.data_dir, &mut |entry| {
+        let options = phb_store::OpenOptions {
+            allow_index_rebuild: config.allow_index_rebuild,
+        };
+        let (store, report) = Store::open(&config.data_dir, options, &mut |entry| {
             let event = ledger.replay(entry).map_err(|e| e.to_string())?;
-            if !ids.insert(event.event_id) {
-                return Err("event_id already used earlier in the log".into());
+            if !ids.insert((entry.signed.signer_id.clone(), event.event_id)) {
+                return Err("the signer already used this event_id earlier in the log".into());
             }
             Ok(())
         })?;
@@ -181,14 +224,126 @@ impl Engine {
         self.reader.read(from.max(1), through, max)
     }
 
-    /// Verifies a signature against the committed view, outside the writer.
-    /// Returns the key it verified under, or `None` if it did not verify (the
-    /// writer then produces the precise refusal).
-    pub fn preverify(&self, signed: &SignedEvent) -> Option<ed25519_dalek::VerifyingKey> {
-        let view = self.view();
-        let key = *view.signer_key(&signed.signer_id)?;
-        drop(view);
-        phb_domain::chain::verify_signature(&key, &signed.event, &signed.signature).then_some(key)
+    /// Checks a request's events outside the writer, in the caller's task:
+    /// decoding and signature verification, the costly checks that need no
+    /// ledger state beyond the signers' current keys. An event that fails
+    /// here never reaches the writer, so forged or malformed events cannot
+    /// slow it down. An event whose signer is not registered is refused here
+    /// too, unless the request also carries a root-signed event that checked
+    /// out (it may register that signer in the same request).
+    pub fn precheck(&self, events: Vec<SignedEvent>) -> Vec<Result<Submission, Reject>> {
+        let now = now_micros();
+        let (ledger_id, keys) = {
+            let view = self.view();
+            let keys: Vec<_> = events
+                .iter()
+                .map(|e| view.signer_key(&e.signer_id).copied())
+                .collect();
+            (view.ledger_id().to_string(), keys)
+        };
+        let ctx = phb_domain::event::DecodeContext {
+            ledger_id: &ledger_id,
+            now_micros: now,
+        };
+        let mut checked: Vec<Result<Option<ed25519_dalek::VerifyingKey>, Reject>> = events
+            .iter()
+            .zip(&keys)
+            .map(|(e, key)| {
+                phb_domain::event::decode_event(&e.event, ctx)?;
+                match key {
+                    Some(key) => Ledger::verify_under(key, e).map(|()| Some(*key)),
+                    None => Ok(None),
+                }
+            })
+            .collect();
+        let root_signed = events.iter().zip(&checked).any(|(e, c)| {
+            e.signer_id == phb_domain::event::ROOT_SIGNER && matches!(c, Ok(Some(_)))
+        });
+        for ((e, c), key) in events.iter().zip(checked.iter_mut()).zip(&keys) {
+            let unknown = matches!(c, Ok(None));
+            let bad_signature =
+                matches!(c, Err(r) if r.code == phb_domain::RejectCode::Unauthenticated);
+            if root_signed && (unknown || (bad_signature && key.is_some())) {
+                // A request the root key signed into may register this
+                // signer or rotate its key before this event: only the
+                // writer, at this event's place, knows the key to check.
+                *c = Ok(None);
+            } else if unknown {
+                *c = Err(Ledger::unknown_signer(&e.signer_id));
+            }
+        }
+        events
+            .into_iter()
+            .zip(checked)
+            .map(|(signed, c)| {
+                c.map(|verified_key| Submission {
+                    signed,
+                    verified_key,
+                })
+            })
+            .collect()
+    }
+
+    /// Prechecks and submits a request's events (`precheck`, then `append`
+    /// with what passed). In an atomic request one failed precheck refuses
+    /// the whole request before it reaches the writer.
+    pub async fn submit(&self, events: Vec<SignedEvent>, atomic: bool) -> Vec<Outcome> {
+        // A large request's signatures take milliseconds to check: do that
+        // on the blocking pool, so that a flood of big requests cannot hold
+        // the async workers small requests need.
+        let checked = if events.len() > PRECHECK_INLINE_EVENTS {
+            let engine = self.clone();
+            match tokio::task::spawn_blocking(move || engine.precheck(events)).await {
+                Ok(checked) => checked,
+                Err(_) => {
+                    return vec![Outcome::Rejected(Reject::unavailable(
+                        "checking the request's signatures failed; retry",
+                    ))]
+                }
+            }
+        } else {
+            self.precheck(events)
+        };
+        if atomic {
+            if let Some(failed_at) = checked.iter().position(Result::is_err) {
+                let reason = checked[failed_at]
+                    .as_ref()
+                    .err()
+                    .map(|r| r.message.clone())
+                    .unwrap_or_default();
+                let aborted = aborted_by(failed_at, &reason);
+                return checked
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| match c {
+                        Err(r) if i == failed_at => Outcome::Rejected(r),
+                        _ => Outcome::Rejected(aborted.clone()),
+                    })
+                    .collect();
+            }
+        }
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(checked.len());
+        let mut passed = Vec::new();
+        for c in checked {
+            match c {
+                Ok(sub) => {
+                    outcomes.push(None);
+                    passed.push(sub);
+                }
+                Err(r) => outcomes.push(Some(Outcome::Rejected(r))),
+            }
+        }
+        let mut answers = self.append(passed, atomic).await.into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.or_else(|| answers.next()).unwrap_or_else(|| {
+                    Outcome::Rejected(Reject::unavailable(
+                        "the writer answered fewer events than it was sent; retry",
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Writes the index out to its files after every write queued so far
@@ -239,30 +394,86 @@ impl Drop for Writer {
     }
 }
 
-/// One group under construction.
+/// One entry admitted into the group under construction.
+struct Staged {
+    entry: LogEntry,
+    event_id: String,
+    digest: Hash,
+    change: Change,
+    undo: Undo,
+}
+
+/// One group under construction: the entries admitted so far (each with
+/// everything needed to write, apply or undo it) and their keys.
 #[derive(Default)]
 struct Group {
-    entries: Vec<LogEntry>,
-    event_ids: Vec<String>,
-    changes: Vec<(Change, Head)>,
-    undo: Vec<Undo>,
-    /// event id -> (index in entries, digest)
-    ids: HashMap<String, (usize, Hash)>,
+    staged: Vec<Staged>,
+    /// (signer, event id) -> index in `staged`.
+    keys: HashMap<(String, String), usize>,
 }
 
 impl Group {
-    fn truncate(&mut self, len: usize) {
-        for id in self.event_ids.drain(len..) {
-            self.ids.remove(&id);
+    fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    fn stage(&mut self, a: Admitted) {
+        let key = (a.entry.signed.signer_id.clone(), a.event.event_id.clone());
+        let previous = self.keys.insert(key, self.staged.len());
+        debug_assert!(previous.is_none(), "admit let a used key through");
+        self.staged.push(Staged {
+            entry: a.entry,
+            event_id: a.event.event_id,
+            digest: a.digest,
+            change: a.change,
+            undo: a.undo,
+        });
+    }
+
+    fn find(&self, signer_id: &str, event_id: &str) -> Option<Stored> {
+        let i = *self
+            .keys
+            .get(&(signer_id.to_string(), event_id.to_string()))?;
+        let s = &self.staged[i];
+        Some(Stored {
+            sequence: s.entry.sequence,
+            digest: s.digest,
+            entry_hash: s.entry.hash,
+            refusal: s.entry.refusal.clone(),
+        })
+    }
+
+    /// Drops the entries after the first `len` and undoes them on `ledger`.
+    fn roll_back_to(&mut self, len: usize, ledger: &mut Ledger) {
+        let dropped = self.staged.split_off(len);
+        for s in &dropped {
+            self.keys
+                .remove(&(s.entry.signed.signer_id.clone(), s.event_id.clone()));
         }
-        self.entries.truncate(len);
-        self.changes.truncate(len);
+        ledger.rollback(dropped.into_iter().map(|s| s.undo).collect::<Vec<_>>());
+        debug_assert_eq!(self.keys.len(), self.staged.len());
+    }
+}
+
+/// One event's answer, and whether it depends on the group being stored
+/// (a refusal that named an entry of this group, e.g. ALREADY_EXISTS).
+struct Answer {
+    outcome: Outcome,
+    names_group: bool,
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Self {
+        Answer {
+            outcome,
+            names_group: false,
+        }
     }
 }
 
 struct Pending {
     reply: oneshot::Sender<Vec<Outcome>>,
-    outcomes: Vec<Outcome>,
+    answers: Vec<Answer>,
 }
 
 impl Writer {
@@ -282,13 +493,14 @@ impl Writer {
                         break;
                     }
                 };
-                let outcomes = self.process(&mut group, &req, now);
+                let answers = self.process(&mut group, &req, now);
                 pending.push(Pending {
                     reply: req.reply,
-                    outcomes,
+                    answers,
                 });
-                // Take more only while the group has room for a whole request.
-                if group.entries.len() + MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES {
+                // Take more only while the group has room for a whole request
+                // (an atomic request that fails may record every event).
+                if group.len() + MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES {
                     next = rx.try_recv().ok();
                 }
             }
@@ -301,7 +513,9 @@ impl Writer {
             }
             for p in pending {
                 // A caller that went away will retry; its events are durable.
-                let _ = p.reply.send(p.outcomes);
+                let _ = p
+                    .reply
+                    .send(p.answers.into_iter().map(|a| a.outcome).collect());
             }
             for reply in flushes {
                 if let Err(e) = self.store.flush_index() {
@@ -313,129 +527,235 @@ impl Writer {
         tracing::info!("writer stopped: all engine handles dropped");
     }
 
-    fn process(&mut self, group: &mut Group, req: &WriteRequest, now: i64) -> Vec<Outcome> {
-        let start_len = group.entries.len();
-        let start_undo = group.undo.len();
-        let mut outcomes = Vec::with_capacity(req.events.len());
-        for sub in &req.events {
-            let outcome = self.process_one(group, sub, now);
-            let failed = matches!(outcome, Outcome::Rejected(_));
-            outcomes.push(outcome);
+    fn process(&mut self, group: &mut Group, req: &WriteRequest, now: i64) -> Vec<Answer> {
+        assert!(req.events.len() <= MAX_EVENTS_PER_REQUEST);
+        let start = group.len();
+        let mut answers = Vec::with_capacity(req.events.len());
+        for (i, sub) in req.events.iter().enumerate() {
+            let answer = self.try_one(group, sub, now);
+            let failed = answer.outcome.is_refusal();
+            answers.push(answer);
             if failed && req.atomic {
-                let undo = group.undo.split_off(start_undo);
-                self.ledger.rollback(undo);
-                group.truncate(start_len);
-                let failed_at = outcomes.len() - 1;
-                return abort_others(outcomes, failed_at, req.events.len());
+                group.roll_back_to(start, &mut self.ledger);
+                return self.abort_batch(group, req, i, answers, now);
             }
         }
-        outcomes
+        answers
     }
 
-    fn process_one(&mut self, group: &mut Group, sub: &Submission, now: i64) -> Outcome {
-        match self.try_one(group, sub, now) {
-            Ok(o) => o,
-            Err(r) => Outcome::Rejected(r),
-        }
-    }
-
-    fn try_one(
-        &mut self,
-        group: &mut Group,
-        sub: &Submission,
-        now: i64,
-    ) -> Result<Outcome, Reject> {
-        let (store, ledger) = (&self.store, &mut self.ledger);
-        let stored = |id: &str| {
-            match group.ids.get(id) {
-            Some((i, digest)) => Ok(Some(Stored {
-                sequence: group.entries[*i].sequence,
-                digest: *digest,
-                entry_hash: group.entries[*i].hash,
-            })),
-            None => store
-                .find_event(id)
+    /// The idempotency-key lookup for `admit`: this group first, then the
+    /// store. Sets `names_group` when the key is in this group.
+    fn lookup<'a>(
+        store: &'a Store,
+        group: &'a Group,
+        names_group: &'a Cell<bool>,
+    ) -> impl FnOnce(&str, &str) -> Result<Option<Stored>, Reject> + 'a {
+        move |signer_id, event_id| {
+            if let Some(s) = group.find(signer_id, event_id) {
+                names_group.set(true);
+                return Ok(Some(s));
+            }
+            store
+                .find_event(signer_id, event_id)
                 .map(|x| {
                     x.map(|x| Stored {
                         sequence: x.sequence,
                         digest: x.digest,
                         entry_hash: x.entry_hash,
+                        refusal: x.refusal,
                     })
                 })
                 .map_err(|e| {
                     Reject::unavailable(format!(
                         "the event-id index failed ({e}), so duplicates cannot be detected; nothing was written. The server refuses writes until it is restarted; retry then with the same signed event"
                     ))
-                }),
-        }
-        };
-        let a = match ledger.admit(&sub.signed, now, sub.verified_key.as_ref(), stored)? {
-            Admission::Duplicate(s) => {
-                return Ok(Outcome::Duplicate {
-                    sequence: s.sequence,
-                    entry_hash: s.entry_hash,
                 })
+        }
+    }
+
+    fn try_one(&mut self, group: &mut Group, sub: &Submission, now: i64) -> Answer {
+        let names_group = Cell::new(false);
+        let admitted = self.ledger.admit(
+            &sub.signed,
+            now,
+            sub.verified_key.as_ref(),
+            Self::lookup(&self.store, group, &names_group),
+        );
+        let outcome = match admitted {
+            Ok(Admission::Duplicate(s)) => duplicate(s),
+            Ok(Admission::Written(a)) => {
+                let out = Outcome::Written {
+                    sequence: a.entry.sequence,
+                    entry_hash: a.entry.hash,
+                };
+                group.stage(*a);
+                out
             }
-            Admission::Written(a) => *a,
+            Ok(Admission::Refused(a, reject)) => {
+                let out = Outcome::Refused {
+                    reject,
+                    sequence: a.entry.sequence,
+                    entry_hash: a.entry.hash,
+                    duplicate: false,
+                };
+                group.stage(*a);
+                out
+            }
+            Err(r) => Outcome::Rejected(r),
         };
-        group.undo.push(a.undo);
-        group
-            .ids
-            .insert(a.event.event_id.clone(), (group.entries.len(), a.digest));
-        group.event_ids.push(a.event.event_id);
-        group.changes.push((a.change, Head::of(&a.entry)));
-        let out = Outcome::Written {
-            sequence: a.entry.sequence,
-            entry_hash: a.entry.hash,
+        Answer {
+            outcome,
+            names_group: names_group.get(),
+        }
+    }
+
+    /// An atomic request failed at `failed_at` (its entries are already
+    /// rolled back). If the failure was a decision of the rules, every
+    /// event of the request that can be recorded is recorded as refused
+    /// (the failing one with its refusal, the others ABORTED), so that none
+    /// of them can be applied later on its own; otherwise the others are
+    /// answered ABORTED and may be sent again.
+    fn abort_batch(
+        &mut self,
+        group: &mut Group,
+        req: &WriteRequest,
+        failed_at: usize,
+        mut answers: Vec<Answer>,
+        now: i64,
+    ) -> Vec<Answer> {
+        let failure = answers.swap_remove(failed_at);
+        let (reason, decided) = match &failure.outcome {
+            Outcome::Refused { reject, .. } => (reject.message.clone(), true),
+            Outcome::Rejected(r) => (r.message.clone(), false),
+            _ => (String::new(), false),
         };
-        group.entries.push(a.entry);
-        Ok(out)
+        let aborted = aborted_by(failed_at, &reason);
+        let mut out = Vec::with_capacity(req.events.len());
+        for (i, sub) in req.events.iter().enumerate() {
+            let reject = match (&failure.outcome, i == failed_at) {
+                // A retry: the original refusal stands.
+                (
+                    Outcome::Refused {
+                        duplicate: true, ..
+                    },
+                    true,
+                ) => {
+                    out.push(Answer {
+                        outcome: failure.outcome.clone(),
+                        names_group: failure.names_group,
+                    });
+                    continue;
+                }
+                (Outcome::Refused { reject, .. }, true) => reject.clone(),
+                (_, true) => {
+                    out.push(Answer {
+                        outcome: failure.outcome.clone(),
+                        names_group: failure.names_group,
+                    });
+                    continue;
+                }
+                (_, false) => aborted.clone(),
+            };
+            if !decided {
+                out.push(Outcome::Rejected(reject).into());
+                continue;
+            }
+            out.push(self.record_refused(group, sub, now, reject));
+        }
+        out
+    }
+
+    /// Records `reject` for one event of a failed atomic request, if it can
+    /// be recorded; a retry of an event already recorded as refused gets its
+    /// original refusal.
+    fn record_refused(
+        &mut self,
+        group: &mut Group,
+        sub: &Submission,
+        now: i64,
+        reject: Reject,
+    ) -> Answer {
+        let names_group = Cell::new(false);
+        let recorded = self.ledger.admit_refused(
+            &sub.signed,
+            now,
+            sub.verified_key.as_ref(),
+            Self::lookup(&self.store, group, &names_group),
+            &reject,
+        );
+        let outcome = match recorded {
+            Ok(Admission::Refused(a, reject)) => {
+                let out = Outcome::Refused {
+                    reject,
+                    sequence: a.entry.sequence,
+                    entry_hash: a.entry.hash,
+                    duplicate: false,
+                };
+                group.stage(*a);
+                out
+            }
+            Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
+            // Already applied earlier, or not recordable (malformed,
+            // unauthenticated, its id used): answered, not recorded.
+            Ok(_) | Err(_) => Outcome::Rejected(reject),
+        };
+        Answer {
+            outcome,
+            names_group: names_group.get(),
+        }
     }
 
     fn commit(&mut self, group: Group, pending: &mut [Pending]) {
-        if group.entries.is_empty() {
+        if group.staged.is_empty() {
             return;
         }
         let appends: Vec<Append<'_>> = group
-            .entries
+            .staged
             .iter()
-            .zip(&group.event_ids)
-            .map(|(entry, id)| Append {
-                entry,
-                event_id: id,
+            .map(|s| Append {
+                entry: &s.entry,
+                event_id: &s.event_id,
             })
             .collect();
         match self.store.append(&appends) {
             Ok(()) => {
+                let entries = appends.len();
+                drop(appends);
                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                for (change, head) in group.changes {
-                    view.apply(change, head);
+                for s in group.staged {
+                    view.apply(s.change, Head::of(&s.entry));
                 }
                 debug_assert_eq!(view.head(), self.ledger.head());
                 let head = view.head().sequence;
                 drop(view);
                 self.committed.send_replace(head);
-                tracing::debug!(entries = appends.len(), head, "group committed");
+                tracing::debug!(entries, head, "group committed");
             }
             Err(e) => {
                 tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");
-                self.ledger.rollback(group.undo);
+                drop(appends);
+                let first_of_group = group.staged[0].entry.sequence;
+                let mut group = group;
+                group.roll_back_to(0, &mut self.ledger);
                 let msg = format!("the ledger could not make this event durable ({e}) and did not acknowledge it; retry later with the same signed event (if it was stored after all, the retry is answered as a duplicate)");
                 // Everything this group would have written is refused, and so
-                // is a duplicate of an event earlier in the same group (the
-                // same event twice, or sent by two callers at once): its
-                // "original" was never stored, so answering OK would be a
-                // false acknowledgement.
-                let first_of_group = group.entries[0].sequence;
+                // is every answer that names an entry of this group: a
+                // duplicate of an event earlier in the same group (the same
+                // event twice, or sent by two callers at once), a refusal
+                // recorded in it, an ALREADY_EXISTS naming its sequence.
+                // Those entries were never stored, so answering as if they
+                // were would be a false acknowledgement.
                 for p in pending.iter_mut() {
-                    for o in p.outcomes.iter_mut() {
-                        let unstored = match o {
-                            Outcome::Written { .. } => true,
-                            Outcome::Duplicate { sequence, .. } => *sequence >= first_of_group,
-                            Outcome::Rejected(_) => false,
-                        };
+                    for a in p.answers.iter_mut() {
+                        let unstored = a.names_group
+                            || match &a.outcome {
+                                Outcome::Written { .. } => true,
+                                Outcome::Duplicate { sequence, .. }
+                                | Outcome::Refused { sequence, .. } => *sequence >= first_of_group,
+                                Outcome::Rejected(_) => false,
+                            };
                         if unstored {
-                            *o = Outcome::Rejected(Reject::unavailable(msg.clone()));
+                            a.outcome = Outcome::Rejected(Reject::unavailable(msg.clone()));
                         }
                     }
                 }
@@ -444,19 +764,26 @@ impl Writer {
     }
 }
 
-fn abort_others(mut outcomes: Vec<Outcome>, failed_at: usize, total: usize) -> Vec<Outcome> {
-    let reason = match &outcomes[failed_at] {
-        Outcome::Rejected(r) => r.message.clone(),
-        _ => String::new(),
-    };
-    let aborted = Reject::aborted(format!(
-        "not applied: the atomic batch failed at event {failed_at} ({reason})"
-    ));
-    for (i, o) in outcomes.iter_mut().enumerate() {
-        if i != failed_at {
-            *o = Outcome::Rejected(aborted.clone());
-        }
+/// The answer to a resubmission of a stored event: the original outcome.
+fn duplicate(s: Stored) -> Outcome {
+    match &s.refusal {
+        Some(r) => Outcome::Refused {
+            reject: Reject::from_refusal(r),
+            sequence: s.sequence,
+            entry_hash: s.entry_hash,
+            duplicate: true,
+        },
+        None => Outcome::Duplicate {
+            sequence: s.sequence,
+            entry_hash: s.entry_hash,
+        },
     }
-    outcomes.resize(total, Outcome::Rejected(aborted));
-    outcomes
+}
+
+/// The refusal of the other events of an atomic request that failed at
+/// `failed_at` for `reason`.
+fn aborted_by(failed_at: usize, reason: &str) -> Reject {
+    Reject::aborted(format!(
+        "not applied: the atomic batch failed at event {failed_at} ({reason})"
+    ))
 }

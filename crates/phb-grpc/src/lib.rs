@@ -3,13 +3,14 @@
 //! and back; every `Reject` becomes a `tonic::Status` in `status::from_reject`.
 #![deny(missing_docs)]
 
+mod log_limit;
 mod read_auth;
 pub mod status;
 
 use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 use phb_domain::chain::SignedEvent;
 use phb_domain::{Budget, Ledger, LogEntry, Management};
-use phb_engine::{Engine, Outcome, Submission, MAX_EVENTS_PER_REQUEST};
+use phb_engine::{Engine, Outcome, MAX_EVENTS_PER_REQUEST};
 use phb_proto::v1 as pb;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,6 +38,8 @@ pub struct LedgerApi {
     /// Set to true when the server starts shutting down: ends ReadLog
     /// streams, which would otherwise hold graceful shutdown open forever.
     stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Bounds the server log lines refusals cause.
+    refusal_log: std::sync::Arc<log_limit::LogLimiter>,
 }
 
 impl LedgerApi {
@@ -45,6 +48,7 @@ impl LedgerApi {
         LedgerApi {
             engine,
             stopping: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
+            refusal_log: Default::default(),
         }
     }
 }
@@ -88,10 +92,24 @@ pub fn entry_pb(e: LogEntry) -> pb::LogEntry {
             signer_id: e.signed.signer_id,
             signature: e.signed.signature,
         }),
+        refusal: e.refusal.map(|r| pb::Refusal {
+            code: r.code,
+            in_atomic_batch: r.in_atomic_batch,
+            message: r.message,
+        }),
     }
 }
 
-fn result_pb(o: Outcome) -> pb::AppendResult {
+fn error_pb(r: phb_domain::Reject) -> Option<pb::ErrorStatus> {
+    Some(pb::ErrorStatus {
+        code: r.code.grpc_code(),
+        message: r.message,
+        field: r.field.unwrap_or_default(),
+    })
+}
+
+fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
+    let ok = Some(pb::ErrorStatus::default());
     match o {
         Outcome::Written {
             sequence,
@@ -99,9 +117,10 @@ fn result_pb(o: Outcome) -> pb::AppendResult {
         } => pb::AppendResult {
             sequence,
             duplicate: false,
-            event_id: String::new(),
-            error: Some(pb::ErrorStatus::default()),
+            event_id,
+            error: ok,
             entry_hash: entry_hash.to_vec(),
+            refusal_sequence: 0,
         },
         Outcome::Duplicate {
             sequence,
@@ -109,20 +128,31 @@ fn result_pb(o: Outcome) -> pb::AppendResult {
         } => pb::AppendResult {
             sequence,
             duplicate: true,
-            event_id: String::new(),
-            error: Some(pb::ErrorStatus::default()),
+            event_id,
+            error: ok,
             entry_hash: entry_hash.to_vec(),
+            refusal_sequence: 0,
+        },
+        Outcome::Refused {
+            reject,
+            sequence,
+            entry_hash,
+            duplicate,
+        } => pb::AppendResult {
+            sequence: 0,
+            duplicate,
+            event_id,
+            error: error_pb(reject),
+            entry_hash: entry_hash.to_vec(),
+            refusal_sequence: sequence,
         },
         Outcome::Rejected(r) => pb::AppendResult {
             sequence: 0,
             duplicate: false,
-            event_id: String::new(),
-            error: Some(pb::ErrorStatus {
-                code: r.code.grpc_code(),
-                message: r.message,
-                field: r.field.unwrap_or_default(),
-            }),
+            event_id,
+            error: error_pb(r),
             entry_hash: Vec::new(),
+            refusal_sequence: 0,
         },
     }
 }
@@ -146,6 +176,34 @@ fn decode_page_token(token: &str) -> Result<&str, Status> {
                 "page_token is not one this server issued; pass next_page_token from the previous page, or empty for the first",
             )
         })
+}
+
+impl LedgerApi {
+    /// One bounded, escaped line per refusal (see `log_limit`).
+    fn log_refusal(&self, event_id: &str, r: &phb_domain::Reject) {
+        use phb_domain::error::quote;
+        if let Some(suppressed) = self.refusal_log.admit() {
+            tracing::info!(
+                event_id = %quote(event_id),
+                code = ?r.code,
+                field = %quote(r.field.as_deref().unwrap_or("")),
+                reason = %quote_long(&r.message),
+                suppressed_since_last = suppressed,
+                "event refused"
+            );
+        }
+    }
+}
+
+/// A refusal message for the log: escaped like `quote`, cut at 300
+/// characters. Messages are ours but may quote client input.
+fn quote_long(s: &str) -> String {
+    const MAX: usize = 300;
+    let escaped: String = s.chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(MAX) {
+        None => escaped,
+        Some((cut, _)) => format!("{}... ({} bytes)", &escaped[..cut], s.len()),
+    }
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::ReadLogResponse, Status>> + Send>>;
@@ -177,33 +235,24 @@ impl LedgerService for LedgerApi {
             .iter()
             .map(|e| phb_domain::event::decode_event_id(&e.event).unwrap_or_default())
             .collect();
-        let submissions: Vec<Submission> = req
+        let events = req
             .events
             .into_iter()
-            .map(|e| {
-                let signed = SignedEvent {
-                    event: e.event,
-                    signer_id: e.signer_id,
-                    signature: e.signature,
-                };
-                let verified_key = self.engine.preverify(&signed);
-                Submission {
-                    signed,
-                    verified_key,
-                }
+            .map(|e| SignedEvent {
+                event: e.event,
+                signer_id: e.signer_id,
+                signature: e.signature,
             })
             .collect();
-        let outcomes = self.engine.append(submissions, req.atomic).await;
+        let outcomes = self.engine.submit(events, req.atomic).await;
         let results = outcomes
             .into_iter()
             .zip(ids)
             .map(|(o, id)| {
-                if let Outcome::Rejected(r) = &o {
-                    tracing::info!(event_id = %id, code = ?r.code, reason = %r.message, "event refused");
+                if let Some(r) = o.reject() {
+                    self.log_refusal(&id, r);
                 }
-                let mut r = result_pb(o);
-                r.event_id = id;
-                r
+                result_pb(o, id)
             })
             .collect();
         Ok(Response::new(pb::AppendResponse { results }))

@@ -15,7 +15,7 @@
 pub mod logfile;
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};
-use phb_domain::{Hash, LogEntry};
+use phb_domain::{Hash, LogEntry, Refusal};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,11 @@ pub const MAX_GROUP_ENTRIES: usize = 4096;
 /// sled cache bound (memory can reach several times this: sled #1309).
 pub const INDEX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The sled tree the index lives in. `v1` keyed event ids alone; `v2`
+/// keys them by (signer, event id) and records refusals. An index in an
+/// older tree is dropped and `v2` built from the log.
+const INDEX_TREE: &str = "v2";
+const OLD_INDEX_TREES: &[&str] = &["v1"];
 const KEY_EVENT: u8 = b'e';
 const KEY_SEQ: u8 = b's';
 const KEY_INDEXED_THROUGH: &[u8] = b"m/indexed_through";
@@ -63,8 +68,8 @@ pub enum StoreError {
     },
 }
 
-/// An index hit for an event id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An index hit for an idempotency key (signer, event id).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedEvent {
     /// Where it was written.
     pub sequence: u64,
@@ -72,6 +77,18 @@ pub struct IndexedEvent {
     pub digest: Hash,
     /// The entry hash it was written with.
     pub entry_hash: Hash,
+    /// `Some` if the entry records a refusal.
+    pub refusal: Option<Refusal>,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Rebuild an index that records more entries than the log holds,
+    /// instead of refusing to start. Such an index is evidence that
+    /// committed entries were lost or removed; an operator sets this only
+    /// after investigating (docs/operations.md).
+    pub allow_index_rebuild: bool,
 }
 
 /// What `open` found.
@@ -118,10 +135,15 @@ fn seq_key(seq: u64) -> [u8; 9] {
     k
 }
 
-fn event_key(id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 1);
+/// `'e' ‖ signer_id ‖ 0x00 ‖ event_id`. Ids never contain 0x00 (signer
+/// ids are registered organisation ids or "root"; event ids are checked),
+/// so the key names one (signer, event id) pair.
+fn event_key(signer_id: &str, event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(signer_id.len() + event_id.len() + 2);
     k.push(KEY_EVENT);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(signer_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(event_id.as_bytes());
     k
 }
 
@@ -138,10 +160,13 @@ impl Store {
     /// must hold nothing else. An index that cannot be opened or read, or
     /// that disagrees with the log, is derived data gone bad: it is deleted
     /// and rebuilt from the log rather than trusted or refused. Only an
-    /// index that is consistent with the log *and* records entries beyond
-    /// its end refuses the start (committed entries are missing).
+    /// index whose watermark records entries beyond the log's end refuses
+    /// the start, whether or not it agrees with the entries the log still
+    /// has (committed entries are missing, or the log was rewritten), unless
+    /// `options.allow_index_rebuild`.
     pub fn open(
         dir: &Path,
+        options: OpenOptions,
         visit: &mut dyn FnMut(&LogEntry) -> Result<(), String>,
     ) -> Result<(Store, OpenReport), StoreError> {
         let io = |what: &str, e| StoreError::Io(format!("{what} {}", dir.display()), e);
@@ -163,6 +188,11 @@ impl Store {
                 None
             }
         };
+        // What the index vouched for when it was opened: kept even if the
+        // index is later found to disagree with the log, because an index
+        // that knew more entries than the log holds is evidence of loss or
+        // tampering however the remaining entries compare.
+        let vouched_through = index.as_ref().map_or(0, |ix| ix.indexed_through);
 
         let len = log.len_on_disk()?;
         let mut offset = HEADER_LEN;
@@ -254,21 +284,24 @@ impl Store {
             }
         }
         let head_sequence = expected - 1;
-        if let Some(ix) = &index {
-            if ix.indexed_through > head_sequence {
-                // The index agrees with every entry the log has and is only
-                // written after the log is durable, so it can only be ahead
-                // if committed entries vanished from the log.
+        if vouched_through > head_sequence {
+            // The index is only written after the log is durable, so it can
+            // only be ahead if committed entries vanished from the log.
+            if !options.allow_index_rebuild {
                 return Err(StoreError::Corrupt {
                     sequence: Some(head_sequence + 1),
                     offset,
                     detail: format!(
-                        "the log ends at sequence {head_sequence} but its index records entries through {}: committed entries are missing. Restore the log from a backup or replica; if the log was restored on purpose, delete {} so it is rebuilt",
-                        ix.indexed_through,
-                        index_path.display()
+                        "the log ends at sequence {head_sequence} but its index records entries through {vouched_through}: committed entries are missing or the log was rewritten. Nothing was changed. Restore the log from a backup or replica; if an older log was restored on purpose, start once with --allow-index-rebuild to rebuild the index from the log (docs/operations.md)"
                     ),
                 });
             }
+            tracing::warn!(
+                log_head = head_sequence,
+                index_through = vouched_through,
+                "the index records entries the log lacks; rebuilding it as --allow-index-rebuild asks"
+            );
+            index = None;
         }
         if let Some(ix) = &index {
             let finished = if pending > 0 {
@@ -364,31 +397,27 @@ impl Store {
         Ok(())
     }
 
-    /// Looks up an event id.
+    /// Looks up an idempotency key: the event id `event_id` of `signer_id`.
     /// An error (sled failing, or a malformed value) means the index can no
     /// longer be trusted: the store then refuses writes until a restart.
-    pub fn find_event(&self, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
-        self.lookup(event_id).inspect_err(|e| {
+    pub fn find_event(
+        &self,
+        signer_id: &str,
+        event_id: &str,
+    ) -> Result<Option<IndexedEvent>, StoreError> {
+        self.lookup(signer_id, event_id).inspect_err(|e| {
             tracing::error!(error = %e, "index lookup failed; refusing writes until restart");
             self.index_failed.set(true);
         })
     }
 
-    fn lookup(&self, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
-        let Some(v) = self.index.get(event_key(event_id))? else {
+    fn lookup(&self, signer_id: &str, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
+        let Some(v) = self.index.get(event_key(signer_id, event_id))? else {
             return Ok(None);
         };
-        let sequence = be_u64(&v).ok_or_else(|| bad_index(event_id))?;
-        let hash_at = |r: std::ops::Range<usize>| -> Result<Hash, StoreError> {
-            v.get(r)
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| bad_index(event_id))
-        };
-        Ok(Some(IndexedEvent {
-            sequence,
-            digest: hash_at(8..40)?,
-            entry_hash: hash_at(40..72)?,
-        }))
+        parse_index_value(&v)
+            .map(Some)
+            .ok_or_else(|| bad_index(event_id))
     }
 
     /// A reader that can fetch entries up to the current head, independent of
@@ -415,18 +444,55 @@ fn bad_index(what: &str) -> StoreError {
     }
 }
 
+/// `u64be(sequence) ‖ digest ‖ entry hash`, and for a refusal
+/// `‖ u32be(code) ‖ u8(flags) ‖ message` (so a retry is answered with the
+/// original refusal without reading the log).
 fn index_value(entry: &LogEntry) -> Vec<u8> {
     let mut v = Vec::with_capacity(72);
     v.extend_from_slice(&entry.sequence.to_be_bytes());
     v.extend_from_slice(&entry.signed.digest());
     v.extend_from_slice(&entry.hash);
+    if let Some(r) = &entry.refusal {
+        v.extend_from_slice(&r.code.to_be_bytes());
+        v.push(r.flags());
+        v.extend_from_slice(r.message.as_bytes());
+    }
     v
 }
 
-/// The two index records of one entry: its event id, and where it starts.
-/// The only place index records are made (append, re-index, rebuild).
+/// The inverse of `index_value`; `None` if malformed.
+fn parse_index_value(v: &[u8]) -> Option<IndexedEvent> {
+    let refusal = match v.get(72..) {
+        None => return None,
+        Some([]) => None,
+        Some(rest) => {
+            let code = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+            let flags = *rest.get(4)?;
+            if flags > 1 {
+                return None;
+            }
+            Some(Refusal {
+                code,
+                in_atomic_batch: flags == 1,
+                message: String::from_utf8(rest.get(5..)?.to_vec()).ok()?,
+            })
+        }
+    };
+    Some(IndexedEvent {
+        sequence: be_u64(v)?,
+        digest: v.get(8..40)?.try_into().ok()?,
+        entry_hash: v.get(40..72)?.try_into().ok()?,
+        refusal,
+    })
+}
+
+/// The two index records of one entry: its idempotency key, and where it
+/// starts. The only place index records are made (append, re-index, rebuild).
 fn index_entry(batch: &mut sled::Batch, event_id: &str, entry: &LogEntry, offset: u64) {
-    batch.insert(event_key(event_id), index_value(entry));
+    batch.insert(
+        event_key(&entry.signed.signer_id, event_id),
+        index_value(entry),
+    );
     batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
 }
 
@@ -451,7 +517,10 @@ impl OpenedIndex {
     fn open(path: &Path) -> Result<OpenedIndex, String> {
         let opened = std::panic::catch_unwind(|| -> Result<OpenedIndex, String> {
             let db = open_index(path).map_err(|e| e.to_string())?;
-            let tree = db.open_tree("v1").map_err(|e| e.to_string())?;
+            for old in OLD_INDEX_TREES {
+                db.drop_tree(old).map_err(|e| e.to_string())?;
+            }
+            let tree = db.open_tree(INDEX_TREE).map_err(|e| e.to_string())?;
             let indexed_through = match tree.get(KEY_INDEXED_THROUGH).map_err(|e| e.to_string())? {
                 None => 0,
                 Some(v) if v.len() == 8 => be_u64(&v).unwrap_or(0),
@@ -478,7 +547,7 @@ impl OpenedIndex {
         }
         let hit = self
             .tree
-            .get(event_key(id))
+            .get(event_key(&entry.signed.signer_id, id))
             .map_err(|e| format!("reading: {e}"))?;
         if hit.as_deref() != Some(&index_value(entry)[..]) {
             return Err(format!(
@@ -523,7 +592,7 @@ fn rebuild_index(
         Err(e) => return Err(io("inspecting", e)),
     }
     let db = open_index(path)?;
-    let tree = db.open_tree("v1")?;
+    let tree = db.open_tree(INDEX_TREE)?;
     let mut batch = sled::Batch::default();
     let mut pending = 0usize;
     let mut offset = HEADER_LEN;

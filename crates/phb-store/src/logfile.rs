@@ -6,7 +6,7 @@
 //! and made durable with one `fdatasync` before anyone is told it is stored.
 
 use crate::StoreError;
-use phb_domain::{Hash, LogEntry, SignedEvent};
+use phb_domain::{Hash, LogEntry, Refusal, SignedEvent};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -24,11 +24,18 @@ pub const FRAME_LEN: u64 = 8;
 pub const MAX_PAYLOAD: u32 = 1024 * 1024;
 /// Fixed part of a payload: seq, time, prev_hash, hash, three length prefixes.
 const FIXED_PAYLOAD: usize = 8 + 8 + 32 + 32 + 4 + 4 + 4;
+/// Fixed part of a refusal trailer: tag, code, flags, message length.
+const FIXED_REFUSAL: usize = 1 + 4 + 1 + 4;
 
 /// Encodes one record (frame + payload) onto `out`.
 pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
     let s = &entry.signed;
-    let payload_len = FIXED_PAYLOAD + s.signer_id.len() + s.signature.len() + s.event.len();
+    let trailer = entry
+        .refusal
+        .as_ref()
+        .map_or(0, |r| FIXED_REFUSAL + r.message.len());
+    let payload_len =
+        FIXED_PAYLOAD + s.signer_id.len() + s.signature.len() + s.event.len() + trailer;
     assert!(
         payload_len <= MAX_PAYLOAD as usize,
         "record exceeds MAX_PAYLOAD"
@@ -44,31 +51,74 @@ pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
     }
+    if let Some(r) = &entry.refusal {
+        out.push(phb_domain::chain::REFUSAL_TAG);
+        out.extend_from_slice(&r.code.to_be_bytes());
+        out.push(r.flags());
+        out.extend_from_slice(&(r.message.len() as u32).to_be_bytes());
+        out.extend_from_slice(r.message.as_bytes());
+    }
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
     debug_assert_eq!(out.len() - start, 8 + payload_len);
 }
 
+/// Reads a payload front to back; every read stays inside it.
+struct Cursor<'a> {
+    p: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.p.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn part(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn done(&self) -> bool {
+        self.at == self.p.len()
+    }
+}
+
 /// Decodes a payload whose CRC already matched.
 pub fn decode_payload(p: &[u8]) -> Option<LogEntry> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let s = p.get(at..at.checked_add(n)?)?;
-        at += n;
-        Some(s)
+    let mut c = Cursor { p, at: 0 };
+    let sequence = u64::from_be_bytes(c.take(8)?.try_into().ok()?);
+    let recorded_at_micros = i64::from_be_bytes(c.take(8)?.try_into().ok()?);
+    let prev_hash: Hash = c.take(32)?.try_into().ok()?;
+    let hash: Hash = c.take(32)?.try_into().ok()?;
+    let signer_id = String::from_utf8(c.part()?.to_vec()).ok()?;
+    let signature = c.part()?.to_vec();
+    let event = c.part()?.to_vec();
+    let refusal = if c.done() {
+        None
+    } else {
+        if c.take(1)? != [phb_domain::chain::REFUSAL_TAG] {
+            return None;
+        }
+        let code = c.u32()?;
+        let flags = c.take(1)?[0];
+        if flags > 1 {
+            return None;
+        }
+        let message = c.part()?;
+        if message.len() > phb_domain::chain::MAX_REFUSAL_MESSAGE_BYTES {
+            return None;
+        }
+        Some(Refusal {
+            code,
+            in_atomic_batch: flags == 1,
+            message: String::from_utf8(message.to_vec()).ok()?,
+        })
     };
-    let sequence = u64::from_be_bytes(take(8)?.try_into().ok()?);
-    let recorded_at_micros = i64::from_be_bytes(take(8)?.try_into().ok()?);
-    let prev_hash: Hash = take(32)?.try_into().ok()?;
-    let hash: Hash = take(32)?.try_into().ok()?;
-    let mut part = || -> Option<Vec<u8>> {
-        let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
-        Some(take(n)?.to_vec())
-    };
-    let signer_id = String::from_utf8(part()?).ok()?;
-    let signature = part()?;
-    let event = part()?;
-    if at != p.len() {
+    if !c.done() {
         return None;
     }
     Some(LogEntry {
@@ -81,6 +131,7 @@ pub fn decode_payload(p: &[u8]) -> Option<LogEntry> {
             signer_id,
             signature,
         },
+        refusal,
     })
 }
 
@@ -172,12 +223,24 @@ impl LogFile {
                 });
             }
             let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-            if version != VERSION || header[12..16] != [0, 0, 0, 0] {
+            if version != VERSION {
                 return Err(StoreError::Corrupt {
                     sequence: None,
                     offset: 0,
                     detail: format!(
                         "log format version {version} is not supported (expected {VERSION})"
+                    ),
+                });
+            }
+            // Reserved bytes: written as zero. Anything else was written by
+            // something other than this format version, or is damage.
+            if header[12..16] != [0, 0, 0, 0] {
+                return Err(StoreError::Corrupt {
+                    sequence: None,
+                    offset: 12,
+                    detail: format!(
+                        "header bytes 12-15 (reserved) must be zero, found {:02x?}; the file is damaged or was not written by phb-ledger",
+                        &header[12..16]
                     ),
                 });
             }

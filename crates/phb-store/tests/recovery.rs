@@ -37,7 +37,7 @@ fn entries(n: u64) -> Vec<LogEntry> {
 }
 
 fn write(dir: &Path, all: &[LogEntry], group: usize) {
-    let (mut store, _) = Store::open(dir, &mut |_| Ok(())).unwrap();
+    let (mut store, _) = Store::open(dir, Default::default(), &mut |_| Ok(())).unwrap();
     let ids: Vec<String> = all.iter().map(|e| format!("e-{}", e.sequence)).collect();
     for (chunk, ids) in all.chunks(group).zip(ids.chunks(group)) {
         let appends: Vec<Append<'_>> = chunk
@@ -54,7 +54,7 @@ fn write(dir: &Path, all: &[LogEntry], group: usize) {
 
 fn reopen(dir: &Path) -> Result<(Store, Vec<LogEntry>, OpenReport), StoreError> {
     let mut seen = Vec::new();
-    let (store, report) = Store::open(dir, &mut |e| {
+    let (store, report) = Store::open(dir, Default::default(), &mut |e| {
         seen.push(e.clone());
         Ok(())
     })?;
@@ -78,11 +78,11 @@ fn reopens_every_entry_in_order() {
     let reader = store.reader().unwrap();
     assert_eq!(reader.read(20, 50, 5).unwrap(), all[19..24].to_vec());
     assert_eq!(reader.read(48, 49, 100).unwrap(), all[47..49].to_vec());
-    let hit = store.find_event("e-33").unwrap().unwrap();
+    let hit = store.find_event("root", "e-33").unwrap().unwrap();
     assert_eq!(hit.sequence, 33);
     assert_eq!(hit.entry_hash, all[32].hash);
     assert_eq!(hit.digest, all[32].signed.digest());
-    assert!(store.find_event("e-51").unwrap().is_none());
+    assert!(store.find_event("root", "e-51").unwrap().is_none());
 }
 
 fn record_bytes(e: &LogEntry) -> Vec<u8> {
@@ -264,7 +264,10 @@ fn lost_index_is_rebuilt_from_the_log() {
     let (store, seen, report) = reopen(dir.path()).unwrap();
     assert_eq!(seen, all);
     assert_eq!(report.reindexed, 20);
-    assert_eq!(store.find_event("e-7").unwrap().unwrap().sequence, 7);
+    assert_eq!(
+        store.find_event("root", "e-7").unwrap().unwrap().sequence,
+        7
+    );
     assert_eq!(store.reader().unwrap().read(1, 20, 100).unwrap(), all);
 }
 
@@ -281,7 +284,10 @@ fn garbage_index_is_rebuilt_from_the_log() {
     let (store, seen, report) = reopen(dir.path()).unwrap();
     assert_eq!(seen, all);
     assert!(report.index_rebuilt);
-    assert_eq!(store.find_event("e-5").unwrap().unwrap().sequence, 5);
+    assert_eq!(
+        store.find_event("root", "e-5").unwrap().unwrap().sequence,
+        5
+    );
 }
 
 #[test]
@@ -298,7 +304,7 @@ fn not_a_log_file_is_refused() {
 /// Opens the index the way the store does, to tamper with it.
 fn tamper_index(dir: &Path, f: impl FnOnce(&sled::Tree)) {
     let db = sled::Config::new().path(dir.join("index")).open().unwrap();
-    let tree = db.open_tree("v1").unwrap();
+    let tree = db.open_tree("v2").unwrap();
     f(&tree);
     tree.flush().unwrap();
 }
@@ -310,14 +316,17 @@ fn index_that_disagrees_with_the_log_is_rebuilt() {
     write(dir.path(), &all, 3);
     // The index opens fine but points e-3 at the wrong entry.
     tamper_index(dir.path(), |t| {
-        let mut v = t.get(b"ee-3").unwrap().unwrap().to_vec();
+        let mut v = t.get(b"eroot\0e-3").unwrap().unwrap().to_vec();
         v[..8].copy_from_slice(&7u64.to_be_bytes());
-        t.insert(b"ee-3", v).unwrap();
+        t.insert(b"eroot\0e-3", v).unwrap();
     });
     let (store, seen, report) = reopen(dir.path()).unwrap();
     assert_eq!(seen, all);
     assert!(report.index_rebuilt, "{report:?}");
-    assert_eq!(store.find_event("e-3").unwrap().unwrap().sequence, 3);
+    assert_eq!(
+        store.find_event("root", "e-3").unwrap().unwrap().sequence,
+        3
+    );
     assert_eq!(store.reader().unwrap().read(1, 8, 100).unwrap(), all);
 }
 
@@ -329,13 +338,16 @@ fn index_with_entries_the_log_lacks_is_rebuilt() {
     // An event id the log never had: it would refuse a new event with that
     // id as "already used".
     tamper_index(dir.path(), |t| {
-        t.insert(b"ee-ghost", vec![0u8; 72]).unwrap();
+        t.insert(b"eroot\0e-ghost", vec![0u8; 72]).unwrap();
     });
     let (store, seen, report) = reopen(dir.path()).unwrap();
     assert_eq!(seen, all);
     assert!(report.index_rebuilt, "{report:?}");
-    assert!(store.find_event("e-ghost").unwrap().is_none());
-    assert_eq!(store.find_event("e-4").unwrap().unwrap().sequence, 4);
+    assert!(store.find_event("root", "e-ghost").unwrap().is_none());
+    assert_eq!(
+        store.find_event("root", "e-4").unwrap().unwrap().sequence,
+        4
+    );
 }
 
 #[test]
@@ -351,4 +363,150 @@ fn wrong_offsets_in_the_index_are_rebuilt() {
     let (store, _, report) = reopen(dir.path()).unwrap();
     assert!(report.index_rebuilt, "{report:?}");
     assert_eq!(store.reader().unwrap().read(5, 6, 10).unwrap(), all[4..6]);
+}
+
+/// Issue 6, defect 2: the last committed record removed and the chain
+/// recomputed over what is left (here: the last entry replaced by another
+/// one, properly hashed), so the index no longer agrees with the log. An
+/// index that vouched for more entries than the log holds is evidence of
+/// loss or tampering: the store refuses to open, naming both heads, and
+/// changes nothing, whether or not the remaining entries agree with it.
+#[test]
+fn rewritten_log_shorter_than_its_index_refuses_even_when_they_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(9);
+    write(dir.path(), &all, 3);
+    // Rewrite: keep 1..=7, replace 8 with a different entry, drop 9.
+    let mut rewritten = all[..7].to_vec();
+    let forged = LogEntry::next(
+        all[6].hash,
+        8,
+        all[7].recorded_at_micros,
+        SignedEvent {
+            event: pb::Event {
+                event_id: "e-8".into(),
+                ledger_id: "forged".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            signer_id: "root".into(),
+            signature: vec![0xee; 64],
+        },
+    );
+    rewritten.push(forged);
+    let mut bytes = std::fs::read(log_path(dir.path())).unwrap();
+    bytes.truncate(16);
+    for e in &rewritten {
+        bytes.extend_from_slice(&record_bytes(e));
+    }
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+
+    match reopen(dir.path()) {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            assert!(
+                detail.contains("ends at sequence 8") && detail.contains("through 9"),
+                "{detail}"
+            );
+            assert!(detail.contains("--allow-index-rebuild"), "{detail}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok((_, seen, report)) => panic!(
+            "opened a log missing committed entries ({} entries, {report:?})",
+            seen.len()
+        ),
+    }
+    assert_eq!(std::fs::read(log_path(dir.path())).unwrap(), bytes);
+    // The evidence is kept: opening again refuses the same way.
+    match reopen(dir.path()) {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("through 9"), "{detail}")
+        }
+        other => panic!("second open: {:?}", other.map(|(_, s, r)| (s.len(), r))),
+    }
+    // After investigation the operator may allow the rebuild.
+    let mut seen = Vec::new();
+    let (store, report) = Store::open(
+        dir.path(),
+        phb_store::OpenOptions {
+            allow_index_rebuild: true,
+        },
+        &mut |e| {
+            seen.push(e.clone());
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, rewritten);
+    assert!(report.index_rebuilt, "{report:?}");
+    assert_eq!(store.find_event("root", "e-9").unwrap(), None);
+    assert_eq!(
+        store.find_event("root", "e-8").unwrap().unwrap().sequence,
+        8
+    );
+    drop(store);
+    // And the next plain start is clean.
+    let (_, seen, report) = reopen(dir.path()).unwrap();
+    assert_eq!(seen.len(), 8);
+    assert!(!report.index_rebuilt, "{report:?}");
+}
+
+/// Issue 6, defects 6 and 7: idempotency keys are (signer, event id), and
+/// an entry that records a refusal round-trips through the file and the
+/// index (a retry is answered from the index with the original refusal).
+#[test]
+fn keys_are_per_signer_and_refusals_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let signed = |signer: &str, fill: u8| SignedEvent {
+        event: pb::Event {
+            event_id: "same-id".into(),
+            ledger_id: "t".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        signer_id: signer.into(),
+        signature: vec![fill; 64],
+    };
+    let a = LogEntry::next(GENESIS_HASH, 1, 1_764_000_000_000_000, signed("org-a", 1));
+    let refusal = phb_domain::Refusal::new(
+        9,
+        false,
+        "spending 550.00 would overspend: only 400.00 is held",
+    );
+    let b = LogEntry::sealed(
+        a.hash,
+        2,
+        1_764_000_000_000_001,
+        signed("org-b", 2),
+        Some(refusal.clone()),
+    );
+    assert!(b.hash_is_valid());
+    {
+        let (mut store, _) = Store::open(dir.path(), Default::default(), &mut |_| Ok(())).unwrap();
+        store
+            .append(&[
+                Append {
+                    entry: &a,
+                    event_id: "same-id",
+                },
+                Append {
+                    entry: &b,
+                    event_id: "same-id",
+                },
+            ])
+            .unwrap();
+        let hit = store.find_event("org-b", "same-id").unwrap().unwrap();
+        assert_eq!((hit.sequence, hit.refusal.as_ref()), (2, Some(&refusal)));
+    }
+    // Re-indexed from the file alone, the same answers.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let (store, seen, _) = reopen(dir.path()).unwrap();
+    assert_eq!(seen, vec![a.clone(), b.clone()]);
+    let hit_a = store.find_event("org-a", "same-id").unwrap().unwrap();
+    assert_eq!((hit_a.sequence, hit_a.refusal), (1, None));
+    let hit_b = store.find_event("org-b", "same-id").unwrap().unwrap();
+    assert_eq!(
+        (hit_b.sequence, hit_b.entry_hash, hit_b.refusal),
+        (2, b.hash, Some(refusal))
+    );
+    assert_eq!(store.find_event("org-c", "same-id").unwrap(), None);
 }
