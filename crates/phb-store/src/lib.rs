@@ -12,7 +12,10 @@
 //! checksums and sequence continuity.
 #![deny(missing_docs)]
 
+pub mod dirlock;
 pub mod logfile;
+
+pub use dirlock::{is_lock_conflict, DataDirLock, LockError};
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};
 use phb_domain::{Hash, LogEntry};
