@@ -105,12 +105,16 @@ enum Command {
 const DEFAULT_LEDGER_ID: &str = "phb-local";
 
 fn main() -> Result<()> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: in a journal, a
+        // file or a pipe they are noise that hides the text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,9 +172,27 @@ fn main() -> Result<()> {
 }
 
 fn load_signer(id: &str, key: &Path) -> Result<Signer> {
+    warn_if_exposed(key);
     let text = std::fs::read_to_string(key)
         .with_context(|| format!("reading secret key {}", key.display()))?;
     Ok(Signer::from_secret_hex(id, &text)?)
+}
+
+/// A secret key others can read is a key others may have copied: say so
+/// (a warning, not a refusal — the operator may be mid-migration).
+fn warn_if_exposed(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(key) else {
+        return; // reading it reports the problem
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: secret key file {} is readable by group or others (mode {mode:04o}); restrict it with: chmod 600 {}",
+            key.display(),
+            key.display()
+        );
+    }
 }
 
 /// Makes a new or renamed entry in `dir` durable (the entry, not the file's
@@ -200,7 +222,16 @@ fn write_durably(path: &Path, contents: &str) -> Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut f = std::fs::File::create(&tmp).with_context(ctx)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(ctx)?
+    };
     f.write_all(contents.as_bytes()).with_context(ctx)?;
     f.sync_all().with_context(ctx)?;
     drop(f);
@@ -263,32 +294,149 @@ fn resolve_ledger_id(data: &Path, given: Option<String>) -> Result<String> {
     }
 }
 
-fn resolve_root_key(data: &Path, given: Option<String>) -> Result<ed25519_dalek::VerifyingKey> {
+/// True if the data directory already holds a ledger: a log with entries,
+/// or a ledger id fixed by an earlier start. Its root key is then the one
+/// the log was started with, never a new one.
+fn holds_a_ledger(data: &Path) -> Result<bool> {
+    let id_file = data.join("ledger-id");
+    match std::fs::read_to_string(&id_file) {
+        // Empty: a first start cut short before the id reached the disk.
+        Ok(s) if !s.trim().is_empty() => return Ok(true),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", id_file.display())),
+    }
+    let log = data.join("log").join("ledger.log");
+    match std::fs::metadata(&log) {
+        Ok(m) => Ok(m.len() > phb_store::logfile::HEADER_LEN),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", log.display())),
+    }
+}
+
+/// The root public key, and whether `root.pub` must still be written once
+/// the log has been replayed under it.
+struct RootKey {
+    key: ed25519_dalek::VerifyingKey,
+    record_after_replay: bool,
+}
+
+/// The root key is bound to the data directory by `root.pub`, written at
+/// first start like the ledger id: a restart without `--root-public-key`
+/// uses it, and a different key is refused here rather than surfacing as a
+/// signature failure at sequence 1 (or, worse, a new root secret generated
+/// into a directory whose log was started with another key).
+fn resolve_root_key(data: &Path, given: Option<String>) -> Result<RootKey> {
     let pub_file = data.join("root.pub");
-    let key = match given {
-        Some(hex) => phb_client::parse_public_key_hex(&hex).context("--root-public-key")?,
-        None => match std::fs::read_to_string(&pub_file) {
-            Ok(hex) => phb_client::parse_public_key_hex(&hex)
+    let given = given
+        .map(|hex| phb_client::parse_public_key_hex(&hex).context("--root-public-key"))
+        .transpose()?;
+    let recorded = match std::fs::read_to_string(&pub_file) {
+        Ok(hex) => Some(
+            phb_client::parse_public_key_hex(&hex)
                 .with_context(|| format!("reading {}", pub_file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let root = Signer::generate("root");
-                let secret = data.join("root.key");
-                write_secret(&secret, &root.secret_hex())?;
-                write_durably(&pub_file, &format!("{}\n", root.public_key_hex()))?;
-                println!(
-                    "generated the ledger's root key: secret {} (keep it offline), public {}",
-                    secret.display(),
-                    root.public_key_hex()
-                );
-                root.public_key()
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", pub_file.display())),
-        },
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pub_file.display())),
     };
-    if phb_domain::chain::parse_public_key(key.as_bytes()).is_none() {
+    let root = match (recorded, given) {
+        (Some(r), Some(g)) if r != g => bail!(
+            "data directory {} belongs to root public key {} (recorded in {}), but --root-public-key gives {}; start without --root-public-key to use the recorded key, or use another --data",
+            data.display(),
+            hex::encode(r.as_bytes()),
+            pub_file.display(),
+            hex::encode(g.as_bytes())
+        ),
+        (Some(r), _) => RootKey {
+            key: r,
+            record_after_replay: false,
+        },
+        (None, given) if holds_a_ledger(data)? => match given {
+            // Recorded only once the whole log has verified under it, so a
+            // wrong guess leaves nothing behind.
+            Some(g) => RootKey {
+                key: g,
+                record_after_replay: true,
+            },
+            None => bail!(
+                "{} is missing, but data directory {} already holds a ledger; refusing to generate a new root key for it. Restore root.pub from a backup, or start once with --root-public-key (or PHB_ROOT_PUBLIC_KEY) set to the root public key this ledger was started with; it is then recorded in {}",
+                pub_file.display(),
+                data.display(),
+                pub_file.display()
+            ),
+        },
+        (None, Some(g)) => {
+            write_durably(&pub_file, &format!("{}\n", hex::encode(g.as_bytes())))?;
+            RootKey {
+                key: g,
+                record_after_replay: false,
+            }
+        }
+        (None, None) => {
+            let root = Signer::generate("root");
+            let secret = data.join("root.key");
+            write_secret(&secret, &root.secret_hex())?;
+            write_durably(&pub_file, &format!("{}\n", root.public_key_hex()))?;
+            println!(
+                "generated the ledger's root key: secret {} (keep it offline), public {}",
+                secret.display(),
+                root.public_key_hex()
+            );
+            RootKey {
+                key: root.public_key(),
+                record_after_replay: false,
+            }
+        }
+    };
+    if phb_domain::chain::parse_public_key(root.key.as_bytes()).is_none() {
         bail!("the root public key is not one an ed25519 key generator produces (weak, mixed-order or non-canonical); generate a new one with `phb-ledger keygen`");
     }
-    Ok(key)
+    Ok(root)
+}
+
+/// Files this process creates get no group or other bits, whatever umask
+/// it was started under: sled creates the index files itself, with modes we
+/// cannot pass it.
+fn private_umask() {
+    // SAFETY: umask(2) only replaces the process's file-creation mask; it
+    // cannot fail and touches no memory. Set at start-up, before any other
+    // thread of ours creates files.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// A data directory created by an older version (or by hand) may be open
+/// to others; close it. Everything below it is then unreachable to them,
+/// whatever the files' own modes.
+fn make_private(data: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(data) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(e) => {
+            tracing::warn!(dir = %data.display(), error = %e, "cannot read the data directory's mode");
+            return;
+        }
+    };
+    if mode & 0o077 == 0 {
+        return;
+    }
+    // A warning, not a refusal, if it fails (say, a directory owned by
+    // another user): refusing would stop the service over a mode it cannot
+    // change, and the files created from now on are private anyway.
+    match std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => tracing::warn!(
+            dir = %data.display(),
+            was = %format!("{mode:04o}"),
+            "the data directory was open to group or others; its mode is now 0700"
+        ),
+        Err(e) => tracing::warn!(
+            dir = %data.display(),
+            mode = %format!("{mode:04o}"),
+            error = %e,
+            "the data directory is open to group or others and its mode could not be changed to 0700"
+        ),
+    }
 }
 
 /// A write past RLIMIT_FSIZE (`ulimit -f`, systemd `LimitFSIZE=`) raises
@@ -310,21 +458,39 @@ async fn serve(
     root_public_key: Option<String>,
     allow_index_rebuild: bool,
 ) -> Result<()> {
+    private_umask();
     ignore_sigxfsz();
-    if !data.exists() {
-        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-        sync_dir(parent_dir(&data))?;
-    }
+    // Before anything in the directory is read or written: a second server
+    // on it must stop here, having changed nothing. The engine keeps this
+    // one lock for the life of the process (taking a second one in this
+    // process would conflict with it: flock is per open file description).
+    let lock = phb_store::DataDirLock::acquire(&data)
+        .with_context(|| format!("locking data directory {}", data.display()))?;
+    make_private(&data);
+    // The root key before the ledger id: whether the directory already
+    // holds a ledger is judged by what an earlier start left (ledger-id, log
+    // entries), so it must be asked before this start writes ledger-id.
+    let root = resolve_root_key(&data, root_public_key)?;
     let ledger_id = resolve_ledger_id(&data, ledger_id)?;
-    let root_key = resolve_root_key(&data, root_public_key)?;
     let started = std::time::Instant::now();
-    let (engine, report) = phb_engine::Engine::open(phb_engine::EngineConfig {
-        data_dir: data.clone(),
-        ledger_id: ledger_id.clone(),
-        root_key,
-        allow_index_rebuild,
-    })
+    let (engine, report) = phb_engine::Engine::open_locked(
+        phb_engine::EngineConfig {
+            data_dir: data.clone(),
+            ledger_id: ledger_id.clone(),
+            root_key: root.key,
+            allow_index_rebuild,
+        },
+        lock,
+    )
     .with_context(|| format!("opening the ledger in {}", data.display()))?;
+    if root.record_after_replay {
+        let pub_file = data.join("root.pub");
+        write_durably(
+            &pub_file,
+            &format!("{}\n", hex::encode(root.key.as_bytes())),
+        )?;
+        tracing::warn!(file = %pub_file.display(), "root.pub was missing; the log verified under --root-public-key, which is now recorded");
+    }
     tracing::info!(
         entries = report.entries,
         truncated_bytes = report.truncated_bytes,

@@ -13,7 +13,9 @@
 
 use phb_domain::chain::{Hash, LogEntry, SignedEvent};
 use phb_domain::{Admission, Admitted, Change, Head, Ledger, Reject, Stored, Undo};
-use phb_store::{Append, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES};
+use phb_store::{
+    Append, DataDirLock, LockError, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES,
+};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,6 +58,17 @@ pub enum OpenError {
     /// The writer thread could not start.
     #[error("starting the writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// Another process has the data directory, or it could not be locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// `open_locked` was given a lock on another directory.
+    #[error("the lock held ({}) is not the lock of data directory {}", held.display(), dir.display())]
+    WrongLock {
+        /// The lock file passed in.
+        held: PathBuf,
+        /// The data directory to open.
+        dir: PathBuf,
+    },
 }
 
 /// What happened to one submitted event.
@@ -141,6 +154,10 @@ pub struct Engine {
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
+    // Shared with the writer thread: the directory stays locked until the
+    // last handle and the writer (which owns the store) are gone. Last, so
+    // it is released after the reader's files are closed.
+    _lock: Arc<DataDirLock>,
 }
 
 fn now_micros() -> i64 {
@@ -151,8 +168,32 @@ fn now_micros() -> i64 {
 }
 
 impl Engine {
-    /// Opens the store, replays and verifies the whole log, and starts the writer.
+    /// Locks the data directory (`DataDirLock`), opens the store, replays
+    /// and verifies the whole log, and starts the writer.
     pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        Engine::open_locked(config, lock)
+    }
+
+    /// As `open`, with the data directory already locked by the caller.
+    ///
+    /// For a caller that must read or write files in the directory before
+    /// the engine opens (the binary's ledger-id and root.pub): it takes the
+    /// lock first and hands it over here. A flock belongs to its open file
+    /// description, so a second `acquire` in the same process would conflict
+    /// with the first; handing the one lock over avoids taking it twice.
+    /// The engine keeps it until the last handle and the writer are gone.
+    pub fn open_locked(
+        config: EngineConfig,
+        lock: DataDirLock,
+    ) -> Result<(Engine, OpenReport), OpenError> {
+        if !lock.covers(&config.data_dir) {
+            return Err(OpenError::WrongLock {
+                held: lock.lock_file().to_path_buf(),
+                dir: config.data_dir,
+            });
+        }
+        let lock = Arc::new(lock);
         let mut ledger = Ledger::new(config.ledger_id.clone(), config.root_key);
         // Idempotency keys (signer, event id) are unique in a valid log; the
         // writer guarantees it, and replay checks it so a doctored log
@@ -180,6 +221,7 @@ impl Engine {
             view: view.clone(),
             committed: committed_tx,
             writable: writable_tx,
+            _lock: lock.clone(),
         };
         std::thread::Builder::new()
             .name("phb-writer".into())
@@ -192,6 +234,7 @@ impl Engine {
                 committed,
                 writable,
                 reader,
+                _lock: lock,
             },
             report,
         ))
@@ -384,6 +427,9 @@ struct Writer {
     view: Arc<RwLock<Ledger>>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
+    // Dropped after the store (fields drop in order): the directory stays
+    // locked until the log and the index are closed.
+    _lock: Arc<DataDirLock>,
 }
 
 impl Drop for Writer {

@@ -12,7 +12,10 @@
 //! checksums and sequence continuity.
 #![deny(missing_docs)]
 
+pub mod dirlock;
 pub mod logfile;
+
+pub use dirlock::{is_lock_conflict, DataDirLock, LockError};
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};
 use phb_domain::{Hash, LogEntry, Refusal};
@@ -183,7 +186,10 @@ impl Store {
         let mut report = OpenReport::default();
         let mut index = match OpenedIndex::open(&index_path) {
             Ok(ix) => Some(ix),
-            Err(e) => {
+            // Another process holds sled's lock: the index is in use, not
+            // damaged. Rebuilding it would destroy a live server's index.
+            Err(IndexOpenError::Locked(e)) => return Err(StoreError::Index(e)),
+            Err(IndexOpenError::Unusable(e)) => {
                 tracing::warn!(error = %e, "index unreadable; rebuilding it from the log");
                 None
             }
@@ -504,6 +510,14 @@ fn stored_event_id(entry: &LogEntry) -> Result<String, StoreError> {
     })
 }
 
+/// Why the index could not be opened.
+enum IndexOpenError {
+    /// Another process holds it: never a reason to rebuild.
+    Locked(sled::Error),
+    /// Damaged or unreadable: derived data gone bad, rebuilt from the log.
+    Unusable(String),
+}
+
 /// An index opened at start-up, with the watermark it claims.
 struct OpenedIndex {
     db: sled::Db,
@@ -514,17 +528,29 @@ struct OpenedIndex {
 impl OpenedIndex {
     /// Opens the index; any failure (including a panic inside sled on a
     /// damaged file) is reported as a reason to rebuild it.
-    fn open(path: &Path) -> Result<OpenedIndex, String> {
-        let opened = std::panic::catch_unwind(|| -> Result<OpenedIndex, String> {
-            let db = open_index(path).map_err(|e| e.to_string())?;
+    fn open(path: &Path) -> Result<OpenedIndex, IndexOpenError> {
+        let opened = std::panic::catch_unwind(|| -> Result<OpenedIndex, IndexOpenError> {
+            let db = open_index(path).map_err(|e| {
+                if dirlock::is_lock_conflict(&e) {
+                    IndexOpenError::Locked(e)
+                } else {
+                    IndexOpenError::Unusable(e.to_string())
+                }
+            })?;
+            let unusable = |e: sled::Error| IndexOpenError::Unusable(e.to_string());
             for old in OLD_INDEX_TREES {
-                db.drop_tree(old).map_err(|e| e.to_string())?;
+                db.drop_tree(old).map_err(unusable)?;
             }
-            let tree = db.open_tree(INDEX_TREE).map_err(|e| e.to_string())?;
-            let indexed_through = match tree.get(KEY_INDEXED_THROUGH).map_err(|e| e.to_string())? {
+            let tree = db.open_tree(INDEX_TREE).map_err(unusable)?;
+            let indexed_through = match tree.get(KEY_INDEXED_THROUGH).map_err(unusable)? {
                 None => 0,
                 Some(v) if v.len() == 8 => be_u64(&v).unwrap_or(0),
-                Some(v) => return Err(format!("malformed watermark ({} bytes)", v.len())),
+                Some(v) => {
+                    return Err(IndexOpenError::Unusable(format!(
+                        "malformed watermark ({} bytes)",
+                        v.len()
+                    )))
+                }
             };
             Ok(OpenedIndex {
                 db,
@@ -532,7 +558,11 @@ impl OpenedIndex {
                 indexed_through,
             })
         });
-        opened.unwrap_or_else(|_| Err("sled panicked opening the index".into()))
+        opened.unwrap_or_else(|_| {
+            Err(IndexOpenError::Unusable(
+                "sled panicked opening the index".into(),
+            ))
+        })
     }
 
     /// True if the index holds exactly what the log says for `entry`.

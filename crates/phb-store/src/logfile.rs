@@ -9,7 +9,7 @@ use crate::StoreError;
 use phb_domain::{Hash, LogEntry, Refusal, SignedEvent};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// File magic and format version.
@@ -199,6 +199,8 @@ impl LogFile {
             .write(true)
             .create(true)
             .truncate(false)
+            // Health-budget records: private whatever the umask.
+            .mode(0o600)
             .open(path)
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
