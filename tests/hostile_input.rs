@@ -2142,3 +2142,124 @@ fn weak_key() -> [u8; 32] {
     k[0] = 1;
     k
 }
+
+/// Issue 6, defect 11: a required reason made only of invisible characters
+/// passed as "not blank", and a description could carry hidden text in tag
+/// characters. Invisible characters never count as content; tag characters
+/// are refused; visible text keeps the ignorables that belong to it (docs/api.md,
+/// "Text fields").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_text_is_not_content_and_tag_characters_are_refused() {
+    let w = World::new().await;
+    let (c, acct) = (w.commissioner.clone(), w.account.clone());
+    let dp = "inv-direct";
+    w.open_direct(dp).await;
+    w.fund(dp, "100.00", Some("100.00")).await;
+    let inv = Code::InvalidArgument;
+    let refusal = |r: &pb::AppendResult| r.error.clone().expect("a refusal has an error");
+
+    for blank in ["\u{200B}", "\u{3164}", "\u{2060}", "\u{FEFF}"] {
+        let cases = [
+            (
+                kinds::review("1.00", blank),
+                "kind.review_adjustment.reason",
+            ),
+            (kinds::stop(blank), "kind.budget_stopped.reason"),
+        ];
+        for (kind, field) in cases {
+            let e = refusal(&w.refused(&c, dp, kind, inv).await);
+            let code_point = format!("U+{:04X}", u32::from(blank.chars().next().unwrap()));
+            assert_eq!(e.field, field, "{code_point}: {e:?}");
+            assert!(e.message.starts_with(field), "{code_point}: {e:?}");
+            assert!(
+                e.message.contains("no visible character"),
+                "{code_point}: {e:?}"
+            );
+        }
+        // An optional field may be empty, but not filled with nothing visible.
+        let e = refusal(
+            &w.refused(
+                &acct,
+                dp,
+                kinds::buy("1.00", "equipment", "shop-1", blank),
+                inv,
+            )
+            .await,
+        );
+        assert_eq!(e.field, "kind.purchase.description", "{e:?}");
+    }
+
+    // "chair" followed by "PAY ME" spelled in tag characters: displays as "chair".
+    let hidden: String = "chair"
+        .chars()
+        .chain(
+            "PAY ME"
+                .chars()
+                .map(|c| char::from_u32(0xE0000 + u32::from(c)).unwrap()),
+        )
+        .collect();
+    let e = refusal(
+        &w.refused(
+            &acct,
+            dp,
+            kinds::buy("1.00", "equipment", "shop-1", &hidden),
+            inv,
+        )
+        .await,
+    );
+    assert_eq!(e.field, "kind.purchase.description", "{e:?}");
+    assert!(e.message.contains("U+E0050"), "names the code point: {e:?}");
+    assert!(
+        !e.message.contains('\u{E0050}'),
+        "does not echo the text: {e:?}"
+    );
+    let receipt = Kind::Purchase(pb::Purchase {
+        amount: "1.00".into(),
+        category: "equipment".into(),
+        supplier_ref: "shop-1".into(),
+        description: "chair".into(),
+        receipt_ref: format!("r-1{}", '\u{E0041}'),
+    });
+    let e = refusal(&w.refused(&acct, dp, receipt, inv).await);
+    assert_eq!(e.field, "kind.purchase.receipt_ref", "{e:?}");
+    assert!(e.message.contains("U+E0041"), "{e:?}");
+    // Variation selectors smuggled after an emoji, one per hidden byte.
+    let smuggled = "\u{1F600}\u{FE01}\u{FE02}\u{FE03}\u{FE04}";
+    let e = refusal(
+        &w.refused(
+            &acct,
+            dp,
+            kinds::buy("1.00", "equipment", "shop-1", smuggled),
+            inv,
+        )
+        .await,
+    );
+    assert!(e.message.contains("in a row"), "{e:?}");
+
+    // Legitimate text is accepted and stored exactly as sent.
+    let accepted = [
+        "Zo\u{EB} S\u{E9}verine's shower chair",
+        "\u{1F469}\u{200D}\u{1F4BB} laptop for the PA",
+        "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308} \u{2764}\u{FE0F}\u{200D}\u{1F525}",
+        "\u{FEFF}pasted with a byte-order mark",
+    ];
+    for text in accepted {
+        let seq = w
+            .ok(&acct, dp, kinds::buy("1.00", "equipment", "shop-1", text))
+            .await;
+        let log = w.log().await;
+        let entry = log
+            .iter()
+            .find(|e| e.sequence == seq)
+            .expect("written entry");
+        let signed = entry.signed_event.as_ref().expect("signed event");
+        let ev = pb::Event::decode(signed.event.as_slice()).expect("stored event decodes");
+        match ev.kind {
+            Some(Kind::Purchase(p)) => assert_eq!(p.description, text),
+            other => panic!("not a purchase: {other:?}"),
+        }
+    }
+    // A required reason with visible words may carry a stray invisible one.
+    w.ok(&c, dp, kinds::review("1.00", "\u{200B}annual review"))
+        .await;
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod ledger;
 pub mod money;
+pub mod text;
 
 pub use chain::{entry_hash, entry_hash_with, Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
 pub use error::{Reject, RejectCode};
