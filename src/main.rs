@@ -328,14 +328,22 @@ struct RootKey {
 /// into a directory whose log was started with another key).
 fn resolve_root_key(data: &Path, given: Option<String>) -> Result<RootKey> {
     let pub_file = data.join("root.pub");
+    // Checked before anything is recorded: a weak key written to root.pub
+    // would make the directory refuse every later, correct key.
+    let strong = |key: ed25519_dalek::VerifyingKey| {
+        if phb_domain::chain::parse_public_key(key.as_bytes()).is_none() {
+            bail!("the root public key is not one an ed25519 key generator produces (weak, mixed-order or non-canonical); generate a new one with `phb-ledger keygen`");
+        }
+        Ok(key)
+    };
     let given = given
-        .map(|hex| phb_client::parse_public_key_hex(&hex).context("--root-public-key"))
+        .map(|hex| strong(phb_client::parse_public_key_hex(&hex).context("--root-public-key")?))
         .transpose()?;
     let recorded = match std::fs::read_to_string(&pub_file) {
-        Ok(hex) => Some(
+        Ok(hex) => Some(strong(
             phb_client::parse_public_key_hex(&hex)
                 .with_context(|| format!("reading {}", pub_file.display()))?,
-        ),
+        )?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", pub_file.display())),
     };
@@ -388,9 +396,6 @@ fn resolve_root_key(data: &Path, given: Option<String>) -> Result<RootKey> {
             }
         }
     };
-    if phb_domain::chain::parse_public_key(root.key.as_bytes()).is_none() {
-        bail!("the root public key is not one an ed25519 key generator produces (weak, mixed-order or non-canonical); generate a new one with `phb-ledger keygen`");
-    }
     Ok(root)
 }
 
