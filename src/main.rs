@@ -11,6 +11,7 @@ mod json_event;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use phb_client::Signer;
+use phb_grpc::{limits, ServerLimits};
 use phb_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,8 @@ enum Command {
         /// investigating: docs/operations.md, "The log is shorter than its index".
         #[arg(long, env = "PHB_ALLOW_INDEX_REBUILD")]
         allow_index_rebuild: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Generate an ed25519 key: writes the secret (hex) to a file, prints the public key.
     Keygen {
@@ -102,10 +105,109 @@ enum Command {
     },
 }
 
+/// The transport limits of `serve` (docs/operations.md, "Limits").
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Most client connections open at once (lowered to fit the descriptor limit).
+    #[arg(long, env = "PHB_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, env = "PHB_MAX_CONCURRENT_STREAMS", default_value_t = limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
+    /// MiB of unfinished request bodies buffered across all connections.
+    #[arg(long, env = "PHB_REQUEST_BUFFER_MIB", default_value_t = limits::DEFAULT_REQUEST_BUFFER_BYTES / MIB)]
+    request_buffer_mib: usize,
+    /// MiB of unfinished request bodies buffered on one connection.
+    #[arg(long, env = "PHB_CONNECTION_BUFFER_MIB", default_value_t = limits::DEFAULT_CONNECTION_BUFFER_BYTES / MIB)]
+    connection_buffer_mib: usize,
+    /// Time a request has to deliver its body (e.g. 30s, 500ms, 2m).
+    #[arg(long, env = "PHB_REQUEST_BODY_TIMEOUT", default_value_t = Span(limits::DEFAULT_REQUEST_BODY_TIMEOUT))]
+    request_body_timeout: Span,
+    /// Time a new connection has to complete the HTTP/2 handshake.
+    #[arg(long, env = "PHB_HANDSHAKE_TIMEOUT", default_value_t = Span(limits::DEFAULT_HANDSHAKE_TIMEOUT))]
+    handshake_timeout: Span,
+    /// Time a connection may stay open with no request in progress.
+    #[arg(long, env = "PHB_IDLE_TIMEOUT", default_value_t = Span(limits::DEFAULT_IDLE_TIMEOUT))]
+    idle_timeout: Span,
+    /// Interval between the server's HTTP/2 keepalive PINGs.
+    #[arg(long, env = "PHB_HTTP2_KEEPALIVE_INTERVAL", default_value_t = Span(limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL))]
+    http2_keepalive_interval: Span,
+    /// Time a peer has to acknowledge a keepalive PING before it is dropped.
+    #[arg(long, env = "PHB_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = Span(limits::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT))]
+    http2_keepalive_timeout: Span,
+    /// Idle time before TCP keepalive probes start.
+    #[arg(long, env = "PHB_TCP_KEEPALIVE", default_value_t = Span(limits::DEFAULT_TCP_KEEPALIVE))]
+    tcp_keepalive: Span,
+}
+
+const MIB: usize = 1024 * 1024;
+
+impl LimitArgs {
+    fn limits(&self) -> Result<ServerLimits> {
+        let mib = |name: &str, n: usize| {
+            n.checked_mul(MIB)
+                .ok_or_else(|| anyhow!("--{name} {n} is too large"))
+        };
+        let limits = ServerLimits {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            request_buffer_bytes: mib("request-buffer-mib", self.request_buffer_mib)?,
+            connection_buffer_bytes: mib("connection-buffer-mib", self.connection_buffer_mib)?,
+            request_body_timeout: self.request_body_timeout.0,
+            handshake_timeout: self.handshake_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            http2_keepalive_interval: self.http2_keepalive_interval.0,
+            http2_keepalive_timeout: self.http2_keepalive_timeout.0,
+            tcp_keepalive: self.tcp_keepalive.0,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+}
+
+/// A duration on the command line: a number with a unit (`ms`, `s`, `m`,
+/// `h`), or a bare number of seconds.
+#[derive(Clone, Copy, Debug)]
+struct Span(std::time::Duration);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 5m"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+        };
+        ms.map(|ms| Span(std::time::Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms.is_multiple_of(60_000) && ms > 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
 const DEFAULT_LEDGER_ID: &str = "phb-local";
 
 fn main() -> Result<()> {
     use std::io::IsTerminal;
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -128,6 +230,7 @@ fn main() -> Result<()> {
                 ledger_id,
                 root_public_key,
                 allow_index_rebuild,
+                limits,
             } => {
                 serve(
                     data,
@@ -135,6 +238,7 @@ fn main() -> Result<()> {
                     ledger_id,
                     root_public_key,
                     allow_index_rebuild,
+                    limits.limits()?,
                 )
                 .await
             }
@@ -456,12 +560,29 @@ fn ignore_sigxfsz() {
     }
 }
 
+/// glibc raises its mmap threshold after the first large buffer is freed
+/// (up to 32 MiB), so later request buffers come from the heap, and a heap
+/// rarely shrinks: after a burst of large requests the process kept its
+/// peak size. A fixed threshold keeps every buffer above 128 KiB in its own
+/// mapping, returned to the system when freed. (phb-grpc trims the heap
+/// after a burst for the smaller buffers.)
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation parameters. It is
+    // called once, first thing in `main`, before any other thread exists
+    // (glibc documents it as unsafe to race with allocation in other threads).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 async fn serve(
     data: PathBuf,
     listen: String,
     ledger_id: Option<String>,
     root_public_key: Option<String>,
     allow_index_rebuild: bool,
+    limits: ServerLimits,
 ) -> Result<()> {
     private_umask();
     ignore_sigxfsz();
@@ -525,9 +646,7 @@ async fn serve(
         tracing::info!("shutting down");
     };
     let flusher = engine.clone();
-    phb_grpc::serve(engine, listener, shutdown)
-        .await
-        .map_err(|e| anyhow!(e))?;
+    phb_grpc::serve(engine, listener, limits, shutdown).await?;
     // Every answered write is durable in the log already; leave the derived
     // index complete too, so that it vouches for the last entries next time.
     flusher.flush_index().await;

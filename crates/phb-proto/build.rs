@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // A request that does not decode is the caller's fault:
+        // INVALID_ARGUMENT, not tonic-prost's INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::LedgerCodec")
         .compile_fds(fds)?;
     Ok(())
 }

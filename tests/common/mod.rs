@@ -44,6 +44,9 @@ pub struct ServerOptions {
     pub wrapper: Vec<OsString>,
     /// The root signer (default: a new key).
     pub root: Option<Signer>,
+    /// Extra environment for the server, e.g. `PHB_IDLE_TIMEOUT=3s`. Limits
+    /// go here rather than as flags, so a binary without them still starts.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// Why `phb-ledger serve` did not come up.
@@ -66,6 +69,7 @@ pub struct Server {
     dir: tempfile::TempDir,
     data: PathBuf,
     wrapper: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     child: Mutex<Option<Child>>,
     starts: u32,
 }
@@ -97,6 +101,7 @@ impl Server {
             dir,
             data,
             wrapper: options.wrapper,
+            env: options.env,
             child: Mutex::new(None),
             starts: 0,
         }
@@ -231,6 +236,7 @@ impl Server {
             .env_remove("PHB_LISTEN")
             .env_remove("PHB_LEDGER_ID")
             .env_remove("PHB_ROOT_PUBLIC_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

@@ -5,6 +5,7 @@
 
 mod log_limit;
 mod read_auth;
+mod server;
 pub mod status;
 
 use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
@@ -18,6 +19,8 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 pub use read_auth::MAX_CLOCK_SKEW_SECS;
+pub use server::limits::{self, LimitsError, ServerLimits};
+pub use server::ServeError;
 
 /// Largest request accepted on the wire (8 MiB). A full 1000-event batch of
 /// typical events is well under 1 MiB; single events are capped at 64 KiB.
@@ -426,12 +429,15 @@ mod phb_client_paths {
     pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
 }
 
-/// Serves the ledger, health and reflection on `listener` until `shutdown` resolves.
+/// Serves the ledger, health and reflection on `listener`, under `limits`
+/// (connections, streams, buffered bytes, timeouts), until `shutdown`
+/// resolves.
 pub async fn serve(
     engine: Engine,
     listener: tokio::net::TcpListener,
+    limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<LedgerServiceServer<LedgerApi>>()
@@ -465,19 +471,11 @@ pub async fn serve(
     let ledger = LedgerServiceServer::new(api)
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
-    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm
-    // holds a response's second small write (data after headers, trailers
-    // after data) until the client's delayed ACK, about 40 ms per call.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(256)
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ledger)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+        .add_service(ledger);
+    server::run(listener, limits, routes, shutdown).await
 }
 
 /// The address a listener is bound to, for logs.

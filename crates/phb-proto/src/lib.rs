@@ -1,7 +1,12 @@
 //! The wire contract of phb-ledger: types generated from `proto/phb/ledger/v1`.
 //!
-//! Nothing here is hand-written apart from this module: the proto files are the
-//! source of truth that partner organisations generate their own clients from.
+//! Nothing here is hand-written apart from this module and [`codec`] (prost's
+//! codec with decode errors mapped to the right status code): the proto files
+//! are the source of truth that partner organisations generate their own
+//! clients from.
+#![deny(missing_docs)]
+
+pub mod codec;
 
 /// Package `phb.ledger.v1`.
 pub mod v1 {

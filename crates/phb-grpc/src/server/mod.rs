@@ -1,0 +1,123 @@
+//! The transport: how the service is put on a TCP listener, and the limits
+//! that keep anonymous peers from exhausting memory, descriptors or CPU
+//! (docs/operations.md, "Limits"; docs/reliability.md, threat model).
+
+mod body;
+mod conn;
+pub mod limits;
+
+use body::{Budget, LimitLayer};
+use limits::ServerLimits;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the accept loop, every connection and every request share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) limits: ServerLimits,
+    pub(crate) budget: Budget,
+}
+
+/// After the request buffers held at least this much, and then gave most of
+/// it back, the allocator is asked to return free memory to the system.
+const TRIM_AFTER_PEAK_BYTES: usize = 32 * 1024 * 1024;
+/// How often the request buffers are looked at for that.
+const TRIM_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The limits are unusable.
+    #[error("invalid server limits: {0}")]
+    Limits(#[from] limits::LimitsError),
+    /// Reflection could not be set up from the descriptor sets.
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The HTTP/2 server failed.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` on `listener` under `limits` until `shutdown` resolves.
+pub(crate) async fn run(
+    listener: tokio::net::TcpListener,
+    limits: ServerLimits,
+    routes: tonic::service::Routes,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    limits.validate()?;
+    let descriptors = limits::descriptor_limit();
+    let cap = limits.effective_max_connections(descriptors);
+    tracing::info!(
+        max_connections = cap,
+        descriptor_limit = descriptors,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        request_buffer_bytes = limits.request_buffer_bytes,
+        connection_buffer_bytes = limits.connection_buffer_bytes,
+        request_body_timeout = ?limits.request_body_timeout,
+        handshake_timeout = ?limits.handshake_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        "transport limits"
+    );
+    let shared = Arc::new(Shared {
+        limits,
+        budget: Budget::default(),
+    });
+    let l = &shared.limits;
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(l.max_concurrent_streams)
+        .http2_keepalive_interval(Some(l.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(l.http2_keepalive_timeout))
+        .initial_stream_window_size(limits::FLOW_CONTROL_WINDOW_BYTES)
+        .initial_connection_window_size(limits::FLOW_CONTROL_WINDOW_BYTES)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .layer(LimitLayer {
+            shared: shared.clone(),
+        })
+        .add_routes(routes);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let accept = tokio::spawn(conn::accept_loop(listener, shared.clone(), cap, tx));
+    let trim = tokio::spawn(give_back_memory(shared.clone()));
+    let served = router
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+        .await;
+    trim.abort();
+    accept.abort();
+    served?;
+    Ok(())
+}
+
+/// Large request bodies are freed back to glibc's heap, which keeps the
+/// memory (RSS stays at the peak after an attack ends). Once the buffers
+/// have held a lot and have mostly drained, `malloc_trim` returns the free
+/// pages. `M_MMAP_THRESHOLD`, set at start by the binary, already sends the
+/// largest buffers to their own mappings; this catches the rest.
+async fn give_back_memory(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(TRIM_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let budget = &shared.budget;
+        let now = budget.total.load(Ordering::Relaxed);
+        let peak = budget.peak.load(Ordering::Relaxed);
+        if peak >= TRIM_AFTER_PEAK_BYTES && now <= peak / 4 {
+            budget.peak.store(now, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+            tracing::debug!(peak, elapsed = ?started.elapsed(), "returned freed request buffers to the system");
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free
+    // lists under its locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
