@@ -10,7 +10,7 @@
 //! a minimised sample of a fuzzing run instead (docs/fuzzing.md).
 
 use phb_client::{kinds, Signer};
-use phb_domain::{LogEntry, SignedEvent, GENESIS_HASH};
+use phb_domain::{LogEntry, Refusal, SignedEvent, GENESIS_HASH};
 use phb_fuzz::cast::{self, secret, BUDGETS, HOUR, LEDGER_ID, ORGS, T0};
 use phb_fuzz::wire;
 use phb_proto::v1 as pb;
@@ -202,6 +202,36 @@ fn main() {
     let mut prev = GENESIS_HASH;
     for (i, (name, s)) in events.iter().take(4).enumerate() {
         let e = LogEntry::next(prev, i as u64 + 1, T0 + i as i64, s.clone());
+        prev = e.hash;
+        let mut record = Vec::new();
+        phb_store::logfile::encode_record(&e, &mut record);
+        write(log, &format!("record-{name}"), &record[8..]);
+    }
+    // Entries that record refusals: a payment refused by the rules, and an
+    // event of an atomic batch that failed, refused ABORTED.
+    let refusals = [
+        (
+            "refused-pay",
+            &events[6].1,
+            Refusal::new(
+                9,
+                false,
+                "spending 4.80 would overspend budget \"b-dp-1\": only 0.00 is held",
+            ),
+        ),
+        (
+            "refused-aborted",
+            &events[4].1,
+            Refusal::new(
+                10,
+                true,
+                "not applied: the atomic batch failed at event 1 (budget \"b-dp-1\" is stopped; nothing more may be recorded against it)",
+            ),
+        ),
+    ];
+    for (i, (name, s, r)) in refusals.into_iter().enumerate() {
+        let sequence = 5 + i as u64;
+        let e = LogEntry::sealed(prev, sequence, T0 + 4 + i as i64, s.clone(), Some(r));
         prev = e.hash;
         let mut record = Vec::new();
         phb_store::logfile::encode_record(&e, &mut record);

@@ -21,7 +21,7 @@
 use ed25519_dalek::Signature;
 use libfuzzer_sys::fuzz_target;
 use phb_domain::event::{decode_event, decode_event_id, DecodeContext};
-use phb_domain::{Head, Ledger, RejectCode};
+use phb_domain::{Change, Head, Ledger, RejectCode};
 use phb_fuzz::cast::{self, LEDGER_ID, ORGS};
 use phb_fuzz::check;
 use phb_fuzz::schema;
@@ -36,6 +36,10 @@ fn ledger() -> &'static Ledger {
     L.get_or_init(|| {
         let w = Writer::with(&cast::setup_events(0), cast::T0);
         assert_eq!(w.log.len(), cast::setup_events(0).len(), "setup refused");
+        assert!(
+            w.log.iter().all(|e| e.refusal.is_none()),
+            "setup refused by the rules"
+        );
         w.ledger
     })
 }
@@ -103,9 +107,25 @@ fuzz_target!(|data: &[u8]| {
     let before = check::snapshot(l);
     let signers = ORGS.iter().copied().chain([signed.signer_id.as_str()]);
     for signer in signers {
-        let Ok(change) = l.decide(signer, &ev) else {
-            continue;
+        let change = match l.decide(signer, &ev) {
+            Ok(change) => change,
+            // A refusal the writer records (a decision of the rules), or one
+            // it answers without recording: a malformed key in an
+            // organisation event, or a signer that is not registered.
+            Err(r) => {
+                assert!(
+                    r.code.is_decision()
+                        || matches!(
+                            r.code,
+                            RejectCode::InvalidArgument | RejectCode::Unauthenticated
+                        ),
+                    "decide refused {signer} with {r}"
+                );
+                assert!(!r.message.starts_with("internal"), "{r}");
+                continue;
+            }
         };
+        assert_ne!(change, Change::Refused, "decide allowed a refusal");
         assert_eq!(
             signer == "root",
             ev.kind.is_organisation_event(),

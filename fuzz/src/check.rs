@@ -3,7 +3,8 @@
 use crate::cast::ORGS;
 use crate::oracle::{canonical, oracle_pence, MAX_PENCE};
 use phb_domain::event::{
-    EventKind, Management, MAX_FUTURE_MICROS, MAX_ID_LEN, MAX_REF_LEN, MIN_OCCURRED_AT_MICROS,
+    EventKind, Management, MAX_FUTURE_MICROS, MAX_ID_LEN, MAX_REFERENCE_TEXT_LEN, MAX_REF_LEN,
+    MAX_TEXT_LEN, MIN_OCCURRED_AT_MICROS,
 };
 use phb_domain::{Budget, Event, Head, Ledger, Money, Organisation};
 use phb_proto::v1 as pb;
@@ -132,18 +133,69 @@ fn is_category(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// docs/api.md §6: no control characters (Cc), no bidirectional formatting
-/// characters, no line or paragraph separators.
+/// docs/api.md, "Text fields", restated from the document rather than from
+/// `phb_domain::text`: at most `max` characters; no control character (Cc),
+/// line or paragraph separator, bidi control, tag character, interlinear
+/// annotation or unassigned default-ignorable code point; at most two
+/// default-ignorable or format characters in a row; and, unless empty and
+/// optional, at least one character that is none of those, not White_Space,
+/// and not U+2800 or U+1D159.
 fn is_text(s: &str, max: usize, required: bool) -> bool {
+    // Unicode 16.0.0: Default_Ignorable_Code_Point ∪ General_Category=Cf.
+    const INVISIBLE: [(u32, u32); 24] = [
+        (0x00ad, 0x00ad),
+        (0x034f, 0x034f),
+        (0x0600, 0x0605),
+        (0x061c, 0x061c),
+        (0x06dd, 0x06dd),
+        (0x070f, 0x070f),
+        (0x0890, 0x0891),
+        (0x08e2, 0x08e2),
+        (0x115f, 0x1160),
+        (0x17b4, 0x17b5),
+        (0x180b, 0x180f),
+        (0x200b, 0x200f),
+        (0x202a, 0x202e),
+        (0x2060, 0x206f),
+        (0x3164, 0x3164),
+        (0xfe00, 0xfe0f),
+        (0xfeff, 0xfeff),
+        (0xffa0, 0xffa0),
+        (0xfff0, 0xfffb),
+        (0x110bd, 0x110bd),
+        (0x110cd, 0x110cd),
+        (0x13430, 0x1343f),
+        (0x1bca0, 0x1bca3),
+        (0x1d173, 0x1d17a),
+    ];
+    let within = |u: u32, table: &[(u32, u32)]| table.iter().any(|&(a, b)| a <= u && u <= b);
     let forbidden = |c: char| {
         let u = u32::from(c);
         u < 0x20
             || (0x7f..=0x9f).contains(&u)
-            || [0x061c, 0x200e, 0x200f, 0x2028, 0x2029].contains(&u)
+            || [0x061c, 0x200e, 0x200f, 0x2028, 0x2029, 0x2065].contains(&u)
             || (0x202a..=0x202e).contains(&u)
             || (0x2066..=0x2069).contains(&u)
+            || (0xfff0..=0xfffb).contains(&u)
+            // Only VARIATION SELECTOR-17..256 are allowed in U+E0000..U+E0FFF.
+            || ((0xe0000..=0xe0fff).contains(&u) && !(0xe0100..=0xe01ef).contains(&u))
     };
-    (!required || !s.trim().is_empty()) && s.chars().count() <= max && !s.chars().any(forbidden)
+    let invisible =
+        |c: char| within(u32::from(c), &INVISIBLE) || (0xe0000..=0xe0fff).contains(&u32::from(c));
+    let visible = |c: char| {
+        !forbidden(c) && !invisible(c) && !c.is_whitespace() && c != '\u{2800}' && c != '\u{1d159}'
+    };
+    let longest_invisible_run = s
+        .chars()
+        .fold((0, 0), |(run, longest), c| {
+            let run = if invisible(c) { run + 1 } else { 0 };
+            (run, longest.max(run))
+        })
+        .1;
+    s.chars().count() <= max
+        && !s.chars().any(forbidden)
+        && longest_invisible_run <= 2
+        && ((s.is_empty() && !required) || s.chars().any(visible))
 }
 
 /// The amount string of the protobuf kind, if it carries one.
@@ -285,7 +337,7 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
             assert!(is_id(payee_ref, MAX_REF_LEN));
             assert!(is_category(category), "category {category:?}");
             assert!(
-                is_text(reference, MAX_ID_LEN, false),
+                is_text(reference, MAX_REFERENCE_TEXT_LEN, false),
                 "reference {reference:?}"
             );
         }
@@ -298,11 +350,11 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
         } => {
             assert!(is_category(category), "category {category:?}");
             assert!(is_id(supplier_ref, MAX_REF_LEN));
-            assert!(is_text(description, 256, false));
-            assert!(is_text(receipt_ref, MAX_ID_LEN, false));
+            assert!(is_text(description, MAX_TEXT_LEN, false));
+            assert!(is_text(receipt_ref, MAX_REFERENCE_TEXT_LEN, false));
         }
         EventKind::ReviewAdjustment { reason, .. } | EventKind::BudgetStopped { reason } => {
-            assert!(is_text(reason, 256, true), "reason {reason:?}");
+            assert!(is_text(reason, MAX_TEXT_LEN, true), "reason {reason:?}");
         }
         EventKind::Allocation { .. } | EventKind::Disbursement { .. } => {}
     }
