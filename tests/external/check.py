@@ -23,6 +23,7 @@ proto must be importable (run.sh generates them with grpc_tools.protoc).
 """
 
 import base64
+import copy
 import datetime
 import hashlib
 import os
@@ -58,6 +59,10 @@ RPC_TIMEOUT = 30
 # google.rpc.Code values used in AppendResult.error.code (docs/api.md §7).
 OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS = 0, 3, 5, 6
 PERMISSION_DENIED, FAILED_PRECONDITION, ABORTED, UNAUTHENTICATED = 7, 9, 10, 16
+# Refusals by the ledger's rules: decisions, recorded in the log and final
+# (api.md §4 "Refusals are final"; proto AppendResult.refusal_sequence).
+DECISIONS = (NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION)
+MAX_REFUSAL_MESSAGE_BYTES = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -93,7 +98,26 @@ def lp(b):
     return struct.pack(">I", len(b)) + b
 
 
-def entry_hash(prev_hash, sequence, micros, signer_id, signature, event):
+def refusal_trailer(refusal):
+    """The bytes a refusal adds to the entry hash input and to a ledger.log
+    record (proto `Refusal`): 'R' || u32be(code) || u8(flags: bit 0
+    in_atomic_batch) || u32be(len) || message (UTF-8). None: no bytes."""
+    if refusal is None:
+        return b""
+    code, in_batch, message = refusal
+    return b"R" + struct.pack(">IB", code, 1 if in_batch else 0) + lp(message.encode("utf-8"))
+
+
+def refusal_of(entry):
+    """A LogEntry's refusal as (code, in_atomic_batch, message), or None for
+    an applied entry."""
+    if not entry.HasField("refusal"):
+        return None
+    r = entry.refusal
+    return (r.code, r.in_atomic_batch, r.message)
+
+
+def entry_hash(prev_hash, sequence, micros, signer_id, signature, event, refusal=None):
     return hashlib.sha256(
         prev_hash
         + struct.pack(">Q", sequence)
@@ -101,11 +125,17 @@ def entry_hash(prev_hash, sequence, micros, signer_id, signature, event):
         + lp(signer_id.encode("utf-8"))
         + lp(signature)
         + lp(event)
+        + refusal_trailer(refusal)
     ).digest()
 
 
 def idempotency_digest(signer_id, signature, event):
     return hashlib.sha256(lp(signer_id.encode("utf-8")) + lp(signature) + lp(event)).digest()
+
+
+def utf8_prefix(s, limit):
+    """The longest prefix of `s` whose UTF-8 encoding fits in `limit` bytes."""
+    return s.encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
 def ts_micros(ts):
@@ -198,15 +228,38 @@ def valid_id(s):
     return ID_RE.fullmatch(s) is not None
 
 
-# api.md §6: bidirectional formatting characters and line/paragraph separators.
-FORBIDDEN_TEXT = set("\u061c\u200e\u200f\u2028\u2029") | {chr(c) for c in range(0x202A, 0x202F)} | {
-    chr(c) for c in range(0x2066, 0x206A)}
+# api.md §6 "Text fields", Unicode 16.0.0. Refused anywhere: Cc (checked with
+# unicodedata), line/paragraph separators, bidi controls, tag characters,
+# interlinear annotations, unassigned default-ignorables.
+FORBIDDEN_TEXT = set("\u061c\u200e\u200f\u2028\u2029\u2065") | {chr(c) for c in range(0x202A, 0x202F)} | {
+    chr(c) for c in range(0x2066, 0x206A)} | {chr(c) for c in range(0xFFF0, 0xFFFC)} | {
+    chr(c) for c in range(0xE0000, 0xE1000) if not 0xE0100 <= c <= 0xE01EF}
+# Default_Ignorable_Code_Point or Cf and not refused: allowed, not content,
+# at most two in a row.
+INVISIBLE_RANGES = [(0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x06DD, 0x06DD), (0x070F, 0x070F),
+                    (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+                    (0x200B, 0x200D), (0x2060, 0x2064), (0x206A, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+                    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0x110BD, 0x110BD), (0x110CD, 0x110CD),
+                    (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0100, 0xE01EF)]
+# White_Space (minus Cc and U+2028/U+2029), and graphic characters that draw nothing.
+BLANK_TEXT = set(" \u00a0\u1680\u202f\u205f\u3000\u2800\U0001d159") | {chr(c) for c in range(0x2000, 0x200B)}
+
+
+def invisible(c):
+    return any(lo <= ord(c) <= hi for lo, hi in INVISIBLE_RANGES)
 
 
 def text_ok(s, limit, required):
-    if required and s.strip() == "":
+    if s == "":
+        return not required
+    if len(s) > limit or any(unicodedata.category(c) == "Cc" or c in FORBIDDEN_TEXT for c in s):
         return False
-    return len(s) <= limit and not any(unicodedata.category(c) == "Cc" or c in FORBIDDEN_TEXT for c in s)
+    run = 0
+    for c in s:
+        run = run + 1 if invisible(c) else 0
+        if run > 2:
+            return False
+    return any(not invisible(c) and c not in BLANK_TEXT for c in s)
 
 
 def amount(s, what, positive):
@@ -367,6 +420,9 @@ class Budget:
         self.stopped = False
         self.last_sequence = 0
 
+    def __eq__(self, other):
+        return isinstance(other, Budget) and vars(self) == vars(other)
+
     @property
     def notional(self):
         return self.management == pb.MANAGEMENT_NOTIONAL
@@ -385,6 +441,19 @@ def fmt(d):
     return "0.00" if d == 0 else f"{d:.2f}"
 
 
+class Refused(Exception):
+    """The budget rules refuse an event, with this google.rpc.Code."""
+
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+
+
+def deny(cond, code, msg):
+    if not cond:
+        raise Refused(code, msg)
+
+
 class Auditor:
     """log-format.md §6: replays the log from nothing but the root public key
     and the ledger id, trusting nothing the server says about itself."""
@@ -395,8 +464,8 @@ class Auditor:
         self.head_seq, self.head_hash, self.head_time = 0, GENESIS_HASH, 0
         self.orgs = {}  # id -> {"roles": set, "key": bytes}
         self.budgets = {}  # id -> Budget
-        self.seen_ids = set()
-        self.stats = {"signers": set(), "kinds": {}, "rotations": 0}
+        self.seen_keys = set()  # idempotency keys (signer_id, event_id)
+        self.stats = {"signers": set(), "kinds": {}, "rotations": 0, "refusals": {}, "in_batch": 0}
 
     def apply(self, entry):
         seq = entry.sequence
@@ -409,7 +478,8 @@ class Auditor:
               f"{where}: recorded_at.nanos {rec.nanos} not whole microseconds")
         micros = ts_micros(rec)
         se = entry.signed_event
-        want = entry_hash(entry.prev_hash, seq, micros, se.signer_id, se.signature, se.event)
+        refusal = refusal_of(entry)
+        want = entry_hash(entry.prev_hash, seq, micros, se.signer_id, se.signature, se.event, refusal)
         check(len(entry.hash) == 32 and entry.hash == want,
               f"{where}: hash {entry.hash.hex()} but the documented layout gives {want.hex()}")
         check(micros >= self.head_time, f"{where}: recorded_at went backwards")
@@ -417,8 +487,11 @@ class Auditor:
             ev = validate_event(se.event, self.ledger_id, micros)
         except Invalid as e:
             raise Mismatch(f"{where}: invalid event: {e}")
-        check(ev.event_id not in self.seen_ids, f"{where}: event_id {ev.event_id} repeated")
-        self.seen_ids.add(ev.event_id)
+        # Idempotency keys are scoped to the signer (proto Event.event_id):
+        # the same event_id from two signers is two events.
+        key_id = (se.signer_id, ev.event_id)
+        check(key_id not in self.seen_keys, f"{where}: event_id {ev.event_id!r} repeated for signer {se.signer_id!r}")
+        self.seen_keys.add(key_id)
         # Signature under the key in force at this point of the log.
         if se.signer_id == "root":
             key = self.root_key
@@ -432,51 +505,85 @@ class Auditor:
         except BadSignatureError:
             raise Mismatch(f"{where}: signature by {se.signer_id!r} does not verify under its key at this point")
         CHECKS[0] += 1
-        try:
-            self.rules(se.signer_id, ev, seq)
-        except Invalid as e:
-            raise Mismatch(f"{where}: the budget rules refuse it: {e}")
-        self.head_seq, self.head_hash, self.head_time = seq, entry.hash, micros
         kind = ev.WhichOneof("kind")
-        self.stats["kinds"][kind] = self.stats["kinds"].get(kind, 0) + 1
+        if refusal is None:
+            try:
+                self.rules(se.signer_id, ev, seq)
+            except Refused as e:
+                raise Mismatch(f"{where}: applied, but the budget rules refuse it with code {e.code}: {e}")
+            self.stats["kinds"][kind] = self.stats["kinds"].get(kind, 0) + 1
+        else:
+            # A recorded refusal (proto Refusal): it changes no state. Outside
+            # an atomic batch the rules, applied at this point, must refuse
+            # the event with exactly that code; inside one, the batch's other
+            # events are not in the log as applied, so only the code's kind
+            # can be checked.
+            code, in_batch, message = refusal
+            check(len(message.encode("utf-8")) <= MAX_REFUSAL_MESSAGE_BYTES,
+                  f"{where}: refusal message of {len(message.encode('utf-8'))} bytes")
+            if in_batch:
+                check(code in DECISIONS + (ABORTED,),
+                      f"{where}: refusal code {code} in an atomic batch (only 5, 6, 7, 9, 10 are recorded)")
+                self.stats["in_batch"] += 1
+            else:
+                check(code in DECISIONS, f"{where}: refusal code {code} outside an atomic batch "
+                      "(only 5, 6, 7, 9 are recorded; 10 only with in_atomic_batch)")
+                state = (copy.deepcopy(self.orgs), copy.deepcopy(self.budgets), self.stats["rotations"])
+                try:
+                    self.rules(se.signer_id, ev, seq)
+                except Refused as e:
+                    check(e.code == code, f"{where}: recorded refusal code {code}, but the rules at this point "
+                          f"give {e.code}: {e}")
+                else:
+                    raise Mismatch(f"{where}: recorded as refused with code {code}, but the rules at this point "
+                                   "accept it")
+                check((self.orgs, self.budgets, self.stats["rotations"]) == state,
+                      f"{where}: the auditor's own rules changed state on a refusal")
+            self.stats["refusals"][code] = self.stats["refusals"].get(code, 0) + 1
+        self.head_seq, self.head_hash, self.head_time = seq, entry.hash, micros
         self.stats["signers"].add(se.signer_id)
 
     def rules(self, signer_id, ev, seq):
+        """The budget rules (api.md §5, log-format.md §6), in the order the
+        server checks them, each refusal with its documented code (api.md §7).
+        Changes state only if the event is accepted."""
         kind = ev.WhichOneof("kind")
         k = getattr(ev, kind)
         if kind in ORG_KINDS:
-            need(signer_id == "root", f"{kind} signed by {signer_id!r}, not root")
+            deny(signer_id == "root", PERMISSION_DENIED, f"{kind} signed by {signer_id!r}, not root")
             if kind == "organisation_registered":
-                need(k.organisation_id not in self.orgs, "organisation already registered")
-                need(not invalid_key(k.public_key), "invalid public key")
+                deny(k.organisation_id not in self.orgs, ALREADY_EXISTS, "organisation already registered")
+                deny(not invalid_key(k.public_key), INVALID_ARGUMENT, "invalid public key")
                 self.orgs[k.organisation_id] = {"roles": set(k.roles), "key": k.public_key}
             else:
-                need(k.organisation_id in self.orgs, "rotation for an unknown organisation")
-                need(not invalid_key(k.new_public_key), "invalid public key")
-                need(k.new_public_key != self.orgs[k.organisation_id]["key"], "rotation to the same key")
-                self.orgs[k.organisation_id]["key"] = k.new_public_key
+                deny(k.organisation_id in self.orgs, NOT_FOUND, "rotation for an unknown organisation")
+                deny(not invalid_key(k.new_public_key), INVALID_ARGUMENT, "invalid public key")
+                deny(k.new_public_key != self.orgs[k.organisation_id]["key"], FAILED_PRECONDITION,
+                     "rotation to the same key")
+                self.orgs[k.organisation_id] = dict(self.orgs[k.organisation_id], key=k.new_public_key)
                 self.stats["rotations"] += 1
             return
-        need(signer_id != "root", "budget event signed by root")
-        need(signer_id in self.orgs, "unregistered signer")
+        deny(signer_id != "root", PERMISSION_DENIED, "budget event signed by root")
+        deny(signer_id in self.orgs, UNAUTHENTICATED, "unregistered signer")
         roles = self.orgs[signer_id]["roles"]
         if kind == "budget_opened":
-            need(pb.ROLE_COMMISSIONER in roles and k.commissioner_id == signer_id, "signer is not the commissioner")
-            need(ev.budget_id not in self.budgets, "budget_id already used")
+            deny(pb.ROLE_COMMISSIONER in roles and k.commissioner_id == signer_id, PERMISSION_DENIED,
+                 "signer is not the commissioner")
+            deny(ev.budget_id not in self.budgets, ALREADY_EXISTS, "budget_id already used")
             if k.funds_holder_id:
                 role = pb.ROLE_THIRD_PARTY if k.management == pb.MANAGEMENT_THIRD_PARTY else pb.ROLE_ACCOUNT_PROVIDER
-                need(k.funds_holder_id in self.orgs and role in self.orgs[k.funds_holder_id]["roles"],
-                     "funds holder unregistered or lacks its role")
+                deny(k.funds_holder_id in self.orgs and role in self.orgs[k.funds_holder_id]["roles"],
+                     FAILED_PRECONDITION, "funds holder unregistered or lacks its role")
             if k.payroll_provider_id:
-                need(k.payroll_provider_id in self.orgs
+                deny(k.payroll_provider_id in self.orgs
                      and pb.ROLE_PAYROLL_PROVIDER in self.orgs[k.payroll_provider_id]["roles"],
-                     "payroll provider unregistered or lacks its role")
+                     FAILED_PRECONDITION, "payroll provider unregistered or lacks its role")
             b = Budget(ev.budget_id, k)
             b.last_sequence = seq
             self.budgets[ev.budget_id] = b
             return
-        need(ev.budget_id in self.budgets, "unknown budget")
-        b = self.budgets[ev.budget_id]
+        deny(ev.budget_id in self.budgets, NOT_FOUND, "unknown budget")
+        b = copy.copy(self.budgets[ev.budget_id])  # stored only if the event is accepted
         commissioner = pb.ROLE_COMMISSIONER in roles and b.commissioner_id == signer_id
         funds_holder = b.funds_holder_id == signer_id and (
             pb.ROLE_THIRD_PARTY in roles or pb.ROLE_ACCOUNT_PROVIDER in roles)
@@ -488,32 +595,36 @@ class Auditor:
             allowed = commissioner if b.notional else funds_holder
         else:
             allowed = commissioner
-        need(allowed, f"{signer_id} may not sign {kind} on {b.budget_id}")
-        need(not b.stopped, "budget stopped")
+        deny(allowed, PERMISSION_DENIED, f"{signer_id} may not sign {kind} on {b.budget_id}")
+        deny(not b.stopped, FAILED_PRECONDITION, "budget stopped")
         spendable = b.available if b.notional else b.held
         if kind == "allocation":
             b.allocated += Decimal(k.amount)
         elif kind == "disbursement":
             a = Decimal(k.amount)
-            need(not b.notional, "disbursement on a notional budget")
-            need(a <= b.allocated - b.paid_in, "over-disbursement")
+            deny(not b.notional, FAILED_PRECONDITION, "disbursement on a notional budget")
+            deny(a <= b.allocated - b.paid_in, FAILED_PRECONDITION, "over-disbursement")
             b.paid_in += a
         elif kind in ("payment", "purchase"):
             a = Decimal(k.amount)
-            need(a <= spendable, "overspend")
+            deny(a <= spendable, FAILED_PRECONDITION, "overspend")
             b.spent += a
         elif kind == "review_adjustment":
             d = Decimal(k.delta)
-            need(b.allocated + d >= (b.spent if b.notional else b.paid_in), "review below paid_in/spent")
+            deny(b.allocated + d >= (b.spent if b.notional else b.paid_in), FAILED_PRECONDITION,
+                 "review below paid_in/spent")
             b.allocated += d
         elif kind == "budget_stopped":
             b.stopped = True
         b.last_sequence = seq
-        # Invariants the docs promise follow from the rules.
+        # Invariants the docs promise follow from the rules: a breach is the
+        # auditor's (or the server's) bug, never a refusal.
         if b.notional:
-            need(0 <= b.spent <= b.allocated, "invariant 0 <= spent <= allocated broken")
+            check(0 <= b.spent <= b.allocated, f"{b.budget_id}: invariant 0 <= spent <= allocated broken")
         else:
-            need(0 <= b.spent <= b.paid_in <= b.allocated, "invariant 0 <= spent <= paid_in <= allocated broken")
+            check(0 <= b.spent <= b.paid_in <= b.allocated,
+                  f"{b.budget_id}: invariant 0 <= spent <= paid_in <= allocated broken")
+        self.budgets[ev.budget_id] = b
 
     def expected_balance(self, budget_id):
         b = self.budgets[budget_id]
@@ -559,9 +670,24 @@ def parse_ledger_file(path):
             check(p + 4 + n <= plen, f"{path}: record {seq} length runs past the payload")
             fields.append(payload[p + 4:p + 4 + n])
             p += 4 + n
+        # Optional refusal trailer: 'R' || u32be code || u8 flags || u32be len || message.
+        refusal, extra = None, 0
+        if p < plen:
+            check(plen - p >= 10 and payload[p:p + 1] == b"R",
+                  f"{path}: record {seq} has {plen - p} bytes after the event that are not a refusal trailer")
+            code, flags, n = struct.unpack(">IBI", payload[p + 1:p + 10])
+            check(flags in (0, 1), f"{path}: record {seq} refusal flags {flags:#x} (only bit 0 is defined)")
+            check(p + 10 + n <= plen, f"{path}: record {seq} refusal message runs past the payload")
+            check(n <= MAX_REFUSAL_MESSAGE_BYTES, f"{path}: record {seq} refusal message of {n} bytes")
+            try:
+                message = payload[p + 10:p + 10 + n].decode("utf-8")
+            except UnicodeDecodeError:
+                raise Mismatch(f"{path}: record {seq} refusal message is not UTF-8")
+            refusal, extra = (code, flags == 1, message), 10 + n
+            p += extra
         check(p == plen, f"{path}: record {seq} has {plen - p} bytes left over")
-        check(plen == 92 + sum(len(x) for x in fields), f"{path}: payload_len formula")
-        out.append((seq, micros, prev, h, fields[0].decode("utf-8"), fields[1], fields[2]))
+        check(plen == 92 + sum(len(x) for x in fields) + extra, f"{path}: payload_len formula")
+        out.append((seq, micros, prev, h, fields[0].decode("utf-8"), fields[1], fields[2], refusal))
         off += 8 + plen
     return out
 
@@ -603,8 +729,11 @@ class Client:
         self.tag = tag
         self.n = 0
         self.head = 0  # last sequence this client saw written (it is the only writer)
-        self.receipts = {}  # sequence -> (SignedEvent, entry_hash)
-        self.refused_signed = []  # refused SignedEvents: none may appear in the log
+        # sequence -> (SignedEvent, entry_hash, refusal): refusal is None for
+        # a written event, else (code, in_atomic_batch, message) as answered.
+        self.receipts = {}
+        self.unrecorded_signed = []  # refused, nothing recorded: none may appear in the log
+        self.recorded = []  # (SignedEvent, AppendResult) of refusals recorded in the log: final
 
     def event(self, name, budget_id="", occurred_at=None, **kind):
         self.n += 1
@@ -622,32 +751,71 @@ class Client:
         check(not result.duplicate, f"{what}: unexpectedly a duplicate")
         check(result.sequence == self.head + 1,
               f"{what}: written at sequence {result.sequence}, expected {self.head + 1}")
+        check(result.refusal_sequence == 0, f"{what}: written, but refusal_sequence {result.refusal_sequence}")
         check(len(result.entry_hash) == 32, f"{what}: entry_hash is {len(result.entry_hash)} bytes")
         ev = pb.Event.FromString(signed.event)
         check(result.event_id == ev.event_id, f"{what}: event_id echoed as {result.event_id!r}")
         self.head = result.sequence
-        self.receipts[result.sequence] = (signed, result.entry_hash)
+        self.receipts[result.sequence] = (signed, result.entry_hash, None)
         return result
 
     def write(self, signer, event, what):
         signed = signer.sign(event)
         return self.written(self.append([signed])[0], signed, what), signed
 
-    def refused(self, result, signed, code, what, field=None):
+    def refused(self, result, signed, code, what, field=None, recorded=None, in_batch=False):
+        """A refusal with `code`. `recorded`: whether the ledger records it in
+        the log (a decision of the rules, api.md §4 "Refusals are final"):
+        by default yes for 5, 7 and 9 and no for 3, 14 and 16; for 6 (a
+        budget or organisation that exists, or a reused event_id) and 10
+        (an atomic batch that failed by a decision, or not) the caller says.
+        A recorded refusal takes the next sequence, in request order."""
+        if recorded is None:
+            assert code not in (ALREADY_EXISTS, ABORTED), "say whether this refusal is recorded"
+            recorded = code in DECISIONS
         e = result.error
         check(e.code == code, f"{what}: expected code {code}, got {e.code} field {e.field!r}: {e.message!r}")
         if field is not None:
             check(e.field == field, f"{what}: expected field {field!r}, got {e.field!r} ({e.message})")
-        check(result.sequence == 0 and not result.duplicate and result.entry_hash == b"",
+        check(result.sequence == 0 and not result.duplicate,
               f"{what}: refused but sequence={result.sequence} duplicate={result.duplicate}")
-        if code not in (OK, ABORTED):
-            check(e.message != "", f"{what}: refusal has no message")
-        if code != ABORTED:  # an aborted event may legitimately be written later
-            self.refused_signed.append(signed)
+        check(e.message != "", f"{what}: refusal has no message")
+        if recorded:
+            check(result.refusal_sequence == self.head + 1,
+                  f"{what}: refusal_sequence {result.refusal_sequence}, expected the refusal recorded at "
+                  f"{self.head + 1}")
+            check(len(result.entry_hash) == 32, f"{what}: recorded refusal's entry_hash is "
+                  f"{len(result.entry_hash)} bytes")
+            ev = pb.Event.FromString(signed.event)
+            check(result.event_id == ev.event_id, f"{what}: event_id echoed as {result.event_id!r}")
+            self.head = result.refusal_sequence
+            self.receipts[self.head] = (signed, result.entry_hash, (code, in_batch, e.message))
+            self.recorded.append((signed, result))
+        else:
+            check(result.refusal_sequence == 0 and result.entry_hash == b"",
+                  f"{what}: a refusal that decides nothing, but refusal_sequence={result.refusal_sequence} "
+                  f"entry_hash={result.entry_hash.hex()!r}")
+            if code != ABORTED:  # an aborted event may legitimately be written later
+                self.unrecorded_signed.append(signed)
 
-    def refuse(self, signer, event, code, what, field=None):
+    def refuse(self, signer, event, code, what, field=None, recorded=None):
         signed = signer.sign(event) if signer is not None else event
-        self.refused(self.append([signed])[0], signed, code, what, field)
+        self.refused(self.append([signed])[0], signed, code, what, field, recorded)
+        return signed
+
+    def same_refusal(self, result, original, what):
+        """`result` answers a resubmission of a signed event whose refusal
+        was recorded as `original` said: the same refusal, as a duplicate."""
+        check(result.duplicate and result.sequence == 0, f"{what}: resubmitted refused event: "
+              f"duplicate={result.duplicate} sequence={result.sequence} code={result.error.code}")
+        check((result.error.code, result.error.message, result.error.field)
+              == (original.error.code, original.error.message, original.error.field),
+              f"{what}: resubmission answered code {result.error.code} {result.error.message!r}, the original "
+              f"refusal was {original.error.code} {original.error.message!r}")
+        check(result.refusal_sequence == original.refusal_sequence and result.entry_hash == original.entry_hash,
+              f"{what}: resubmission names refusal {result.refusal_sequence}, the original was "
+              f"{original.refusal_sequence}")
+        check(result.event_id == original.event_id, f"{what}: event_id echoed as {result.event_id!r}")
 
     def balance(self, reader, budget_id):
         return self.stub.GetBalance(pb.GetBalanceRequest(budget_id=budget_id), metadata=reader.md("GetBalance"),
@@ -796,7 +964,7 @@ def run(addr, datadir):
         c.written(r, s, "OrganisationRegistered")
     c.refuse(root, c.event("reg-again", organisation_registered=pb.OrganisationRegistered(
         organisation_id=icb.id, roles=[pb.ROLE_AUDITOR], public_key=SigningKey.generate().verify_key.encode())),
-        ALREADY_EXISTS, "re-registering an organisation")
+        ALREADY_EXISTS, "re-registering an organisation (a decision: recorded)", recorded=True)
     c.refuse(icb, c.event("reg-by-icb", organisation_registered=pb.OrganisationRegistered(
         organisation_id=f"rogue-{tag}", roles=[pb.ROLE_AUDITOR], public_key=SigningKey.generate().verify_key.encode())),
         PERMISSION_DENIED, "OrganisationRegistered signed by an organisation")
@@ -833,6 +1001,7 @@ def run(addr, datadir):
     step("commissioner opens budgets, allocates, disburses")
     b_tp, b_dp, b_nt = f"{tag}-b1-tp", f"{tag}-b2-dp", f"{tag}-b3-notional"
     extra = [f"{tag}-b4-extra", f"{tag}-b5-extra"]
+    b_late = f"{tag}-b6-tp"  # for the "refusals are final" double-payment scenario
 
     def opened(bid, management, funds="", payroll_id=""):
         return c.event(f"open-{bid}", bid, budget_opened=pb.BudgetOpened(
@@ -841,11 +1010,13 @@ def run(addr, datadir):
 
     batch = [icb.sign(opened(b_tp, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id)),
              icb.sign(opened(b_dp, pb.MANAGEMENT_DIRECT_PAYMENT, payroll_id=payroll.id)),
-             icb.sign(opened(b_nt, pb.MANAGEMENT_NOTIONAL))] + [
+             icb.sign(opened(b_nt, pb.MANAGEMENT_NOTIONAL)),
+             icb.sign(opened(b_late, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id))] + [
              icb.sign(opened(b, pb.MANAGEMENT_NOTIONAL)) for b in extra]
     for r, s in zip(c.append(batch, atomic=True), batch):
         c.written(r, s, "BudgetOpened")
-    c.refuse(icb, opened(b_tp, pb.MANAGEMENT_NOTIONAL), ALREADY_EXISTS, "BudgetOpened with a used budget_id")
+    c.refuse(icb, opened(b_tp, pb.MANAGEMENT_NOTIONAL), ALREADY_EXISTS,
+             "BudgetOpened with a used budget_id (a decision: recorded)", recorded=True)
     c.refuse(icb, opened(f"{tag}-b9", pb.MANAGEMENT_THIRD_PARTY, funds=payroll.id), FAILED_PRECONDITION,
              "third-party budget whose funds holder lacks ROLE_THIRD_PARTY")
     c.refuse(tp, opened(f"{tag}-b9", pb.MANAGEMENT_NOTIONAL), PERMISSION_DENIED, "BudgetOpened by a non-commissioner")
@@ -883,55 +1054,149 @@ def run(addr, datadir):
     c.write(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="2.04", category="respite", supplier_ref="s-9")),
             "commissioner purchase on a notional budget")
 
-    step("overspend is refused and changes nothing")
+    step("overspend is refused, recorded once as a refusal, and changes no balance")
     before = c.balance(icb, b_tp)
     log_before = len(c.read_log(auditor))
+    check(log_before == c.head, f"the log holds {log_before} entries, this client saw {c.head}")
     check(before.held == "1100.51", f"held before overspend: {before.held}")
-    c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1100.52", category="equipment",
-                                                            supplier_ref="sup-41")),
-             FAILED_PRECONDITION, "overspend by 0.01")
+    overspend = c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1100.52", category="equipment",
+                                                                      supplier_ref="sup-41")),
+                         FAILED_PRECONDITION, "overspend by 0.01")
     after = c.balance(icb, b_tp)
     check(after == before, f"overspend changed the balance: {before} -> {after}")
-    check(len(c.read_log(auditor)) == log_before, "overspend changed the log length")
+    tail = c.read_log(auditor, log_before + 1)
+    check(len(tail) == 1 and tail[0].sequence == c.head and tail[0].signed_event == overspend
+          and refusal_of(tail[0]) == (FAILED_PRECONDITION, False, c.receipts[c.head][2][2])
+          and tail[0].hash == c.receipts[c.head][1],
+          f"the overspend is not in the log exactly once as its recorded refusal: {tail}")
+
+    step("refusals are final: a refused payment stays refused after the money arrives")
+    # issue 6, defect 7: 550.00 refused for lack of funds, 400.00 paid under a
+    # new id, then a disbursement; the refused 550.00 bytes must not be paid.
+    c.write(icb, alloc(b_late, "2000.00"), "allocation (double-payment scenario)")
+    c.write(icb, c.event("disb", b_late, disbursement=pb.Disbursement(amount="500.00")), "disbursement 500.00")
+    pay550 = tp.sign(c.event("pay", b_late, payment=pb.Payment(
+        amount="550.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-7", category="respite",
+        reference="invoice 17")))
+    first = c.append([pay550])[0]
+    c.refused(first, pay550, FAILED_PRECONDITION, "payment of 550.00 with 500.00 held")
+    c.same_refusal(c.append([pay550])[0], first, "immediate retry of the refused payment")
+    corrected = pb.Event.FromString(pay550.event)
+    corrected.payment.amount = "400.00"
+    c.refuse(tp, corrected, ALREADY_EXISTS, "a corrected payment under the refused event's id", recorded=False)
+    corrected = pb.Event.FromString(pay550.event)
+    corrected.event_id += "-v2"
+    corrected.payment.amount = "400.00"
+    c.write(tp, corrected, "the corrected payment of 400.00 under a new id")
+    c.write(icb, c.event("disb", b_late, disbursement=pb.Disbursement(amount="500.00")), "next disbursement")
+    late_before = c.balance(icb, b_late)
+    check((late_before.paid_in, late_before.spent, late_before.held) == ("1000.00", "400.00", "600.00"),
+          f"{b_late} before the resubmission: {late_before}")
+    head = c.head
+    for what, atomic in (("resubmitted after the disbursement", False), ("resubmitted in an atomic batch", True)):
+        c.same_refusal(c.append([pay550], atomic=atomic)[0], first, f"refused payment {what}")
+    check(c.balance(icb, b_late) == late_before, "resubmitting the refused payment changed the balance")
+    check(len(c.read_log(auditor)) == head, "resubmitting the refused payment wrote to the log")
+
+    step("event ids are scoped to the signer: one id, three organisations, three outcomes")
+    shared = f"{tag}.shared-id"
+
+    def with_id(ev):
+        ev.event_id = shared
+        return ev
+
+    _, icb_shared = c.write(icb, with_id(alloc(extra[0], "10.00")), "commissioner's event under the shared id")
+    icb_seq = c.head
+    _, tp_shared = c.write(tp, with_id(c.event("buy", b_late, purchase=pb.Purchase(
+        amount="1.00", category="equipment", supplier_ref="sup-9"))), "third party's event under the same id")
+    tp_seq = c.head
+    check(tp_seq != icb_seq, "two organisations' events under one id share a sequence")
+    payroll_shared = c.refuse(payroll, with_id(c.event("pay", b_late, payment=pb.Payment(
+        amount="1.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-1", category="personal_care"))),
+        PERMISSION_DENIED, "payroll's event under the same id, refused by the rules (b6 names no payroll)")
+    payroll_refusal = c.recorded[-1][1]
+    for who, signed, seq in (("commissioner", icb_shared, icb_seq), ("third party", tp_shared, tp_seq)):
+        r = c.append([signed])[0]
+        check(r.error.code == OK and r.duplicate and r.sequence == seq and r.entry_hash == c.receipts[seq][1]
+              and r.refusal_sequence == 0,
+              f"retry of the {who}'s event under the shared id: code {r.error.code} duplicate={r.duplicate} "
+              f"sequence {r.sequence} (want {seq})")
+    c.same_refusal(c.append([payroll_shared])[0], payroll_refusal, "retry of payroll's refused event")
+    reused = pb.Event.FromString(tp_shared.event)
+    reused.purchase.supplier_ref = "sup-10"
+    signed = tp.sign(reused)
+    r = c.append([signed])[0]
+    c.refused(r, signed, ALREADY_EXISTS, "the third party reusing its own id", recorded=False)
+    numbers = set(re.findall(r"(?<![0-9A-Za-z])[0-9]+(?![0-9A-Za-z])", r.error.message))
+    check(str(tp_seq) in numbers and str(icb_seq) not in numbers,
+          f"ALREADY_EXISTS should name the signer's own sequence {tp_seq} and not another organisation's "
+          f"{icb_seq}: {r.error.message!r}")
 
     step("retry of the same signed bytes is a duplicate")
     r = c.append([purchase_signed])[0]
-    check(r.error.code == OK and r.duplicate and r.sequence == purchase_seq and r.entry_hash == purchase_hash,
+    check(r.error.code == OK and r.duplicate and r.sequence == purchase_seq and r.entry_hash == purchase_hash
+          and r.refusal_sequence == 0,
           f"retry: duplicate={r.duplicate} seq={r.sequence} (want {purchase_seq}) code={r.error.code}")
     changed = pb.Event.FromString(purchase_signed.event)
     changed.purchase.receipt_ref = "R-2"
-    c.refuse(tp, changed, ALREADY_EXISTS, "same event_id, different bytes")
+    c.refuse(tp, changed, ALREADY_EXISTS, "same event_id, different bytes (decides nothing: not recorded)",
+             recorded=False)
     garbage = pb.SignedEvent(event=changed.SerializeToString(), signer_id=tp.id, signature=bytes(64))
     c.refuse(None, garbage, UNAUTHENTICATED, "same event_id, bad signature (signature checked before ALREADY_EXISTS)")
 
-    step("atomic batch with a bad last event writes nothing")
+    step("atomic batch failing by a rule: every event recorded as refused, none applied later")
     def pa(amt, n):
         return payroll.sign(c.event(f"payrun-{n}", b_dp, payment=pb.Payment(
             amount=amt, payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref=f"pa-{n}",
             category="personal_care", reference=f"run 7/{n}")))
+
+    def refused_batch(batch, codes, what, recorded):
+        res = c.append(batch, atomic=True)
+        for i, (r, s, code) in enumerate(zip(res, batch, codes)):
+            c.refused(r, s, code, f"{what}, event {i + 1}", recorded=recorded, in_batch=recorded)
+        return res
+
     dp_before = c.balance(payroll, b_dp)
+    check(dp_before.held == "2636.00", f"{b_dp} held {dp_before.held}, expected 2636.00")
     run_bad = [pa("400.00", 1), pa("400.00", 2), pa("2000.00", 3)]  # held 2636.00: the third overspends
-    res = c.append(run_bad, atomic=True)
-    c.refused(res[0], run_bad[0], ABORTED, "atomic batch, event 1")
-    c.refused(res[1], run_bad[1], ABORTED, "atomic batch, event 2")
-    c.refused(res[2], run_bad[2], FAILED_PRECONDITION, "atomic batch, event 3 (overspend)")
+    res_bad = refused_batch(run_bad, (ABORTED, ABORTED, FAILED_PRECONDITION), "atomic batch failing last", True)
     check(c.balance(payroll, b_dp) == dp_before, "failed atomic batch changed the balance")
-    check(len(c.read_log(auditor)) == c.head, "failed atomic batch changed the log")
-    batch = [pa("0.01", 7), pa("5000.00", 8), pa("0.00", 9)]  # fails in the middle; the last is never evaluated
-    res = c.append(batch, atomic=True)
-    for i, code in enumerate((ABORTED, FAILED_PRECONDITION, ABORTED)):
-        c.refused(res[i], batch[i], code, f"atomic batch failing in the middle, event {i + 1}")
-    # Resending the same first two events, now with a valid third, writes all three.
-    run_good = run_bad[:2] + [pa("1836.00", 3)]
+    check(len(c.read_log(auditor)) == c.head, "failed atomic batch: the log does not hold its 3 refusals")
+    head = c.head
+    for r, orig in zip(c.append(run_bad, atomic=True), res_bad):
+        c.same_refusal(r, orig, "the failed atomic batch resent")
+    for s, orig in zip(run_bad[:2], res_bad[:2]):  # each would fit on its own now
+        c.same_refusal(c.append([s])[0], orig, "an aborted event of the failed batch resent alone")
+    check(c.balance(payroll, b_dp) == dp_before and len(c.read_log(auditor)) == head,
+          "resending the failed batch's events changed the balance or the log")
+    batch = [pa("0.01", 7), pa("5000.00", 8), pa("0.02", 9)]  # fails in the middle
+    refused_batch(batch, (ABORTED, FAILED_PRECONDITION, ABORTED), "atomic batch failing in the middle", True)
+
+    step("atomic batch failing by what decides nothing: nothing recorded, then written")
+    later = [pa("0.01", 10), pa("0.01", 11)]
+    forged = pb.SignedEvent(event=later[1].event, signer_id=payroll.id, signature=bytes(64))
+    refused_batch([later[0], forged], (ABORTED, UNAUTHENTICATED), "atomic batch with a bad signature", False)
+    reuse = pb.Event.FromString(run_bad[0].event)  # payroll's own recorded id, new bytes
+    reuse.payment.reference = "run 7/1 again"
+    refused_batch([later[1], payroll.sign(reuse)], (ABORTED, ALREADY_EXISTS), "atomic batch reusing an event_id",
+                  False)
+    check(c.balance(payroll, b_dp) == dp_before, "atomic batches that decided nothing changed the balance")
+    check(len(c.read_log(auditor)) == c.head, "atomic batches that decided nothing changed the log")
+    # The events aborted by a failure that decided nothing may be sent again.
+    run_good = later + [pa("400.00", 12), pa("400.00", 13), pa("1835.98", 14)]  # 2636.00 in all
     for r, s in zip(c.append(run_good, atomic=True), run_good):
-        c.written(r, s, "atomic batch, fixed")
+        c.written(r, s, "atomic batch, fixed with new ids")
+    last_good = c.head
     batch = [run_good[0], pa("0.01", 4)]  # held is 0.00 now
     res = c.append(batch, atomic=True)
-    c.refused(res[0], batch[0], ABORTED, "atomic batch: a would-be duplicate before the failure")
-    c.refused(res[1], batch[1], FAILED_PRECONDITION, "atomic batch: overspend of an empty account")
-    batch = [run_good[2], pa("0.01", 5), pa("0.00", 6)]
+    c.refused(res[0], batch[0], ABORTED, "atomic batch: a would-be duplicate before the failure (already applied, "
+              "so not recorded)", recorded=False)
+    c.refused(res[1], batch[1], FAILED_PRECONDITION, "atomic batch: overspend of an empty account", recorded=True,
+              in_batch=True)
+    batch = [run_good[-1], pa("0.01", 5), pa("0.00", 6)]
     res = c.append(batch, atomic=False)
-    check(res[0].duplicate and res[0].sequence == c.head, "non-atomic: duplicate result")
+    check(res[0].duplicate and res[0].error.code == OK and res[0].sequence == last_good
+          and res[0].refusal_sequence == 0, "non-atomic: duplicate result")
     c.refused(res[1], batch[1], FAILED_PRECONDITION, "non-atomic: overspend")
     c.refused(res[2], batch[2], INVALID_ARGUMENT, "non-atomic: zero amount", "kind.payment.amount")
 
@@ -960,7 +1225,9 @@ def run(addr, datadir):
     c.refuse(old_tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1.00", category="transport", supplier_ref="t")),
              UNAUTHENTICATED, "new event signed with the rotated-out key")
     r = c.append([purchase_signed])[0]
-    check(r.duplicate and r.sequence == purchase_seq, "retry under a rotated key is no longer a duplicate")
+    check(r.duplicate and r.sequence == purchase_seq and r.error.code == OK,
+          f"retry under a rotated key is no longer a duplicate (api.md §3: step 2 comes before step 3): code "
+          f"{r.error.code} {r.error.message!r} duplicate={r.duplicate} sequence {r.sequence} (want {purchase_seq})")
     check(rpc_code(lambda: c.balance(old_tp, b_tp)) == grpc.StatusCode.UNAUTHENTICATED,
           "a read signed with the rotated-out key was accepted")
 
@@ -1050,8 +1317,8 @@ def run(addr, datadir):
                                              metadata=auditor.md("ListBalances"), timeout=RPC_TIMEOUT))
           == grpc.StatusCode.INVALID_ARGUMENT, "forged page_token not INVALID_ARGUMENT")
     mine, _ = c.list_all(icb, 2, commissioner_id=icb.id)
-    check({b.budget_id for b in mine} == {b_tp, b_dp, b_nt, *extra}, "commissioner's ListBalances")
-    check({b.budget_id for b in c.list_all(tp, 0)[0]} == {b_tp}, "third party sees only its budget")
+    check({b.budget_id for b in mine} == {b_tp, b_dp, b_nt, b_late, *extra}, "commissioner's ListBalances")
+    check({b.budget_id for b in c.list_all(tp, 0)[0]} == {b_tp, b_late}, "third party sees only its budgets")
     check({b.budget_id for b in c.list_all(payroll, 0)[0]} == {b_dp}, "payroll sees only its budget")
     paged, pages = c.list_all(auditor, 2)
     whole, _ = c.list_all(auditor, 0)
@@ -1072,17 +1339,53 @@ def run(addr, datadir):
     check(got and got[0].sequence == head + 1 and got[0].hash == c.receipts[head + 1][1],
           "ReadLog follow did not deliver the new entry")
 
+    step("every recorded refusal is final: resent, each returns its original refusal")
+    # Including events refused before their signer's key was rotated: a
+    # duplicate is recognised before the signature is checked (api.md §3).
+    # One request per signer: a request that also carries root-signed events
+    # is checked differently (api.md §3), and must not be what makes it pass.
+    head = c.head
+    by_signer = {}
+    for s, orig in c.recorded:
+        by_signer.setdefault(s.signer_id, []).append((s, orig))
+    for signer_id, recorded in by_signer.items():
+        check(len(recorded) <= 1000, f"{len(recorded)} recorded refusals of {signer_id}")
+        for r, (s, orig) in zip(c.append([s for s, _ in recorded]), recorded):
+            c.same_refusal(r, orig, f"resending {signer_id}'s refused event {orig.event_id} "
+                           f"(sequence {orig.refusal_sequence})")
+    check(len(c.read_log(auditor)) == head, "resending refused events wrote to the log")
+    print(f"   {len(c.recorded)} recorded refusals of {len(by_signer)} signers resent: each answered with its "
+          "original refusal, nothing written")
+
     # -- the audit -----------------------------------------------------------
     check(len(c.read_log(auditor)) == c.head, f"the log does not hold the {c.head} entries written")
     check([e.SerializeToString() for e in c.read_log(auditor, 5)]
           == [e.SerializeToString() for e in c.read_log(root)[4:]], "ReadLog from_sequence=5 is not the log's suffix")
     audit, entries = audit_ledger(c, auditor, datadir, root_pub, ledger_id)
     # Receipts: every acknowledgement matches the log, byte for byte.
-    for seq, (signed, h) in c.receipts.items():
+    for seq, (signed, h, refusal) in c.receipts.items():
         e = entries[seq - 1]
         check(e.hash == h and e.signed_event == signed, f"receipt for sequence {seq} does not match the log")
-    logged = {e.signed_event.SerializeToString() for e in entries}
-    check(not any(s.SerializeToString() in logged for s in c.refused_signed), "a refused event is in the log")
+        if refusal is None:
+            check(not e.HasField("refusal"), f"sequence {seq} was acknowledged as written, the log records a refusal")
+        else:
+            code, in_batch, message = refusal
+            recorded = (code, in_batch, utf8_prefix(message, MAX_REFUSAL_MESSAGE_BYTES))
+            check(refusal_of(e) == recorded, f"sequence {seq}: the answered refusal {recorded} is recorded as "
+                  f"{refusal_of(e)}")
+    logged = {}
+    for e in entries:
+        logged.setdefault(e.signed_event.SerializeToString(), []).append(e)
+    check(not any(s.SerializeToString() in logged for s in c.unrecorded_signed),
+          "an event refused without a record (3, 16, reused id) is in the log")
+    for signed, r in c.recorded:
+        found = logged.get(signed.SerializeToString(), [])
+        check(len(found) == 1 and found[0].sequence == r.refusal_sequence and found[0].HasField("refusal"),
+              f"refused event {r.event_id}: in the log as {[(x.sequence, refusal_of(x)) for x in found]}, "
+              f"expected once, as the refusal at {r.refusal_sequence}")
+    refusals = sum(1 for e in entries if e.HasField("refusal"))
+    print(f"   {len(c.receipts)} receipts match the log; {len(c.recorded)} refusals recorded once each, "
+          f"never applied ({refusals} refusal entries in the log)")
     expect = {b_tp: ("4212.80", "1200.50", "150.00", "1050.50", "4062.80"),
               b_dp: ("12000.00", "3000.00", "3000.00", "0.00", "9000.00"),
               b_nt: ("212.04", "0.00", "2.04", "0.00", "210.00")}
@@ -1092,7 +1395,7 @@ def run(addr, datadir):
         check(got_fig == figures, f"{bid}: worked-out figures {figures} != server {got_fig}")
         print(f"   {bid}: allocated {bal.allocated} paid_in {bal.paid_in} spent {bal.spent} "
               f"held {bal.held} available {bal.available}")
-    tamper_test(entries, {seq: h for seq, (_, h) in c.receipts.items()}, root_pub, ledger_id)
+    tamper_test(entries, {seq: h for seq, (_, h, _) in c.receipts.items()}, root_pub, ledger_id)
     return audit
 
 
@@ -1111,7 +1414,7 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     for rec, e in zip(records, entries):
         se = e.signed_event
         check(rec == (e.sequence, ts_micros(e.recorded_at), e.prev_hash, e.hash, se.signer_id, se.signature,
-                      se.event), f"ledger.log record {rec[0]} differs from ReadLog")
+                      se.event, refusal_of(e)), f"ledger.log record {rec[0]} differs from ReadLog")
 
     step("balances recomputed from the log equal GetBalance and ListBalances")
     listed, _ = c.list_all(reader, 3)
@@ -1124,8 +1427,12 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(audit.stats["kinds"].items()))
     print(f"   {len(entries)} entries: sequences 1..{audit.head_seq}, entry hashes, prev_hash chain, "
           f"{len(entries)} signatures by {len(audit.stats['signers'])} signers "
-          f"({audit.stats['rotations']} key rotation(s)), field and budget rules; ledger.log identical")
-    print(f"   kinds: {kinds}")
+          f"({audit.stats['rotations']} key rotation(s)), (signer, event_id) unique, field and budget rules; "
+          "ledger.log identical")
+    print(f"   applied kinds: {kinds}")
+    refusals = ", ".join(f"code {k} {n}" for k, n in sorted(audit.stats["refusals"].items()))
+    print(f"   recorded refusals: {refusals or 'none'} ({audit.stats['in_batch']} in atomic batches); each outside a "
+          "batch re-derived from the rules with the same code, none changed a balance")
     print(f"   {len(audit.budgets)} budgets: replayed with decimal arithmetic == GetBalance == ListBalances")
     print(f"   head {audit.head_seq} {audit.head_hash.hex()}")
     return audit, entries
@@ -1137,12 +1444,15 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
 
     def refuses(mutate, what):
         copy = [pb.LogEntry.FromString(e.SerializeToString()) for e in entries]
-        mutate(copy)
+        at = mutate(copy)  # the sequence the auditor must name, if one, or (sequence, words in the reason)
+        at, why = at if isinstance(at, tuple) else (at, "")
         audit = Auditor(root_pub, ledger_id)
         try:
             for e in copy:
                 audit.apply(e)
-        except Mismatch:
+        except Mismatch as e:
+            check(at is None or (str(e).startswith(f"log entry {at}:") and why in str(e)),
+                  f"the auditor refused a log with {what}, but not at entry {at} {why!r}: {e}")
             CHECKS[0] += 1
             return
         raise Mismatch(f"the auditor accepted a log with {what}")
@@ -1152,7 +1462,8 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
         for e in copy[start:]:
             e.prev_hash = prev
             se = e.signed_event
-            e.hash = prev = entry_hash(prev, e.sequence, ts_micros(e.recorded_at), se.signer_id, se.signature, se.event)
+            e.hash = prev = entry_hash(prev, e.sequence, ts_micros(e.recorded_at), se.signer_id, se.signature,
+                                       se.event, refusal_of(e))
 
     def flip_event(copy):
         copy[-1].signed_event.event = copy[-1].signed_event.event[:-1] + b"\x03"
@@ -1171,7 +1482,8 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
         rehash(copy, 0)
 
     def old_key(copy):  # an event after the rotation, re-signed with the rotated-out key, is not in the log
-        i = next(i for i, e in enumerate(copy) if pb.Event.FromString(e.signed_event.event).HasField("key_rotated"))
+        i = next(i for i, e in enumerate(copy) if not e.HasField("refusal")
+                 and pb.Event.FromString(e.signed_event.event).HasField("key_rotated"))
         copy[i:] = copy[i + 1:]
         for n, e in enumerate(copy, 1):
             e.sequence = n
@@ -1181,7 +1493,58 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
         copy[-1].recorded_at.seconds = copy[-2].recorded_at.seconds - 1
         rehash(copy, len(copy) - 1)
 
+    def refusal_index(copy, in_batch, code=None):
+        return next(i for i, e in enumerate(copy) if e.HasField("refusal")
+                    and e.refusal.in_atomic_batch == in_batch and code in (None, e.refusal.code))
+
+    def refusal_applied(copy):  # a refused overspend turned into an applied entry, chain rebuilt
+        i = refusal_index(copy, False, FAILED_PRECONDITION)
+        copy[i].ClearField("refusal")
+        rehash(copy, i)
+        return copy[i].sequence
+
+    def refusal_recoded(copy):  # FAILED_PRECONDITION recorded as PERMISSION_DENIED, chain rebuilt
+        i = refusal_index(copy, False, FAILED_PRECONDITION)
+        copy[i].refusal.code = PERMISSION_DENIED
+        rehash(copy, i)
+        return copy[i].sequence
+
+    def aborted_alone(copy):  # an ABORTED refusal outside an atomic batch, chain rebuilt
+        i = refusal_index(copy, True, ABORTED)
+        copy[i].refusal.in_atomic_batch = False
+        rehash(copy, i)
+        return copy[i].sequence
+
+    def applied_refused(copy):  # an applied purchase recorded as refused instead, chain rebuilt
+        i = next(i for i, e in enumerate(copy) if not e.HasField("refusal")
+                 and pb.Event.FromString(e.signed_event.event).HasField("purchase"))
+        copy[i].refusal.CopyFrom(pb.Refusal(code=FAILED_PRECONDITION, message="overspend"))
+        rehash(copy, i)
+        return copy[i].sequence
+
+    def refusal_message(copy):  # the recorded message changed, chain not rebuilt
+        i = refusal_index(copy, False)
+        copy[i].refusal.message += "."
+        return copy[i].sequence
+
+    def refused_replayed(copy):  # defect 7: the refused 550.00 appended later as applied, chain rebuilt
+        e = next(e for e in copy if e.HasField("refusal") and not e.refusal.in_atomic_batch
+                 and pb.Event.FromString(e.signed_event.event).payment.amount == "550.00")
+        again = pb.LogEntry.FromString(e.SerializeToString())
+        again.ClearField("refusal")
+        again.sequence = copy[-1].sequence + 1
+        again.recorded_at.CopyFrom(copy[-1].recorded_at)
+        copy.append(again)
+        rehash(copy, len(copy) - 1)
+        return again.sequence, "repeated"  # the rules alone would accept it: 599.00 is held by then
+
     refuses(flip_event, "a changed event byte")
+    refuses(refusal_applied, "a recorded refusal turned into an applied entry (chain rebuilt)")
+    refuses(refusal_recoded, "a refusal's code changed (chain rebuilt)")
+    refuses(aborted_alone, "ABORTED recorded outside an atomic batch (chain rebuilt)")
+    refuses(applied_refused, "an applied purchase recorded as refused (chain rebuilt)")
+    refuses(refusal_message, "a refusal's message changed")
+    refuses(refused_replayed, "a refused payment applied later (its (signer, event_id) again, chain rebuilt)")
     refuses(forge_amount, "a forged amount and a rebuilt chain")
     # A dropped entry with the chain rebuilt can be a valid ledger (log-format.md
     # §6 says so): the partners' receipts are what catch it.
@@ -1192,7 +1555,8 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
     refuses(old_key, "the key rotation removed")
     refuses(clock, "recorded_at going backwards")
     print("   refused: a changed byte, a forged amount (chain rebuilt), a removed key rotation, a clock going "
-          "backwards; a dropped entry (chain rebuilt) fails the Append receipts")
+          "backwards, a refusal applied / re-coded / ABORTED alone / its message changed, an applied purchase "
+          "recorded as refused, a refused payment applied later; a dropped entry (chain rebuilt) fails the Append receipts")
 
 
 def audit_only(addr, datadir, head_file):

@@ -292,9 +292,19 @@ impl Engine {
             .iter()
             .zip(&keys)
             .map(|(e, key)| {
-                phb_domain::event::decode_event(&e.event, ctx)?;
+                let event = phb_domain::event::decode_event(&e.event, ctx)?;
                 match key {
-                    Some(key) => Ledger::verify_under(key, e).map(|()| Some(*key)),
+                    Some(key) => Ledger::verify_under(key, e)
+                        .map(|()| Some(*key))
+                        .or_else(|r| {
+                            // A resubmission of a stored event is answered as
+                            // such even if its signer's key has since rotated:
+                            // the writer recognises it before authenticating.
+                            match self.reader.find_event(&e.signer_id, &event.event_id) {
+                                Some(hit) if hit.digest == e.digest() => Ok(None),
+                                _ => Err(r),
+                            }
+                        }),
                     None => Ok(None),
                 }
             })
@@ -303,7 +313,8 @@ impl Engine {
             e.signer_id == phb_domain::event::ROOT_SIGNER && matches!(c, Ok(Some(_)))
         });
         for ((e, c), key) in events.iter().zip(checked.iter_mut()).zip(&keys) {
-            let unknown = matches!(c, Ok(None));
+            // (`Ok(None)` with a known key is a stored duplicate: the writer answers it.)
+            let unknown = matches!(c, Ok(None)) && key.is_none();
             let bad_signature =
                 matches!(c, Err(r) if r.code == phb_domain::RejectCode::Unauthenticated);
             if root_signed && (unknown || (bad_signature && key.is_some())) {

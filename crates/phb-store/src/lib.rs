@@ -751,6 +751,13 @@ impl LogReader {
         self.read_at(offset, from, through, max, len)
     }
 
+    /// Where an idempotency key stands, per the index (`None` if unknown or
+    /// the index fails: callers use this only to avoid refusing too early).
+    pub fn find_event(&self, signer_id: &str, event_id: &str) -> Option<IndexedEvent> {
+        let v = self.index.get(event_key(signer_id, event_id)).ok()??;
+        parse_index_value(&v)
+    }
+
     /// The offset the index gives for `seq`, if it can.
     fn indexed_offset(&self, seq: u64) -> Option<u64> {
         match self.index.get(seq_key(seq)) {
