@@ -22,8 +22,6 @@ use tonic::Status;
 
 /// Length of a gRPC message frame header: a flag byte and a u32 length.
 const GRPC_HEADER: usize = 5;
-/// Calls whose request is exactly one message: every LedgerService method.
-const ONE_MESSAGE_PREFIX: &str = concat!("/phb.ledger.v1.LedgerService", "/");
 
 /// Request-body bytes held across the server, and the part of them beyond
 /// the first [`SMALL_REQUEST_BYTES`] of each body.
@@ -99,7 +97,14 @@ where
             req.extensions_mut().insert(c.tcp);
             Arc::new(RequestGuard::new(c.state))
         });
-        let one_message = req.uri().path().starts_with(ONE_MESSAGE_PREFIX);
+        // Every LedgerService method takes exactly one request message
+        // (health and reflection have streaming requests).
+        let one_message = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(phb_proto::SERVICE_NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
         let shared = self.shared.clone();
         let req_guard = guard.clone();
         let req = req.map(move |body| {
