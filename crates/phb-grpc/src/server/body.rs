@@ -8,6 +8,7 @@
 //! Counting here, where tonic reads the body, bounds what it can buffer.
 
 use super::conn::{ConnInfo, RequestGuard};
+use super::limits::SMALL_REQUEST_BYTES;
 use super::Shared;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,11 +22,9 @@ use tonic::Status;
 
 /// Length of a gRPC message frame header: a flag byte and a u32 length.
 const GRPC_HEADER: usize = 5;
-/// Calls whose request is exactly one message: every LedgerService method.
-const ONE_MESSAGE_PREFIX: &str = concat!("/phb.ledger.v1.LedgerService", "/");
 
-/// Request-body bytes held across the server, and the part of them held by
-/// large bodies (see [`super::limits::LARGE_REQUEST_BYTES`]).
+/// Request-body bytes held across the server, and the part of them beyond
+/// the first [`SMALL_REQUEST_BYTES`] of each body.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
     pub(crate) total: AtomicUsize,
@@ -98,7 +97,14 @@ where
             req.extensions_mut().insert(c.tcp);
             Arc::new(RequestGuard::new(c.state))
         });
-        let one_message = req.uri().path().starts_with(ONE_MESSAGE_PREFIX);
+        // Every LedgerService method takes exactly one request message
+        // (health and reflection have streaming requests).
+        let one_message = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(phb_proto::SERVICE_NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
         let shared = self.shared.clone();
         let req_guard = guard.clone();
         let req = req.map(move |body| {
@@ -214,7 +220,6 @@ pub(crate) struct LimitedBody {
     guard: Option<Arc<RequestGuard>>,
     /// Bytes this body has charged to the budgets and not yet released.
     held: usize,
-    large: bool,
     framing: Framing,
     one_message: bool,
     deadline: Pin<Box<Sleep>>,
@@ -234,7 +239,6 @@ impl LimitedBody {
             shared,
             guard,
             held: 0,
-            large: false,
             framing: Framing::default(),
             one_message,
             deadline,
@@ -267,16 +271,12 @@ impl LimitedBody {
             self.uncharge_conn(n);
             return Err(server_full());
         }
-        let was_large = self.large;
-        let now_large = self.held + n > super::limits::LARGE_REQUEST_BYTES;
-        if now_large {
-            let add = if was_large { n } else { self.held + n };
-            if !charge(&budget.large, add, limits.large_request_buffer_bytes()) {
-                self.uncharge_conn(n);
-                release(&budget.total, n);
-                return Err(server_full());
-            }
-            self.large = true;
+        let beyond = |held: usize| held.saturating_sub(SMALL_REQUEST_BYTES);
+        let large = beyond(self.held + n) - beyond(self.held);
+        if large > 0 && !charge(&budget.large, large, limits.large_request_buffer_bytes()) {
+            self.uncharge_conn(n);
+            release(&budget.total, n);
+            return Err(server_full());
         }
         self.held += n;
         budget
@@ -296,9 +296,10 @@ impl LimitedBody {
         let n = std::mem::take(&mut self.held);
         self.uncharge_conn(n);
         release(&self.shared.budget.total, n);
-        if std::mem::take(&mut self.large) {
-            release(&self.shared.budget.large, n);
-        }
+        release(
+            &self.shared.budget.large,
+            n.saturating_sub(SMALL_REQUEST_BYTES),
+        );
     }
 
     /// Ends the body with `status` (tonic answers the call with it).

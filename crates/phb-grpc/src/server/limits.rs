@@ -20,10 +20,11 @@ pub const DEFAULT_REQUEST_BUFFER_BYTES: usize = 256 * 1024 * 1024;
 /// Default budget for request-body bytes buffered on one connection: two
 /// requests of the largest size in flight at once.
 pub const DEFAULT_CONNECTION_BUFFER_BYTES: usize = 2 * MAX_REQUEST_BYTES;
-/// A request body larger than this counts as large: large bodies together
-/// may hold at most three quarters of the request buffer budget, so stalled
-/// big uploads cannot starve ordinary calls, which are far smaller.
-pub const LARGE_REQUEST_BYTES: usize = 1024 * 1024;
+/// Bytes of each request body that count only against the whole budget.
+/// What a body holds beyond this, all bodies together may hold for at most
+/// three quarters of the budget: stalled big uploads cannot take the last
+/// quarter, which keeps room for ordinary calls (a few KiB each).
+pub const SMALL_REQUEST_BYTES: usize = 64 * 1024;
 /// Default time a request has to deliver its whole body (for a stream of
 /// requests: each message, counted from the previous one).
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,8 +144,9 @@ impl ServerLimits {
                 needed: LARGEST_BODY,
             });
         }
-        // Large bodies get three quarters of the budget.
-        let needed = LARGEST_BODY.div_ceil(3) * 4;
+        // Bytes past the first SMALL_REQUEST_BYTES of a body get three
+        // quarters of the budget.
+        let needed = (LARGEST_BODY - SMALL_REQUEST_BYTES).div_ceil(3) * 4;
         if self.request_buffer_bytes < needed {
             return Err(LimitsError::TooSmall {
                 name: "request_buffer_bytes",
@@ -176,7 +178,8 @@ impl ServerLimits {
             .min(usize::try_from(fit).unwrap_or(usize::MAX))
     }
 
-    /// The part of `request_buffer_bytes` that large bodies may hold.
+    /// The part of `request_buffer_bytes` that bytes beyond
+    /// [`SMALL_REQUEST_BYTES`] of each body may hold together.
     pub(crate) fn large_request_buffer_bytes(&self) -> usize {
         self.request_buffer_bytes / 4 * 3
     }
