@@ -2483,7 +2483,7 @@ fn no_event_of_a_batch_refused_by_the_rules_is_written_later() {
 /// organisation is registered by another event, they can be written on
 /// their own.
 #[test]
-#[ignore = "known gap in Writer::abort_batch/Ledger::admit_refused, reported to the lead"]
+#[ignore = "known gap, docs/api.md §3 (atomic batches that register or re-key their own signer): to fix next"]
 fn a_batch_that_registers_its_signer_is_final_too() {
     let mut h = Harness::with_cast();
     let register = || {
@@ -2510,6 +2510,45 @@ fn a_batch_that_registers_its_signer_is_final_too() {
     let (_, o) = h.one(register());
     assert!(matches!(o, Outcome::Written(_)), "{o:?}");
     // The budget opening that was answered ABORTED is written now.
+    let o = h.again(&built[1..2], false);
+    assert!(
+        o[0].is_refusal(),
+        "an event of a failed batch was written later: {o:?}"
+    );
+}
+
+/// The same for a key rotation: an atomic request that rotates a key and
+/// then uses the new key (the engine's precheck lets a signature that does
+/// not verify under the current key through when a root-signed event in the
+/// same request checks out), then fails by a decision. After the rollback
+/// the event signed with the new key no longer authenticates, so it is
+/// answered ABORTED without being recorded; once the key is rotated by
+/// another event, it can be written on its own.
+#[test]
+#[ignore = "known gap, docs/api.md §3 (atomic batches that register or re-key their own signer): to fix next"]
+fn a_batch_that_rotates_its_signers_key_is_final_too() {
+    let mut h = Harness::with_cast();
+    let rotate = || {
+        natural(Op::Rotate {
+            org: 1,
+            key: KeyChoice::Seed(1),
+        })
+    };
+    let with_new_key = Step {
+        sig: Sig::Key(1, 1),
+        ..natural(allocate(0, "100.00"))
+    };
+    let (built, out) = h.request(
+        true,
+        vec![rotate(), with_new_key, natural(pay(0, "5000.00"))],
+    );
+    assert!(
+        matches!(&out[2], Outcome::Refused { reject, .. } if reject.code == RejectCode::FailedPrecondition),
+        "{out:?}"
+    );
+    let (_, o) = h.one(rotate());
+    assert!(matches!(o, Outcome::Written(_)), "{o:?}");
+    // The allocation that was answered ABORTED is written now.
     let o = h.again(&built[1..2], false);
     assert!(
         o[0].is_refusal(),
