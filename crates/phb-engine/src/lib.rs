@@ -12,7 +12,9 @@
 #![deny(missing_docs)]
 
 use phb_domain::chain::{Hash, LogEntry, SignedEvent};
-use phb_domain::{Admission, Admitted, Change, Head, Ledger, Reject, Stored, Undo};
+use phb_domain::{
+    Admission, Admitted, Committed, Event, Ledger, Projection, ReadModel, Reject, Stored, Undo,
+};
 use phb_store::{
     Append, DataDirLock, LockError, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES,
 };
@@ -55,6 +57,10 @@ pub enum OpenError {
     /// Storage failed or is corrupt.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The read model folded from the log disagrees with the write model:
+    /// a bug in a projection, never a property of the data.
+    #[error("the projections disagree with the write model after replay: {0}")]
+    Projection(String),
     /// The writer thread could not start.
     #[error("starting the writer thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -150,7 +156,7 @@ enum Request {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Request>,
-    view: Arc<RwLock<Ledger>>,
+    view: Arc<RwLock<ReadModel>>,
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
@@ -202,16 +208,21 @@ impl Engine {
         let options = phb_store::OpenOptions {
             allow_index_rebuild: config.allow_index_rebuild,
         };
+        // The read model is folded from the same entries as they are
+        // replayed: it is, by construction, what a rebuild gives.
+        let mut read = ReadModel::new(config.ledger_id.clone(), config.root_key);
         let (store, report) = Store::open(&config.data_dir, options, &mut |entry| {
             let event = ledger.replay(entry).map_err(|e| e.to_string())?;
+            read.apply(&Committed::of(entry, &event));
             if !ids.insert((entry.signed.signer_id.clone(), event.event_id)) {
                 return Err("the signer already used this event_id earlier in the log".into());
             }
             Ok(())
         })?;
         drop(ids);
+        check_projections(&ledger, &read)?;
         let reader = Arc::new(store.reader()?);
-        let view = Arc::new(RwLock::new(ledger.clone()));
+        let view = Arc::new(RwLock::new(read));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (writable_tx, writable) = watch::channel(true);
@@ -242,7 +253,7 @@ impl Engine {
 
     /// The committed state. Hold the guard briefly: the writer waits for it
     /// after every group.
-    pub fn view(&self) -> RwLockReadGuard<'_, Ledger> {
+    pub fn view(&self) -> RwLockReadGuard<'_, ReadModel> {
         // A poisoned lock means a panic while applying a committed group; the
         // data is still the last fully applied state, so keep serving reads.
         self.view.read().unwrap_or_else(|p| p.into_inner())
@@ -435,7 +446,7 @@ impl Engine {
 struct Writer {
     store: Store,
     ledger: Ledger,
-    view: Arc<RwLock<Ledger>>,
+    view: Arc<RwLock<ReadModel>>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     // Dropped after the store (fields drop in order): the directory stays
@@ -454,9 +465,8 @@ impl Drop for Writer {
 /// One entry admitted into the group under construction.
 struct Staged {
     entry: LogEntry,
-    event_id: String,
+    event: Event,
     digest: Hash,
-    change: Change,
     undo: Undo,
 }
 
@@ -480,9 +490,8 @@ impl Group {
         debug_assert!(previous.is_none(), "admit let a used key through");
         self.staged.push(Staged {
             entry: a.entry,
-            event_id: a.event.event_id,
+            event: a.event,
             digest: a.digest,
-            change: a.change,
             undo: a.undo,
         });
     }
@@ -505,7 +514,7 @@ impl Group {
         let dropped = self.staged.split_off(len);
         for s in &dropped {
             self.keys
-                .remove(&(s.entry.signed.signer_id.clone(), s.event_id.clone()));
+                .remove(&(s.entry.signed.signer_id.clone(), s.event.event_id.clone()));
         }
         ledger.rollback(dropped.into_iter().map(|s| s.undo).collect::<Vec<_>>());
         debug_assert_eq!(self.keys.len(), self.staged.len());
@@ -771,7 +780,7 @@ impl Writer {
             .iter()
             .map(|s| Append {
                 entry: &s.entry,
-                event_id: &s.event_id,
+                event_id: &s.event.event_id,
             })
             .collect();
         match self.store.append(&appends) {
@@ -779,8 +788,8 @@ impl Writer {
                 let entries = appends.len();
                 drop(appends);
                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                for s in group.staged {
-                    view.apply(s.change, Head::of(&s.entry));
+                for s in &group.staged {
+                    view.apply(&Committed::of(&s.entry, &s.event));
                 }
                 debug_assert_eq!(view.head(), self.ledger.head());
                 let head = view.head().sequence;
@@ -819,6 +828,23 @@ impl Writer {
             }
         }
     }
+}
+
+/// The read model folded during replay must agree with the write model's
+/// own state: two independent computations of every figure and key, checked
+/// once per start (an assertion on the projections, not on input).
+fn check_projections(ledger: &Ledger, read: &ReadModel) -> Result<(), OpenError> {
+    let disagree = |what: String| Err(OpenError::Projection(what));
+    if read.head() != ledger.head() {
+        return disagree(format!("head {:?} vs {:?}", read.head(), ledger.head()));
+    }
+    if !ledger.budgets().eq(read.balances().budgets()) {
+        return disagree("the balances differ from the write model's budgets".into());
+    }
+    if !ledger.organisations().eq(read.directory().organisations()) {
+        return disagree("the directory differs from the write model's registry".into());
+    }
+    Ok(())
 }
 
 /// The answer to a resubmission of a stored event: the original outcome.
