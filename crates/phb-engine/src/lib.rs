@@ -220,6 +220,7 @@ impl Engine {
             Ok(())
         })?;
         drop(ids);
+        ledger.finish_replay();
         check_projections(&ledger, &read)?;
         let reader = Arc::new(store.reader()?);
         let view = Arc::new(RwLock::new(read));
@@ -676,11 +677,11 @@ impl Writer {
     }
 
     /// An atomic request failed at `failed_at` (its entries are already
-    /// rolled back). If the failure was a decision of the rules, every
-    /// event of the request that can be recorded is recorded as refused
-    /// (the failing one with its refusal, the others ABORTED), so that none
-    /// of them can be applied later on its own; otherwise the others are
-    /// answered ABORTED and may be sent again.
+    /// rolled back). If the failure was a decision of the rules, the whole
+    /// request is recorded as refused (`Ledger::admit_failed_batch`: the
+    /// failing event with its refusal, the others ABORTED), so that none of
+    /// its events can be applied later; otherwise the others are answered
+    /// ABORTED and may be sent again.
     fn abort_batch(
         &mut self,
         group: &mut Group,
@@ -690,83 +691,102 @@ impl Writer {
         now: i64,
     ) -> Vec<Answer> {
         let failure = answers.swap_remove(failed_at);
-        let (reason, decided) = match &failure.outcome {
-            Outcome::Refused { reject, .. } => (reject.message.clone(), true),
-            Outcome::Rejected(r) => (r.message.clone(), false),
-            _ => (String::new(), false),
-        };
+        let reason = failure
+            .outcome
+            .reject()
+            .map(|r| r.message.clone())
+            .unwrap_or_default();
         let aborted = aborted_by(failed_at, &reason);
-        let mut out = Vec::with_capacity(req.events.len());
-        for (i, sub) in req.events.iter().enumerate() {
-            let reject = match (&failure.outcome, i == failed_at) {
-                // A retry: the original refusal stands.
-                (
-                    Outcome::Refused {
-                        duplicate: true, ..
-                    },
-                    true,
-                ) => {
-                    out.push(Answer {
-                        outcome: failure.outcome.clone(),
-                        names_group: failure.names_group,
-                    });
-                    continue;
-                }
-                (Outcome::Refused { reject, .. }, true) => reject.clone(),
-                (_, true) => {
-                    out.push(Answer {
-                        outcome: failure.outcome.clone(),
-                        names_group: failure.names_group,
-                    });
-                    continue;
-                }
-                (_, false) => aborted.clone(),
+        let decided = match &failure.outcome {
+            // A new decision; a retry of a recorded one is final already.
+            Outcome::Refused {
+                reject,
+                duplicate: false,
+                ..
+            } => Some(reject.clone()),
+            _ => None,
+        };
+        let Some(reject) = decided else {
+            let recorded_retry = matches!(failure.outcome, Outcome::Refused { .. });
+            return (0..req.events.len())
+                .map(|i| {
+                    if i == failed_at {
+                        Answer {
+                            outcome: failure.outcome.clone(),
+                            names_group: failure.names_group,
+                        }
+                    } else if recorded_retry {
+                        // Its batch was recorded when it first failed: the
+                        // others get their own recorded answers.
+                        self.try_recorded(group, &req.events[i], &aborted)
+                    } else {
+                        Outcome::Rejected(aborted.clone()).into()
+                    }
+                })
+                .collect();
+        };
+        let names_group = Cell::new(false);
+        let batch: Vec<_> = req
+            .events
+            .iter()
+            .map(|s| (&s.signed, s.verified_key.as_ref()))
+            .collect();
+        let results = {
+            let lookup = |signer: &str, id: &str| {
+                Self::lookup(&self.store, group, &names_group)(signer, id)
             };
-            if !decided {
-                out.push(Outcome::Rejected(reject).into());
-                continue;
-            }
-            out.push(self.record_refused(group, sub, now, reject));
-        }
-        out
+            self.ledger
+                .admit_failed_batch(&batch, failed_at, &reject, &aborted, now, lookup)
+        };
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let fallback = if i == failed_at {
+                    reject.clone()
+                } else {
+                    aborted.clone()
+                };
+                let outcome = match r {
+                    Ok(Admission::Refused(a, reject)) => {
+                        let out = Outcome::Refused {
+                            reject,
+                            sequence: a.entry.sequence,
+                            entry_hash: a.entry.hash,
+                            duplicate: false,
+                        };
+                        group.stage(*a);
+                        out
+                    }
+                    Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
+                    // Already applied earlier, or not recordable: answered,
+                    // not recorded.
+                    Ok(_) | Err(_) => Outcome::Rejected(fallback),
+                };
+                Answer {
+                    outcome,
+                    names_group: names_group.get(),
+                }
+            })
+            .collect()
     }
 
-    /// Records `reject` for one event of a failed atomic request, if it can
-    /// be recorded; a retry of an event already recorded as refused gets its
-    /// original refusal.
-    fn record_refused(
-        &mut self,
-        group: &mut Group,
-        sub: &Submission,
-        now: i64,
-        reject: Reject,
-    ) -> Answer {
+    /// For a retried atomic request whose batch is already recorded: an
+    /// event's recorded refusal if it has one, else ABORTED unrecorded.
+    fn try_recorded(&mut self, group: &Group, sub: &Submission, aborted: &Reject) -> Answer {
         let names_group = Cell::new(false);
-        let recorded = self.ledger.admit_refused(
-            &sub.signed,
-            now,
-            sub.verified_key.as_ref(),
-            Self::lookup(&self.store, group, &names_group),
-            &reject,
-        );
-        let outcome = match recorded {
-            Ok(Admission::Refused(a, reject)) => {
-                let out = Outcome::Refused {
-                    reject,
-                    sequence: a.entry.sequence,
-                    entry_hash: a.entry.hash,
-                    duplicate: false,
-                };
-                group.stage(*a);
-                out
-            }
-            Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
-            // Already applied earlier, or not recordable (malformed,
-            // unauthenticated, its id used): answered, not recorded.
-            Ok(_) | Err(_) => Outcome::Rejected(reject),
-        };
+        let found = self
+            .ledger
+            .decode(&sub.signed, now_micros())
+            .ok()
+            .and_then(|e| {
+                Self::lookup(&self.store, group, &names_group)(&sub.signed.signer_id, &e.event_id)
+                    .ok()
+                    .flatten()
+            })
+            .filter(|s| s.digest == sub.signed.digest() && s.refusal.is_some());
         Answer {
-            outcome,
+            outcome: found.map_or_else(|| Outcome::Rejected(aborted.clone()), duplicate),
             names_group: names_group.get(),
         }
     }

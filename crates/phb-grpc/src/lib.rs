@@ -99,6 +99,7 @@ pub fn entry_pb(e: LogEntry) -> pb::LogEntry {
             code: r.code,
             in_atomic_batch: r.in_atomic_batch,
             message: r.message,
+            first_in_batch: r.first_in_batch,
         }),
     }
 }

@@ -166,6 +166,9 @@ pub struct Ledger {
     orgs: BTreeMap<String, Organisation>,
     budgets: BTreeMap<String, Budget>,
     head: Head,
+    /// During replay only: the speculative changes of the failed atomic
+    /// batch whose run of refusal entries is being replayed.
+    batch_run: Option<Vec<UndoChange>>,
 }
 
 impl Ledger {
@@ -181,6 +184,7 @@ impl Ledger {
                 hash: GENESIS_HASH,
                 recorded_at_micros: 0,
             },
+            batch_run: None,
         }
     }
 
@@ -215,24 +219,48 @@ impl Ledger {
         assert!(head.recorded_at_micros >= self.head.recorded_at_micros);
         let prev_head = self.head;
         self.head = head;
-        let change = match change {
+        let change = self.apply_state(change, head.sequence);
+        Undo {
+            change,
+            head: prev_head,
+        }
+    }
+
+    /// Installs a change in the state (not the head); returns its undo.
+    fn apply_state(&mut self, change: Change, sequence: u64) -> UndoChange {
+        match change {
             Change::Organisation(o) => {
                 let id = o.id.clone();
                 let prev = self.orgs.insert(id.clone(), o);
                 UndoChange::Organisation(id, prev)
             }
             Change::Budget(mut b) => {
-                b.last_sequence = head.sequence;
+                b.last_sequence = sequence;
                 debug_assert!(!b.available().is_negative() && !b.held().is_negative());
                 let id = b.id.clone();
                 let prev = self.budgets.insert(id.clone(), b);
                 UndoChange::Budget(id, prev)
             }
             Change::Refused => UndoChange::Nothing,
-        };
-        Undo {
-            change,
-            head: prev_head,
+        }
+    }
+
+    /// Reverts `apply_state`.
+    fn undo_state(&mut self, u: UndoChange) {
+        match u {
+            UndoChange::Organisation(id, Some(o)) => {
+                self.orgs.insert(id, o);
+            }
+            UndoChange::Organisation(id, None) => {
+                self.orgs.remove(&id);
+            }
+            UndoChange::Budget(id, Some(b)) => {
+                self.budgets.insert(id, b);
+            }
+            UndoChange::Budget(id, None) => {
+                self.budgets.remove(&id);
+            }
+            UndoChange::Nothing => {}
         }
     }
 
@@ -243,21 +271,7 @@ impl Ledger {
     ) {
         for u in undo.into_iter().rev() {
             self.head = u.head;
-            match u.change {
-                UndoChange::Organisation(id, Some(o)) => {
-                    self.orgs.insert(id, o);
-                }
-                UndoChange::Organisation(id, None) => {
-                    self.orgs.remove(&id);
-                }
-                UndoChange::Budget(id, Some(b)) => {
-                    self.budgets.insert(id, b);
-                }
-                UndoChange::Budget(id, None) => {
-                    self.budgets.remove(&id);
-                }
-                UndoChange::Nothing => {}
-            }
+            self.undo_state(u.change);
         }
     }
 
@@ -308,37 +322,86 @@ impl Ledger {
         }
     }
 
-    /// Records `reject` for an event of an atomic batch that failed by a
-    /// decision of the rules (the failing event itself, or another event of
-    /// the batch refused ABORTED with it), so that no event of the batch can
-    /// be applied later on its own: `Admission::Refused`. A resubmission of
-    /// a stored event is `Admission::Duplicate` (the caller answers it);
-    /// only a well-formed, authenticated event whose key is unused can be
-    /// recorded, otherwise this returns why not and the caller answers
-    /// `reject` unrecorded.
-    pub fn admit_refused(
+    /// Records an atomic batch that failed by a decision of the rules, so
+    /// that none of its events can be applied later, together or alone.
+    /// Call it with the batch's own events rolled back. `failed_at` is the
+    /// event whose refusal (`reject`) failed the batch; every other event is
+    /// recorded refused with `aborted`.
+    ///
+    /// The events are re-run in order against the state the batch saw: each
+    /// is authenticated there, and one the rules accept is applied
+    /// *speculatively*, so that a later event signed by an organisation the
+    /// batch registers or re-keys still authenticates. The speculative
+    /// changes are undone before returning; what is kept is one refusal
+    /// entry per recordable event (the first marked `first_in_batch`).
+    /// `replay` re-runs such a run of entries the same way, so an auditor
+    /// can check every signature and the failing event's code.
+    ///
+    /// One result per event: `Admission::Refused` (recorded),
+    /// `Admission::Duplicate` (already stored: the caller answers it), or
+    /// `Err` if it cannot be recorded (malformed, unauthenticated, its key
+    /// used) — the caller answers its refusal unrecorded.
+    pub fn admit_failed_batch(
         &mut self,
-        signed: &SignedEvent,
-        now_micros: i64,
-        verified_key: Option<&VerifyingKey>,
-        stored: impl FnOnce(&str, &str) -> Result<Option<Stored>, Reject>,
+        batch: &[(&SignedEvent, Option<&VerifyingKey>)],
+        failed_at: usize,
         reject: &Reject,
-    ) -> Result<Admission, Reject> {
-        debug_assert!(reject.code.is_decision() || reject.code == RejectCode::Aborted);
-        let (event, digest) = match self.identify(signed, now_micros, verified_key, stored)? {
-            Identified::New(event, digest) => (event, digest),
-            Identified::Duplicate(s) => return Ok(Admission::Duplicate(s)),
-        };
-        let refusal = Refusal::new(reject.code.grpc_code() as u32, true, &reject.message);
-        let a = self.append(
-            event,
-            digest,
-            signed,
-            now_micros,
-            Change::Refused,
-            Some(refusal),
-        );
-        Ok(Admission::Refused(Box::new(a), reject.clone()))
+        aborted: &Reject,
+        now_micros: i64,
+        mut stored: impl FnMut(&str, &str) -> Result<Option<Stored>, Reject>,
+    ) -> Vec<Result<Admission, Reject>> {
+        debug_assert!(reject.code.is_decision() && aborted.code == RejectCode::Aborted);
+        let mut speculative = Vec::new();
+        let mut recorded: BTreeMap<(String, String), Stored> = BTreeMap::new();
+        let mut first = true;
+        let mut results = Vec::with_capacity(batch.len());
+        for (i, (signed, verified_key)) in batch.iter().enumerate() {
+            let lookup = |signer: &str, id: &str| match recorded
+                .get(&(signer.to_string(), id.to_string()))
+            {
+                Some(s) => Ok(Some(s.clone())),
+                None => stored(signer, id),
+            };
+            let (event, digest) = match self.identify(signed, now_micros, *verified_key, lookup) {
+                Ok(Identified::New(event, digest)) => (event, digest),
+                Ok(Identified::Duplicate(s)) => {
+                    results.push(Ok(Admission::Duplicate(s)));
+                    continue;
+                }
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let this = if i == failed_at { reject } else { aborted };
+            if let Ok(change) = self.decide(&signed.signer_id, &event) {
+                speculative.push(self.apply_state(change, self.head.sequence));
+            }
+            let mut refusal = Refusal::new(this.code.grpc_code() as u32, true, &this.message);
+            refusal.first_in_batch = std::mem::take(&mut first);
+            let a = self.append(
+                event,
+                digest,
+                signed,
+                now_micros,
+                Change::Refused,
+                Some(refusal),
+            );
+            recorded.insert(
+                (signed.signer_id.clone(), a.event.event_id.clone()),
+                Stored {
+                    sequence: a.entry.sequence,
+                    digest: a.digest,
+                    entry_hash: a.entry.hash,
+                    refusal: a.entry.refusal.clone(),
+                },
+            );
+            results.push(Ok(Admission::Refused(Box::new(a), this.clone())));
+        }
+        for u in speculative.into_iter().rev() {
+            self.undo_state(u);
+        }
+        results
     }
 
     /// The checks before any decision: decode, duplicate, authenticate,
@@ -407,6 +470,20 @@ impl Ledger {
     /// Replays one stored entry: checks its place in the chain, its hash, its
     /// signature and every rule, exactly as the writer did, then applies it.
     pub fn replay(&mut self, entry: &LogEntry) -> Result<Event, ReplayError> {
+        // An entry that does not continue a failed batch's run ends it.
+        let continues_run =
+            matches!(&entry.refusal, Some(r) if r.in_atomic_batch && !r.first_in_batch);
+        if !continues_run {
+            self.end_batch_run();
+        } else if self.batch_run.is_none() {
+            return Err(ReplayError::Invalid {
+                sequence: entry.sequence,
+                reject: Reject::invalid(
+                    "refusal",
+                    "continues a failed atomic batch, but no batch starts before it",
+                ),
+            });
+        }
         let expected = self.head.sequence + 1;
         if entry.sequence != expected {
             return Err(ReplayError::Gap {
@@ -431,6 +508,25 @@ impl Ledger {
         let decided = self.decide(&entry.signed.signer_id, &event);
         let change = match (&entry.refusal, decided) {
             (None, decided) => decided.map_err(invalid)?,
+            (Some(r), decided) if r.in_atomic_batch => {
+                if r.first_in_batch {
+                    self.batch_run = Some(Vec::new());
+                }
+                let (refused, accepted) = match decided {
+                    Ok(change) => (None, Some(change)),
+                    Err(e) => (Some(e), None),
+                };
+                self.check_refusal(entry.sequence, r, refused)?;
+                // As the writer did: what the rules accept is applied for
+                // the rest of the run, and undone when the run ends.
+                if let Some(change) = accepted {
+                    let u = self.apply_state(change, self.head.sequence);
+                    if let Some(run) = &mut self.batch_run {
+                        run.push(u);
+                    }
+                }
+                Change::Refused
+            }
             (Some(r), decided) => {
                 self.check_refusal(entry.sequence, r, decided.err())?;
                 Change::Refused
@@ -438,6 +534,20 @@ impl Ledger {
         };
         self.apply(change, Head::of(entry));
         Ok(event)
+    }
+
+    /// Ends replay: undoes the speculative changes of a failed atomic
+    /// batch that ends the log. Call after the last `replay`.
+    pub fn finish_replay(&mut self) {
+        self.end_batch_run();
+    }
+
+    fn end_batch_run(&mut self) {
+        if let Some(run) = self.batch_run.take() {
+            for u in run.into_iter().rev() {
+                self.undo_state(u);
+            }
+        }
     }
 
     /// A recorded refusal must be one the writer makes: a decision of the
@@ -458,7 +568,8 @@ impl Ledger {
         let code = RejectCode::from_grpc(r.code)
             .filter(|c| c.is_decision() || (r.in_atomic_batch && *c == RejectCode::Aborted))
             .ok_or_else(|| disagrees("never record that code".into()))?;
-        if r.in_atomic_batch {
+        if code == RejectCode::Aborted {
+            // Refused with the batch, whatever the rules say of it alone.
             return Ok(());
         }
         match decided {
