@@ -166,11 +166,16 @@ pub fn event(
 
 /// Signs `bytes` as `ORGS[org]` with key `k`.
 pub fn sign_bytes(org: usize, k: usize, bytes: Vec<u8>) -> SignedEvent {
-    let signature = signing_key(org, k).sign(&bytes).to_bytes().to_vec();
+    sign_bytes_with(&signing_key(org, k), org, bytes)
+}
+
+/// Signs `bytes` as `ORGS[org]` with `key` (its current key, say, or
+/// someone else's).
+pub fn sign_bytes_with(key: &SigningKey, org: usize, bytes: Vec<u8>) -> SignedEvent {
     SignedEvent {
+        signature: key.sign(&bytes).to_bytes().to_vec(),
         event: bytes,
         signer_id: ORGS[org].to_string(),
-        signature,
     }
 }
 
