@@ -890,8 +890,6 @@ impl Harness {
         signed
     }
 
-    /// `Writer::lookup`, minus the store: the harness's own index stands in
-
     /// Builds a request against the current state (as a client would) and
     /// processes it; returns what was sent and what came back.
     fn process(&mut self, batch: &Batch) -> (Vec<SignedEvent>, Vec<Outcome>) {
