@@ -387,7 +387,10 @@ async fn a_failed_batch_that_registers_its_signer_is_final() {
     again.event_id = w.new_id("reg-again");
     assert_written(&w.append_signed(root.sign(&again)).await);
     let r = w.append_signed(open).await;
-    assert!(r.duplicate && result_code(&r) == Code::Aborted as i32, "{r:?}");
+    assert!(
+        r.duplicate && result_code(&r) == Code::Aborted as i32,
+        "{r:?}"
+    );
     assert_status(
         get_balance(&w.client, &w.auditor, "nb-1").await,
         Code::NotFound,

@@ -697,33 +697,24 @@ impl Writer {
             .map(|r| r.message.clone())
             .unwrap_or_default();
         let aborted = aborted_by(failed_at, &reason);
-        let decided = match &failure.outcome {
-            // A new decision; a retry of a recorded one is final already.
-            Outcome::Refused {
-                reject,
-                duplicate: false,
-                ..
-            } => Some(reject.clone()),
-            _ => None,
-        };
-        let Some(reject) = decided else {
-            let recorded_retry = matches!(failure.outcome, Outcome::Refused { .. });
-            return (0..req.events.len())
-                .map(|i| {
-                    if i == failed_at {
-                        Answer {
-                            outcome: failure.outcome.clone(),
-                            names_group: failure.names_group,
+        // A new decision, or a retry of a recorded one: either way the
+        // batch failed by the rules, and is recorded.
+        let reject = match &failure.outcome {
+            Outcome::Refused { reject, .. } => reject.clone(),
+            _ => {
+                return (0..req.events.len())
+                    .map(|i| {
+                        if i == failed_at {
+                            Answer {
+                                outcome: failure.outcome.clone(),
+                                names_group: failure.names_group,
+                            }
+                        } else {
+                            Outcome::Rejected(aborted.clone()).into()
                         }
-                    } else if recorded_retry {
-                        // Its batch was recorded when it first failed: the
-                        // others get their own recorded answers.
-                        self.try_recorded(group, &req.events[i], &aborted)
-                    } else {
-                        Outcome::Rejected(aborted.clone()).into()
-                    }
-                })
-                .collect();
+                    })
+                    .collect();
+            }
         };
         let names_group = Cell::new(false);
         let batch: Vec<_> = req
@@ -732,9 +723,8 @@ impl Writer {
             .map(|s| (&s.signed, s.verified_key.as_ref()))
             .collect();
         let results = {
-            let lookup = |signer: &str, id: &str| {
-                Self::lookup(&self.store, group, &names_group)(signer, id)
-            };
+            let lookup =
+                |signer: &str, id: &str| Self::lookup(&self.store, group, &names_group)(signer, id);
             self.ledger
                 .admit_failed_batch(&batch, failed_at, &reject, &aborted, now, lookup)
         };
@@ -769,26 +759,6 @@ impl Writer {
                 }
             })
             .collect()
-    }
-
-    /// For a retried atomic request whose batch is already recorded: an
-    /// event's recorded refusal if it has one, else ABORTED unrecorded.
-    fn try_recorded(&mut self, group: &Group, sub: &Submission, aborted: &Reject) -> Answer {
-        let names_group = Cell::new(false);
-        let found = self
-            .ledger
-            .decode(&sub.signed, now_micros())
-            .ok()
-            .and_then(|e| {
-                Self::lookup(&self.store, group, &names_group)(&sub.signed.signer_id, &e.event_id)
-                    .ok()
-                    .flatten()
-            })
-            .filter(|s| s.digest == sub.signed.digest() && s.refusal.is_some());
-        Answer {
-            outcome: found.map_or_else(|| Outcome::Rejected(aborted.clone()), duplicate),
-            names_group: names_group.get(),
-        }
     }
 
     fn commit(&mut self, group: Group, pending: &mut [Pending]) {

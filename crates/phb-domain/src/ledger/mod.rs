@@ -350,7 +350,12 @@ impl Ledger {
         now_micros: i64,
         mut stored: impl FnMut(&str, &str) -> Result<Option<Stored>, Reject>,
     ) -> Vec<Result<Admission, Reject>> {
-        debug_assert!(reject.code.is_decision() && aborted.code == RejectCode::Aborted);
+        // `reject` is a decision, or (a retry of an event recorded with an
+        // earlier batch) that batch's ABORTED.
+        debug_assert!(
+            (reject.code.is_decision() || reject.code == RejectCode::Aborted)
+                && aborted.code == RejectCode::Aborted
+        );
         let mut speculative = Vec::new();
         let mut recorded: BTreeMap<(String, String), Stored> = BTreeMap::new();
         let mut first = true;
