@@ -11,9 +11,9 @@
 
 use phb_client::{kinds, Signer};
 use phb_domain::{LogEntry, Refusal, SignedEvent, GENESIS_HASH};
-use phb_fuzz::cast::{self, secret, BUDGETS, HOUR, LEDGER_ID, ORGS, T0};
 use phb_fuzz::wire;
 use phb_proto::v1 as pb;
+use phb_sim::cast::{self, secret, BUDGETS, HOUR, LEDGER_ID, ORGS, T0};
 use std::path::{Path, PathBuf};
 
 fn signer(org: usize) -> Signer {

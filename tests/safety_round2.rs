@@ -340,3 +340,60 @@ async fn reserved_header_bytes_are_named() {
         failure.stderr
     );
 }
+
+/// Defect 7, atomic batches that register or re-key their own signer: an
+/// event that authenticates only through an earlier event of the batch is
+/// recorded too when the batch fails by a decision (the auditor re-runs the
+/// batch against the keys it saw), so it cannot be written later on its
+/// own, even once its signer is registered by another event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_that_registers_its_signer_is_final() {
+    let mut w = World::new().await;
+    let (c, root) = (w.commissioner.clone(), w.server.root.clone());
+    let newcomer = Signer::generate("late-tp-2");
+    let d = "batch-reg";
+    w.open_direct(d).await;
+    let register = w.sign(
+        &root,
+        "",
+        kinds::register(
+            &newcomer.id,
+            &[pb::Role::Commissioner],
+            &newcomer.public_key().to_bytes(),
+        ),
+    );
+    let k = kinds::open("h-new", &newcomer.id, pb::Management::Notional, "", "");
+    let open = w.sign(&newcomer, "nb-1", k);
+    // Fails by a decision: the commissioner pays on a direct-payment budget
+    // (only its funds holder may).
+    let overspend = w.sign(&c, d, kinds::pay("5.00", provider(), "p", "therapy"));
+    let rs = w
+        .append_batch(vec![register.clone(), open.clone(), overspend], true)
+        .await;
+    assert_refused(&rs[0], Code::Aborted);
+    assert_refused(&rs[1], Code::Aborted);
+    assert_refused(&rs[2], Code::PermissionDenied);
+    assert!(rs.iter().all(|r| r.refusal_sequence > 0), "{rs:?}");
+    let log = w.log().await;
+    let first = &log[(rs[0].refusal_sequence - 1) as usize];
+    assert!(first.refusal.as_ref().is_some_and(|r| r.first_in_batch));
+    // The log replays after a restart (the batch is re-run as recorded) and
+    // an independent auditor verifies every signature in it.
+    w.server.restart();
+    w.reconnect().await;
+    audit_log(&w.log().await, &w.server.root.public_key());
+    // Register the newcomer under a new event: its recorded event stays refused.
+    let mut again = <pb::Event as prost::Message>::decode(register.event.as_slice()).unwrap();
+    again.event_id = w.new_id("reg-again");
+    assert_written(&w.append_signed(root.sign(&again)).await);
+    let r = w.append_signed(open).await;
+    assert!(
+        r.duplicate && result_code(&r) == Code::Aborted as i32,
+        "{r:?}"
+    );
+    assert_status(
+        get_balance(&w.client, &w.auditor, "nb-1").await,
+        Code::NotFound,
+    );
+    audit_log(&w.log().await, &w.server.root.public_key());
+}

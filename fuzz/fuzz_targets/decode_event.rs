@@ -22,12 +22,13 @@ use ed25519_dalek::Signature;
 use libfuzzer_sys::fuzz_target;
 use phb_domain::event::{decode_event, decode_event_id, DecodeContext};
 use phb_domain::{Change, Head, Ledger, RejectCode};
-use phb_fuzz::cast::{self, LEDGER_ID, ORGS};
 use phb_fuzz::check;
 use phb_fuzz::schema;
 use phb_fuzz::wire;
-use phb_fuzz::writer::Writer;
 use phb_proto::v1 as pb;
+use phb_sim::cast::{self, LEDGER_ID, ORGS};
+use phb_sim::state::{check_ledger, snapshot};
+use phb_sim::writer::Writer;
 use prost::Message;
 use std::sync::OnceLock;
 
@@ -104,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let before = check::snapshot(l);
+    let before = snapshot(l);
     let signers = ORGS.iter().copied().chain([signed.signer_id.as_str()]);
     for signer in signers {
         let change = match l.decide(signer, &ev) {
@@ -142,11 +143,11 @@ fuzz_target!(|data: &[u8]| {
                 recorded_at_micros: h.recorded_at_micros,
             },
         );
-        check::check_ledger(&l2);
+        check_ledger(&l2);
         if !ev.kind.is_organisation_event() {
             assert!(l2.budget(&ev.budget_id).is_some());
         }
         l2.rollback([undo]);
-        assert_eq!(check::snapshot(&l2), before, "rollback did not restore");
+        assert_eq!(snapshot(&l2), before, "rollback did not restore");
     }
 });

@@ -1,48 +1,49 @@
 //! Fuzz-chosen sequences of structurally valid, really signed events (keys
-//! from small seeds, `phb_fuzz::cast`), singly or in atomic requests, driven
-//! through `Ledger` exactly as `phb-engine`'s writer does
-//! (`phb_fuzz::writer`): `Ledger::admit` (decode → duplicate? →
-//! authenticate → (signer, event id) used? → decide → apply, a refusal by
-//! the rules recorded as a refusal entry); an atomic request with a refused
-//! event rolls back its own entries and, if the refusal was a decision of
-//! the rules, records every one of its events as refused
-//! (`Ledger::admit_refused`).
+//! from small seeds, `phb_sim::cast`), singly or in atomic requests, driven
+//! through the shared simulation model (`phb_sim`, which the property tests
+//! drive too): its writer runs `Ledger` exactly as `phb-engine`'s writer
+//! does (`Ledger::admit`: decode → duplicate? → authenticate → (signer,
+//! event id) used? → decide → apply, a refusal by the rules recorded as a
+//! refusal entry; an atomic request with a refused event rolls back its own
+//! entries and, if the refusal was a decision of the rules, records every
+//! one of its events as refused with `Ledger::admit_refused`).
 //!
-//! Asserts after every admission: every budget's figures are non-negative
-//! and consistent (`check::check_budget`) and equal an independent
-//! integer-pence model of the applied events; a written event takes the
-//! next sequence and an unused (signer, event id), is an organisation event
-//! only if root signed it, and does not touch a stopped budget; a recorded
-//! refusal is a decision of the rules (or the batch's), takes the next
-//! sequence and changes nothing else; a duplicate, a retry of a recorded
-//! refusal (answered with that refusal) or an unrecorded refusal changes
-//! nothing; an event id is refused ALREADY_EXISTS only for its own signer's
-//! other bytes. Re-submitting what was just written or recorded is answered
-//! the same way again and changes nothing. After each atomic request: all or
-//! nothing on budgets, organisations and keys; a failed one adds only its
-//! recorded refusals. At the end: replaying the whole log (refusal entries
-//! included) into a fresh ledger reproduces the state after every prefix
-//! and the same events, with no (signer, event id) twice; every recorded
-//! refusal, sent again, gets its refusal again; and rolling back any suffix
-//! of undo records restores the state at that point.
+//! Asserts (`phb_sim::check`) after every admission: every budget's figures
+//! are non-negative and consistent and equal an independent integer-pence
+//! model of the applied events; a written event takes the next sequence and
+//! an unused (signer, event id), is an organisation event exactly when root
+//! signed it, is allowed by the authorisation rules as restated there, and
+//! does not touch a stopped budget; a recorded refusal is a decision of the
+//! rules (or the batch's), takes the next sequence and changes nothing else;
+//! a duplicate, a retry of a recorded refusal (answered with that refusal)
+//! or an unrecorded refusal changes nothing; an event id is refused
+//! ALREADY_EXISTS only for its own signer's other bytes; an amount the
+//! grammar refuses is never written or recorded. After each request:
+//! re-submitting what was just written or recorded is answered the same way
+//! again and changes nothing; an atomic one is all or nothing on budgets,
+//! organisations and keys, and a failed one adds only its recorded
+//! refusals. At the end: replaying the whole log (refusal entries included)
+//! into a fresh ledger reproduces the state after every prefix and the same
+//! events, with no (signer, event id) twice; every recorded refusal, sent
+//! again, gets its refusal again; and rolling back any suffix of undo
+//! records restores the state at that point.
 
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
+use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
-use phb_domain::event::{EventKind, Management};
-use phb_domain::{Ledger, Refusal, Reject, RejectCode, SignedEvent};
-use phb_fuzz::cast::{
+use phb_domain::{Reject, SignedEvent};
+use phb_proto::v1 as pb;
+use phb_sim::cast::{
     self, org_index, signing_key, BUDGETS, DAY, GHOST, HOUR, KEYS_PER_ORG, LEDGER_ID, MINUTE, ORGS,
     ROOT, T0,
 };
-use phb_fuzz::check::{self, snapshot, Snapshot};
-use phb_fuzz::oracle::oracle_pence;
-use phb_fuzz::writer::{key_of, Indexed, Observer, Outcome, Writer};
-use phb_proto::v1 as pb;
+use phb_sim::check::Sim;
+use phb_sim::writer::{Observer, Outcome, Writer};
 use prost::Message;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 const MAX_BATCHES: usize = 16;
@@ -253,19 +254,8 @@ fn amount_str(a: &Amount) -> String {
     }
 }
 
-/// The per-budget model: integer pence, from the amount strings the
-/// clients signed, read by the grammar oracle.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Model {
-    allocated: i64,
-    paid_in: i64,
-    spent: i64,
-    stopped: bool,
-}
-
 struct Run {
-    w: Writer,
-    checks: Checks,
+    sim: Sim,
     submitted: Vec<SignedEvent>,
     used_ids: Vec<String>,
     counter: u32,
@@ -273,16 +263,11 @@ struct Run {
 }
 
 impl Run {
-    /// The key index `org` signs with now.
-    fn current_key(&self, org: usize) -> usize {
-        self.w
-            .ledger
-            .signer_key(ORGS[org])
-            .and_then(|k| (0..KEYS_PER_ORG).find(|i| signing_key(org, *i).verifying_key() == *k))
-            .unwrap_or(0)
+    /// The key `org` signs with now.
+    fn current_key(&self, org: usize) -> SigningKey {
+        cast::current_key(self.sim.ledger(), org)
     }
 
-    /// Who opens the budget of an `Open`: its configured commissioner, or
     /// (own shape, odd `who[0]`) any member of the cast.
     fn open_signer(&self, op: &Op) -> usize {
         match op {
@@ -300,13 +285,8 @@ impl Run {
     }
 
     fn natural_signer(&self, op: &Op) -> usize {
-        let budget = |b: u8| &BUDGETS[usize::from(b) % BUDGETS.len()];
-        let state = |b: u8| self.w.ledger.budget(budget(b).id);
-        let commissioner = |b: u8| {
-            state(b)
-                .and_then(|x| org_index(&x.commissioner_id))
-                .unwrap_or(budget(b).commissioner)
-        };
+        let l = self.sim.ledger();
+        let budget = |b: u8| usize::from(b) % BUDGETS.len();
         match op {
             Op::Register { .. } | Op::Rotate { .. } => ROOT,
             Op::Resubmit(_) | Op::Mutate { .. } => ROOT,
@@ -314,33 +294,13 @@ impl Run {
             Op::Allocate { budget: b, .. }
             | Op::Disburse { budget: b, .. }
             | Op::Review { budget: b, .. }
-            | Op::Stop { budget: b, .. } => commissioner(*b),
+            | Op::Stop { budget: b, .. } => cast::commissioner(l, budget(*b)),
             Op::Pay {
                 budget: b,
                 via_payroll,
                 ..
-            } => match state(*b) {
-                Some(x) if x.management == Management::Notional => commissioner(*b),
-                Some(x) => {
-                    let payroll = x.payroll_provider_id.as_deref().and_then(org_index);
-                    let holder = x.funds_holder_id.as_deref().and_then(org_index);
-                    let first = if *via_payroll {
-                        payroll.or(holder)
-                    } else {
-                        holder.or(payroll)
-                    };
-                    first.unwrap_or_else(|| commissioner(*b))
-                }
-                None => commissioner(*b),
-            },
-            Op::Purchase { budget: b, .. } => match state(*b) {
-                Some(x) if x.management != Management::Notional => x
-                    .funds_holder_id
-                    .as_deref()
-                    .and_then(org_index)
-                    .unwrap_or_else(|| commissioner(*b)),
-                _ => commissioner(*b),
-            },
+            } => cast::payer(l, budget(*b), *via_payroll),
+            Op::Purchase { budget: b, .. } => cast::purchaser(l, budget(*b)),
         }
     }
 
@@ -508,7 +468,7 @@ impl Run {
                     bytes[at] ^= xor;
                 }
                 let org = org_index(&orig.signer_id).unwrap_or(ROOT);
-                let signed = cast::sign_bytes(org, self.current_key(org), bytes);
+                let signed = cast::sign_bytes_with(&self.current_key(org), org, bytes);
                 self.submitted.push(signed.clone());
                 return signed;
             }
@@ -562,10 +522,10 @@ impl Run {
                 let o = alt % ORGS.len();
                 (o, self.current_key(o))
             }
-            216..232 => (natural, alt % KEYS_PER_ORG),
+            216..232 => (natural, signing_key(natural, alt % KEYS_PER_ORG)),
             _ => (natural, self.current_key(natural)),
         };
-        let mut signed = cast::sign_bytes(signer, key, bytes.clone());
+        let mut signed = cast::sign_bytes_with(&key, signer, bytes.clone());
         match step.sig {
             232..240 => signed.signature[alt / 8 % 64] ^= 1 << (alt % 8),
             240..244 => {
@@ -585,430 +545,71 @@ impl Run {
 
     fn batch(&mut self, batch: &Batch) {
         self.now += i64::from(batch.advance) * 10 * MINUTE;
-        self.checks.now = self.now;
-        let start = self.w.log.len();
-        let before = snapshot(&self.w.ledger);
-        let ids_before = self.w.ids.clone();
         let steps = &batch.steps[..batch.steps.len().min(MAX_STEPS)];
         let built: Vec<_> = steps.iter().map(|s| self.build(s)).collect();
-        let outcomes = self
-            .w
-            .process(&built, batch.atomic, self.now, &mut self.checks);
-        assert_eq!(outcomes.len(), built.len());
-        let entries = outcomes
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Outcome::Written(_)
-                        | Outcome::Refused {
-                            duplicate: false,
-                            ..
-                        }
-                )
-            })
-            .count();
-        assert_eq!(self.w.log.len(), start + entries);
-        if batch.atomic && outcomes.iter().any(Outcome::is_refusal) {
-            // All or nothing: no budget, organisation or key changed; the
-            // log and the index grew by the batch's recorded refusals alone.
-            for o in &outcomes {
-                assert!(o.is_refusal(), "failed atomic batch answered {o:?}");
-            }
-            let after = snapshot(&self.w.ledger);
-            assert_eq!(
-                Snapshot {
-                    head: before.head,
-                    ..after
-                },
-                before,
-                "a failed atomic batch left changes"
-            );
-            let mut ids = ids_before;
-            for (e, ev) in self.w.log[start..].iter().zip(&self.w.events[start..]) {
-                let r = e.refusal.as_ref().expect("a failed atomic batch applied");
-                assert!(r.in_atomic_batch, "batch refusal not marked atomic");
-                let key = (e.signed.signer_id.clone(), ev.event_id.clone());
-                let indexed = self.w.ids.get(&key).expect("recorded, not indexed").clone();
-                assert_eq!(indexed.sequence, e.sequence);
-                assert!(ids.insert(key, indexed).is_none(), "a used key recorded");
-            }
-            assert_eq!(ids, self.w.ids, "index after a failed atomic batch");
-        }
-        // Idempotent re-submission: an event written or recorded as refused
-        // just now, sent again alone, is answered as before and changes
-        // nothing.
-        for (signed, o) in built.iter().zip(&outcomes) {
-            let expected = match o {
-                Outcome::Written(seq) => Outcome::Duplicate(*seq),
-                Outcome::Refused {
-                    reject,
-                    sequence,
-                    duplicate: false,
-                } => {
-                    let r = self.w.log[*sequence as usize - 1]
-                        .refusal
-                        .as_ref()
-                        .expect("refused, but the entry records none");
-                    assert_eq!(r.code, reject.code.grpc_code() as u32);
-                    Outcome::Refused {
-                        reject: Reject::from_refusal(r),
-                        sequence: *sequence,
-                        duplicate: true,
-                    }
-                }
-                _ => continue,
-            };
-            let state = snapshot(&self.w.ledger);
-            let again = self.w.process(
-                std::slice::from_ref(signed),
-                false,
-                self.now,
-                &mut self.checks,
-            );
-            assert_eq!(again, [expected], "re-submission");
-            assert_eq!(
-                snapshot(&self.w.ledger),
-                state,
-                "re-submission changed state"
-            );
+        if trace() {
+            self.sim
+                .request_with(&built, batch.atomic, self.now, &mut Tracer);
+        } else {
+            self.sim.request(&built, batch.atomic, self.now);
         }
     }
 }
 
-/// What the checks keep beside the writer, and the checks themselves
-/// (`Observer`): the state and the pence model after every entry.
-#[derive(Clone)]
-struct Checks {
-    /// `snapshots[n]`: the state after `n` entries.
-    snapshots: Vec<Snapshot>,
-    /// `models[n]`: the model after `n` entries.
-    models: Vec<BTreeMap<String, Model>>,
-    /// The server clock of the request being processed.
-    now: i64,
-    /// What `before` saw of the event being admitted.
-    pending: Option<Before>,
-}
+/// Prints every submission and its outcome, before the checks see it.
+struct Tracer;
 
-#[derive(Clone)]
-struct Before {
-    state: Snapshot,
-    indexed: Option<Indexed>,
-    /// The stored entry under the same key holds exactly these bytes.
-    same_bytes: bool,
-    decodes: bool,
-    authentic: bool,
-}
-
-impl Checks {
-    fn model(&self) -> &BTreeMap<String, Model> {
-        self.models.last().expect("no model")
-    }
-
-    /// Updates the model with the event just written.
-    fn update_model(&mut self, w: &Writer, signed: &SignedEvent) {
-        let ev = w.events.last().expect("nothing written").clone();
-        let raw = pb::Event::decode(&*signed.event).expect("written bytes do not decode");
-        let pence = raw
-            .kind
-            .as_ref()
-            .and_then(check::raw_amount)
-            .map(|s| oracle_pence(s).unwrap_or_else(|| panic!("amount {s:?} written")));
-        let mut model = self.model().clone();
-        let id = ev.budget_id.clone();
-        match &ev.kind {
-            EventKind::BudgetOpened { .. } => {
-                assert!(model.insert(id, Model::default()).is_none(), "opened twice");
-            }
-            kind if !kind.is_organisation_event() => {
-                let m = model.get_mut(&id).expect("event on a budget never opened");
-                assert!(!m.stopped, "stopped budget {id} changed");
-                let p = pence.unwrap_or(0);
-                match kind {
-                    EventKind::Allocation { .. } | EventKind::ReviewAdjustment { .. } => {
-                        m.allocated += p
-                    }
-                    EventKind::Disbursement { .. } => m.paid_in += p,
-                    EventKind::Payment { .. } | EventKind::Purchase { .. } => m.spent += p,
-                    EventKind::BudgetStopped { .. } => m.stopped = true,
-                    _ => unreachable!(),
-                }
-            }
-            _ => {}
-        }
-        self.models.push(model);
-    }
-
-    fn check_model(&self, w: &Writer) {
-        let model = self.model();
-        let budgets: Vec<_> = w.ledger.budgets().collect();
-        assert_eq!(budgets.len(), model.len(), "budget count");
-        for b in budgets {
-            let m = &model[&b.id];
-            let [allocated, paid_in, spent] = check::check_budget(b);
-            assert_eq!(
-                (allocated, paid_in, spent, b.stopped),
-                (m.allocated, m.paid_in, m.spent, m.stopped),
-                "budget {} differs from the pence model",
-                b.id
-            );
-        }
-    }
-}
-
-impl Observer for Checks {
-    fn before(&mut self, w: &Writer, signed: &SignedEvent) {
-        let indexed = key_of(signed).and_then(|k| w.ids.get(&k).cloned());
-        let same_bytes = indexed
-            .as_ref()
-            .is_some_and(|i| i.digest == signed.digest());
-        self.pending = Some(Before {
-            state: snapshot(&w.ledger),
-            indexed,
-            same_bytes,
-            decodes: w.ledger.decode(signed, self.now).is_ok(),
-            authentic: w.ledger.authenticate(signed).is_ok(),
-        });
+impl Observer for Tracer {
+    fn batch_recorded(
+        &mut self,
+        _w: &Writer,
+        built: &[SignedEvent],
+        failed_at: usize,
+        outcomes: &[Outcome],
+        _start: usize,
+    ) {
+        eprintln!(
+            "atomic batch of {} failed at {failed_at}, recorded: {outcomes:?}",
+            built.len()
+        );
     }
 
     fn after(
         &mut self,
-        w: &Writer,
+        _w: &Writer,
         signed: &SignedEvent,
         outcome: &Outcome,
         recording: Option<&Reject>,
     ) {
-        let b = self.pending.take().expect("after without before");
-        let after = snapshot(&w.ledger);
-        if trace() {
-            let what = pb::Event::decode(&*signed.event)
-                .ok()
-                .and_then(|e| e.kind.map(|k| (e.budget_id, k)))
-                .map(|(b, k)| format!("{} {b}", kind_name(&k)));
-            let how = match outcome {
-                Outcome::Refused {
-                    reject,
-                    sequence,
-                    duplicate,
-                } => format!(
-                    "Refused at {sequence}{} {:?} {}",
-                    if *duplicate { " (retry)" } else { "" },
-                    reject.code,
-                    reject.message
-                ),
-                Outcome::Rejected(e) => format!("Rejected {:?} {}", e.code, e.message),
-                o => format!("{o:?}"),
-            };
-            let mode = if recording.is_some() {
-                " [recording]"
-            } else {
-                ""
-            };
-            eprintln!(
-                "{} {}{mode}: {how}",
-                signed.signer_id,
-                what.unwrap_or_default()
-            );
-        }
-        match outcome {
-            Outcome::Written(seq) => {
-                assert!(recording.is_none(), "admit_refused applied an event");
-                assert_eq!(*seq, b.state.head.sequence + 1);
-                assert_eq!(w.log.len() as u64, *seq);
-                assert!(b.indexed.is_none(), "(signer, event id) written twice");
-                assert_eq!(w.log[*seq as usize - 1].refusal, None);
-                let ev = w.events.last().expect("written");
-                assert_eq!(
-                    signed.signer_id == "root",
-                    ev.kind.is_organisation_event(),
-                    "{} written by {}",
-                    ev.kind.name(),
-                    signed.signer_id
-                );
-                self.update_model(w, signed);
-                self.snapshots.push(after);
-            }
-            Outcome::Duplicate(seq) => {
-                assert!(recording.is_none());
-                assert_eq!(b.state, after, "a duplicate changed the state");
-                let i = b.indexed.as_ref().expect("a duplicate of nothing");
-                assert_eq!((i.sequence, b.same_bytes), (*seq, true));
-                assert_eq!(i.refusal, None, "a recorded refusal answered as applied");
-                assert_eq!(w.log[*seq as usize - 1].signed.digest(), signed.digest());
-            }
+        let what = pb::Event::decode(&*signed.event)
+            .ok()
+            .and_then(|e| e.kind.map(|k| (e.budget_id, k)))
+            .map(|(b, k)| format!("{} {b}", kind_name(&k)));
+        let how = match outcome {
             Outcome::Refused {
                 reject,
                 sequence,
-                duplicate: false,
-            } => {
-                // Recorded: the head moves by one entry, nothing else changes.
-                assert_eq!(*sequence, b.state.head.sequence + 1);
-                assert_eq!(after.head.sequence, *sequence);
-                assert_eq!(
-                    Snapshot {
-                        head: b.state.head,
-                        ..after.clone()
-                    },
-                    b.state,
-                    "a refusal changed the state"
-                );
-                assert!(b.indexed.is_none(), "(signer, event id) recorded twice");
-                assert!(
-                    b.decodes && b.authentic,
-                    "recorded an unauthenticated event"
-                );
-                let entry = &w.log[*sequence as usize - 1];
-                assert_eq!(&entry.signed, signed);
-                let code = reject.code.grpc_code() as u32;
-                assert_eq!(
-                    entry.refusal,
-                    Some(Refusal::new(code, recording.is_some(), &reject.message))
-                );
-                match recording {
-                    None => {
-                        assert!(reject.code.is_decision(), "recorded {reject}");
-                        let ev = w.events.last().expect("recorded");
-                        let decided = w.ledger.decide(&signed.signer_id, ev);
-                        assert_eq!(decided.map_err(|r| r.code), Err(reject.code));
-                    }
-                    Some(r) => assert_eq!(reject, r),
-                }
-                let model = self.model().clone();
-                self.models.push(model);
-                self.snapshots.push(after);
-            }
-            Outcome::Refused {
-                reject,
-                sequence,
-                duplicate: true,
-            } => {
-                assert_eq!(b.state, after, "a retry of a refusal changed the state");
-                let i = b.indexed.as_ref().expect("a retry of nothing");
-                assert_eq!((i.sequence, b.same_bytes), (*sequence, true));
-                let r = i
-                    .refusal
-                    .as_ref()
-                    .expect("an applied event answered refused");
-                assert_eq!(*reject, Reject::from_refusal(r), "not the original refusal");
-            }
-            Outcome::Rejected(r) => {
-                assert_eq!(b.state, after, "an unrecorded refusal changed the state");
-                match recording {
-                    None => {
-                        assert!(
-                            matches!(
-                                r.code,
-                                RejectCode::InvalidArgument
-                                    | RejectCode::Unauthenticated
-                                    | RejectCode::AlreadyExists
-                            ),
-                            "a refusal by the rules was not recorded: {r}"
-                        );
-                        if r.code == RejectCode::AlreadyExists {
-                            assert!(b.indexed.is_some() && !b.same_bytes, "{r}");
-                        }
-                    }
-                    Some(rec) => {
-                        assert_eq!(r, rec);
-                        // Not recordable: malformed, unauthenticated, its key
-                        // used by other bytes, or the event already applied.
-                        let applied = b.indexed.as_ref().is_some_and(|i| i.refusal.is_none());
-                        assert!(
-                            !b.decodes
-                                || !b.authentic
-                                || (b.indexed.is_some() && !b.same_bytes)
-                                || applied,
-                            "a recordable event of a failed batch was not recorded"
-                        );
-                    }
-                }
-            }
-        }
-        // A recorded refusal is final: the same signed bytes get it again.
-        if b.same_bytes && b.decodes && b.indexed.as_ref().is_some_and(|i| i.refusal.is_some()) {
-            assert!(
-                matches!(
-                    outcome,
-                    Outcome::Refused {
-                        duplicate: true,
-                        ..
-                    }
-                ),
-                "a retry of a recorded refusal got {outcome:?}"
-            );
-        }
-        assert_eq!(self.snapshots.len(), w.log.len() + 1);
-        assert_eq!(self.models.len(), w.log.len() + 1);
-        check::check_ledger(&w.ledger);
-        self.check_model(w);
-    }
-
-    fn rolled_back(&mut self, w: &Writer, len: usize) {
-        self.snapshots.truncate(len + 1);
-        self.models.truncate(len + 1);
-        assert_eq!(snapshot(&w.ledger), self.snapshots[len], "atomic rollback");
-        assert_eq!(w.log.len(), len);
-        self.check_model(w);
-    }
-}
-
-/// Replays the whole log (refusal entries included) into a fresh ledger, as
-/// `Engine::open` does: the same events and the same state after every
-/// prefix, and no (signer, event id) twice.
-fn replay_check(run: &Run) {
-    let mut fresh = Ledger::new(LEDGER_ID, signing_key(ROOT, 0).verifying_key());
-    assert_eq!(snapshot(&fresh), run.checks.snapshots[0]);
-    let mut keys = HashSet::new();
-    for (i, entry) in run.w.log.iter().enumerate() {
-        let ev = fresh
-            .replay(entry)
-            .unwrap_or_else(|e| panic!("written log does not replay: {e}"));
-        assert_eq!(ev, run.w.events[i], "replay decoded a different event");
-        assert!(
-            keys.insert((entry.signed.signer_id.clone(), ev.event_id)),
-            "(signer, event id) twice in the log"
-        );
-        assert_eq!(
-            snapshot(&fresh),
-            run.checks.snapshots[i + 1],
-            "replay differs after entry {}",
-            i + 1
+                duplicate,
+            } => format!(
+                "Refused at {sequence}{} {:?} {}",
+                if *duplicate { " (retry)" } else { "" },
+                reject.code,
+                reject.message
+            ),
+            Outcome::Rejected(e) => format!("Rejected {:?} {}", e.code, e.message),
+            o => format!("{o:?}"),
+        };
+        let mode = if recording.is_some() {
+            " [recording]"
+        } else {
+            ""
+        };
+        eprintln!(
+            "{} {}{mode}: {how}",
+            signed.signer_id,
+            what.unwrap_or_default()
         );
     }
-    assert_eq!(snapshot(&fresh), snapshot(&run.w.ledger));
-}
-
-/// Every recorded refusal is final: its signed bytes, sent again alone
-/// after everything since, get the original refusal and change nothing.
-fn refusals_are_final(run: &Run) {
-    let mut w = run.w.clone();
-    let now = run.now + MINUTE;
-    let state = snapshot(&w.ledger);
-    for e in run.w.log.iter().filter(|e| e.refusal.is_some()) {
-        let again = w.process(std::slice::from_ref(&e.signed), false, now, &mut ());
-        match &again[..] {
-            [Outcome::Refused {
-                sequence,
-                duplicate: true,
-                reject,
-            }] => {
-                assert_eq!(*sequence, e.sequence);
-                assert_eq!(
-                    Some(reject.code.grpc_code() as u32),
-                    e.refusal.as_ref().map(|r| r.code)
-                );
-            }
-            [Outcome::Rejected(r)] if w.ledger.decode(&e.signed, now).is_err() => {
-                assert_eq!(r.code, RejectCode::InvalidArgument)
-            }
-            o => panic!("refused entry {} sent again: {o:?}", e.sequence),
-        }
-    }
-    assert_eq!(
-        snapshot(&w.ledger),
-        state,
-        "a recorded refusal sent again changed the state"
-    );
 }
 
 /// `PHB_FUZZ_TRACE=1`: print every submission and its outcome (for running
@@ -1034,47 +635,19 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
 }
 
 /// The state after the setup, and what the checks need of it.
+/// The state after the setup (each event checked as it is written), and
+/// what the generator needs of it.
 #[derive(Clone)]
 struct Start {
-    w: Writer,
-    checks: Checks,
+    sim: Sim,
     setup: Vec<SignedEvent>,
 }
 
 fn start(mask: u32) -> Start {
     let setup = cast::setup_events(mask);
-    let w = Writer::with(&setup, T0 - HOUR);
-    let mut model = BTreeMap::new();
-    for b in w.ledger.budgets() {
-        let [allocated, paid_in, spent] = check::check_budget(b);
-        let m = Model {
-            allocated,
-            paid_in,
-            spent,
-            stopped: b.stopped,
-        };
-        model.insert(b.id.clone(), m);
-    }
-    // The setup's state is taken as given; everything after it is modelled.
-    let mut snapshots = Vec::new();
-    let mut fresh = Ledger::new(LEDGER_ID, signing_key(ROOT, 0).verifying_key());
-    snapshots.push(snapshot(&fresh));
-    for e in &w.log {
-        fresh.replay(e).expect("setup does not replay");
-        snapshots.push(snapshot(&fresh));
-    }
-    let mut models = vec![BTreeMap::new(); w.log.len()];
-    models.push(model);
-    Start {
-        w,
-        checks: Checks {
-            snapshots,
-            models,
-            now: T0,
-            pending: None,
-        },
-        setup,
-    }
+    let mut sim = Sim::new();
+    sim.setup(&setup, T0 - HOUR);
+    Start { sim, setup }
 }
 
 thread_local! {
@@ -1098,8 +671,7 @@ fuzz_target!(|data: &[u8]| {
             .clone()
     });
     let mut run = Run {
-        w: s.w,
-        checks: s.checks,
+        sim: s.sim,
         submitted: s.setup,
         used_ids: Vec::new(),
         counter: 0,
@@ -1108,16 +680,7 @@ fuzz_target!(|data: &[u8]| {
     for b in input.batches.iter().take(MAX_BATCHES) {
         run.batch(b);
     }
-    replay_check(&run);
-    refusals_are_final(&run);
-    // Rolling back any suffix restores the state at that point.
-    let n = run.w.log.len();
-    let k = usize::from(input.rollback_at) % (n + 1);
-    let mut w = run.w.clone();
-    w.rollback_to(k);
-    assert_eq!(
-        snapshot(&w.ledger),
-        run.checks.snapshots[k],
-        "rollback to {k} of {n}"
-    );
+    // Replay, refusals final, and rolling back to a fuzz-chosen point.
+    run.sim
+        .finish(run.now + MINUTE, usize::from(input.rollback_at));
 });

@@ -6,7 +6,7 @@
 //! Asserts: arbitrary bytes never panic the decoder; whatever it accepts
 //! re-encodes (`encode_record`) to a frame of the right length and CRC32C
 //! around exactly the same payload bytes (the format has one encoding per
-//! entry), and a refusal it accepts has flags 0 or 1 and a UTF-8 message of
+//! entry), and a refusal it accepts has flags 0, 1 or 3 and a UTF-8 message of
 //! at most `MAX_REFUSAL_MESSAGE_BYTES`; an arbitrary entry built from the
 //! same bytes (with or without a refusal) encodes to a record whose payload
 //! decodes back to an equal entry, with `hash_is_valid` unchanged by the
@@ -67,14 +67,19 @@ fn refusal(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<Refusal>> {
         _ => u32::arbitrary(u)?,
     };
     let in_atomic_batch = bool::arbitrary(u)?;
+    // Only valid flag combinations: first_in_batch implies in_atomic_batch.
+    let first_in_batch = in_atomic_batch && bool::arbitrary(u)?;
     let message = String::arbitrary(u)?;
     let cut = which % 8 < 4;
     Ok(Some(if cut {
-        Refusal::new(code, in_atomic_batch, &message)
+        let mut r = Refusal::new(code, in_atomic_batch, &message);
+        r.first_in_batch = first_in_batch;
+        r
     } else {
         Refusal {
             code,
             in_atomic_batch,
+            first_in_batch,
             message,
         }
     }))
@@ -84,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(entry) = decode_payload(data) {
         if let Some(r) = &entry.refusal {
             assert!(r.message.len() <= MAX_REFUSAL_MESSAGE_BYTES);
-            assert!(r.flags() <= 1);
+            assert!(matches!(r.flags(), 0 | 1 | 3), "flags {}", r.flags());
         }
         if data.len() <= MAX_PAYLOAD as usize {
             let record = encode(&entry);
@@ -151,6 +156,22 @@ fuzz_target!(|data: &[u8]| {
             }),
         );
         assert_ne!(sealed.hash, flipped.hash, "the flag is not hashed");
+        if r.in_atomic_batch {
+            let other_first = LogEntry::sealed(
+                prev_hash,
+                sequence,
+                recorded_at_micros,
+                applied.signed.clone(),
+                Some(Refusal {
+                    first_in_batch: !r.first_in_batch,
+                    ..r.clone()
+                }),
+            );
+            assert_ne!(
+                sealed.hash, other_first.hash,
+                "first_in_batch is not hashed"
+            );
+        }
         let unrefused = LogEntry {
             refusal: None,
             ..sealed.clone()

@@ -2,8 +2,11 @@
 //! oracle of the documented grammar `-?[0-9]{1,10}(\.[0-9]{1,2})?` with
 //! |amount| <= 1,000,000,000.00 (`phb_fuzz::oracle`), and pence arithmetic.
 //!
-//! Asserts, for the input as a string (if UTF-8): `Money::from_str` accepts
-//! exactly what the oracle accepts, with the same value; `parse_positive`
+//! Asserts, for the input as a string (if UTF-8): the simulation model's
+//! reading of the grammar (`phb_sim::amount::grammar_pence`, used by the
+//! property tests and the pence model) agrees with the oracle;
+//! `Money::from_str` accepts exactly what the oracle accepts, with the same
+//! value; `parse_positive`
 //! accepts exactly the oracle's values > 0 and `parse_nonzero_delta` its
 //! values != 0, each refusing with the documented error class; an accepted
 //! amount prints canonically (two decimals, no "-0.00") and the printed form
@@ -17,16 +20,23 @@
 use libfuzzer_sys::fuzz_target;
 use phb_domain::money::{parse_nonzero_delta, parse_positive, AmountError};
 use phb_domain::Money;
-use phb_fuzz::check::pence_of;
-use phb_fuzz::oracle::{canonical, oracle_pence, MAX_PENCE};
+use phb_fuzz::oracle::{oracle_pence, MAX_PENCE};
+use phb_sim::amount::{canonical, figure_pence, grammar_pence};
 
 fn check_string(s: &str) {
     let want = oracle_pence(s);
+    // The simulation model's reading of the grammar (what the property
+    // tests and the pence model use) is this automaton's.
+    assert_eq!(
+        grammar_pence(s),
+        want,
+        "{s:?}: the two grammar oracles differ"
+    );
     match s.parse::<Money>() {
         Ok(m) => {
             let p = want.unwrap_or_else(|| panic!("{s:?} accepted; the grammar refuses it"));
             assert_eq!(m, Money::from_pence(p), "{s:?}");
-            assert_eq!(pence_of(m, s), p);
+            assert_eq!(figure_pence(m, s), p);
             let printed = m.to_string();
             assert_eq!(printed, canonical(p), "{s:?}");
             assert_eq!(
@@ -83,7 +93,7 @@ fn check_string(s: &str) {
 
 fn check_money(m: Money, p: i64) {
     assert_eq!(m, Money::from_pence(p));
-    assert_eq!(pence_of(m, "sum"), p);
+    assert_eq!(figure_pence(m, "sum"), p);
     assert_eq!(m.is_negative(), p < 0);
     let s = m.to_string();
     assert_eq!(s, canonical(p));

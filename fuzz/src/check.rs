@@ -1,123 +1,15 @@
-//! Checks shared by the targets: figures, snapshots, validated events.
+//! The validation rules of docs/api.md §6 restated from the document, kept
+//! apart from `phb_domain::event` and from the shared simulation model on
+//! purpose: a second reading that can disagree with the first.
 
-use crate::cast::ORGS;
-use crate::oracle::{canonical, oracle_pence, MAX_PENCE};
+use crate::oracle::{oracle_pence, MAX_PENCE};
 use phb_domain::event::{
     EventKind, Management, MAX_FUTURE_MICROS, MAX_ID_LEN, MAX_REFERENCE_TEXT_LEN, MAX_REF_LEN,
     MAX_TEXT_LEN, MIN_OCCURRED_AT_MICROS,
 };
-use phb_domain::{Budget, Event, Head, Ledger, Money, Organisation};
+use phb_domain::Event;
 use phb_proto::v1 as pb;
-
-/// Everything observable about a ledger's state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    /// The chain head.
-    pub head: Head,
-    /// Every budget, in id order.
-    pub budgets: Vec<Budget>,
-    /// Every cast member (and "root"'s key) as the ledger sees it.
-    pub orgs: Vec<Option<Organisation>>,
-    /// The keys each signer id signs with now.
-    pub keys: Vec<Option<[u8; 32]>>,
-}
-
-/// The observable state of `l`.
-pub fn snapshot(l: &Ledger) -> Snapshot {
-    Snapshot {
-        head: l.head(),
-        budgets: l.budgets().cloned().collect(),
-        orgs: ORGS.iter().map(|o| l.organisation(o).cloned()).collect(),
-        keys: ORGS
-            .iter()
-            .map(|o| l.signer_key(o).map(|k| k.to_bytes()))
-            .collect(),
-    }
-}
-
-/// A figure's pence, asserting it prints canonically at scale 2 and parses
-/// back to itself.
-pub fn pence_of(m: Money, what: &str) -> i64 {
-    let s = m.to_string();
-    assert_eq!(m.as_decimal().scale(), 2, "{what} {s:?} is not at scale 2");
-    let p = parse_printed(&s).unwrap_or_else(|| panic!("{what} prints as {s:?}"));
-    assert_eq!(s, canonical(p), "{what} does not print canonically");
-    assert_eq!(m, Money::from_pence(p), "{what} {s:?}");
-    p
-}
-
-/// Reads "-?digits.dd" (any size) back to pence.
-fn parse_printed(s: &str) -> Option<i64> {
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    let (int, frac) = body.split_once('.')?;
-    if int.is_empty()
-        || frac.len() != 2
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let v = int.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?;
-    Some(if neg { -v } else { v })
-}
-
-/// The figures of one budget, in pence, after checking the invariants:
-/// nothing negative, `held`/`available` as documented, `paid_in <=
-/// allocated` and `spent <= paid_in` for budgets that hold money,
-/// `spent <= allocated` always.
-pub fn check_budget(b: &Budget) -> [i64; 3] {
-    let allocated = pence_of(b.allocated, "allocated");
-    let paid_in = pence_of(b.paid_in, "paid_in");
-    let spent = pence_of(b.spent, "spent");
-    let held = pence_of(b.held(), "held");
-    let available = pence_of(b.available(), "available");
-    let id = &b.id;
-    for (name, v) in [
-        ("allocated", allocated),
-        ("paid_in", paid_in),
-        ("spent", spent),
-        ("held", held),
-        ("available", available),
-    ] {
-        assert!(v >= 0, "budget {id}: {name} is negative: {v}");
-    }
-    assert!(
-        spent <= allocated,
-        "budget {id}: spent {spent} > allocated {allocated}"
-    );
-    assert_eq!(available, allocated - spent, "budget {id}: available");
-    match b.management {
-        Management::Notional => {
-            assert_eq!(paid_in, 0, "notional budget {id} was paid in");
-            assert_eq!(held, 0, "notional budget {id} holds money");
-        }
-        _ => {
-            assert!(paid_in <= allocated, "budget {id}: paid_in > allocated");
-            assert!(
-                spent <= paid_in,
-                "budget {id}: spent {spent} > paid_in {paid_in}"
-            );
-            assert_eq!(held, paid_in - spent, "budget {id}: held");
-        }
-    }
-    [allocated, paid_in, spent]
-}
-
-/// Checks every budget of `l`.
-pub fn check_ledger(l: &Ledger) {
-    for b in l.budgets() {
-        check_budget(b);
-        assert!(
-            b.last_sequence >= 1 && b.last_sequence <= l.head().sequence,
-            "budget {} last_sequence {} outside 1..={}",
-            b.id,
-            b.last_sequence,
-            l.head().sequence
-        );
-    }
-}
+use phb_sim::amount::{amount_of, figure_pence, raw_amount};
 
 fn is_id(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -198,31 +90,6 @@ fn is_text(s: &str, max: usize, required: bool) -> bool {
         && ((s.is_empty() && !required) || s.chars().any(visible))
 }
 
-/// The amount string of the protobuf kind, if it carries one.
-pub fn raw_amount(kind: &pb::event::Kind) -> Option<&str> {
-    use pb::event::Kind as K;
-    match kind {
-        K::Allocation(a) => Some(&a.amount),
-        K::Disbursement(d) => Some(&d.amount),
-        K::Payment(p) => Some(&p.amount),
-        K::Purchase(p) => Some(&p.amount),
-        K::ReviewAdjustment(r) => Some(&r.delta),
-        _ => None,
-    }
-}
-
-/// The amount (or delta) a validated event carries.
-pub fn amount_of(kind: &EventKind) -> Option<Money> {
-    match kind {
-        EventKind::Allocation { amount, .. }
-        | EventKind::Disbursement { amount }
-        | EventKind::Payment { amount, .. }
-        | EventKind::Purchase { amount, .. } => Some(*amount),
-        EventKind::ReviewAdjustment { delta, .. } => Some(*delta),
-        _ => None,
-    }
-}
-
 /// Re-checks, independently of `event.rs`, everything docs/api.md §6 says
 /// a validated event satisfies, against the protobuf it was decoded from.
 pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
@@ -264,7 +131,7 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
     if let Some(m) = amount_of(&ev.kind) {
         let s = raw_amount(raw_kind).expect("amount from a kind without one");
         let p = oracle_pence(s).unwrap_or_else(|| panic!("amount {s:?} accepted"));
-        assert_eq!(pence_of(m, "amount"), p, "amount {s:?}");
+        assert_eq!(figure_pence(m, "amount"), p, "amount {s:?}");
         if matches!(ev.kind, EventKind::ReviewAdjustment { .. }) {
             assert_ne!(p, 0, "zero delta {s:?} accepted");
         } else {

@@ -1,10 +1,11 @@
 //! The documented amount grammar (docs/api.md §6 "Amounts", ledger.proto),
 //! written independently of `phb_domain::money`: a byte-at-a-time automaton
 //! for `-?[0-9]{1,10}(\.[0-9]{1,2})?` with integer pence, and the
-//! 1,000,000,000.00 bound on the absolute value.
+//! 1,000,000,000.00 bound on the absolute value. The simulation model's
+//! reading of the same grammar (`phb_sim::amount::grammar_pence`) is checked
+//! against this one by the `money` target.
 
-/// The largest accepted absolute value, in pence.
-pub const MAX_PENCE: i64 = 100_000_000_000;
+pub use phb_sim::amount::MAX_PENCE;
 
 /// Signed pence if `s` is an accepted amount, else `None`.
 pub fn oracle_pence(s: &str) -> Option<i64> {
@@ -56,15 +57,6 @@ pub fn oracle_pence(s: &str) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-/// How a figure of `pence` must print: optional '-', digits without
-/// leading zeros (a lone "0" for under a pound), '.', exactly two digits.
-/// Zero prints as "0.00", never "-0.00".
-pub fn canonical(pence: i64) -> String {
-    let sign = if pence < 0 { "-" } else { "" };
-    let a = pence.unsigned_abs();
-    format!("{sign}{}.{:02}", a / 100, a % 100)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,9 +87,7 @@ mod tests {
             (" 1", None),
         ] {
             assert_eq!(oracle_pence(s), want, "{s:?}");
+            assert_eq!(phb_sim::amount::grammar_pence(s), want, "{s:?}");
         }
-        assert_eq!(canonical(0), "0.00");
-        assert_eq!(canonical(-1), "-0.01");
-        assert_eq!(canonical(123456), "1234.56");
     }
 }

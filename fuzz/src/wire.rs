@@ -11,8 +11,8 @@
 //! [event bytes: the rest]
 //! ```
 
-use crate::cast::{org_index, sign_bytes, HOUR, ORGS, T0};
 use phb_domain::SignedEvent;
+use phb_sim::cast::{org_index, sign_bytes, HOUR, ORGS, T0};
 
 /// A decoded `decode_event` input.
 pub struct DecodeInput {

@@ -100,7 +100,7 @@ pub fn encode_record(e: &phb_domain::LogEntry) -> Vec<u8> {
     if let Some(r) = &e.refusal {
         payload.push(b'R');
         payload.extend_from_slice(&r.code.to_be_bytes());
-        payload.push(u8::from(r.in_atomic_batch));
+        payload.push(r.flags());
         payload.extend_from_slice(&(r.message.len() as u32).to_be_bytes());
         payload.extend_from_slice(r.message.as_bytes());
     }
@@ -132,6 +132,7 @@ pub fn entry_from_pb(e: &phb_proto::v1::LogEntry) -> phb_domain::LogEntry {
         refusal: e.refusal.as_ref().map(|r| phb_domain::Refusal {
             code: r.code,
             in_atomic_batch: r.in_atomic_batch,
+            first_in_batch: r.first_in_batch,
             message: r.message.clone(),
         }),
     }

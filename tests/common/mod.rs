@@ -885,7 +885,26 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
     let mut prev_micros = i64::MIN;
     let mut events = Vec::new();
     let mut refused = Vec::new();
+    // A failed atomic batch's run of refusal entries is re-run against the
+    // keys the batch saw: its registrations and rotations count until the
+    // run ends (docs/log-format.md §6), then are undone.
+    let mut run: Option<Vec<(String, Option<ed25519_dalek::VerifyingKey>)>> = None;
     for (i, e) in entries.iter().enumerate() {
+        let continues = e
+            .refusal
+            .as_ref()
+            .is_some_and(|r| r.in_atomic_batch && !r.first_in_batch);
+        if !continues {
+            for (org, key) in run.take().unwrap_or_default().into_iter().rev() {
+                match key {
+                    Some(k) => keys.insert(org, k),
+                    None => keys.remove(&org),
+                };
+            }
+        }
+        if e.refusal.as_ref().is_some_and(|r| r.first_in_batch) {
+            run = Some(Vec::new());
+        }
         assert_eq!(e.sequence, i as u64 + 1, "sequences are contiguous from 1");
         assert_eq!(
             e.prev_hash,
@@ -911,6 +930,7 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
         let refusal = e.refusal.as_ref().map(|r| phb_domain::Refusal {
             code: r.code,
             in_atomic_batch: r.in_atomic_batch,
+            first_in_batch: r.first_in_batch,
             message: r.message.clone(),
         });
         let h = phb_domain::chain::entry_hash_with(
@@ -938,10 +958,21 @@ pub fn audit_log(entries: &[pb::LogEntry], root: &ed25519_dalek::VerifyingKey) -
         prev = h;
         prev_micros = micros;
         refused.push(refusal.is_some());
-        if refusal.is_some() {
+        let speculative = refusal
+            .as_ref()
+            .is_some_and(|r| r.in_atomic_batch && r.code == Code::Aborted as u32);
+        if refusal.is_some() && !speculative {
             // Recorded, not applied: it changes no key and no figure.
             events.push(ev);
             continue;
+        }
+        let org_id = match &ev.kind {
+            Some(Kind::OrganisationRegistered(o)) => Some(o.organisation_id.clone()),
+            Some(Kind::KeyRotated(o)) => Some(o.organisation_id.clone()),
+            _ => None,
+        };
+        if let (true, Some(org), Some(run)) = (speculative, &org_id, run.as_mut()) {
+            run.push((org.clone(), keys.get(org).copied()));
         }
         match &ev.kind {
             Some(Kind::OrganisationRegistered(o)) => {

@@ -98,14 +98,21 @@ def lp(b):
     return struct.pack(">I", len(b)) + b
 
 
-def refusal_trailer(refusal):
+def refusal_trailer(refusal, first=False):
     """The bytes a refusal adds to the entry hash input and to a ledger.log
     record (proto `Refusal`): 'R' || u32be(code) || u8(flags: bit 0
-    in_atomic_batch) || u32be(len) || message (UTF-8). None: no bytes."""
+    in_atomic_batch, bit 1 first_in_batch) || u32be(len) || message (UTF-8).
+    None: no bytes."""
     if refusal is None:
         return b""
     code, in_batch, message = refusal
-    return b"R" + struct.pack(">IB", code, 1 if in_batch else 0) + lp(message.encode("utf-8"))
+    flags = (1 if in_batch else 0) | (2 if first else 0)
+    return b"R" + struct.pack(">IB", code, flags) + lp(message.encode("utf-8"))
+
+
+def first_of(entry):
+    """True if a LogEntry starts a failed atomic batch's run (first_in_batch)."""
+    return entry.HasField("refusal") and entry.refusal.first_in_batch
 
 
 def refusal_of(entry):
@@ -117,7 +124,7 @@ def refusal_of(entry):
     return (r.code, r.in_atomic_batch, r.message)
 
 
-def entry_hash(prev_hash, sequence, micros, signer_id, signature, event, refusal=None):
+def entry_hash(prev_hash, sequence, micros, signer_id, signature, event, refusal=None, first=False):
     return hashlib.sha256(
         prev_hash
         + struct.pack(">Q", sequence)
@@ -125,7 +132,7 @@ def entry_hash(prev_hash, sequence, micros, signer_id, signature, event, refusal
         + lp(signer_id.encode("utf-8"))
         + lp(signature)
         + lp(event)
-        + refusal_trailer(refusal)
+        + refusal_trailer(refusal, first)
     ).digest()
 
 
@@ -466,6 +473,19 @@ class Auditor:
         self.budgets = {}  # id -> Budget
         self.seen_keys = set()  # idempotency keys (signer_id, event_id)
         self.stats = {"signers": set(), "kinds": {}, "rotations": 0, "refusals": {}, "in_batch": 0}
+        # The state before the failed atomic batch whose run of entries is
+        # being replayed (log-format.md §6 step 8), or None.
+        self.run = None
+
+    def end_run(self):
+        """A run of a failed batch's entries ended: undo its tentative changes."""
+        if self.run is not None:
+            self.orgs, self.budgets, self.stats["rotations"] = self.run
+            self.run = None
+
+    def finish(self):
+        """After the last entry."""
+        self.end_run()
 
     def apply(self, entry):
         seq = entry.sequence
@@ -479,7 +499,17 @@ class Auditor:
         micros = ts_micros(rec)
         se = entry.signed_event
         refusal = refusal_of(entry)
-        want = entry_hash(entry.prev_hash, seq, micros, se.signer_id, se.signature, se.event, refusal)
+        first = first_of(entry)
+        check(not first or (refusal is not None and refusal[1]),
+              f"{where}: first_in_batch without in_atomic_batch")
+        continues = refusal is not None and refusal[1] and not first
+        if not continues:
+            self.end_run()
+        else:
+            check(self.run is not None, f"{where}: continues a failed atomic batch, but no batch starts before it")
+        if first:
+            self.run = (copy.deepcopy(self.orgs), copy.deepcopy(self.budgets), self.stats["rotations"])
+        want = entry_hash(entry.prev_hash, seq, micros, se.signer_id, se.signature, se.event, refusal, first)
         check(len(entry.hash) == 32 and entry.hash == want,
               f"{where}: hash {entry.hash.hex()} but the documented layout gives {want.hex()}")
         check(micros >= self.head_time, f"{where}: recorded_at went backwards")
@@ -525,6 +555,17 @@ class Auditor:
                 check(code in DECISIONS + (ABORTED,),
                       f"{where}: refusal code {code} in an atomic batch (only 5, 6, 7, 9, 10 are recorded)")
                 self.stats["in_batch"] += 1
+                # Re-run as the writer did: what the rules accept counts for
+                # the rest of the run (undone at its end); the failing event
+                # must be refused with exactly its code.
+                try:
+                    self.rules(se.signer_id, ev, seq)
+                except Refused as e:
+                    check(code == ABORTED or e.code == code,
+                          f"{where}: recorded refusal code {code} in its batch, but the rules there give {e.code}: {e}")
+                else:
+                    check(code == ABORTED,
+                          f"{where}: recorded as refused with code {code} in its batch, but the rules there accept it")
             else:
                 check(code in DECISIONS, f"{where}: refusal code {code} outside an atomic batch "
                       "(only 5, 6, 7, 9 are recorded; 10 only with in_atomic_batch)")
@@ -671,23 +712,24 @@ def parse_ledger_file(path):
             fields.append(payload[p + 4:p + 4 + n])
             p += 4 + n
         # Optional refusal trailer: 'R' || u32be code || u8 flags || u32be len || message.
-        refusal, extra = None, 0
+        refusal, extra, first = None, 0, False
         if p < plen:
             check(plen - p >= 10 and payload[p:p + 1] == b"R",
                   f"{path}: record {seq} has {plen - p} bytes after the event that are not a refusal trailer")
             code, flags, n = struct.unpack(">IBI", payload[p + 1:p + 10])
-            check(flags in (0, 1), f"{path}: record {seq} refusal flags {flags:#x} (only bit 0 is defined)")
+            check(flags in (0, 1, 3), f"{path}: record {seq} refusal flags {flags:#x} (0, 1 or 3)")
             check(p + 10 + n <= plen, f"{path}: record {seq} refusal message runs past the payload")
             check(n <= MAX_REFUSAL_MESSAGE_BYTES, f"{path}: record {seq} refusal message of {n} bytes")
             try:
                 message = payload[p + 10:p + 10 + n].decode("utf-8")
             except UnicodeDecodeError:
                 raise Mismatch(f"{path}: record {seq} refusal message is not UTF-8")
-            refusal, extra = (code, flags == 1, message), 10 + n
+            refusal, extra = (code, flags & 1 == 1, message), 10 + n
+            first = flags == 3
             p += extra
         check(p == plen, f"{path}: record {seq} has {plen - p} bytes left over")
         check(plen == 92 + sum(len(x) for x in fields) + extra, f"{path}: payload_len formula")
-        out.append((seq, micros, prev, h, fields[0].decode("utf-8"), fields[1], fields[2], refusal))
+        out.append((seq, micros, prev, h, fields[0].decode("utf-8"), fields[1], fields[2], refusal, first))
         off += 8 + plen
     return out
 
@@ -1407,6 +1449,7 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     audit = Auditor(root_pub, ledger_id)
     for e in entries:
         audit.apply(e)
+    audit.finish()
 
     # The file on disk must hold exactly the same entries (log-format.md §5).
     records = parse_ledger_file(os.path.join(datadir, "log", "ledger.log"))
@@ -1414,7 +1457,7 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     for rec, e in zip(records, entries):
         se = e.signed_event
         check(rec == (e.sequence, ts_micros(e.recorded_at), e.prev_hash, e.hash, se.signer_id, se.signature,
-                      se.event, refusal_of(e)), f"ledger.log record {rec[0]} differs from ReadLog")
+                      se.event, refusal_of(e), first_of(e)), f"ledger.log record {rec[0]} differs from ReadLog")
 
     step("balances recomputed from the log equal GetBalance and ListBalances")
     listed, _ = c.list_all(reader, 3)
@@ -1450,6 +1493,7 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
         try:
             for e in copy:
                 audit.apply(e)
+            audit.finish()
         except Mismatch as e:
             check(at is None or (str(e).startswith(f"log entry {at}:") and why in str(e)),
                   f"the auditor refused a log with {what}, but not at entry {at} {why!r}: {e}")
@@ -1463,7 +1507,7 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
             e.prev_hash = prev
             se = e.signed_event
             e.hash = prev = entry_hash(prev, e.sequence, ts_micros(e.recorded_at), se.signer_id, se.signature,
-                                       se.event, refusal_of(e))
+                                       se.event, refusal_of(e), first_of(e))
 
     def flip_event(copy):
         copy[-1].signed_event.event = copy[-1].signed_event.event[:-1] + b"\x03"

@@ -55,10 +55,14 @@ pub const REFUSAL_TAG: u8 = b'R';
 pub struct Refusal {
     /// The google.rpc.Code number of the refusal (e.g. 9 FAILED_PRECONDITION).
     pub code: u32,
-    /// True if the event was refused as part of an atomic batch that failed:
-    /// the decision then depended on the batch's other events, so a replay
-    /// checks the signature and id but cannot re-derive the code.
+    /// True if the event was refused as part of an atomic batch that failed
+    /// by a decision of the rules. The batch's recorded events are
+    /// contiguous in the log; a replay re-runs them against the state the
+    /// batch saw (docs/log-format.md §6) and checks every signature and code.
     pub in_atomic_batch: bool,
+    /// True for the first recorded event of such a batch (where its run of
+    /// entries starts). Implies `in_atomic_batch`.
+    pub first_in_batch: bool,
     /// The refusal message as the client was told it (at most
     /// `MAX_REFUSAL_MESSAGE_BYTES`).
     pub message: String,
@@ -74,13 +78,25 @@ impl Refusal {
         Refusal {
             code,
             in_atomic_batch,
+            first_in_batch: false,
             message: message[..cut].to_string(),
         }
     }
 
-    /// The flags byte: bit 0 is `in_atomic_batch`; the others are zero.
+    /// The flags byte: bit 0 is `in_atomic_batch`, bit 1 `first_in_batch`;
+    /// the others are zero.
     pub fn flags(&self) -> u8 {
-        u8::from(self.in_atomic_batch)
+        u8::from(self.in_atomic_batch) | (u8::from(self.first_in_batch) << 1)
+    }
+
+    /// The fields for a flags byte, if it is a valid one (0, 1 or 3).
+    pub fn from_flags(flags: u8) -> Option<(bool, bool)> {
+        match flags {
+            0 => Some((false, false)),
+            1 => Some((true, false)),
+            3 => Some((true, true)),
+            _ => None,
+        }
     }
 }
 

@@ -210,6 +210,168 @@ impl EventKind {
     }
 }
 
+/// An event by what it is about: the write model dispatches on this, so
+/// each part (registry, budgets) sees only the kinds it owns and needs no
+/// "unexpected kind" branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// About an organisation: signed by root only.
+    Organisation(OrganisationChange<'a>),
+    /// Opens a new budget.
+    Opening(BudgetOpening<'a>),
+    /// About an existing budget.
+    Budget(BudgetChange<'a>),
+}
+
+/// An organisation event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrganisationChange<'a> {
+    /// A new organisation and its key.
+    Registered {
+        /// The organisation's id.
+        organisation_id: &'a str,
+        /// Its roles.
+        roles: &'a [Role],
+        /// Its public key.
+        public_key: &'a [u8; 32],
+    },
+    /// A new key for an organisation.
+    KeyRotated {
+        /// The organisation.
+        organisation_id: &'a str,
+        /// The new public key.
+        new_public_key: &'a [u8; 32],
+    },
+}
+
+/// A budget being opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetOpening<'a> {
+    /// Pseudonymous holder reference.
+    pub holder_ref: &'a str,
+    /// The commissioner.
+    pub commissioner_id: &'a str,
+    /// First day.
+    pub period_start: Date,
+    /// Last day.
+    pub period_end: Date,
+    /// How the money is held.
+    pub management: Management,
+    /// Who holds the funds, if anyone.
+    pub funds_holder_id: Option<&'a str>,
+    /// The payroll provider, if any.
+    pub payroll_provider_id: Option<&'a str>,
+}
+
+/// An event on an existing budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetChange<'a> {
+    /// Entitlement up.
+    Allocation {
+        /// Positive amount.
+        amount: Money,
+    },
+    /// Money paid to where the budget is held.
+    Disbursement {
+        /// Positive amount.
+        amount: Money,
+    },
+    /// Money paid out.
+    Payment {
+        /// Positive amount.
+        amount: Money,
+        /// Who is paid.
+        payee_kind: PayeeKind,
+    },
+    /// Goods or services bought.
+    Purchase {
+        /// Positive amount.
+        amount: Money,
+    },
+    /// Entitlement up or down after a review.
+    ReviewAdjustment {
+        /// Non-zero signed amount.
+        delta: Money,
+    },
+    /// The budget is stopped.
+    Stop {
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+impl BudgetChange<'_> {
+    /// Money leaving the budget, if this spends.
+    pub fn spending(&self) -> Option<Money> {
+        match *self {
+            BudgetChange::Payment { amount, .. } | BudgetChange::Purchase { amount } => {
+                Some(amount)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl EventKind {
+    /// What the event is about (see `Subject`).
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            EventKind::OrganisationRegistered {
+                organisation_id,
+                roles,
+                public_key,
+            } => Subject::Organisation(OrganisationChange::Registered {
+                organisation_id,
+                roles,
+                public_key,
+            }),
+            EventKind::KeyRotated {
+                organisation_id,
+                new_public_key,
+            } => Subject::Organisation(OrganisationChange::KeyRotated {
+                organisation_id,
+                new_public_key,
+            }),
+            EventKind::BudgetOpened {
+                holder_ref,
+                commissioner_id,
+                period_start,
+                period_end,
+                management,
+                funds_holder_id,
+                payroll_provider_id,
+            } => Subject::Opening(BudgetOpening {
+                holder_ref,
+                commissioner_id,
+                period_start: *period_start,
+                period_end: *period_end,
+                management: *management,
+                funds_holder_id: funds_holder_id.as_deref(),
+                payroll_provider_id: payroll_provider_id.as_deref(),
+            }),
+            EventKind::Allocation { amount, .. } => {
+                Subject::Budget(BudgetChange::Allocation { amount: *amount })
+            }
+            EventKind::Disbursement { amount } => {
+                Subject::Budget(BudgetChange::Disbursement { amount: *amount })
+            }
+            EventKind::Payment {
+                amount, payee_kind, ..
+            } => Subject::Budget(BudgetChange::Payment {
+                amount: *amount,
+                payee_kind: *payee_kind,
+            }),
+            EventKind::Purchase { amount, .. } => {
+                Subject::Budget(BudgetChange::Purchase { amount: *amount })
+            }
+            EventKind::ReviewAdjustment { delta, .. } => {
+                Subject::Budget(BudgetChange::ReviewAdjustment { delta: *delta })
+            }
+            EventKind::BudgetStopped { reason } => Subject::Budget(BudgetChange::Stop { reason }),
+        }
+    }
+}
+
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod ledger;
 pub mod money;
+pub mod projections;
 pub mod text;
 
 pub use chain::{entry_hash, entry_hash_with, Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
@@ -22,3 +23,4 @@ pub use ledger::{
     Undo,
 };
 pub use money::Money;
+pub use projections::{Committed, Projection, ReadModel};

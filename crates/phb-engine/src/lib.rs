@@ -12,7 +12,9 @@
 #![deny(missing_docs)]
 
 use phb_domain::chain::{Hash, LogEntry, SignedEvent};
-use phb_domain::{Admission, Admitted, Change, Head, Ledger, Reject, Stored, Undo};
+use phb_domain::{
+    Admission, Admitted, Committed, Event, Ledger, Projection, ReadModel, Reject, Stored, Undo,
+};
 use phb_store::{
     Append, DataDirLock, LockError, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES,
 };
@@ -55,6 +57,10 @@ pub enum OpenError {
     /// Storage failed or is corrupt.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The read model folded from the log disagrees with the write model:
+    /// a bug in a projection, never a property of the data.
+    #[error("the projections disagree with the write model after replay: {0}")]
+    Projection(String),
     /// The writer thread could not start.
     #[error("starting the writer thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -150,7 +156,7 @@ enum Request {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Request>,
-    view: Arc<RwLock<Ledger>>,
+    view: Arc<RwLock<ReadModel>>,
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
@@ -202,16 +208,22 @@ impl Engine {
         let options = phb_store::OpenOptions {
             allow_index_rebuild: config.allow_index_rebuild,
         };
+        // The read model is folded from the same entries as they are
+        // replayed: it is, by construction, what a rebuild gives.
+        let mut read = ReadModel::new(config.ledger_id.clone(), config.root_key);
         let (store, report) = Store::open(&config.data_dir, options, &mut |entry| {
             let event = ledger.replay(entry).map_err(|e| e.to_string())?;
+            read.apply(&Committed::of(entry, &event));
             if !ids.insert((entry.signed.signer_id.clone(), event.event_id)) {
                 return Err("the signer already used this event_id earlier in the log".into());
             }
             Ok(())
         })?;
         drop(ids);
+        ledger.finish_replay();
+        check_projections(&ledger, &read)?;
         let reader = Arc::new(store.reader()?);
-        let view = Arc::new(RwLock::new(ledger.clone()));
+        let view = Arc::new(RwLock::new(read));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (writable_tx, writable) = watch::channel(true);
@@ -242,7 +254,7 @@ impl Engine {
 
     /// The committed state. Hold the guard briefly: the writer waits for it
     /// after every group.
-    pub fn view(&self) -> RwLockReadGuard<'_, Ledger> {
+    pub fn view(&self) -> RwLockReadGuard<'_, ReadModel> {
         // A poisoned lock means a panic while applying a committed group; the
         // data is still the last fully applied state, so keep serving reads.
         self.view.read().unwrap_or_else(|p| p.into_inner())
@@ -435,7 +447,7 @@ impl Engine {
 struct Writer {
     store: Store,
     ledger: Ledger,
-    view: Arc<RwLock<Ledger>>,
+    view: Arc<RwLock<ReadModel>>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     // Dropped after the store (fields drop in order): the directory stays
@@ -454,9 +466,8 @@ impl Drop for Writer {
 /// One entry admitted into the group under construction.
 struct Staged {
     entry: LogEntry,
-    event_id: String,
+    event: Event,
     digest: Hash,
-    change: Change,
     undo: Undo,
 }
 
@@ -480,9 +491,8 @@ impl Group {
         debug_assert!(previous.is_none(), "admit let a used key through");
         self.staged.push(Staged {
             entry: a.entry,
-            event_id: a.event.event_id,
+            event: a.event,
             digest: a.digest,
-            change: a.change,
             undo: a.undo,
         });
     }
@@ -505,7 +515,7 @@ impl Group {
         let dropped = self.staged.split_off(len);
         for s in &dropped {
             self.keys
-                .remove(&(s.entry.signed.signer_id.clone(), s.event_id.clone()));
+                .remove(&(s.entry.signed.signer_id.clone(), s.event.event_id.clone()));
         }
         ledger.rollback(dropped.into_iter().map(|s| s.undo).collect::<Vec<_>>());
         debug_assert_eq!(self.keys.len(), self.staged.len());
@@ -667,11 +677,11 @@ impl Writer {
     }
 
     /// An atomic request failed at `failed_at` (its entries are already
-    /// rolled back). If the failure was a decision of the rules, every
-    /// event of the request that can be recorded is recorded as refused
-    /// (the failing one with its refusal, the others ABORTED), so that none
-    /// of them can be applied later on its own; otherwise the others are
-    /// answered ABORTED and may be sent again.
+    /// rolled back). If the failure was a decision of the rules, the whole
+    /// request is recorded as refused (`Ledger::admit_failed_batch`: the
+    /// failing event with its refusal, the others ABORTED), so that none of
+    /// its events can be applied later; otherwise the others are answered
+    /// ABORTED and may be sent again.
     fn abort_batch(
         &mut self,
         group: &mut Group,
@@ -681,85 +691,74 @@ impl Writer {
         now: i64,
     ) -> Vec<Answer> {
         let failure = answers.swap_remove(failed_at);
-        let (reason, decided) = match &failure.outcome {
-            Outcome::Refused { reject, .. } => (reject.message.clone(), true),
-            Outcome::Rejected(r) => (r.message.clone(), false),
-            _ => (String::new(), false),
-        };
+        let reason = failure
+            .outcome
+            .reject()
+            .map(|r| r.message.clone())
+            .unwrap_or_default();
         let aborted = aborted_by(failed_at, &reason);
-        let mut out = Vec::with_capacity(req.events.len());
-        for (i, sub) in req.events.iter().enumerate() {
-            let reject = match (&failure.outcome, i == failed_at) {
-                // A retry: the original refusal stands.
-                (
-                    Outcome::Refused {
-                        duplicate: true, ..
-                    },
-                    true,
-                ) => {
-                    out.push(Answer {
-                        outcome: failure.outcome.clone(),
-                        names_group: failure.names_group,
-                    });
-                    continue;
-                }
-                (Outcome::Refused { reject, .. }, true) => reject.clone(),
-                (_, true) => {
-                    out.push(Answer {
-                        outcome: failure.outcome.clone(),
-                        names_group: failure.names_group,
-                    });
-                    continue;
-                }
-                (_, false) => aborted.clone(),
-            };
-            if !decided {
-                out.push(Outcome::Rejected(reject).into());
-                continue;
+        // A new decision, or a retry of a recorded one: either way the
+        // batch failed by the rules, and is recorded.
+        let reject = match &failure.outcome {
+            Outcome::Refused { reject, .. } => reject.clone(),
+            _ => {
+                return (0..req.events.len())
+                    .map(|i| {
+                        if i == failed_at {
+                            Answer {
+                                outcome: failure.outcome.clone(),
+                                names_group: failure.names_group,
+                            }
+                        } else {
+                            Outcome::Rejected(aborted.clone()).into()
+                        }
+                    })
+                    .collect();
             }
-            out.push(self.record_refused(group, sub, now, reject));
-        }
-        out
-    }
-
-    /// Records `reject` for one event of a failed atomic request, if it can
-    /// be recorded; a retry of an event already recorded as refused gets its
-    /// original refusal.
-    fn record_refused(
-        &mut self,
-        group: &mut Group,
-        sub: &Submission,
-        now: i64,
-        reject: Reject,
-    ) -> Answer {
-        let names_group = Cell::new(false);
-        let recorded = self.ledger.admit_refused(
-            &sub.signed,
-            now,
-            sub.verified_key.as_ref(),
-            Self::lookup(&self.store, group, &names_group),
-            &reject,
-        );
-        let outcome = match recorded {
-            Ok(Admission::Refused(a, reject)) => {
-                let out = Outcome::Refused {
-                    reject,
-                    sequence: a.entry.sequence,
-                    entry_hash: a.entry.hash,
-                    duplicate: false,
-                };
-                group.stage(*a);
-                out
-            }
-            Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
-            // Already applied earlier, or not recordable (malformed,
-            // unauthenticated, its id used): answered, not recorded.
-            Ok(_) | Err(_) => Outcome::Rejected(reject),
         };
-        Answer {
-            outcome,
-            names_group: names_group.get(),
-        }
+        let names_group = Cell::new(false);
+        let batch: Vec<_> = req
+            .events
+            .iter()
+            .map(|s| (&s.signed, s.verified_key.as_ref()))
+            .collect();
+        let results = {
+            let lookup =
+                |signer: &str, id: &str| Self::lookup(&self.store, group, &names_group)(signer, id);
+            self.ledger
+                .admit_failed_batch(&batch, failed_at, &reject, &aborted, now, lookup)
+        };
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let fallback = if i == failed_at {
+                    reject.clone()
+                } else {
+                    aborted.clone()
+                };
+                let outcome = match r {
+                    Ok(Admission::Refused(a, reject)) => {
+                        let out = Outcome::Refused {
+                            reject,
+                            sequence: a.entry.sequence,
+                            entry_hash: a.entry.hash,
+                            duplicate: false,
+                        };
+                        group.stage(*a);
+                        out
+                    }
+                    Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
+                    // Already applied earlier, or not recordable: answered,
+                    // not recorded.
+                    Ok(_) | Err(_) => Outcome::Rejected(fallback),
+                };
+                Answer {
+                    outcome,
+                    names_group: names_group.get(),
+                }
+            })
+            .collect()
     }
 
     fn commit(&mut self, group: Group, pending: &mut [Pending]) {
@@ -771,7 +770,7 @@ impl Writer {
             .iter()
             .map(|s| Append {
                 entry: &s.entry,
-                event_id: &s.event_id,
+                event_id: &s.event.event_id,
             })
             .collect();
         match self.store.append(&appends) {
@@ -779,8 +778,8 @@ impl Writer {
                 let entries = appends.len();
                 drop(appends);
                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                for s in group.staged {
-                    view.apply(s.change, Head::of(&s.entry));
+                for s in &group.staged {
+                    view.apply(&Committed::of(&s.entry, &s.event));
                 }
                 debug_assert_eq!(view.head(), self.ledger.head());
                 let head = view.head().sequence;
@@ -819,6 +818,23 @@ impl Writer {
             }
         }
     }
+}
+
+/// The read model folded during replay must agree with the write model's
+/// own state: two independent computations of every figure and key, checked
+/// once per start (an assertion on the projections, not on input).
+fn check_projections(ledger: &Ledger, read: &ReadModel) -> Result<(), OpenError> {
+    let disagree = |what: String| Err(OpenError::Projection(what));
+    if read.head() != ledger.head() {
+        return disagree(format!("head {:?} vs {:?}", read.head(), ledger.head()));
+    }
+    if !ledger.budgets().eq(read.balances().budgets()) {
+        return disagree("the balances differ from the write model's budgets".into());
+    }
+    if !ledger.organisations().eq(read.directory().organisations()) {
+        return disagree("the directory differs from the write model's registry".into());
+    }
+    Ok(())
 }
 
 /// The answer to a resubmission of a stored event: the original outcome.

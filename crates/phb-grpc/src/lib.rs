@@ -99,6 +99,7 @@ pub fn entry_pb(e: LogEntry) -> pb::LogEntry {
             code: r.code,
             in_atomic_batch: r.in_atomic_batch,
             message: r.message,
+            first_in_batch: r.first_in_batch,
         }),
     }
 }
@@ -304,18 +305,10 @@ impl LedgerService for LedgerApi {
         let reader = view
             .reader(&reader_id)
             .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
-        if let phb_domain::Reader::Organisation(o) = reader {
-            let sees_all = o.has(phb_domain::Role::Auditor);
-            if !filter.is_empty()
-                && !sees_all
-                && filter != o.id
-                && o.has(phb_domain::Role::Commissioner)
-            {
-                return Err(Status::permission_denied(format!(
-                    "{:?} may not list the budgets of commissioner {filter:?}; a commissioner lists its own",
-                    o.id
-                )));
-            }
+        if !Ledger::may_list(reader, filter) {
+            return Err(Status::permission_denied(format!(
+                "{reader_id:?} may not list the budgets of commissioner {filter:?}; a commissioner lists its own"
+            )));
         }
         let mut balances = Vec::with_capacity(page_size);
         let mut more = false;

@@ -473,13 +473,11 @@ fn parse_index_value(v: &[u8]) -> Option<IndexedEvent> {
         Some([]) => None,
         Some(rest) => {
             let code = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-            let flags = *rest.get(4)?;
-            if flags > 1 {
-                return None;
-            }
+            let (in_atomic_batch, first_in_batch) = Refusal::from_flags(*rest.get(4)?)?;
             Some(Refusal {
                 code,
-                in_atomic_batch: flags == 1,
+                in_atomic_batch,
+                first_in_batch,
                 message: String::from_utf8(rest.get(5..)?.to_vec()).ok()?,
             })
         }

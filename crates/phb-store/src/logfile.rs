@@ -104,17 +104,15 @@ pub fn decode_payload(p: &[u8]) -> Option<LogEntry> {
             return None;
         }
         let code = c.u32()?;
-        let flags = c.take(1)?[0];
-        if flags > 1 {
-            return None;
-        }
+        let (in_atomic_batch, first_in_batch) = Refusal::from_flags(c.take(1)?[0])?;
         let message = c.part()?;
         if message.len() > phb_domain::chain::MAX_REFUSAL_MESSAGE_BYTES {
             return None;
         }
         Some(Refusal {
             code,
-            in_atomic_batch: flags == 1,
+            in_atomic_batch,
+            first_in_batch,
             message: String::from_utf8(message.to_vec()).ok()?,
         })
     };

@@ -1,13 +1,21 @@
 //! The cast: the root key and a handful of organisations, each with keys
 //! derived deterministically from small seeds, and the budgets they run.
-//! The seeder (`seed.rs`) builds the same cast with `phb_client::Signer`.
+//! The fuzz seeder (`fuzz/seed.rs`) builds the same cast with
+//! `phb_client::Signer`.
+//!
+//! The committed fuzz corpus indexes into these tables (a byte modulo
+//! `ORGS.len()` or `BUDGETS.len()`) and holds events signed for
+//! [`LEDGER_ID`] with these keys: changing a name, an order or a length
+//! changes what every corpus input means.
 
 use ed25519_dalek::{Signer as _, SigningKey};
-use phb_domain::SignedEvent;
+use phb_domain::event::Management;
+use phb_domain::{Ledger, SignedEvent};
 use phb_proto::v1 as pb;
 use prost::Message;
 
-/// The ledger id every target runs under.
+/// The ledger id every simulation runs under (the name is the fuzz
+/// corpus's, which holds events signed for it).
 pub const LEDGER_ID: &str = "phb-fuzz-ledger";
 /// 2024-01-01T00:00:00Z in microseconds: the server clock at the start.
 pub const T0: i64 = 1_704_067_200 * 1_000_000;
@@ -58,6 +66,18 @@ pub fn signing_key(org: usize, k: usize) -> SigningKey {
 /// The index of a signer id in `ORGS`, if it is one.
 pub fn org_index(id: &str) -> Option<usize> {
     ORGS.iter().position(|o| *o == id)
+}
+
+/// The key `org` signs with now: the cast key (of any member, the root's
+/// included) that the ledger holds for it, else its setup key.
+pub fn current_key(l: &Ledger, org: usize) -> SigningKey {
+    l.signer_key(ORGS[org])
+        .and_then(|k| {
+            (0..ORGS.len())
+                .flat_map(|o| (0..KEYS_PER_ORG).map(move |i| signing_key(o, i)))
+                .find(|sk| sk.verifying_key() == *k)
+        })
+        .unwrap_or_else(|| signing_key(org, 0))
 }
 
 /// A budget of the cast.
@@ -146,11 +166,16 @@ pub fn event(
 
 /// Signs `bytes` as `ORGS[org]` with key `k`.
 pub fn sign_bytes(org: usize, k: usize, bytes: Vec<u8>) -> SignedEvent {
-    let signature = signing_key(org, k).sign(&bytes).to_bytes().to_vec();
+    sign_bytes_with(&signing_key(org, k), org, bytes)
+}
+
+/// Signs `bytes` as `ORGS[org]` with `key` (its current key, say, or
+/// someone else's).
+pub fn sign_bytes_with(key: &SigningKey, org: usize, bytes: Vec<u8>) -> SignedEvent {
     SignedEvent {
+        signature: key.sign(&bytes).to_bytes().to_vec(),
         event: bytes,
         signer_id: ORGS[org].to_string(),
-        signature,
     }
 }
 
@@ -181,6 +206,47 @@ pub fn open_kind(b: usize) -> pb::event::Kind {
         funds_holder_id: name(cfg.funds_holder),
         payroll_provider_id: name(cfg.payroll),
     })
+}
+
+/// Who should sign a commissioner's event on budget `b`: its commissioner
+/// as the ledger has it, or as configured if it is not open.
+pub fn commissioner(l: &Ledger, b: usize) -> usize {
+    l.budget(BUDGETS[b].id)
+        .and_then(|x| org_index(&x.commissioner_id))
+        .unwrap_or(BUDGETS[b].commissioner)
+}
+
+/// Who should sign a payment on budget `b`: its commissioner if notional;
+/// else its payroll provider (`via_payroll`) or funds holder, whichever it
+/// has, preferring the one asked for; else its commissioner.
+pub fn payer(l: &Ledger, b: usize, via_payroll: bool) -> usize {
+    match l.budget(BUDGETS[b].id) {
+        Some(x) if x.management == Management::Notional => commissioner(l, b),
+        Some(x) => {
+            let payroll = x.payroll_provider_id.as_deref().and_then(org_index);
+            let holder = x.funds_holder_id.as_deref().and_then(org_index);
+            let first = if via_payroll {
+                payroll.or(holder)
+            } else {
+                holder.or(payroll)
+            };
+            first.unwrap_or_else(|| commissioner(l, b))
+        }
+        None => commissioner(l, b),
+    }
+}
+
+/// Who should sign a purchase on budget `b`: its funds holder unless it is
+/// notional or has none, else its commissioner.
+pub fn purchaser(l: &Ledger, b: usize) -> usize {
+    match l.budget(BUDGETS[b].id) {
+        Some(x) if x.management != Management::Notional => x
+            .funds_holder_id
+            .as_deref()
+            .and_then(org_index)
+            .unwrap_or_else(|| commissioner(l, b)),
+        _ => commissioner(l, b),
+    }
 }
 
 /// The setup: registrations of every organisation but the ghost, then each

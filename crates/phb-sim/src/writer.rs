@@ -1,14 +1,19 @@
 //! `phb-engine`'s writer without the store: `Ledger::admit` (decode →
 //! duplicate? → authenticate → (signer, event id) already used? → decide →
 //! apply as the next entry, a refusal by the rules as a refusal entry), and
-//! for an atomic request the same rollback and `Ledger::admit_refused`
-//! recording as `Writer::process` / `abort_batch` / `record_refused`. The
+//! for an atomic request the same rollback and `Ledger::admit_failed_batch`
+//! recording as `Writer::process` / `abort_batch`. The
 //! id index is keyed by (signer, event id), as the store's is.
+//!
+//! What stands in for the store is one index of every entry, so a lookup
+//! finds what the engine finds in its group or in the store; a failing store
+//! (UNAVAILABLE) is not modelled.
 
 use crate::cast::{signing_key, LEDGER_ID, ROOT};
 use phb_domain::event::decode_event_id;
 use phb_domain::{
-    Admission, Admitted, Event, Hash, Ledger, LogEntry, Refusal, Reject, SignedEvent, Stored, Undo,
+    Admission, Admitted, Change, Event, Hash, Ledger, LogEntry, Refusal, Reject, SignedEvent,
+    Stored, Undo,
 };
 use std::collections::HashMap;
 
@@ -89,8 +94,9 @@ pub fn aborted_by(failed_at: usize, reason: &str) -> Reject {
 
 /// Sees every step `Writer::process` takes, to check it.
 pub trait Observer {
-    /// Before one event is admitted (alone) or recorded as refused.
-    fn before(&mut self, _w: &Writer, _signed: &SignedEvent) {}
+    /// Before one event is admitted (alone) or recorded as refused, at
+    /// server time `now`.
+    fn before(&mut self, _w: &Writer, _signed: &SignedEvent, _now: i64) {}
     /// After it: `recording` is the refusal being recorded for a failed
     /// atomic request, `None` for an event admitted alone.
     fn after(
@@ -101,16 +107,78 @@ pub trait Observer {
         _recording: Option<&Reject>,
     ) {
     }
-    /// The log was cut back to `len` entries (an atomic request failed).
+    /// The log was cut back to `len` entries (an atomic request failed, or
+    /// the caller rolled back).
     fn rolled_back(&mut self, _w: &Writer, _len: usize) {}
+    /// An atomic request that failed by a decision at `failed_at` was
+    /// recorded: its entries are those after the first `start`.
+    fn batch_recorded(
+        &mut self,
+        _w: &Writer,
+        _built: &[SignedEvent],
+        _failed_at: usize,
+        _outcomes: &[Outcome],
+        _start: usize,
+    ) {
+    }
 }
 
 impl Observer for () {}
 
+impl<T: Observer + ?Sized> Observer for &mut T {
+    fn before(&mut self, w: &Writer, signed: &SignedEvent, now: i64) {
+        (**self).before(w, signed, now)
+    }
+    fn after(&mut self, w: &Writer, signed: &SignedEvent, o: &Outcome, r: Option<&Reject>) {
+        (**self).after(w, signed, o, r)
+    }
+    fn rolled_back(&mut self, w: &Writer, len: usize) {
+        (**self).rolled_back(w, len)
+    }
+    fn batch_recorded(
+        &mut self,
+        w: &Writer,
+        built: &[SignedEvent],
+        failed_at: usize,
+        outcomes: &[Outcome],
+        start: usize,
+    ) {
+        (**self).batch_recorded(w, built, failed_at, outcomes, start)
+    }
+}
+
+/// Both, the first one first at every step (a tracer that prints before
+/// the checks can fail, say).
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn before(&mut self, w: &Writer, signed: &SignedEvent, now: i64) {
+        self.0.before(w, signed, now);
+        self.1.before(w, signed, now);
+    }
+    fn after(&mut self, w: &Writer, signed: &SignedEvent, o: &Outcome, r: Option<&Reject>) {
+        self.0.after(w, signed, o, r);
+        self.1.after(w, signed, o, r);
+    }
+    fn rolled_back(&mut self, w: &Writer, len: usize) {
+        self.0.rolled_back(w, len);
+        self.1.rolled_back(w, len);
+    }
+    fn batch_recorded(
+        &mut self,
+        w: &Writer,
+        built: &[SignedEvent],
+        failed_at: usize,
+        outcomes: &[Outcome],
+        start: usize,
+    ) {
+        self.0.batch_recorded(w, built, failed_at, outcomes, start);
+        self.1.batch_recorded(w, built, failed_at, outcomes, start);
+    }
+}
+
 /// The writer's state: the working ledger, the log it wrote, the id index
 /// ((signer, event id) → sequence, digest, refusal) and the undo records of
 /// every entry.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Writer {
     /// The working state.
     pub ledger: Ledger,
@@ -160,7 +228,21 @@ impl Writer {
         }
     }
 
+    /// Appends what `admit` or `admit_failed_batch` staged (`Group::stage`),
+    /// checking what the engine takes for granted: the entry is the next
+    /// sequence, and it changes nothing but the head exactly when it records
+    /// a refusal.
     fn stage(&mut self, a: Admitted) {
+        assert_eq!(
+            a.entry.sequence as usize,
+            self.log.len() + 1,
+            "not the next sequence"
+        );
+        assert_eq!(
+            a.change == Change::Refused,
+            a.entry.refusal.is_some(),
+            "a refusal entry must change nothing but the head, and only a refusal entry may"
+        );
         let key = (a.entry.signed.signer_id.clone(), a.event.event_id.clone());
         let indexed = Indexed {
             sequence: a.entry.sequence,
@@ -201,32 +283,8 @@ impl Writer {
         }
     }
 
-    /// Records `reject` for one event of a failed atomic request, if it can
-    /// be recorded (`Writer::record_refused`).
-    pub fn record_refused(&mut self, signed: &SignedEvent, now: i64, reject: Reject) -> Outcome {
-        let recorded = self.ledger.admit_refused(
-            signed,
-            now,
-            None,
-            Self::lookup(&self.ids, &self.log),
-            &reject,
-        );
-        match recorded {
-            Ok(Admission::Refused(a, reject)) => {
-                let sequence = a.entry.sequence;
-                self.stage(*a);
-                Outcome::Refused {
-                    reject,
-                    sequence,
-                    duplicate: false,
-                }
-            }
-            Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
-            Ok(_) | Err(_) => Outcome::Rejected(reject),
-        }
-    }
-
-    /// Rolls the ledger and log back to the first `len` entries.
+    /// Rolls the ledger and log back to the first `len` entries
+    /// (`Group::roll_back_to`).
     pub fn rollback_to(&mut self, len: usize) {
         let undo = self.undos.split_off(len);
         self.ledger.rollback(undo);
@@ -251,7 +309,7 @@ impl Writer {
         let start = self.log.len();
         let mut outcomes = Vec::with_capacity(built.len());
         for (i, signed) in built.iter().enumerate() {
-            obs.before(self, signed);
+            obs.before(self, signed, now);
             let o = self.try_one(signed, now);
             obs.after(self, signed, &o, None);
             let failed = o.is_refusal();
@@ -266,6 +324,10 @@ impl Writer {
         outcomes
     }
 
+    /// `Writer::abort_batch`: a batch that failed by a decision of the
+    /// rules (new, or a retry of a recorded one) is recorded whole
+    /// (`Ledger::admit_failed_batch`); any other failure leaves the others
+    /// ABORTED, unrecorded.
     fn abort_batch(
         &mut self,
         built: &[SignedEvent],
@@ -274,50 +336,76 @@ impl Writer {
         now: i64,
         obs: &mut impl Observer,
     ) -> Vec<Outcome> {
-        let (reason, decided) = match &failure {
-            Outcome::Refused { reject, .. } => (reject.message.clone(), true),
-            Outcome::Rejected(r) => (r.message.clone(), false),
+        let reason = match &failure {
+            Outcome::Refused { reject, .. } | Outcome::Rejected(reject) => reject.message.clone(),
             o => unreachable!("an atomic request failed at {o:?}"),
         };
         let aborted = aborted_by(failed_at, &reason);
-        let mut out = Vec::with_capacity(built.len());
-        for (i, signed) in built.iter().enumerate() {
-            let reject = match (&failure, i == failed_at) {
-                // A retry: the original refusal stands.
-                (
-                    Outcome::Refused {
-                        duplicate: true, ..
-                    },
-                    true,
-                ) => {
-                    out.push(failure.clone());
-                    continue;
-                }
-                (Outcome::Refused { reject, .. }, true) => reject.clone(),
-                (_, true) => {
-                    out.push(failure.clone());
-                    continue;
-                }
-                (_, false) => aborted.clone(),
-            };
-            if !decided {
-                out.push(Outcome::Rejected(reject));
-                continue;
+        let reject = match &failure {
+            Outcome::Refused { reject, .. } => reject.clone(),
+            _ => {
+                return (0..built.len())
+                    .map(|i| {
+                        if i == failed_at {
+                            failure.clone()
+                        } else {
+                            Outcome::Rejected(aborted.clone())
+                        }
+                    })
+                    .collect();
             }
-            obs.before(self, signed);
-            let o = self.record_refused(signed, now, reject.clone());
-            obs.after(self, signed, &o, Some(&reject));
-            out.push(o);
-        }
-        out
+        };
+        let start = self.log.len();
+        let batch: Vec<_> = built.iter().map(|s| (s, None)).collect();
+        let (ids, log) = (&self.ids, &self.log);
+        let results = self.ledger.admit_failed_batch(
+            &batch,
+            failed_at,
+            &reject,
+            &aborted,
+            now,
+            |signer_id: &str, event_id: &str| Self::lookup(ids, log)(signer_id, event_id),
+        );
+        let outcomes: Vec<Outcome> = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let fallback = if i == failed_at {
+                    reject.clone()
+                } else {
+                    aborted.clone()
+                };
+                match r {
+                    Ok(Admission::Refused(a, reject)) => {
+                        let sequence = a.entry.sequence;
+                        self.stage(*a);
+                        Outcome::Refused {
+                            reject,
+                            sequence,
+                            duplicate: false,
+                        }
+                    }
+                    Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
+                    Ok(_) | Err(_) => Outcome::Rejected(fallback),
+                }
+            })
+            .collect();
+        obs.batch_recorded(self, built, failed_at, &outcomes, start);
+        outcomes
     }
 
-    /// A writer with every event of `setup` submitted alone at `now`.
+    /// A writer with every event of `setup` submitted alone at `now`,
+    /// unchecked.
     pub fn with(setup: &[SignedEvent], now: i64) -> Writer {
         let mut w = Writer::new();
         for s in setup {
             w.try_one(s, now);
         }
         w
+    }
+
+    /// The entry at `sequence` (1-based).
+    pub fn entry(&self, sequence: u64) -> &LogEntry {
+        &self.log[sequence as usize - 1]
     }
 }

@@ -1,0 +1,113 @@
+//! Who may write what on a budget, and who may read what.
+
+use super::{Budget, Ledger, Organisation};
+use crate::error::Reject;
+use crate::event::{BudgetChange, Management, PayeeKind, Role, ROOT_SIGNER};
+
+/// Who is reading.
+#[derive(Debug, Clone, Copy)]
+pub enum Reader<'a> {
+    /// The ledger's root key.
+    Root,
+    /// A registered organisation.
+    Organisation(&'a Organisation),
+}
+
+impl Ledger {
+    /// Who `org_id` is as a reader, if anyone.
+    pub fn reader(&self, org_id: &str) -> Option<Reader<'_>> {
+        if org_id == ROOT_SIGNER {
+            Some(Reader::Root)
+        } else {
+            self.orgs.get(org_id).map(Reader::Organisation)
+        }
+    }
+
+    /// Whether the reader may see `budget`: auditors and root everything,
+    /// commissioners their budgets, providers the budgets that name them.
+    pub fn may_read(reader: Reader<'_>, budget: &Budget) -> bool {
+        match reader {
+            Reader::Root => true,
+            Reader::Organisation(o) => o.has(Role::Auditor) || budget.names(&o.id),
+        }
+    }
+
+    /// Whether the reader may stream the whole log.
+    pub fn may_read_log(reader: Reader<'_>) -> bool {
+        match reader {
+            Reader::Root => true,
+            Reader::Organisation(o) => o.has(Role::Auditor),
+        }
+    }
+
+    /// Who may do what on an existing budget.
+    pub(super) fn authorise(
+        &self,
+        signer: &Organisation,
+        budget: &Budget,
+        kind_name: &str,
+        change: BudgetChange<'_>,
+    ) -> Result<(), Reject> {
+        let is_commissioner = signer.has(Role::Commissioner) && budget.commissioner_id == signer.id;
+        let is_funds_holder = budget.funds_holder_id.as_deref() == Some(signer.id.as_str())
+            && (signer.has(Role::ThirdParty) || signer.has(Role::AccountProvider));
+        let is_payroll = budget.payroll_provider_id.as_deref() == Some(signer.id.as_str())
+            && signer.has(Role::PayrollProvider);
+        let notional = budget.management == Management::Notional;
+        let allowed = match change {
+            BudgetChange::Allocation { .. }
+            | BudgetChange::Disbursement { .. }
+            | BudgetChange::ReviewAdjustment { .. }
+            | BudgetChange::Stop { .. } => is_commissioner,
+            BudgetChange::Payment { payee_kind, .. } => {
+                (notional && is_commissioner)
+                    || (!notional && is_funds_holder)
+                    || (!notional && is_payroll && payee_kind == PayeeKind::PersonalAssistant)
+            }
+            BudgetChange::Purchase { .. } => {
+                (notional && is_commissioner) || (!notional && is_funds_holder)
+            }
+        };
+        if allowed {
+            return Ok(());
+        }
+        let why = match change {
+            BudgetChange::Payment { .. } | BudgetChange::Purchase { .. } if notional => {
+                "on a notional budget only its commissioner pays and buys".to_string()
+            }
+            BudgetChange::Payment {
+                payee_kind: PayeeKind::Provider,
+                ..
+            } if is_payroll => {
+                "a payroll provider pays personal assistants only (payee_kind PAYEE_KIND_PERSONAL_ASSISTANT)".to_string()
+            }
+            BudgetChange::Payment { .. } | BudgetChange::Purchase { .. } => {
+                "spending is recorded by the budget's funds holder, or its payroll provider for personal assistants' wages".to_string()
+            }
+            _ => format!(
+                "only the budget's commissioner ({:?}) records {}",
+                budget.commissioner_id, kind_name
+            ),
+        };
+        Err(Reject::denied(format!(
+            "{:?} may not record {} on budget {:?}: {why}",
+            signer.id, kind_name, budget.id
+        )))
+    }
+
+    /// Whether the reader may list the budgets of commissioner `filter`
+    /// (empty: every budget it may read). A commissioner lists its own; an
+    /// auditor or root any; a provider may filter by any commissioner (it
+    /// still sees only the budgets that name it).
+    pub fn may_list(reader: Reader<'_>, filter: &str) -> bool {
+        match reader {
+            Reader::Root => true,
+            Reader::Organisation(o) => {
+                filter.is_empty()
+                    || filter == o.id
+                    || o.has(Role::Auditor)
+                    || !o.has(Role::Commissioner)
+            }
+        }
+    }
+}

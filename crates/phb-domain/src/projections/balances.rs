@@ -1,0 +1,101 @@
+//! Balances: every budget's figures, folded from committed entries.
+
+use super::{Committed, Projection};
+use crate::event::EventKind;
+use crate::ledger::Budget;
+use crate::money::Money;
+use std::collections::BTreeMap;
+
+/// Every budget, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Balances {
+    budgets: BTreeMap<String, Budget>,
+}
+
+impl Balances {
+    /// A budget by id.
+    pub fn budget(&self, id: &str) -> Option<&Budget> {
+        self.budgets.get(id)
+    }
+
+    /// Budgets with id > `after`, in id order.
+    pub fn budgets_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Budget> + 'a {
+        use std::ops::Bound;
+        self.budgets
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, b)| b)
+    }
+
+    /// All budgets in id order.
+    pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
+        self.budgets.values()
+    }
+}
+
+/// `a + b`; the write model refused anything that would overflow, so an
+/// overflow here means the entry was never decided: a bug, not input.
+fn plus(a: Money, b: Money) -> Money {
+    a.checked_add(b)
+        .expect("committed amounts were checked for overflow by the write model")
+}
+
+impl Projection for Balances {
+    fn apply(&mut self, c: &Committed<'_>) {
+        if !c.applied() {
+            return;
+        }
+        let id = &c.event.budget_id;
+        let sequence = c.head.sequence;
+        if let EventKind::BudgetOpened {
+            holder_ref,
+            commissioner_id,
+            period_start,
+            period_end,
+            management,
+            funds_holder_id,
+            payroll_provider_id,
+        } = &c.event.kind
+        {
+            let opened = Budget {
+                id: id.clone(),
+                holder_ref: holder_ref.clone(),
+                commissioner_id: commissioner_id.clone(),
+                period_start: *period_start,
+                period_end: *period_end,
+                management: *management,
+                funds_holder_id: funds_holder_id.clone(),
+                payroll_provider_id: payroll_provider_id.clone(),
+                allocated: Money::ZERO,
+                paid_in: Money::ZERO,
+                spent: Money::ZERO,
+                stopped: false,
+                last_sequence: sequence,
+            };
+            let previous = self.budgets.insert(id.clone(), opened);
+            assert!(previous.is_none(), "budget {id} opened twice in the log");
+            return;
+        }
+        let Some(b) = self.budgets.get_mut(id) else {
+            // Organisation events name no budget.
+            assert!(
+                c.event.kind.is_organisation_event(),
+                "event on unopened budget {id}"
+            );
+            return;
+        };
+        match &c.event.kind {
+            EventKind::Allocation { amount, .. } => b.allocated = plus(b.allocated, *amount),
+            EventKind::Disbursement { amount } => b.paid_in = plus(b.paid_in, *amount),
+            EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
+                b.spent = plus(b.spent, *amount)
+            }
+            EventKind::ReviewAdjustment { delta, .. } => b.allocated = plus(b.allocated, *delta),
+            EventKind::BudgetStopped { .. } => b.stopped = true,
+            EventKind::BudgetOpened { .. }
+            | EventKind::OrganisationRegistered { .. }
+            | EventKind::KeyRotated { .. } => return,
+        }
+        b.last_sequence = sequence;
+        debug_assert!(!b.held().is_negative() && !b.available().is_negative());
+    }
+}
