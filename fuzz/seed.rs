@@ -122,7 +122,7 @@ fn main() {
                     "120.00",
                     pb::PayeeKind::PersonalAssistant,
                     "pa-001",
-                    "personal_care",
+                    "personal_assistant",
                 ),
             ),
         ),

@@ -220,7 +220,12 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &account,
         &dp,
-        kinds::pay("808.16", pb::PayeeKind::Provider, "cmht-1", "mental_health"),
+        kinds::pay(
+            "808.16",
+            pb::PayeeKind::Provider,
+            "cmht-1",
+            "clinical_service",
+        ),
         "4 CMHT sessions (4 x 202.04)",
     )
     .await?;
@@ -231,7 +236,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             "202.04",
             pb::PayeeKind::Provider,
             "psych-1",
-            "mental_health",
+            "clinical_service",
         ),
         "1 psychiatric visit",
     )
@@ -243,7 +248,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             "2184.00",
             pb::PayeeKind::PersonalAssistant,
             "pa-3b",
-            "personal_care",
+            "personal_assistant",
         ),
         "personal assistant, 6 h/week",
     )
@@ -258,7 +263,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &account,
         &dp,
-        kinds::buy("580.00", "wellbeing", "gym-9", "gym membership"),
+        kinds::buy("580.00", "exercise_wellbeing", "gym-9", "gym membership"),
         "gym membership",
     )
     .await?;
@@ -279,7 +284,12 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.refused(
         &payroll,
         &dp,
-        kinds::pay("10.00", pb::PayeeKind::Provider, "cmht-1", "mental_health"),
+        kinds::pay(
+            "10.00",
+            pb::PayeeKind::Provider,
+            "cmht-1",
+            "clinical_service",
+        ),
         "payroll provider paying a provider",
     )
     .await?;
@@ -306,7 +316,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             "180.71",
             pb::PayeeKind::Provider,
             "crisis-team",
-            "crisis_support",
+            "clinical_service",
         ),
         "crisis contact",
     )
@@ -323,7 +333,12 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &icb,
         &no,
-        kinds::pay("202.04", pb::PayeeKind::Provider, "cmht-1", "mental_health"),
+        kinds::pay(
+            "202.04",
+            pb::PayeeKind::Provider,
+            "cmht-1",
+            "clinical_service",
+        ),
         "CMHT contact",
     )
     .await?;
@@ -339,7 +354,12 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.refused(
         &icb,
         &no,
-        kinds::pay("10.00", pb::PayeeKind::Provider, "cmht-1", "mental_health"),
+        kinds::pay(
+            "10.00",
+            pb::PayeeKind::Provider,
+            "cmht-1",
+            "clinical_service",
+        ),
         "payment after stop",
     )
     .await?;

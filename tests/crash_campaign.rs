@@ -114,7 +114,7 @@ async fn drive(
                 LEDGER_ID,
                 &format!("c{cycle}-w{worker}-s{step}-{n}"),
                 budget,
-                kinds::pay(&amount, pb::PayeeKind::Provider, "prov-1", "care"),
+                kinds::pay(&amount, pb::PayeeKind::Provider, "prov-1", "agency_care"),
             );
             payer.sign(&ev)
         };

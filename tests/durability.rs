@@ -157,7 +157,7 @@ async fn batches_atomic_and_not() {
         w.sign(
             &payroll,
             d,
-            kinds::pay(amount, pa(), "pa-1", "personal_care"),
+            kinds::pay(amount, pa(), "pa-1", "personal_assistant"),
         )
     };
     // A payroll run where one payslip would overspend.
@@ -587,7 +587,7 @@ async fn concurrent_spenders_never_overspend() {
                             &pounds(amount),
                             pa(),
                             &format!("pa-{t}-{i}"),
-                            "personal_care",
+                            "personal_assistant",
                         ),
                     )
                 };
@@ -749,14 +749,14 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
     let e = w.sign(
         &acct,
         "h-dp",
-        kinds::pay("808.16", provider(), "cmht", "mental_health"),
+        kinds::pay("808.16", provider(), "cmht", "clinical_service"),
     );
     assert_written(&w.append_signed(e.clone()).await);
     sample.push(e);
     w.ok(
         &payroll,
         "h-dp",
-        kinds::pay("2184.00", pa(), "pa-1", "personal_care"),
+        kinds::pay("2184.00", pa(), "pa-1", "personal_assistant"),
     )
     .await;
     w.open_third_party("h-tp").await;
@@ -774,7 +774,7 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
     w.ok(
         &c,
         "h-n",
-        kinds::pay("202.04", provider(), "cmht", "mental_health"),
+        kinds::pay("202.04", provider(), "cmht", "clinical_service"),
     )
     .await;
     w.ok(&c, "h-n", kinds::stop("holder moved away")).await;
@@ -812,7 +812,7 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
         w.sign(
             &payroll,
             "h-c2",
-            kinds::pay("600.00", pa(), "pa-9", "personal_care"),
+            kinds::pay("600.00", pa(), "pa-9", "personal_assistant"),
         ),
     ];
     sample.extend(batch.clone());
@@ -870,7 +870,7 @@ async fn restart_yields_identical_state() {
         .find(|e| e.signer_id == w.payroll.id)
         .expect("the sample has an event of the payroll provider");
     let mut reused = <pb::Event as prost::Message>::decode(by_payroll.event.as_slice()).unwrap();
-    reused.kind = Some(kinds::pay("1.00", provider(), "cmht", "mental_health"));
+    reused.kind = Some(kinds::pay("1.00", provider(), "cmht", "clinical_service"));
     assert_refused(
         &w.append_signed(w.payroll.sign(&reused)).await,
         Code::AlreadyExists,
@@ -963,7 +963,7 @@ async fn torn_tail_is_recovered() {
         .append(
             &w.payroll.clone(),
             "h-c2",
-            kinds::pay("1.00", pa(), "pa-9", "personal_care"),
+            kinds::pay("1.00", pa(), "pa-9", "personal_assistant"),
         )
         .await;
     assert_eq!(assert_written(&r), before.0.len() as u64 + 1);
@@ -1000,7 +1000,7 @@ async fn kill_under_load_keeps_every_acknowledged_event() {
                     w.sign(
                         &w.payroll,
                         d,
-                        kinds::pay("2.00", pa(), &format!("pa-{t}-{i}"), "personal_care"),
+                        kinds::pay("2.00", pa(), &format!("pa-{t}-{i}"), "personal_assistant"),
                     )
                 };
                 let call = client.append(pb::AppendRequest {

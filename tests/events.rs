@@ -63,7 +63,7 @@ async fn northamptonshire_example_figures() {
     w.refused(
         &acct,
         b,
-        kinds::pay("0.01", provider(), "cmht-trust", "mental_health"),
+        kinds::pay("0.01", provider(), "cmht-trust", "clinical_service"),
         Code::FailedPrecondition,
     )
     .await;
@@ -79,19 +79,24 @@ async fn northamptonshire_example_figures() {
     w.ok(
         &acct,
         b,
-        kinds::pay("808.16", provider(), "cmht-trust", "mental_health"),
+        kinds::pay("808.16", provider(), "cmht-trust", "clinical_service"),
     )
     .await;
     w.ok(
         &acct,
         b,
-        kinds::pay("202.04", provider(), "psychiatry-clinic", "mental_health"),
+        kinds::pay(
+            "202.04",
+            provider(),
+            "psychiatry-clinic",
+            "clinical_service",
+        ),
     )
     .await;
     w.ok(
         &payroll,
         b,
-        kinds::pay("2184.00", pa(), "pa-0001", "personal_care"),
+        kinds::pay("2184.00", pa(), "pa-0001", "personal_assistant"),
     )
     .await;
     w.ok(
@@ -103,7 +108,7 @@ async fn northamptonshire_example_figures() {
     w.ok(
         &acct,
         b,
-        kinds::buy("580.00", "wellbeing", "gym-01", "gym membership"),
+        kinds::buy("580.00", "exercise_wellbeing", "gym-01", "gym membership"),
     )
     .await;
     let bal = w.balance(b).await;
@@ -207,11 +212,15 @@ async fn every_budget_event_kind_third_party_and_notional() {
     w.ok(
         &tp,
         b,
-        kinds::pay("180.71", provider(), "crisis-team", "crisis_support"),
+        kinds::pay("180.71", provider(), "crisis-team", "clinical_service"),
     )
     .await;
-    w.ok(&tp, b, kinds::pay("120.00", pa(), "pa-77", "personal_care"))
-        .await;
+    w.ok(
+        &tp,
+        b,
+        kinds::pay("120.00", pa(), "pa-77", "personal_assistant"),
+    )
+    .await;
     w.ok(
         &tp,
         b,
@@ -240,7 +249,7 @@ async fn every_budget_event_kind_third_party_and_notional() {
     w.ok(
         &c,
         n,
-        kinds::pay("202.04", provider(), "cmht-trust", "mental_health"),
+        kinds::pay("202.04", provider(), "cmht-trust", "clinical_service"),
     )
     .await;
     w.ok(
@@ -276,7 +285,7 @@ async fn every_budget_event_kind_third_party_and_notional() {
     w.ok(
         &w.payroll.clone(),
         d,
-        kinds::pay("300.00", pa(), "pa-1", "personal_care"),
+        kinds::pay("300.00", pa(), "pa-1", "personal_assistant"),
     )
     .await;
     w.ok(
@@ -538,7 +547,7 @@ async fn budget_rules() {
     w.refused(
         &payroll,
         d,
-        kinds::pay("300.01", pa(), "pa-1", "personal_care"),
+        kinds::pay("300.01", pa(), "pa-1", "personal_assistant"),
         fp,
     )
     .await;
@@ -546,7 +555,7 @@ async fn budget_rules() {
     w.ok(
         &payroll,
         d,
-        kinds::pay("200.00", pa(), "pa-1", "personal_care"),
+        kinds::pay("200.00", pa(), "pa-1", "personal_assistant"),
     )
     .await;
     w.refused(
@@ -656,7 +665,7 @@ async fn budget_rules() {
     w.refused(
         &payroll,
         s,
-        kinds::pay("1.00", pa(), "pa-1", "personal_care"),
+        kinds::pay("1.00", pa(), "pa-1", "personal_assistant"),
         fp,
     )
     .await;
@@ -1031,7 +1040,7 @@ async fn permission_denied() {
     w.refused(
         &payroll,
         t,
-        kinds::pay("10.00", pa(), "pa-1", "personal_care"),
+        kinds::pay("10.00", pa(), "pa-1", "personal_assistant"),
         pd,
     )
     .await;

@@ -871,7 +871,12 @@ async fn hostile_input_catalogue() {
             w.sign(
                 &payroll,
                 dp,
-                kinds::pay("1.00", PayeeKind::Provider, "agency-1", "personal_care"),
+                kinds::pay(
+                    "1.00",
+                    PayeeKind::Provider,
+                    "agency-1",
+                    "personal_assistant",
+                ),
             ),
             denied,
             None,
@@ -908,7 +913,7 @@ async fn hostile_input_catalogue() {
                     "1.00",
                     PayeeKind::PersonalAssistant,
                     "pa-1",
-                    "personal_care",
+                    "personal_assistant",
                 ),
             ),
             denied,

@@ -361,7 +361,7 @@ async fn read_log_catch_up_and_chain() {
                 "20.00",
                 pb::PayeeKind::PersonalAssistant,
                 "pa-1",
-                "personal_care",
+                "personal_assistant",
             ),
         ));
     }
@@ -509,7 +509,7 @@ async fn read_log_follow() {
                         "5.00",
                         pb::PayeeKind::PersonalAssistant,
                         "pa",
-                        "personal_care",
+                        "personal_assistant",
                     ),
                 ),
                 w.sign(&c, d, kinds::review("-10.00", "review")),

@@ -203,7 +203,13 @@ const TEXTS: [&str; 12] = [
     "\u{1f600}\u{fe01}\u{fe02}\u{fe03}",
     "\u{2800}",
 ];
-const CATEGORIES: [&str; 4] = ["personal_care", "respite", "gym-membership", "Bad Cat"];
+const CATEGORIES: [&str; 5] = [
+    "personal_assistant",
+    "respite",
+    "exercise_wellbeing",
+    "Bad Cat",
+    "gambling",
+];
 const BAD_AMOUNTS: [&str; 16] = [
     "",
     "0",
@@ -414,7 +420,7 @@ impl Run {
                     amount: amount_str(amount),
                     payee_kind: [1, 2, 0, 3][mostly(*payee_kind, 2, 4)],
                     payee_ref: "pa-001".into(),
-                    category: CATEGORIES[mostly(*category, 3, 4)].into(),
+                    category: CATEGORIES[mostly(*category, 3, 5)].into(),
                     reference: "wk-12".into(),
                 }),
             ),

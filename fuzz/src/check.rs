@@ -18,11 +18,35 @@ fn is_id(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
+/// docs/api.md, "Spending categories", restated from the document.
 fn is_category(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_REF_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    const VOCABULARY: [&str; 24] = [
+        "personal_assistant",
+        "agency_care",
+        "respite",
+        "therapy",
+        "equipment",
+        "it_equipment",
+        "education",
+        "exercise_wellbeing",
+        "transport",
+        "community_activity",
+        "clinical_service",
+        "household_support",
+        "payroll_and_account_fees",
+        "employer_insurance",
+        "tax_and_pension",
+        "cash",
+        "gp_primary_care",
+        "emergency_care",
+        "inpatient_care",
+        "pharmaceuticals",
+        "alcohol",
+        "tobacco",
+        "gambling",
+        "debt_repayment",
+    ];
+    VOCABULARY.contains(&s)
 }
 
 /// docs/api.md, "Text fields", restated from the document rather than from

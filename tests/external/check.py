@@ -211,7 +211,16 @@ def self_test():
 
 ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REF_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-CATEGORY_RE = re.compile(r"[a-z0-9_-]{1,64}")
+# docs/api.md, "Spending categories": the closed vocabulary.
+ALLOWED_CATEGORIES = {
+    "personal_assistant", "agency_care", "respite", "therapy", "equipment", "it_equipment", "education",
+    "exercise_wellbeing", "transport", "community_activity", "clinical_service", "household_support",
+    "payroll_and_account_fees", "employer_insurance", "tax_and_pension", "cash",
+}
+EXCLUDED_CATEGORIES = {
+    "gp_primary_care", "emergency_care", "inpatient_care", "pharmaceuticals",
+    "alcohol", "tobacco", "gambling", "debt_repayment",
+}
 AMOUNT_RE = re.compile(r"-?[0-9]{1,10}(\.[0-9]{1,2})?")
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MAX_AMOUNT = Decimal("1000000000.00")
@@ -397,11 +406,11 @@ def validate_event(raw, ledger_id, now_micros):
         amount(k.amount, "payment.amount", True)
         need(k.payee_kind in pb.PayeeKind.values() and k.payee_kind != 0, "bad payee_kind")
         need(REF_RE.fullmatch(k.payee_ref) is not None, "bad payee_ref")
-        need(CATEGORY_RE.fullmatch(k.category) is not None, "bad category")
+        need(k.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
         need(text_ok(k.reference, 128, False), "bad reference")
     elif kind == "purchase":
         amount(k.amount, "purchase.amount", True)
-        need(CATEGORY_RE.fullmatch(k.category) is not None, "bad category")
+        need(k.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
         need(REF_RE.fullmatch(k.supplier_ref) is not None, "bad supplier_ref")
         need(text_ok(k.description, 256, False), "bad description")
         need(text_ok(k.receipt_ref, 128, False), "bad receipt_ref")
@@ -648,6 +657,7 @@ class Auditor:
             b.paid_in += a
         elif kind in ("payment", "purchase"):
             a = Decimal(k.amount)
+            deny(k.category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "excluded category")
             deny(a <= spendable, FAILED_PRECONDITION, "overspend")
             b.spent += a
         elif kind == "review_adjustment":
@@ -1086,7 +1096,7 @@ def run(addr, datadir):
     purchase_seq = c.head
     purchase_hash = c.receipts[purchase_seq][1]
     c.write(payroll, c.event("pay", b_dp, payment=pb.Payment(
-        amount="364.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b", category="personal_care",
+        amount="364.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b", category="personal_assistant",
         reference="payslip 0042")), "payroll personal-assistant payment")
     c.refuse(payroll, c.event("pay", b_dp, payment=pb.Payment(
         amount="10.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-1", category="respite")),
@@ -1095,6 +1105,13 @@ def run(addr, datadir):
              PERMISSION_DENIED, "purchase by an organisation the budget does not name")
     c.write(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="2.04", category="respite", supplier_ref="s-9")),
             "commissioner purchase on a notional budget")
+    # docs/api.md "Spending categories": excluded codes are decisions (recorded),
+    # unknown codes are malformed (not recorded).
+    c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="1.00", category="gambling", supplier_ref="s-9")),
+             FAILED_PRECONDITION, "purchase in an excluded category")
+    c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="1.00", category="personal_care",
+                                                             supplier_ref="s-9")),
+             INVALID_ARGUMENT, "purchase in an unknown category", field="kind.purchase.category")
 
     step("overspend is refused, recorded once as a refusal, and changes no balance")
     before = c.balance(icb, b_tp)
@@ -1154,7 +1171,7 @@ def run(addr, datadir):
     tp_seq = c.head
     check(tp_seq != icb_seq, "two organisations' events under one id share a sequence")
     payroll_shared = c.refuse(payroll, with_id(c.event("pay", b_late, payment=pb.Payment(
-        amount="1.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-1", category="personal_care"))),
+        amount="1.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-1", category="personal_assistant"))),
         PERMISSION_DENIED, "payroll's event under the same id, refused by the rules (b6 names no payroll)")
     payroll_refusal = c.recorded[-1][1]
     for who, signed, seq in (("commissioner", icb_shared, icb_seq), ("third party", tp_shared, tp_seq)):
@@ -1190,7 +1207,7 @@ def run(addr, datadir):
     def pa(amt, n):
         return payroll.sign(c.event(f"payrun-{n}", b_dp, payment=pb.Payment(
             amount=amt, payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref=f"pa-{n}",
-            category="personal_care", reference=f"run 7/{n}")))
+            category="personal_assistant", reference=f"run 7/{n}")))
 
     def refused_batch(batch, codes, what, recorded):
         res = c.append(batch, atomic=True)

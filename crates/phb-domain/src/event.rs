@@ -282,11 +282,15 @@ pub enum BudgetChange<'a> {
         amount: Money,
         /// Who is paid.
         payee_kind: PayeeKind,
+        /// The spending category (a code of `crate::categories`).
+        category: &'a str,
     },
     /// Goods or services bought.
     Purchase {
         /// Positive amount.
         amount: Money,
+        /// The spending category (a code of `crate::categories`).
+        category: &'a str,
     },
     /// Entitlement up or down after a review.
     ReviewAdjustment {
@@ -304,7 +308,7 @@ impl BudgetChange<'_> {
     /// Money leaving the budget, if this spends.
     pub fn spending(&self) -> Option<Money> {
         match *self {
-            BudgetChange::Payment { amount, .. } | BudgetChange::Purchase { amount } => {
+            BudgetChange::Payment { amount, .. } | BudgetChange::Purchase { amount, .. } => {
                 Some(amount)
             }
             _ => None,
@@ -356,14 +360,21 @@ impl EventKind {
                 Subject::Budget(BudgetChange::Disbursement { amount: *amount })
             }
             EventKind::Payment {
-                amount, payee_kind, ..
+                amount,
+                payee_kind,
+                category,
+                ..
             } => Subject::Budget(BudgetChange::Payment {
                 amount: *amount,
                 payee_kind: *payee_kind,
+                category,
             }),
-            EventKind::Purchase { amount, .. } => {
-                Subject::Budget(BudgetChange::Purchase { amount: *amount })
-            }
+            EventKind::Purchase {
+                amount, category, ..
+            } => Subject::Budget(BudgetChange::Purchase {
+                amount: *amount,
+                category,
+            }),
             EventKind::ReviewAdjustment { delta, .. } => {
                 Subject::Budget(BudgetChange::ReviewAdjustment { delta: *delta })
             }
@@ -424,29 +435,21 @@ pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Reject> {
     Ok(())
 }
 
+/// A category must be a code of the vocabulary (`crate::categories`):
+/// allowed or excluded. Whether an excluded one may be spent on is a
+/// decision of the rules (`ledger::budgets`), not a matter of syntax.
 fn check_category(field: &str, value: &str) -> Result<(), Reject> {
-    if value.is_empty() || value.len() > MAX_REF_LEN {
-        return Err(Reject::invalid(
-            field,
-            format!(
-                "{field} is {} bytes long; it must be 1-{MAX_REF_LEN} bytes of a-z, 0-9, _ and -",
-                value.len()
-            ),
-        ));
+    if crate::categories::classify(value).is_some() {
+        return Ok(());
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err(Reject::invalid(
-            field,
-            format!(
-                "{field} {} must use only a-z, 0-9, _ and - (e.g. \"personal_care\")",
-                quote(value)
-            ),
-        ));
-    }
-    Ok(())
+    Err(Reject::invalid(
+        field,
+        format!(
+            "{field} {} is not a spending category; use one of: {} (docs/api.md, \"Spending categories\")",
+            quote(value),
+            crate::categories::allowed_list()
+        ),
+    ))
 }
 
 fn amount(field: &str, s: &str) -> Result<Money, Reject> {

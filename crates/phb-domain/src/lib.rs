@@ -7,6 +7,7 @@
 //! goes through the same `Ledger::decide` / `Ledger::apply`.
 #![deny(missing_docs)]
 
+pub mod categories;
 pub mod chain;
 pub mod error;
 pub mod event;

@@ -78,13 +78,14 @@ const DATES: [(&str, &str); 6] = [
     ("2023-02-29", "2024-01-01"), // no such day
     ("24-04-01", "2025-03-31"),   // not YYYY-MM-DD
 ];
-const CATEGORIES: [&str; 6] = [
-    "personal_care",
+const CATEGORIES: [&str; 7] = [
+    "personal_assistant",
     "respite",
-    "gym-membership",
+    "exercise_wellbeing",
     "Bad Cat",
     "",
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", // 65
+    "gambling", // excluded outright: a recorded refusal
 ];
 const REFS: [&str; 4] = ["pa-001", "prov:cmht.7", "bad ref!", ""];
 const TEXTS: [&str; 11] = [

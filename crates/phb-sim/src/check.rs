@@ -446,6 +446,24 @@ pub fn check_authorised(before: &Snapshot, signer: &str, event: &Event) {
         _ => unreachable!("organisation events and openings are handled above"),
     };
     assert!(ok, "{kind} on {} accepted from {signer}", b.id);
+    // docs/api.md, "Spending categories": never spent on, whatever the plan.
+    const EXCLUDED: [&str; 8] = [
+        "gp_primary_care",
+        "emergency_care",
+        "inpatient_care",
+        "pharmaceuticals",
+        "alcohol",
+        "tobacco",
+        "gambling",
+        "debt_repayment",
+    ];
+    if let EventKind::Payment { category, .. } | EventKind::Purchase { category, .. } = &event.kind
+    {
+        assert!(
+            !EXCLUDED.contains(&category.as_str()),
+            "{kind} in excluded category {category} accepted"
+        );
+    }
 }
 
 /// Replays `entries` (refusal entries included) into a fresh ledger of the

@@ -1,6 +1,7 @@
 //! Budgets: opening one, and the money rules of every budget event.
 
 use super::{Change, Ledger, Organisation};
+use crate::categories::{self, Category};
 use crate::error::Reject;
 use crate::event::{BudgetChange, BudgetOpening, Date, Management, Role};
 use crate::money::Money;
@@ -189,7 +190,15 @@ impl Ledger {
                 }
                 b.paid_in = b.paid_in.checked_add(amount).ok_or_else(overflow)?;
             }
-            BudgetChange::Payment { amount, .. } | BudgetChange::Purchase { amount } => {
+            BudgetChange::Payment {
+                amount, category, ..
+            }
+            | BudgetChange::Purchase { amount, category } => {
+                if let Some(Category::Excluded { code, rule }) = categories::classify(category) {
+                    return Err(Reject::precondition(format!(
+                        "category {code:?} is excluded whatever the care plan says: {rule}"
+                    )));
+                }
                 let spendable = b.spendable();
                 if amount > spendable {
                     let what = match b.management {
