@@ -83,6 +83,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             })?,
             funds_holder_id: str_field(o, "funds_holder_id")?,
             payroll_provider_id: str_field(o, "payroll_provider_id")?,
+            plan_facilitator_id: String::new(),
         }),
         "allocation" => Kind::Allocation(pb::Allocation {
             amount: str_field(o, "amount")?,

@@ -877,6 +877,7 @@ async fn invalid_arguments() {
             management: Management::DirectPayment as i32,
             funds_holder_id: acct.id.clone(),
             payroll_provider_id: String::new(),
+            plan_facilitator_id: String::new(),
         };
         f(&mut k);
         Kind::BudgetOpened(k)

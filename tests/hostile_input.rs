@@ -1153,6 +1153,7 @@ async fn hostile_input_catalogue() {
             management: Management::Notional as i32,
             funds_holder_id: String::new(),
             payroll_provider_id: String::new(),
+            plan_facilitator_id: String::new(),
         };
         f(&mut o);
         Kind::BudgetOpened(o)

@@ -387,6 +387,7 @@ impl Run {
                         management: [1, 2, 3, 0, 4][mostly(*shape, 3, 5)],
                         funds_holder_id: org(who[1]),
                         payroll_provider_id: org(who[2]),
+                        plan_facilitator_id: String::new(),
                     })
                 };
                 (bid(*b), kind)

@@ -29,6 +29,8 @@ pub mod methods {
     pub const LIST_BALANCES: &str = "/phb.ledger.v1.LedgerService/ListBalances";
     /// ReadLog.
     pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
+    /// GetCarePlan.
+    pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
 }
 
 /// Key-file errors.
@@ -225,6 +227,33 @@ pub mod kinds {
             management: management as i32,
             funds_holder_id: funds_holder.into(),
             payroll_provider_id: payroll.into(),
+            plan_facilitator_id: String::new(),
+        })
+    }
+    /// CarePlanApproved with `lines` of (line id, category, annual amount,
+    /// description), in force 2026-04-01..2027-03-31, review due 2026-10-01.
+    pub fn plan(plan_id: &str, lines: &[(&str, &str, &str, &str)], contingency: &str) -> Kind {
+        Kind::CarePlanApproved(pb::CarePlanApproved {
+            plan_id: plan_id.into(),
+            lines: lines
+                .iter()
+                .map(|(id, category, amount, description)| pb::PlanLine {
+                    line_id: (*id).into(),
+                    category: (*category).into(),
+                    annual_amount: (*amount).into(),
+                    description: (*description).into(),
+                })
+                .collect(),
+            contingency_amount: contingency.into(),
+            valid_from: "2026-04-01".into(),
+            valid_to: "2027-03-31".into(),
+            review_due: "2026-10-01".into(),
+        })
+    }
+    /// FacilitatorAppointed.
+    pub fn appoint_facilitator(org: &str) -> Kind {
+        Kind::FacilitatorAppointed(pb::FacilitatorAppointed {
+            organisation_id: org.into(),
         })
     }
     /// Allocation.

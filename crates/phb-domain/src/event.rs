@@ -45,6 +45,8 @@ pub enum Role {
     AccountProvider,
     /// Reads everything.
     Auditor,
+    /// May approve the care plans of budgets that name it.
+    PlanFacilitator,
 }
 
 /// How a budget's money is held.
@@ -91,6 +93,29 @@ pub struct Date {
     pub day: u8,
 }
 
+impl Date {
+    /// The UTC calendar date of a time in microseconds since the Unix epoch
+    /// (Howard Hinnant's civil_from_days). Times before 2000 or after 2199
+    /// are outside what the ledger records; they clamp to those years.
+    pub fn from_unix_micros(micros: i64) -> Date {
+        let days = micros.div_euclid(86_400_000_000);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Date {
+            year: year.clamp(2000, 2199) as u16,
+            month,
+            day,
+        }
+    }
+}
+
 impl std::fmt::Display for Date {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
@@ -132,6 +157,8 @@ pub enum EventKind {
         funds_holder_id: Option<String>,
         /// The payroll provider, if any.
         payroll_provider_id: Option<String>,
+        /// The plan facilitator, if any.
+        plan_facilitator_id: Option<String>,
     },
     /// Entitlement up.
     Allocation {
@@ -183,7 +210,56 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A care plan approved (supersedes the budget's earlier one).
+    CarePlanApproved(PlanSpec),
+    /// The organisation that may approve the budget's plans.
+    FacilitatorAppointed {
+        /// A PLAN_FACILITATOR organisation.
+        organisation_id: String,
+    },
 }
+
+/// A care plan as approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSpec {
+    /// The plan's id.
+    pub plan_id: String,
+    /// Its lines (1 to `MAX_PLAN_LINES`, ids unique).
+    pub lines: Vec<PlanLineSpec>,
+    /// The contingency fund (zero or more).
+    pub contingency: Money,
+    /// First day in force.
+    pub valid_from: Date,
+    /// Last day in force.
+    pub valid_to: Date,
+    /// Review due.
+    pub review_due: Date,
+}
+
+impl PlanSpec {
+    /// Lines plus contingency; `None` on overflow (which the rules refuse).
+    pub fn total(&self) -> Option<Money> {
+        self.lines
+            .iter()
+            .try_fold(self.contingency, |t, l| t.checked_add(l.annual))
+    }
+}
+
+/// One line of a care plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanLineSpec {
+    /// Unique within the plan.
+    pub line_id: String,
+    /// A category code (`crate::categories`).
+    pub category: String,
+    /// Its annual amount (positive).
+    pub annual: Money,
+    /// What it pays for.
+    pub description: String,
+}
+
+/// The most lines a care plan may have.
+pub const MAX_PLAN_LINES: usize = 100;
 
 impl EventKind {
     /// True for events that are about organisations rather than a budget.
@@ -206,6 +282,8 @@ impl EventKind {
             EventKind::Purchase { .. } => "Purchase",
             EventKind::ReviewAdjustment { .. } => "ReviewAdjustment",
             EventKind::BudgetStopped { .. } => "BudgetStopped",
+            EventKind::CarePlanApproved(_) => "CarePlanApproved",
+            EventKind::FacilitatorAppointed { .. } => "FacilitatorAppointed",
         }
     }
 }
@@ -261,6 +339,8 @@ pub struct BudgetOpening<'a> {
     pub funds_holder_id: Option<&'a str>,
     /// The payroll provider, if any.
     pub payroll_provider_id: Option<&'a str>,
+    /// The plan facilitator, if any.
+    pub plan_facilitator_id: Option<&'a str>,
 }
 
 /// An event on an existing budget.
@@ -301,6 +381,13 @@ pub enum BudgetChange<'a> {
     Stop {
         /// Why.
         reason: &'a str,
+    },
+    /// A care plan approved.
+    PlanApproved(&'a PlanSpec),
+    /// A plan facilitator appointed.
+    FacilitatorAppointed {
+        /// The organisation.
+        organisation_id: &'a str,
     },
 }
 
@@ -344,6 +431,7 @@ impl EventKind {
                 management,
                 funds_holder_id,
                 payroll_provider_id,
+                plan_facilitator_id,
             } => Subject::Opening(BudgetOpening {
                 holder_ref,
                 commissioner_id,
@@ -352,6 +440,7 @@ impl EventKind {
                 management: *management,
                 funds_holder_id: funds_holder_id.as_deref(),
                 payroll_provider_id: payroll_provider_id.as_deref(),
+                plan_facilitator_id: plan_facilitator_id.as_deref(),
             }),
             EventKind::Allocation { amount, .. } => {
                 Subject::Budget(BudgetChange::Allocation { amount: *amount })
@@ -379,6 +468,10 @@ impl EventKind {
                 Subject::Budget(BudgetChange::ReviewAdjustment { delta: *delta })
             }
             EventKind::BudgetStopped { reason } => Subject::Budget(BudgetChange::Stop { reason }),
+            EventKind::CarePlanApproved(plan) => Subject::Budget(BudgetChange::PlanApproved(plan)),
+            EventKind::FacilitatorAppointed { organisation_id } => {
+                Subject::Budget(BudgetChange::FacilitatorAppointed { organisation_id })
+            }
         }
     }
 }
@@ -518,9 +611,10 @@ fn role(r: i32) -> Result<Role, Reject> {
         Ok(pb::Role::ThirdParty) => Ok(Role::ThirdParty),
         Ok(pb::Role::AccountProvider) => Ok(Role::AccountProvider),
         Ok(pb::Role::Auditor) => Ok(Role::Auditor),
+        Ok(pb::Role::PlanFacilitator) => Ok(Role::PlanFacilitator),
         _ => Err(Reject::invalid(
             "kind.organisation_registered.roles",
-            format!("role {r} is not a known role; use ROLE_COMMISSIONER, ROLE_PAYROLL_PROVIDER, ROLE_THIRD_PARTY, ROLE_ACCOUNT_PROVIDER or ROLE_AUDITOR"),
+            format!("role {r} is not a known role; use ROLE_COMMISSIONER, ROLE_PAYROLL_PROVIDER, ROLE_THIRD_PARTY, ROLE_ACCOUNT_PROVIDER, ROLE_AUDITOR or ROLE_PLAN_FACILITATOR"),
         )),
     }
 }
@@ -640,6 +734,78 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
     })
 }
 
+fn decode_plan(p: pb::CarePlanApproved) -> Result<PlanSpec, Reject> {
+    let f = "kind.care_plan_approved";
+    check_id(&format!("{f}.plan_id"), &p.plan_id, MAX_ID_LEN)?;
+    if p.lines.is_empty() || p.lines.len() > MAX_PLAN_LINES {
+        return Err(Reject::invalid(
+            format!("{f}.lines"),
+            format!(
+                "a plan has 1 to {MAX_PLAN_LINES} lines; this one has {}",
+                p.lines.len()
+            ),
+        ));
+    }
+    let mut lines = Vec::with_capacity(p.lines.len());
+    for (i, l) in p.lines.into_iter().enumerate() {
+        let lf = format!("{f}.lines[{i}]");
+        check_id(&format!("{lf}.line_id"), &l.line_id, MAX_ID_LEN)?;
+        if lines.iter().any(|x: &PlanLineSpec| x.line_id == l.line_id) {
+            return Err(Reject::invalid(
+                format!("{lf}.line_id"),
+                format!("line_id {:?} is used twice in the plan", l.line_id),
+            ));
+        }
+        check_category(&format!("{lf}.category"), &l.category)?;
+        let annual = money::parse_positive(&l.annual_amount)
+            .map_err(|e| Reject::invalid(format!("{lf}.annual_amount"), e.to_string()))?;
+        text::check(
+            &format!("{lf}.description"),
+            &l.description,
+            MAX_TEXT_LEN,
+            false,
+        )?;
+        lines.push(PlanLineSpec {
+            line_id: l.line_id,
+            category: l.category,
+            annual,
+            description: l.description,
+        });
+    }
+    let contingency = money::parse_non_negative(&p.contingency_amount)
+        .map_err(|e| Reject::invalid(format!("{f}.contingency_amount"), e.to_string()))?;
+    let valid_from = parse_date(&format!("{f}.valid_from"), &p.valid_from)?;
+    let valid_to = parse_date(&format!("{f}.valid_to"), &p.valid_to)?;
+    let review_due = parse_date(&format!("{f}.review_due"), &p.review_due)?;
+    if valid_to < valid_from {
+        return Err(Reject::invalid(
+            format!("{f}.valid_to"),
+            format!("valid_to {valid_to} is before valid_from {valid_from}"),
+        ));
+    }
+    if review_due < valid_from {
+        return Err(Reject::invalid(
+            format!("{f}.review_due"),
+            format!("review_due {review_due} is before valid_from {valid_from}"),
+        ));
+    }
+    let plan = PlanSpec {
+        plan_id: p.plan_id,
+        lines,
+        contingency,
+        valid_from,
+        valid_to,
+        review_due,
+    };
+    if plan.total().is_none() {
+        return Err(Reject::invalid(
+            format!("{f}.lines"),
+            "the plan's total overflows",
+        ));
+    }
+    Ok(plan)
+}
+
 fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
     use pb::event::Kind as K;
     Ok(match kind {
@@ -702,6 +868,8 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             let funds_holder_id = optional_org(&format!("{f}.funds_holder_id"), &b.funds_holder_id)?;
             let payroll_provider_id =
                 optional_org(&format!("{f}.payroll_provider_id"), &b.payroll_provider_id)?;
+            let plan_facilitator_id =
+                optional_org(&format!("{f}.plan_facilitator_id"), &b.plan_facilitator_id)?;
             match management {
                 Management::ThirdParty if funds_holder_id.is_none() => {
                     return Err(Reject::invalid(
@@ -725,6 +893,7 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
                 management,
                 funds_holder_id,
                 payroll_provider_id,
+                plan_facilitator_id,
             }
         }
         K::Allocation(a) => EventKind::Allocation {
@@ -794,6 +963,14 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
         K::BudgetStopped(s) => {
             text::check("kind.budget_stopped.reason", &s.reason, MAX_TEXT_LEN, true)?;
             EventKind::BudgetStopped { reason: s.reason }
+        }
+        K::CarePlanApproved(p) => EventKind::CarePlanApproved(decode_plan(p)?),
+        K::FacilitatorAppointed(a) => {
+            let f = "kind.facilitator_appointed.organisation_id";
+            check_id(f, &a.organisation_id, MAX_ID_LEN)?;
+            EventKind::FacilitatorAppointed {
+                organisation_id: a.organisation_id,
+            }
         }
     })
 }

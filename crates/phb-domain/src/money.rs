@@ -131,6 +131,15 @@ pub fn parse_positive(s: &str) -> Result<Money, AmountError> {
     Ok(m)
 }
 
+/// Parses an amount that must be zero or more (a contingency fund).
+pub fn parse_non_negative(s: &str) -> Result<Money, AmountError> {
+    let m = parse_signed(s)?;
+    if m.is_negative() {
+        return Err(AmountError::NotPositive(quote(s)));
+    }
+    Ok(m)
+}
+
 /// Parses a signed, non-zero amount (a review delta).
 pub fn parse_nonzero_delta(s: &str) -> Result<Money, AmountError> {
     let m = parse_signed(s)?;

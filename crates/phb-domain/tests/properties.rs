@@ -717,6 +717,7 @@ impl Harness {
                         management: cfg.management as i32,
                         funds_holder_id: name(cfg.funds_holder),
                         payroll_provider_id: name(cfg.payroll),
+                        plan_facilitator_id: String::new(),
                     }
                 } else {
                     pb::BudgetOpened {
@@ -727,6 +728,7 @@ impl Harness {
                         management: *management,
                         funds_holder_id: name(*funds_holder),
                         payroll_provider_id: name(*payroll),
+                        plan_facilitator_id: String::new(),
                     }
                 };
                 (cfg.id.to_string(), K::BudgetOpened(opened))

@@ -68,6 +68,7 @@ fn money_pb(b: &Budget) -> pb::Balance {
         } as i32,
         funds_holder_id: b.funds_holder_id.clone().unwrap_or_default(),
         payroll_provider_id: b.payroll_provider_id.clone().unwrap_or_default(),
+        plan_facilitator_id: b.plan_facilitator_id.clone().unwrap_or_default(),
         allocated: b.allocated.to_string(),
         paid_in: b.paid_in.to_string(),
         spent: b.spent.to_string(),
@@ -77,6 +78,35 @@ fn money_pb(b: &Budget) -> pb::Balance {
         last_sequence: b.last_sequence,
         period_start: b.period_start.to_string(),
         period_end: b.period_end.to_string(),
+    }
+}
+
+fn care_plan_pb(b: &Budget, plan: &phb_domain::ledger::CarePlan) -> pb::GetCarePlanResponse {
+    let spec = &plan.spec;
+    pb::GetCarePlanResponse {
+        budget_id: b.id.clone(),
+        plan_id: spec.plan_id.clone(),
+        approved_at_sequence: plan.approved_at,
+        approved_by: plan.approved_by.clone(),
+        valid_from: spec.valid_from.to_string(),
+        valid_to: spec.valid_to.to_string(),
+        review_due: spec.review_due.to_string(),
+        total: spec.total().unwrap_or_default().to_string(),
+        contingency_amount: spec.contingency.to_string(),
+        contingency_used: plan.contingency_used.to_string(),
+        lines: spec
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| pb::PlanLineUsage {
+                line_id: l.line_id.clone(),
+                category: l.category.clone(),
+                annual_amount: l.annual.to_string(),
+                spent: plan.line_spent[i].to_string(),
+                remaining: plan.line_left(i).to_string(),
+                description: l.description.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -183,6 +213,33 @@ fn decode_page_token(token: &str) -> Result<&str, Status> {
 }
 
 impl LedgerApi {
+    /// Authenticates a read call for `method`, checks `budget_id`, finds the
+    /// budget and the caller's right to read it, and answers with `f`.
+    fn with_readable_budget<T, R>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        budget_id: &str,
+        f: impl FnOnce(&Budget) -> Result<R, Status>,
+    ) -> Result<R, Status> {
+        let reader_id = read_auth::authenticate(&self.engine, request, method)?;
+        phb_domain::event::check_id("budget_id", budget_id, phb_domain::event::MAX_ID_LEN)
+            .map_err(|r| status::from_reject(&r))?;
+        let view = self.engine.view();
+        let reader = view
+            .reader(&reader_id)
+            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+        let budget = view
+            .budget(budget_id)
+            .ok_or_else(|| Status::not_found(format!("budget {budget_id:?} does not exist")))?;
+        if !Ledger::may_read(reader, budget) {
+            return Err(Status::permission_denied(format!(
+                "{reader_id:?} may not read budget {budget_id:?}: commissioners read their own budgets, providers and facilitators the budgets that name them, auditors all"
+            )));
+        }
+        f(budget)
+    }
+
     /// One bounded, escaped line per refusal (see `log_limit`).
     fn log_refusal(&self, event_id: &str, r: &phb_domain::Reject) {
         use phb_domain::error::quote;
@@ -266,26 +323,27 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
-        let reader_id =
-            read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_BALANCE)?;
-        let budget_id = &request.get_ref().budget_id;
-        phb_domain::event::check_id("budget_id", budget_id, phb_domain::event::MAX_ID_LEN)
-            .map_err(|r| status::from_reject(&r))?;
-        let view = self.engine.view();
-        let reader = view
-            .reader(&reader_id)
-            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
-        let budget = view
-            .budget(budget_id)
-            .ok_or_else(|| Status::not_found(format!("budget {budget_id:?} does not exist")))?;
-        if !Ledger::may_read(reader, budget) {
-            return Err(Status::permission_denied(format!(
-                "{reader_id:?} may not read budget {budget_id:?}: commissioners read their own budgets, providers the budgets that name them, auditors all"
-            )));
-        }
-        Ok(Response::new(pb::GetBalanceResponse {
-            balance: Some(money_pb(budget)),
-        }))
+        let budget_id = request.get_ref().budget_id.clone();
+        self.with_readable_budget(&request, phb_client_paths::GET_BALANCE, &budget_id, |b| {
+            Ok(Response::new(pb::GetBalanceResponse {
+                balance: Some(money_pb(b)),
+            }))
+        })
+    }
+
+    async fn get_care_plan(
+        &self,
+        request: Request<pb::GetCarePlanRequest>,
+    ) -> Result<Response<pb::GetCarePlanResponse>, Status> {
+        let budget_id = request.get_ref().budget_id.clone();
+        self.with_readable_budget(&request, phb_client_paths::GET_CARE_PLAN, &budget_id, |b| {
+            let plan = b.plan.as_ref().ok_or_else(|| {
+                Status::not_found(format!(
+                    "budget {budget_id:?} has no approved care plan; one is approved with CarePlanApproved"
+                ))
+            })?;
+            Ok(Response::new(care_plan_pb(b, plan)))
+        })
     }
 
     async fn list_balances(
@@ -420,6 +478,7 @@ mod phb_client_paths {
     pub const GET_BALANCE: &str = "/phb.ledger.v1.LedgerService/GetBalance";
     pub const LIST_BALANCES: &str = "/phb.ledger.v1.LedgerService/ListBalances";
     pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
+    pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
 }
 
 /// Serves the ledger, health and reflection on `listener`, under `limits`

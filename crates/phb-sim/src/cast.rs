@@ -205,6 +205,7 @@ pub fn open_kind(b: usize) -> pb::event::Kind {
         management: cfg.management as i32,
         funds_holder_id: name(cfg.funds_holder),
         payroll_provider_id: name(cfg.payroll),
+        plan_facilitator_id: String::new(),
     })
 }
 

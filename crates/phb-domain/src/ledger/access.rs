@@ -53,12 +53,16 @@ impl Ledger {
             && (signer.has(Role::ThirdParty) || signer.has(Role::AccountProvider));
         let is_payroll = budget.payroll_provider_id.as_deref() == Some(signer.id.as_str())
             && signer.has(Role::PayrollProvider);
+        let is_facilitator = budget.plan_facilitator_id.as_deref() == Some(signer.id.as_str())
+            && signer.has(Role::PlanFacilitator);
         let notional = budget.management == Management::Notional;
         let allowed = match change {
             BudgetChange::Allocation { .. }
             | BudgetChange::Disbursement { .. }
             | BudgetChange::ReviewAdjustment { .. }
+            | BudgetChange::FacilitatorAppointed { .. }
             | BudgetChange::Stop { .. } => is_commissioner,
+            BudgetChange::PlanApproved(_) => is_commissioner || is_facilitator,
             BudgetChange::Payment { payee_kind, .. } => {
                 (notional && is_commissioner)
                     || (!notional && is_funds_holder)
@@ -81,6 +85,11 @@ impl Ledger {
             } if is_payroll => {
                 "a payroll provider pays personal assistants only (payee_kind PAYEE_KIND_PERSONAL_ASSISTANT)".to_string()
             }
+            BudgetChange::PlanApproved(_) => format!(
+                "care plans are approved by the budget's commissioner ({:?}) or its plan facilitator ({:?})",
+                budget.commissioner_id,
+                budget.plan_facilitator_id.as_deref().unwrap_or("none")
+            ),
             BudgetChange::Payment { .. } | BudgetChange::Purchase { .. } => {
                 "spending is recorded by the budget's funds holder, or its payroll provider for personal assistants' wages".to_string()
             }

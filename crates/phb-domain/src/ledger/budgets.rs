@@ -1,5 +1,6 @@
 //! Budgets: opening one, and the money rules of every budget event.
 
+use super::plans::{self, CarePlan, Uncovered};
 use super::{Change, Ledger, Organisation};
 use crate::categories::{self, Category};
 use crate::error::Reject;
@@ -25,6 +26,10 @@ pub struct Budget {
     pub funds_holder_id: Option<String>,
     /// Payroll provider.
     pub payroll_provider_id: Option<String>,
+    /// Plan facilitator.
+    pub plan_facilitator_id: Option<String>,
+    /// The care plan in force, if one was approved.
+    pub plan: Option<CarePlan>,
     /// Allocations plus review deltas.
     pub allocated: Money,
     /// Disbursements.
@@ -66,6 +71,7 @@ impl Budget {
         self.commissioner_id == org
             || self.funds_holder_id.as_deref() == Some(org)
             || self.payroll_provider_id.as_deref() == Some(org)
+            || self.plan_facilitator_id.as_deref() == Some(org)
     }
 }
 
@@ -129,6 +135,11 @@ impl Ledger {
             Role::PayrollProvider,
             "payroll_provider_id",
         )?;
+        must_have(
+            o.plan_facilitator_id,
+            Role::PlanFacilitator,
+            "plan_facilitator_id",
+        )?;
         Ok(Change::Budget(Budget {
             id: budget_id.to_string(),
             holder_ref: o.holder_ref.to_string(),
@@ -138,6 +149,8 @@ impl Ledger {
             management: o.management,
             funds_holder_id: o.funds_holder_id.map(str::to_string),
             payroll_provider_id: o.payroll_provider_id.map(str::to_string),
+            plan_facilitator_id: o.plan_facilitator_id.map(str::to_string),
+            plan: None,
             allocated: Money::ZERO,
             paid_in: Money::ZERO,
             spent: Money::ZERO,
@@ -155,6 +168,7 @@ impl Ledger {
         budget_id: &str,
         kind_name: &str,
         change: BudgetChange<'_>,
+        on: Date,
     ) -> Result<Change, Reject> {
         let budget = self.budgets.get(budget_id).ok_or_else(|| {
             Reject::not_found(format!(
@@ -199,6 +213,10 @@ impl Ledger {
                         "category {code:?} is excluded whatever the care plan says: {rule}"
                     )));
                 }
+                let charge = match &b.plan {
+                    Some(plan) => Some(plan_charge(plan, category, amount, on)?),
+                    None => None,
+                };
                 let spendable = b.spendable();
                 if amount > spendable {
                     let what = match b.management {
@@ -211,6 +229,9 @@ impl Ledger {
                     )));
                 }
                 b.spent = b.spent.checked_add(amount).ok_or_else(overflow)?;
+                if let (Some(plan), Some(charge)) = (&mut b.plan, &charge) {
+                    plan.apply(charge);
+                }
             }
             BudgetChange::ReviewAdjustment { delta } => {
                 let allocated = b.allocated.checked_add(delta).ok_or_else(overflow)?;
@@ -226,7 +247,77 @@ impl Ledger {
                 b.allocated = allocated;
             }
             BudgetChange::Stop { .. } => b.stopped = true,
+            BudgetChange::PlanApproved(spec) => {
+                for (i, line) in spec.lines.iter().enumerate() {
+                    if let Some(Category::Excluded { code, rule }) =
+                        categories::classify(&line.category)
+                    {
+                        return Err(Reject::precondition(format!(
+                            "plan line {i} ({:?}) is for category {code:?}, which is excluded: {rule}",
+                            line.line_id
+                        )));
+                    }
+                }
+                let total = spec.total().ok_or_else(overflow)?;
+                let is_commissioner = signer.id == b.commissioner_id;
+                // Seed 004: a facilitator may sign off a plan unless it is
+                // more than 15 % above the budget (the allocation).
+                if !is_commissioner && above_facilitator_limit(total, b.allocated) {
+                    return Err(Reject::denied(format!(
+                        "plan {:?} totals {total} (lines plus contingency), more than 15 % above the allocation of {}: only the commissioner ({:?}) may approve it",
+                        spec.plan_id, b.allocated, b.commissioner_id
+                    )));
+                }
+                b.plan = Some(CarePlan::new((*spec).clone(), plans::PENDING, &signer.id));
+            }
+            BudgetChange::FacilitatorAppointed { organisation_id } => {
+                match self.orgs.get(organisation_id) {
+                    Some(o) if o.has(Role::PlanFacilitator) => {}
+                    Some(_) => {
+                        return Err(Reject::precondition(format!(
+                            "{organisation_id:?} does not hold the role PlanFacilitator"
+                        )))
+                    }
+                    None => return Err(Reject::precondition(format!(
+                        "{organisation_id:?} is not a registered organisation; register it first"
+                    ))),
+                }
+                b.plan_facilitator_id = Some(organisation_id.to_string());
+            }
         }
         Ok(Change::Budget(b))
     }
+}
+
+/// True if `total` is more than 115 % of `allocated`: compared exactly, in
+/// pence, as `total × 100 > allocated × 115`.
+pub fn above_facilitator_limit(total: Money, allocated: Money) -> bool {
+    total.as_decimal() * rust_decimal::Decimal::from(100)
+        > allocated.as_decimal() * rust_decimal::Decimal::from(115)
+}
+
+/// The plan's charge for a spending, or the refusal that names the figures.
+fn plan_charge(
+    plan: &CarePlan,
+    category: &str,
+    amount: Money,
+    on: Date,
+) -> Result<plans::Charge, Reject> {
+    let id = &plan.spec.plan_id;
+    plan.charge(category, amount, on).map_err(|why| match why {
+        Uncovered::NotInForce => Reject::precondition(format!(
+            "care plan {id:?} is in force from {} to {}; spending on {on} is outside it",
+            plan.spec.valid_from, plan.spec.valid_to
+        )),
+        Uncovered::Category => Reject::precondition(format!(
+            "care plan {id:?} has no line for category {category:?}; it covers {}",
+            plan.categories().join(", ")
+        )),
+        Uncovered::Exceeds {
+            lines_left,
+            contingency_left,
+        } => Reject::precondition(format!(
+            "spending {amount} on {category:?} exceeds care plan {id:?}: {lines_left} is left on its {category:?} lines and {contingency_left} of the contingency"
+        )),
+    })
 }

@@ -8,10 +8,12 @@ use crate::error::{Reject, RejectCode};
 
 mod access;
 mod budgets;
+mod plans;
 mod registry;
 
 pub use access::Reader;
 pub use budgets::Budget;
+pub use plans::{CarePlan, Charge, Uncovered};
 pub use registry::Organisation;
 
 use crate::event::{decode_event, DecodeContext, Event, Subject, ROOT_SIGNER};
@@ -236,6 +238,13 @@ impl Ledger {
             }
             Change::Budget(mut b) => {
                 b.last_sequence = sequence;
+                // A plan approved by this entry learns its sequence here,
+                // as `last_sequence` does.
+                if let Some(plan) = &mut b.plan {
+                    if plan.approved_at == plans::PENDING {
+                        plan.approved_at = sequence;
+                    }
+                }
                 debug_assert!(!b.available().is_negative() && !b.held().is_negative());
                 let id = b.id.clone();
                 let prev = self.budgets.insert(id.clone(), b);
@@ -609,7 +618,8 @@ impl Ledger {
             }
             Subject::Budget(change) => {
                 let signer = self.budget_signer(signer_id)?;
-                self.decide_budget(signer, &event.budget_id, event.kind.name(), change)
+                let on = crate::event::Date::from_unix_micros(event.occurred_at_micros);
+                self.decide_budget(signer, &event.budget_id, event.kind.name(), change, on)
             }
         }
     }

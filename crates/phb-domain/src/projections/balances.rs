@@ -1,8 +1,8 @@
 //! Balances: every budget's figures, folded from committed entries.
 
 use super::{Committed, Projection};
-use crate::event::EventKind;
-use crate::ledger::Budget;
+use crate::event::{Date, EventKind};
+use crate::ledger::{Budget, CarePlan};
 use crate::money::Money;
 use std::collections::BTreeMap;
 
@@ -54,6 +54,7 @@ impl Projection for Balances {
             management,
             funds_holder_id,
             payroll_provider_id,
+            plan_facilitator_id,
         } = &c.event.kind
         {
             let opened = Budget {
@@ -65,6 +66,8 @@ impl Projection for Balances {
                 management: *management,
                 funds_holder_id: funds_holder_id.clone(),
                 payroll_provider_id: payroll_provider_id.clone(),
+                plan_facilitator_id: plan_facilitator_id.clone(),
+                plan: None,
                 allocated: Money::ZERO,
                 paid_in: Money::ZERO,
                 spent: Money::ZERO,
@@ -86,8 +89,26 @@ impl Projection for Balances {
         match &c.event.kind {
             EventKind::Allocation { amount, .. } => b.allocated = plus(b.allocated, *amount),
             EventKind::Disbursement { amount } => b.paid_in = plus(b.paid_in, *amount),
-            EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
-                b.spent = plus(b.spent, *amount)
+            EventKind::Payment {
+                amount, category, ..
+            }
+            | EventKind::Purchase {
+                amount, category, ..
+            } => {
+                b.spent = plus(b.spent, *amount);
+                if let Some(plan) = &mut b.plan {
+                    let on = Date::from_unix_micros(c.event.occurred_at_micros);
+                    let charge = plan.charge(category, *amount, on).expect(
+                        "committed spending was checked against the plan by the write model",
+                    );
+                    plan.apply(&charge);
+                }
+            }
+            EventKind::CarePlanApproved(spec) => {
+                b.plan = Some(CarePlan::new(spec.clone(), sequence, c.signer_id));
+            }
+            EventKind::FacilitatorAppointed { organisation_id } => {
+                b.plan_facilitator_id = Some(organisation_id.clone());
             }
             EventKind::ReviewAdjustment { delta, .. } => b.allocated = plus(b.allocated, *delta),
             EventKind::BudgetStopped { .. } => b.stopped = true,
