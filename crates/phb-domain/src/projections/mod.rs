@@ -8,9 +8,13 @@
 
 mod balances;
 mod directory;
+mod holdings;
+mod statements;
 
 pub use balances::Balances;
 pub use directory::Directory;
+pub use holdings::{Holding, HoldingTotals, Holdings};
+pub use statements::{StatementRow, Statements};
 
 use crate::chain::{LogEntry, Refusal};
 use crate::event::Event;
@@ -58,13 +62,16 @@ pub trait Projection {
 }
 
 /// Everything the server answers reads from: the chain head, the directory
-/// of signers and the balances.
+/// of signers, the balances, the funds holders' holdings and the budgets'
+/// statements.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
     ledger_id: String,
     head: Head,
     directory: Directory,
     balances: Balances,
+    holdings: Holdings,
+    statements: Statements,
 }
 
 impl ReadModel {
@@ -75,6 +82,8 @@ impl ReadModel {
             head: Head::GENESIS,
             directory: Directory::new(root_key),
             balances: Balances::default(),
+            holdings: Holdings::default(),
+            statements: Statements::default(),
         }
     }
 
@@ -96,6 +105,16 @@ impl ReadModel {
     /// The balances.
     pub fn balances(&self) -> &Balances {
         &self.balances
+    }
+
+    /// What each funds holder holds, budget by budget.
+    pub fn holdings(&self) -> &Holdings {
+        &self.holdings
+    }
+
+    /// Every budget's statement.
+    pub fn statements(&self) -> &Statements {
+        &self.statements
     }
 
     /// The key `signer_id` signs with now.
@@ -129,5 +148,41 @@ impl Projection for ReadModel {
         self.head = entry.head;
         self.directory.apply(entry);
         self.balances.apply(entry);
+        self.holdings.apply(entry);
+        self.statements.apply(entry);
+        #[cfg(debug_assertions)]
+        self.check_budget(&entry.event.budget_id);
+    }
+}
+
+impl ReadModel {
+    /// Debug builds: the projections of one budget agree with its balance
+    /// after every entry (the statement's last row, the holding's figures).
+    #[cfg(debug_assertions)]
+    fn check_budget(&self, id: &str) {
+        let Some(b) = self.balances.budget(id) else {
+            return;
+        };
+        let last = self
+            .statements
+            .rows(id)
+            .and_then(|r| r.last())
+            .expect("an opened budget has a statement row");
+        assert_eq!(
+            (last.allocated, last.paid_in, last.spent, last.held),
+            (b.allocated, b.paid_in, b.spent, b.held()),
+            "statement of {id} disagrees with its balance"
+        );
+        match (&b.funds_holder_id, self.holdings.budget(id)) {
+            (Some(_), Some(h)) => {
+                assert_eq!(
+                    (h.paid_in, h.spent, h.held(), h.stopped),
+                    (b.paid_in, b.spent, b.held(), b.stopped),
+                    "holding of {id} disagrees with its balance"
+                );
+            }
+            (None, None) => {}
+            _ => panic!("holdings of {id} disagree with its funds holder"),
+        }
     }
 }
