@@ -84,7 +84,10 @@ impl Holdings {
     /// The budgets `org_id` holds funds for, in budget id order (none if it
     /// holds none).
     pub fn of(&self, org_id: &str) -> impl Iterator<Item = &Holding> {
-        self.by_holder.get(org_id).into_iter().flat_map(|m| m.values())
+        self.by_holder
+            .get(org_id)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// One budget's holding, if it has a funds holder.

@@ -28,7 +28,8 @@ pub struct StatementRow {
     pub recorded_at_micros: i64,
     /// When the event says it happened, microseconds since the epoch.
     pub occurred_at_micros: i64,
-    /// The event kind (`EventKind::name`, e.g. "Payment").
+    /// The event kind: the name of its `Event.kind` field in the proto
+    /// (e.g. "payment").
     pub kind: &'static str,
     /// Who signed the event.
     pub signer_id: Arc<str>,
@@ -117,6 +118,21 @@ impl Statements {
     }
 }
 
+/// The proto's `Event.kind` field name of a kind.
+fn kind_field(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::OrganisationRegistered { .. } => "organisation_registered",
+        EventKind::KeyRotated { .. } => "key_rotated",
+        EventKind::BudgetOpened { .. } => "budget_opened",
+        EventKind::Allocation { .. } => "allocation",
+        EventKind::Disbursement { .. } => "disbursement",
+        EventKind::Payment { .. } => "payment",
+        EventKind::Purchase { .. } => "purchase",
+        EventKind::ReviewAdjustment { .. } => "review_adjustment",
+        EventKind::BudgetStopped { .. } => "budget_stopped",
+    }
+}
+
 impl Projection for Statements {
     fn apply(&mut self, c: &Committed<'_>) {
         let kind = &c.event.kind;
@@ -174,7 +190,9 @@ impl Projection for Statements {
                 EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
                     s.spent = plus(s.spent, *amount)
                 }
-                EventKind::ReviewAdjustment { delta, .. } => s.allocated = plus(s.allocated, *delta),
+                EventKind::ReviewAdjustment { delta, .. } => {
+                    s.allocated = plus(s.allocated, *delta)
+                }
                 _ => {}
             }
         }
@@ -183,7 +201,7 @@ impl Projection for Statements {
             sequence: c.head.sequence,
             recorded_at_micros: c.head.recorded_at_micros,
             occurred_at_micros: c.event.occurred_at_micros,
-            kind: kind.name(),
+            kind: kind_field(kind),
             signer_id,
             amount,
             allocated: s.allocated,
