@@ -35,12 +35,16 @@ wire!(true =>
     crate::v1::GetBalanceRequest,
     crate::v1::ListBalancesRequest,
     crate::v1::ReadLogRequest,
+    crate::v1::GetHoldingsRequest,
+    crate::v1::GetBudgetStatementRequest,
 );
 wire!(false =>
     crate::v1::AppendResponse,
     crate::v1::GetBalanceResponse,
     crate::v1::ListBalancesResponse,
     crate::v1::ReadLogResponse,
+    crate::v1::GetHoldingsResponse,
+    crate::v1::GetBudgetStatementResponse,
 );
 
 /// [`ProstCodec`] with decode errors mapped by [`Wire`]: INVALID_ARGUMENT

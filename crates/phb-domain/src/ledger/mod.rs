@@ -10,7 +10,7 @@ mod access;
 mod budgets;
 mod registry;
 
-pub use access::Reader;
+pub use access::{HoldingsScope, Reader};
 pub use budgets::Budget;
 pub use registry::Organisation;
 
