@@ -220,3 +220,56 @@ pub fn balance_json(b: &pb::Balance) -> String {
     })
     .to_string()
 }
+
+/// The totals line of `phb-ledger holdings`.
+pub fn holdings_total_json(h: &pb::GetHoldingsResponse) -> String {
+    json!({
+        "organisation_id": h.organisation_id,
+        "budgets": h.holdings.len(),
+        "total_paid_in": h.total_paid_in,
+        "total_spent": h.total_spent,
+        "total_held": h.total_held,
+        "restricted": h.restricted,
+        "as_of_sequence": h.as_of_sequence,
+    })
+    .to_string()
+}
+
+/// One budget line of `phb-ledger holdings`.
+pub fn holding_json(h: &pb::Holding) -> String {
+    json!({
+        "budget_id": h.budget_id,
+        "holder_ref": h.holder_ref,
+        "commissioner_id": h.commissioner_id,
+        "management": pb::Management::try_from(h.management).map(|m| m.as_str_name()).unwrap_or("?"),
+        "paid_in": h.paid_in,
+        "spent": h.spent,
+        "held": h.held,
+        "stopped": h.stopped,
+        "last_movement_sequence": h.last_movement_sequence,
+        "last_movement_at": h.last_movement_at.as_ref().map(|t| t.seconds),
+    })
+    .to_string()
+}
+
+/// One line of `phb-ledger statement`.
+pub fn statement_row_json(r: &pb::StatementRow) -> String {
+    let mut v = json!({
+        "sequence": r.sequence,
+        "recorded_at": r.recorded_at.as_ref().map(|t| t.seconds),
+        "occurred_at": r.occurred_at.as_ref().map(|t| t.seconds),
+        "kind": r.kind,
+        "signer_id": r.signer_id,
+        "amount": r.amount,
+        "allocated": r.allocated,
+        "paid_in": r.paid_in,
+        "spent": r.spent,
+        "held": r.held,
+        "refused": r.refused,
+    });
+    if r.refused {
+        v["refusal_code"] = json!(r.refusal_code);
+        v["refusal_message"] = json!(r.refusal_message);
+    }
+    v.to_string()
+}

@@ -1,7 +1,7 @@
 //! `phb-ledger`: the ledger service and its operator tools.
 //!
-//! `serve` runs the service; `keygen`, `submit`, `balance` and `demo` are
-//! clients of a running server. The binary is a thin shell: all rules live in
+//! `serve` runs the service; `keygen`, `submit`, `balance`, `holdings`,
+//! `statement` and `demo` are clients of a running server. The binary is a thin shell: all rules live in
 //! `phb-domain`, storage in `phb-store`, the write path in `phb-engine` and
 //! the gRPC surface in `phb-grpc`.
 
@@ -90,6 +90,34 @@ enum Command {
         key: PathBuf,
         /// The budget; omit to list every visible budget.
         budget_id: Option<String>,
+    },
+    /// Print what a funds holder holds: a totals line, then one line per budget.
+    Holdings {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// The reading organisation id ("root" allowed).
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// The funds holder (a third party or account provider).
+        organisation_id: String,
+    },
+    /// Print a budget's statement: one line per entry, with running figures.
+    Statement {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// The reading organisation id ("root" allowed).
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// The budget.
+        budget_id: String,
     },
     /// Drive a running server through a realistic scenario and print the balances.
     Demo {
@@ -266,6 +294,18 @@ fn main() -> Result<()> {
                 key,
                 budget_id,
             } => balance(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Holdings {
+                server,
+                signer,
+                key,
+                organisation_id,
+            } => holdings(server, load_signer(&signer, &key)?, organisation_id).await,
+            Command::Statement {
+                server,
+                signer,
+                key,
+                budget_id,
+            } => statement(server, load_signer(&signer, &key)?, budget_id).await,
             Command::Demo {
                 server,
                 root_key,
@@ -721,4 +761,49 @@ async fn balance(server: String, signer: Signer, budget_id: Option<String>) -> R
         println!("{}", json_event::balance_json(b));
     }
     Ok(())
+}
+
+async fn holdings(server: String, signer: Signer, organisation_id: String) -> Result<()> {
+    let mut client = connect(&server).await?;
+    let req = signer.request(
+        phb_client::methods::GET_HOLDINGS,
+        pb::GetHoldingsRequest { organisation_id },
+    );
+    let h = client
+        .get_holdings(req)
+        .await
+        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!("{}", json_event::holdings_total_json(&h));
+    for row in &h.holdings {
+        println!("{}", json_event::holding_json(row));
+    }
+    Ok(())
+}
+
+async fn statement(server: String, signer: Signer, budget_id: String) -> Result<()> {
+    let mut client = connect(&server).await?;
+    let mut token = String::new();
+    loop {
+        let req = signer.request(
+            phb_client::methods::GET_BUDGET_STATEMENT,
+            pb::GetBudgetStatementRequest {
+                budget_id: budget_id.clone(),
+                page_size: 1000,
+                page_token: token,
+            },
+        );
+        let page = client
+            .get_budget_statement(req)
+            .await
+            .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        for row in &page.rows {
+            println!("{}", json_event::statement_row_json(row));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
 }

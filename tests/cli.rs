@@ -1,7 +1,7 @@
 //! The command line as the README's five-minute tour uses it: `serve` on a
 //! fresh data directory (generating the root key), `demo` (twice, back to
-//! back), `balance`, `keygen`, `submit` (single and atomic) and a retry of
-//! the same submission. If this test passes, the tour's commands work.
+//! back), `balance`, `statement`, `holdings`, `keygen`, `submit` (single
+//! and atomic) and a retry of the same submission. If this test passes, the tour's commands work.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -218,6 +218,28 @@ fn readme_tour() {
     assert!(!over.status.success());
     let r = json_lines(&String::from_utf8_lossy(&over.stdout));
     assert_eq!(r[0]["code"], "FailedPrecondition", "{r:?}");
+    // The statement: the opening, the allocation and the recorded refusal.
+    let st = json_lines(&ok(
+        dir,
+        &signed("statement", url, "my-icb", "my-org.key", &["b1"]),
+    ));
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st[1]["kind"], "allocation");
+    assert_eq!(st[1]["amount"], "3602.00");
+    assert_eq!(st[2]["refused"], true, "{st:?}");
+    assert_eq!(st[2]["amount"], "-3602.01");
+    assert_eq!(st[2]["allocated"], "3602.00");
+    assert_eq!(st[2]["refusal_code"], 9);
+    // Holdings: a commissioner holds no funds (FAILED_PRECONDITION, exit 1).
+    let h = run(
+        dir,
+        &signed("holdings", url, "root", "phb-data/root.key", &["my-icb"]),
+    );
+    assert!(!h.status.success());
+    assert!(
+        String::from_utf8_lossy(&h.stderr).contains("FailedPrecondition"),
+        "{h:?}"
+    );
     // A JSON number as an amount never reaches the server.
     let float = run(
         dir,

@@ -638,6 +638,8 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
         K::Purchase(_) => "Purchase",
         K::ReviewAdjustment(_) => "ReviewAdjustment",
         K::BudgetStopped(_) => "BudgetStopped",
+        K::CarePlanApproved(_) => "CarePlanApproved",
+        K::FacilitatorAppointed(_) => "FacilitatorAppointed",
     }
 }
 

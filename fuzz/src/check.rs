@@ -185,6 +185,7 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
             management,
             funds_holder_id,
             payroll_provider_id,
+            plan_facilitator_id,
         } => {
             assert!(is_id(holder_ref, MAX_REF_LEN));
             assert!(is_id(commissioner_id, MAX_ID_LEN));
@@ -208,7 +209,10 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
                 ];
                 assert!(d.day >= 1 && d.day <= days[usize::from(d.month - 1)], "{d}");
             }
-            for id in [funds_holder_id, payroll_provider_id].into_iter().flatten() {
+            for id in [funds_holder_id, payroll_provider_id, plan_facilitator_id]
+                .into_iter()
+                .flatten()
+            {
                 assert!(is_id(id, MAX_ID_LEN));
             }
             match management {
@@ -248,5 +252,22 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
             assert!(is_text(reason, MAX_TEXT_LEN, true), "reason {reason:?}");
         }
         EventKind::Allocation { .. } | EventKind::Disbursement { .. } => {}
+        EventKind::FacilitatorAppointed { organisation_id } => {
+            assert!(is_id(organisation_id, MAX_ID_LEN))
+        }
+        EventKind::CarePlanApproved(plan) => {
+            // docs/api.md, "Care plans", restated.
+            assert!(is_id(&plan.plan_id, MAX_ID_LEN));
+            assert!((1..=100).contains(&plan.lines.len()));
+            for (i, l) in plan.lines.iter().enumerate() {
+                assert!(is_id(&l.line_id, MAX_ID_LEN));
+                assert!(plan.lines[..i].iter().all(|x| x.line_id != l.line_id));
+                assert!(is_category(&l.category), "category {:?}", l.category);
+                assert!(l.annual > phb_domain::Money::ZERO);
+                assert!(is_text(&l.description, MAX_TEXT_LEN, false));
+            }
+            assert!(!plan.contingency.is_negative());
+            assert!(plan.valid_from <= plan.valid_to && plan.valid_from <= plan.review_due);
+        }
     }
 }

@@ -16,6 +16,8 @@ enum Ty {
     Repeated,
     /// A sub-message.
     Msg(&'static [(u32, Ty)]),
+    /// A repeated sub-message.
+    Msgs(&'static [(u32, Ty)]),
 }
 
 const TIMESTAMP: &[(u32, Ty)] = &[(1, Ty::Varint), (2, Ty::Varint)];
@@ -29,6 +31,21 @@ const BUDGET_OPENED: &[(u32, Ty)] = &[
     (5, Ty::Varint),
     (6, Ty::Bytes),
     (7, Ty::Bytes),
+    (8, Ty::Bytes),
+];
+const PLAN_LINE: &[(u32, Ty)] = &[
+    (1, Ty::Bytes),
+    (2, Ty::Bytes),
+    (3, Ty::Bytes),
+    (4, Ty::Bytes),
+];
+const CARE_PLAN: &[(u32, Ty)] = &[
+    (1, Ty::Bytes),
+    (2, Ty::Msgs(PLAN_LINE)),
+    (3, Ty::Bytes),
+    (4, Ty::Bytes),
+    (5, Ty::Bytes),
+    (6, Ty::Bytes),
 ];
 const ALLOCATION: &[(u32, Ty)] = &[(1, Ty::Bytes), (2, Ty::Varint)];
 const ONE_STRING: &[(u32, Ty)] = &[(1, Ty::Bytes)];
@@ -61,6 +78,8 @@ const EVENT: &[(u32, Ty)] = &[
     (16, Ty::Msg(PURCHASE)),
     (17, Ty::Msg(REVIEW)),
     (18, Ty::Msg(ONE_STRING)),
+    (19, Ty::Msg(CARE_PLAN)),
+    (20, Ty::Msg(ONE_STRING)),
 ];
 
 fn varint(b: &[u8], at: &mut usize) -> Result<u64, String> {
@@ -89,7 +108,7 @@ fn walk(b: &[u8], schema: &[(u32, Ty)], is_event: bool) -> Result<(), String> {
             .find(|(n, _)| *n == field)
             .map(|(_, t)| *t)
             .ok_or_else(|| format!("unknown field {field}"))?;
-        let repeated = matches!(ty, Ty::Repeated);
+        let repeated = matches!(ty, Ty::Repeated | Ty::Msgs(_));
         if !repeated {
             if seen.contains(&field) {
                 return Err(format!("field {field} occurs twice"));
@@ -106,7 +125,7 @@ fn walk(b: &[u8], schema: &[(u32, Ty)], is_event: bool) -> Result<(), String> {
             (Ty::Varint | Ty::Repeated, 0) => {
                 varint(b, &mut at)?;
             }
-            (Ty::Bytes | Ty::Repeated | Ty::Msg(_), 2) => {
+            (Ty::Bytes | Ty::Repeated | Ty::Msg(_) | Ty::Msgs(_), 2) => {
                 let n = usize::try_from(varint(b, &mut at)?).map_err(|e| e.to_string())?;
                 let end = at
                     .checked_add(n)
@@ -114,7 +133,7 @@ fn walk(b: &[u8], schema: &[(u32, Ty)], is_event: bool) -> Result<(), String> {
                     .ok_or("truncated")?;
                 let body = &b[at..end];
                 match ty {
-                    Ty::Msg(sub) => walk(body, sub, false)?,
+                    Ty::Msg(sub) | Ty::Msgs(sub) => walk(body, sub, false)?,
                     Ty::Repeated => {
                         let mut i = 0;
                         while i < body.len() {

@@ -1073,3 +1073,58 @@ pub fn pence_in(s: &str) -> i64 {
         v
     }
 }
+
+/// GetHoldings signed by `reader`.
+pub async fn get_holdings(
+    client: &Client,
+    reader: &Signer,
+    organisation_id: &str,
+) -> Result<pb::GetHoldingsResponse, tonic::Status> {
+    let req = reader.request(
+        methods::GET_HOLDINGS,
+        pb::GetHoldingsRequest {
+            organisation_id: organisation_id.into(),
+        },
+    );
+    Ok(client.clone().get_holdings(req).await?.into_inner())
+}
+
+/// One GetBudgetStatement page signed by `reader`.
+pub async fn statement_page(
+    client: &Client,
+    reader: &Signer,
+    budget_id: &str,
+    page_size: u32,
+    page_token: &str,
+) -> Result<pb::GetBudgetStatementResponse, tonic::Status> {
+    let req = reader.request(
+        methods::GET_BUDGET_STATEMENT,
+        pb::GetBudgetStatementRequest {
+            budget_id: budget_id.into(),
+            page_size,
+            page_token: page_token.into(),
+        },
+    );
+    Ok(client.clone().get_budget_statement(req).await?.into_inner())
+}
+
+/// Every row of a budget's statement, across pages of `page_size`.
+pub async fn statement_all(
+    client: &Client,
+    reader: &Signer,
+    budget_id: &str,
+    page_size: u32,
+) -> Result<Vec<pb::StatementRow>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    for _ in 0..100_000 {
+        let page = statement_page(client, reader, budget_id, page_size, &token).await?;
+        assert_eq!(page.budget_id, budget_id);
+        out.extend(page.rows);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+    panic!("GetBudgetStatement never ended");
+}

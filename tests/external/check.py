@@ -929,7 +929,8 @@ def health_and_reflection(channel):
           f"reflection v1alpha (grpcio-reflection client): services {sorted(services)}")
     pool = descriptor_pool.DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE)
-    check({m.name for m in svc.methods} == {"Append", "GetBalance", "ListBalances", "ReadLog"},
+    check({m.name for m in svc.methods} == {"Append", "GetBalance", "ListBalances", "ReadLog", "GetHoldings", "GetCarePlan",
+                                            "GetBudgetStatement"},
           f"reflection v1alpha: methods {[m.name for m in svc.methods]}")
     check(svc.methods_by_name["ReadLog"].server_streaming, "reflection: ReadLog is not server-streaming")
     Dyn = message_factory.GetMessageClass(pool.FindMessageTypeByName("phb.ledger.v1.Event"))
@@ -1484,6 +1485,8 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
         compare_balance(audit.expected_balance(b.budget_id), b, "ListBalances")
         compare_balance(audit.expected_balance(b.budget_id), c.balance(reader, b.budget_id), "GetBalance")
 
+    check_statements_and_holdings(c, reader, entries, audit)
+
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(audit.stats["kinds"].items()))
     print(f"   {len(entries)} entries: sequences 1..{audit.head_seq}, entry hashes, prev_hash chain, "
           f"{len(entries)} signatures by {len(audit.stats['signers'])} signers "
@@ -1496,6 +1499,76 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     print(f"   {len(audit.budgets)} budgets: replayed with decimal arithmetic == GetBalance == ListBalances")
     print(f"   head {audit.head_seq} {audit.head_hash.hex()}")
     return audit, entries
+
+
+def check_statements_and_holdings(c, reader, entries, audit):
+    """api.md §8 GetBudgetStatement and GetHoldings, recomputed from the log."""
+    step("GetBudgetStatement and GetHoldings equal what the log gives")
+    decoded = [(e, pb.Event.FromString(e.signed_event.event)) for e in entries]
+    for budget_id, b in sorted(audit.budgets.items()):
+        rows, token = [], ""
+        while True:
+            r = c.stub.GetBudgetStatement(
+                pb.GetBudgetStatementRequest(budget_id=budget_id, page_size=3, page_token=token),
+                metadata=reader.md("GetBudgetStatement"), timeout=RPC_TIMEOUT)
+            check(len(r.rows) <= 3, f"GetBudgetStatement {budget_id}: page of {len(r.rows)} > 3")
+            rows.extend(r.rows)
+            if not r.next_page_token:
+                break
+            token = r.next_page_token
+        check(rows and rows[0].kind == "budget_opened" and not rows[0].refused,
+              f"GetBudgetStatement {budget_id}: does not start with its opening")
+        opened_at = rows[0].sequence
+        mine = [(e, ev) for e, ev in decoded if ev.budget_id == budget_id and e.sequence >= opened_at]
+        check([e.sequence for e, _ in mine] == [r.sequence for r in rows],
+              f"GetBudgetStatement {budget_id}: rows {[r.sequence for r in rows]} are not the log's "
+              f"entries on the budget {[e.sequence for e, _ in mine]}")
+        fig = {"allocated": Decimal("0.00"), "paid_in": Decimal("0.00"), "spent": Decimal("0.00")}
+        for (e, ev), row in zip(mine, rows):
+            kind = ev.WhichOneof("kind")
+            k = getattr(ev, kind)
+            amount = {"allocation": lambda: Decimal(k.amount), "disbursement": lambda: Decimal(k.amount),
+                      "payment": lambda: -Decimal(k.amount), "purchase": lambda: -Decimal(k.amount),
+                      "review_adjustment": lambda: Decimal(k.delta)}.get(kind, lambda: None)()
+            refused = e.HasField("refusal")
+            if not refused:
+                if kind in ("allocation", "review_adjustment"):
+                    fig["allocated"] += amount
+                elif kind == "disbursement":
+                    fig["paid_in"] += amount
+                elif kind in ("payment", "purchase"):
+                    fig["spent"] -= amount
+            held = Decimal("0.00") if b.notional else fig["paid_in"] - fig["spent"]
+            want = (kind, e.signed_event.signer_id, "" if amount is None else fmt(amount), fmt(fig["allocated"]),
+                    fmt(fig["paid_in"]), fmt(fig["spent"]), fmt(held), refused,
+                    e.refusal.code if refused else 0, e.refusal.message if refused else "",
+                    e.recorded_at, ev.occurred_at)
+            have = (row.kind, row.signer_id, row.amount, row.allocated, row.paid_in, row.spent, row.held,
+                    row.refused, row.refusal_code, row.refusal_message, row.recorded_at, row.occurred_at)
+            check(have == want, f"GetBudgetStatement {budget_id} row {row.sequence}: server says {have}, "
+                  f"the log gives {want}")
+        last = rows[-1]
+        exp = audit.expected_balance(budget_id)
+        check((last.allocated, last.paid_in, last.spent, last.held)
+              == (exp["allocated"], exp["paid_in"], exp["spent"], exp["held"]),
+              f"GetBudgetStatement {budget_id}: last row's figures are not the balance")
+    holders = sorted({b.funds_holder_id for b in audit.budgets.values() if b.funds_holder_id})
+    for org in holders:
+        h = c.stub.GetHoldings(pb.GetHoldingsRequest(organisation_id=org), metadata=reader.md("GetHoldings"),
+                               timeout=RPC_TIMEOUT)
+        held_for = sorted(bid for bid, b in audit.budgets.items() if b.funds_holder_id == org)
+        check([r.budget_id for r in h.holdings] == held_for and not h.restricted,
+              f"GetHoldings {org}: rows {[r.budget_id for r in h.holdings]}, the log gives {held_for}")
+        tot = [Decimal("0.00")] * 3
+        for r in h.holdings:
+            exp = audit.expected_balance(r.budget_id)
+            check((r.paid_in, r.spent, r.held) == (exp["paid_in"], exp["spent"], exp["held"]),
+                  f"GetHoldings {org}: {r.budget_id} figures differ from the replayed balance")
+            tot = [tot[0] + Decimal(exp["paid_in"]), tot[1] + Decimal(exp["spent"]), tot[2] + Decimal(exp["held"])]
+        check((h.total_paid_in, h.total_spent, h.total_held) == tuple(fmt(t) for t in tot),
+              f"GetHoldings {org}: totals {(h.total_paid_in, h.total_spent, h.total_held)} != {tuple(map(fmt, tot))}")
+    print(f"   {len(audit.budgets)} statements recomputed row by row from the log; holdings of {len(holders)} "
+          "funds holder(s) reconcile to the balances")
 
 
 def tamper_test(entries, receipts, root_pub, ledger_id):

@@ -29,6 +29,10 @@ pub mod methods {
     pub const LIST_BALANCES: &str = "/phb.ledger.v1.LedgerService/ListBalances";
     /// ReadLog.
     pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
+    /// GetHoldings.
+    pub const GET_HOLDINGS: &str = "/phb.ledger.v1.LedgerService/GetHoldings";
+    /// GetBudgetStatement.
+    pub const GET_BUDGET_STATEMENT: &str = "/phb.ledger.v1.LedgerService/GetBudgetStatement";
     /// GetCarePlan.
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
 }

@@ -20,8 +20,8 @@ pub use chain::{entry_hash, entry_hash_with, Hash, LogEntry, Refusal, SignedEven
 pub use error::{Reject, RejectCode};
 pub use event::{Event, EventKind, Management, Role};
 pub use ledger::{
-    Admission, Admitted, Budget, Change, Head, Ledger, Organisation, Reader, ReplayError, Stored,
-    Undo,
+    Admission, Admitted, Budget, Change, Head, HoldingsScope, Ledger, Organisation, Reader,
+    ReplayError, Stored, Undo,
 };
 pub use money::Money;
 pub use projections::{Committed, Projection, ReadModel};

@@ -10,7 +10,8 @@ pub mod status;
 
 use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 use phb_domain::chain::SignedEvent;
-use phb_domain::{Budget, Ledger, LogEntry, Management};
+use phb_domain::projections::{Holding, HoldingTotals, StatementRow};
+use phb_domain::{Budget, HoldingsScope, Ledger, LogEntry, Management, Role};
 use phb_engine::{Engine, Outcome, MAX_EVENTS_PER_REQUEST};
 use phb_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -56,16 +57,64 @@ impl LedgerApi {
     }
 }
 
+fn management_pb(m: Management) -> i32 {
+    let m = match m {
+        Management::DirectPayment => pb::Management::DirectPayment,
+        Management::ThirdParty => pb::Management::ThirdParty,
+        Management::Notional => pb::Management::Notional,
+    };
+    m as i32
+}
+
+/// A timestamp from microseconds since the epoch.
+fn timestamp_pb(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn holding_pb(h: &Holding) -> pb::Holding {
+    pb::Holding {
+        budget_id: h.budget_id.clone(),
+        holder_ref: h.holder_ref.clone(),
+        commissioner_id: h.commissioner_id.clone(),
+        management: management_pb(h.management),
+        paid_in: h.paid_in.to_string(),
+        spent: h.spent.to_string(),
+        held: h.held().to_string(),
+        last_movement_sequence: h.last_movement_sequence,
+        last_movement_at: (h.last_movement_sequence != 0)
+            .then(|| timestamp_pb(h.last_movement_recorded_at_micros)),
+        stopped: h.stopped,
+    }
+}
+
+fn statement_row_pb(r: &StatementRow) -> pb::StatementRow {
+    pb::StatementRow {
+        sequence: r.sequence,
+        recorded_at: Some(timestamp_pb(r.recorded_at_micros)),
+        occurred_at: Some(timestamp_pb(r.occurred_at_micros)),
+        kind: r.kind.to_string(),
+        signer_id: r.signer_id.to_string(),
+        amount: r.amount.map(|a| a.to_string()).unwrap_or_default(),
+        allocated: r.allocated.to_string(),
+        paid_in: r.paid_in.to_string(),
+        spent: r.spent.to_string(),
+        held: r.held.to_string(),
+        refused: r.refusal_code.is_some(),
+        refusal_code: r.refusal_code.unwrap_or(0),
+        // Filled in from the log by the caller: rows keep no text.
+        refusal_message: String::new(),
+    }
+}
+
 fn money_pb(b: &Budget) -> pb::Balance {
     pb::Balance {
         budget_id: b.id.clone(),
         holder_ref: b.holder_ref.clone(),
         commissioner_id: b.commissioner_id.clone(),
-        management: match b.management {
-            Management::DirectPayment => pb::Management::DirectPayment,
-            Management::ThirdParty => pb::Management::ThirdParty,
-            Management::Notional => pb::Management::Notional,
-        } as i32,
+        management: management_pb(b.management),
         funds_holder_id: b.funds_holder_id.clone().unwrap_or_default(),
         payroll_provider_id: b.payroll_provider_id.clone().unwrap_or_default(),
         plan_facilitator_id: b.plan_facilitator_id.clone().unwrap_or_default(),
@@ -114,10 +163,7 @@ fn care_plan_pb(b: &Budget, plan: &phb_domain::ledger::CarePlan) -> pb::GetCareP
 pub fn entry_pb(e: LogEntry) -> pb::LogEntry {
     pb::LogEntry {
         sequence: e.sequence,
-        recorded_at: Some(prost_types::Timestamp {
-            seconds: e.recorded_at_micros.div_euclid(1_000_000),
-            nanos: (e.recorded_at_micros.rem_euclid(1_000_000) * 1000) as i32,
-        }),
+        recorded_at: Some(timestamp_pb(e.recorded_at_micros)),
         prev_hash: e.prev_hash.to_vec(),
         hash: e.hash.to_vec(),
         signed_event: Some(pb::SignedEvent {
@@ -210,6 +256,35 @@ fn decode_page_token(token: &str) -> Result<&str, Status> {
                 "page_token is not one this server issued; pass next_page_token from the previous page, or empty for the first",
             )
         })
+}
+
+const STATEMENT_TOKEN_PREFIX: &str = "after:";
+
+fn encode_statement_token(last_sequence: u64) -> String {
+    format!("{STATEMENT_TOKEN_PREFIX}{last_sequence}")
+}
+
+fn decode_statement_token(token: &str) -> Result<u64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix(STATEMENT_TOKEN_PREFIX)
+        .filter(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            status::invalid(
+                "page_token",
+                "page_token is not one this server issued; pass next_page_token from the previous page, or empty for the first",
+            )
+        })
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
 }
 
 impl LedgerApi {
@@ -353,10 +428,7 @@ impl LedgerService for LedgerApi {
         let reader_id =
             read_auth::authenticate(&self.engine, &request, phb_client_paths::LIST_BALANCES)?;
         let req = request.get_ref();
-        let page_size = match req.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
+        let page_size = page_size(req.page_size);
         let after = decode_page_token(&req.page_token)?;
         let filter = req.commissioner_id.as_str();
         let view = self.engine.view();
@@ -386,6 +458,139 @@ impl LedgerService for LedgerApi {
         };
         Ok(Response::new(pb::ListBalancesResponse {
             balances,
+            next_page_token,
+        }))
+    }
+
+    async fn get_holdings(
+        &self,
+        request: Request<pb::GetHoldingsRequest>,
+    ) -> Result<Response<pb::GetHoldingsResponse>, Status> {
+        let reader_id =
+            read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_HOLDINGS)?;
+        let org_id = &request.get_ref().organisation_id;
+        phb_domain::event::check_id("organisation_id", org_id, phb_domain::event::MAX_ID_LEN)
+            .map_err(|r| status::from_reject(&r))?;
+        let view = self.engine.view();
+        let reader = view
+            .reader(&reader_id)
+            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+        let org = view.directory().organisation(org_id).ok_or_else(|| {
+            Status::not_found(format!("organisation {org_id:?} is not registered"))
+        })?;
+        let scope = Ledger::holdings_scope(reader, org_id);
+        if scope == HoldingsScope::Denied {
+            return Err(Status::permission_denied(format!(
+                "{reader_id:?} may not read the holdings of {org_id:?}: the funds holder itself, auditors and root read them, commissioners the rows of their own budgets"
+            )));
+        }
+        if !(org.has(Role::ThirdParty) || org.has(Role::AccountProvider)) {
+            return Err(Status::failed_precondition(format!(
+                "{org_id:?} is not a funds holder: holdings are kept for organisations with ROLE_THIRD_PARTY or ROLE_ACCOUNT_PROVIDER"
+            )));
+        }
+        let rows: Vec<&Holding> = view
+            .holdings()
+            .of(org_id)
+            .filter(|h| scope == HoldingsScope::All || h.commissioner_id == reader_id)
+            .collect();
+        let totals = HoldingTotals::of(rows.iter().copied());
+        Ok(Response::new(pb::GetHoldingsResponse {
+            organisation_id: org_id.clone(),
+            holdings: rows.into_iter().map(holding_pb).collect(),
+            total_paid_in: totals.paid_in.to_string(),
+            total_spent: totals.spent.to_string(),
+            total_held: totals.held.to_string(),
+            restricted: scope == HoldingsScope::OwnBudgets,
+            as_of_sequence: view.head().sequence,
+        }))
+    }
+
+    async fn get_budget_statement(
+        &self,
+        request: Request<pb::GetBudgetStatementRequest>,
+    ) -> Result<Response<pb::GetBudgetStatementResponse>, Status> {
+        let reader_id = read_auth::authenticate(
+            &self.engine,
+            &request,
+            phb_client_paths::GET_BUDGET_STATEMENT,
+        )?;
+        let req = request.into_inner();
+        let budget_id = req.budget_id;
+        phb_domain::event::check_id("budget_id", &budget_id, phb_domain::event::MAX_ID_LEN)
+            .map_err(|r| status::from_reject(&r))?;
+        let page_size = page_size(req.page_size);
+        let after = decode_statement_token(&req.page_token)?;
+        let (mut rows, more) = {
+            let view = self.engine.view();
+            let reader = view
+                .reader(&reader_id)
+                .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+            let budget = view
+                .budget(&budget_id)
+                .ok_or_else(|| Status::not_found(format!("budget {budget_id:?} does not exist")))?;
+            if !Ledger::may_read(reader, budget) {
+                return Err(Status::permission_denied(format!(
+                    "{reader_id:?} may not read budget {budget_id:?}: commissioners read their own budgets, providers the budgets that name them, auditors all"
+                )));
+            }
+            let all = view
+                .statements()
+                .rows_after(&budget_id, after)
+                .ok_or_else(|| Status::internal("the budget has no statement"))?;
+            let page = &all[..all.len().min(page_size)];
+            (
+                page.iter().map(statement_row_pb).collect::<Vec<_>>(),
+                all.len() > page.len(),
+            )
+        };
+        // Refusal messages stay in the log, not in the projection.
+        let refused: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.refused)
+            .map(|r| r.sequence)
+            .collect();
+        if !refused.is_empty() {
+            let engine = self.engine.clone();
+            let messages = tokio::task::spawn_blocking(move || {
+                refused
+                    .into_iter()
+                    .map(|seq| {
+                        let entry = engine
+                            .read_log(seq, 1)
+                            .map_err(|e| e.to_string())?
+                            .into_iter()
+                            .next();
+                        Ok((seq, entry.and_then(|e| e.refusal).map(|r| r.message)))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await
+            .map_err(|_| Status::internal("reading refusal messages from the log failed"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "GetBudgetStatement could not read the log");
+                Status::internal(format!("reading the log failed: {e}"))
+            })?;
+            let mut messages = messages.into_iter();
+            for row in rows.iter_mut().filter(|r| r.refused) {
+                match messages.next() {
+                    Some((seq, Some(m))) if seq == row.sequence => row.refusal_message = m,
+                    _ => {
+                        return Err(Status::internal(format!(
+                            "the log has no refusal at sequence {}",
+                            row.sequence
+                        )))
+                    }
+                }
+            }
+        }
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => encode_statement_token(last.sequence),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::GetBudgetStatementResponse {
+            budget_id,
+            rows,
             next_page_token,
         }))
     }
@@ -478,6 +683,8 @@ mod phb_client_paths {
     pub const GET_BALANCE: &str = "/phb.ledger.v1.LedgerService/GetBalance";
     pub const LIST_BALANCES: &str = "/phb.ledger.v1.LedgerService/ListBalances";
     pub const READ_LOG: &str = "/phb.ledger.v1.LedgerService/ReadLog";
+    pub const GET_HOLDINGS: &str = "/phb.ledger.v1.LedgerService/GetHoldings";
+    pub const GET_BUDGET_STATEMENT: &str = "/phb.ledger.v1.LedgerService/GetBudgetStatement";
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
 }
 

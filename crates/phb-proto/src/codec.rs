@@ -35,6 +35,8 @@ wire!(true =>
     crate::v1::GetBalanceRequest,
     crate::v1::ListBalancesRequest,
     crate::v1::ReadLogRequest,
+    crate::v1::GetHoldingsRequest,
+    crate::v1::GetBudgetStatementRequest,
     crate::v1::GetCarePlanRequest,
 );
 wire!(false =>
@@ -42,6 +44,8 @@ wire!(false =>
     crate::v1::GetBalanceResponse,
     crate::v1::ListBalancesResponse,
     crate::v1::ReadLogResponse,
+    crate::v1::GetHoldingsResponse,
+    crate::v1::GetBudgetStatementResponse,
     crate::v1::GetCarePlanResponse,
 );
 

@@ -4,6 +4,18 @@ use super::{Budget, Ledger, Organisation};
 use crate::error::Reject;
 use crate::event::{BudgetChange, Management, PayeeKind, Role, ROOT_SIGNER};
 
+/// What a reader may see of a funds holder's holdings (`GetHoldings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldingsScope {
+    /// Every budget it holds: the funds holder itself, auditors and root.
+    All,
+    /// Only the budgets whose commissioner is the reader: a commissioner
+    /// checking what is held for its own budgets.
+    OwnBudgets,
+    /// Nothing: refused.
+    Denied,
+}
+
 /// Who is reading.
 #[derive(Debug, Clone, Copy)]
 pub enum Reader<'a> {
@@ -29,6 +41,18 @@ impl Ledger {
         match reader {
             Reader::Root => true,
             Reader::Organisation(o) => o.has(Role::Auditor) || budget.names(&o.id),
+        }
+    }
+
+    /// What the reader may see of the holdings of funds holder `holder_id`.
+    pub fn holdings_scope(reader: Reader<'_>, holder_id: &str) -> HoldingsScope {
+        match reader {
+            Reader::Root => HoldingsScope::All,
+            Reader::Organisation(o) if o.has(Role::Auditor) || o.id == holder_id => {
+                HoldingsScope::All
+            }
+            Reader::Organisation(o) if o.has(Role::Commissioner) => HoldingsScope::OwnBudgets,
+            Reader::Organisation(_) => HoldingsScope::Denied,
         }
     }
 

@@ -278,9 +278,11 @@ impl Ledger {
                             "{organisation_id:?} does not hold the role PlanFacilitator"
                         )))
                     }
-                    None => return Err(Reject::precondition(format!(
+                    None => {
+                        return Err(Reject::precondition(format!(
                         "{organisation_id:?} is not a registered organisation; register it first"
-                    ))),
+                    )))
+                    }
                 }
                 b.plan_facilitator_id = Some(organisation_id.to_string());
             }

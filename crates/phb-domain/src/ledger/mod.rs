@@ -11,7 +11,7 @@ mod budgets;
 mod plans;
 mod registry;
 
-pub use access::Reader;
+pub use access::{HoldingsScope, Reader};
 pub use budgets::Budget;
 pub use plans::{CarePlan, Charge, Uncovered};
 pub use registry::Organisation;

@@ -8,9 +8,13 @@
 
 mod balances;
 mod directory;
+mod holdings;
+mod statements;
 
 pub use balances::Balances;
 pub use directory::Directory;
+pub use holdings::{Holding, HoldingTotals, Holdings};
+pub use statements::{StatementRow, Statements};
 
 use crate::chain::{LogEntry, Refusal};
 use crate::event::Event;
@@ -58,13 +62,16 @@ pub trait Projection {
 }
 
 /// Everything the server answers reads from: the chain head, the directory
-/// of signers and the balances.
+/// of signers, the balances, the funds holders' holdings and the budgets'
+/// statements.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
     ledger_id: String,
     head: Head,
     directory: Directory,
     balances: Balances,
+    holdings: Holdings,
+    statements: Statements,
 }
 
 impl ReadModel {
@@ -75,6 +82,8 @@ impl ReadModel {
             head: Head::GENESIS,
             directory: Directory::new(root_key),
             balances: Balances::default(),
+            holdings: Holdings::default(),
+            statements: Statements::default(),
         }
     }
 
@@ -96,6 +105,16 @@ impl ReadModel {
     /// The balances.
     pub fn balances(&self) -> &Balances {
         &self.balances
+    }
+
+    /// What each funds holder holds, budget by budget.
+    pub fn holdings(&self) -> &Holdings {
+        &self.holdings
+    }
+
+    /// Every budget's statement.
+    pub fn statements(&self) -> &Statements {
+        &self.statements
     }
 
     /// The key `signer_id` signs with now.
@@ -129,5 +148,204 @@ impl Projection for ReadModel {
         self.head = entry.head;
         self.directory.apply(entry);
         self.balances.apply(entry);
+        self.holdings.apply(entry);
+        self.statements.apply(entry);
+        #[cfg(debug_assertions)]
+        self.check_budget(&entry.event.budget_id);
+    }
+}
+
+impl ReadModel {
+    /// Debug builds: the projections of one budget agree with its balance
+    /// after every entry (the statement's last row, the holding's figures).
+    #[cfg(debug_assertions)]
+    fn check_budget(&self, id: &str) {
+        let Some(b) = self.balances.budget(id) else {
+            return;
+        };
+        let last = self
+            .statements
+            .rows(id)
+            .and_then(|r| r.last())
+            .expect("an opened budget has a statement row");
+        assert_eq!(
+            (last.allocated, last.paid_in, last.spent, last.held),
+            (b.allocated, b.paid_in, b.spent, b.held()),
+            "statement of {id} disagrees with its balance"
+        );
+        match (&b.funds_holder_id, self.holdings.budget(id)) {
+            (Some(_), Some(h)) => {
+                assert_eq!(
+                    (h.paid_in, h.spent, h.held(), h.stopped),
+                    (b.paid_in, b.spent, b.held(), b.stopped),
+                    "holding of {id} disagrees with its balance"
+                );
+            }
+            (None, None) => {}
+            _ => panic!("holdings of {id} disagree with its funds holder"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Refusal;
+    use crate::event::{parse_date, EventKind, Management, PayeeKind};
+    use crate::money::Money;
+
+    fn ev(budget: &str, kind: EventKind) -> Event {
+        Event {
+            event_id: "e".into(),
+            budget_id: budget.into(),
+            occurred_at_micros: 1_000_000,
+            kind,
+        }
+    }
+
+    fn head(sequence: u64) -> Head {
+        Head {
+            sequence,
+            hash: [0; 32],
+            recorded_at_micros: sequence as i64 * 10,
+        }
+    }
+
+    fn opened(holder: Option<&str>, management: Management) -> EventKind {
+        EventKind::BudgetOpened {
+            holder_ref: "h".into(),
+            commissioner_id: "icb".into(),
+            period_start: parse_date("d", "2026-04-01").unwrap(),
+            period_end: parse_date("d", "2027-03-31").unwrap(),
+            management,
+            funds_holder_id: holder.map(String::from),
+            payroll_provider_id: None,
+            plan_facilitator_id: None,
+        }
+    }
+
+    fn m(p: i64) -> Money {
+        Money::from_pence(p)
+    }
+
+    /// Folds entries into a statement and holdings and checks them against
+    /// the balances after every entry.
+    #[test]
+    fn statements_and_holdings_follow_balances() {
+        let mut bal = Balances::default();
+        let mut hold = Holdings::default();
+        let mut st = Statements::default();
+        let refused = Refusal::new(9, false, "overspend");
+        let pay = |p| EventKind::Payment {
+            amount: m(p),
+            payee_kind: PayeeKind::Provider,
+            payee_ref: "p".into(),
+            category: "c".into(),
+            reference: String::new(),
+        };
+        let entries: Vec<(&str, &str, EventKind, Option<&Refusal>)> = vec![
+            (
+                "icb",
+                "b1",
+                opened(Some("tp"), Management::ThirdParty),
+                None,
+            ),
+            (
+                "icb",
+                "b2",
+                opened(Some("tp"), Management::ThirdParty),
+                None,
+            ),
+            ("icb", "b3", opened(None, Management::Notional), None),
+            (
+                "icb",
+                "b1",
+                EventKind::Allocation {
+                    amount: m(10_000),
+                    basis: crate::event::AllocationBasis::OneOff,
+                },
+                None,
+            ),
+            (
+                "icb",
+                "b1",
+                EventKind::Disbursement { amount: m(6_001) },
+                None,
+            ),
+            (
+                "icb",
+                "b2",
+                EventKind::Allocation {
+                    amount: m(300),
+                    basis: crate::event::AllocationBasis::OneOff,
+                },
+                None,
+            ),
+            (
+                "icb",
+                "b2",
+                EventKind::Disbursement { amount: m(299) },
+                None,
+            ),
+            ("tp", "b1", pay(2_000), None),
+            ("tp", "b1", pay(9_999), Some(&refused)),
+            ("tp", "b2", pay(1), None),
+            (
+                "icb",
+                "b1",
+                EventKind::ReviewAdjustment {
+                    delta: m(-1_000),
+                    reason: "r".into(),
+                },
+                None,
+            ),
+            ("tp", "nowhere", pay(1), Some(&refused)),
+        ];
+        for (i, (signer, budget, kind, refusal)) in entries.into_iter().enumerate() {
+            let event = ev(budget, kind);
+            let c = Committed {
+                head: head(i as u64 + 1),
+                signer_id: signer,
+                event: &event,
+                refusal,
+            };
+            bal.apply(&c);
+            hold.apply(&c);
+            st.apply(&c);
+        }
+        for b in bal.budgets() {
+            let last = st.rows(&b.id).unwrap().last().unwrap();
+            assert_eq!(
+                (last.allocated, last.paid_in, last.spent, last.held),
+                (b.allocated, b.paid_in, b.spent, b.held())
+            );
+        }
+        let b1 = st.rows("b1").unwrap();
+        assert_eq!(
+            b1.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+            [1, 4, 5, 8, 9, 11]
+        );
+        assert_eq!(b1[3].amount, Some(m(-2_000)));
+        assert_eq!(b1[3].kind, "payment");
+        assert_eq!(&*b1[3].signer_id, "tp");
+        assert_eq!(b1[4].refusal_code, Some(9));
+        assert_eq!(b1[4].amount, Some(m(-9_999)));
+        assert_eq!(b1[4].held, b1[3].held);
+        assert_eq!(b1[5].amount, Some(m(-1_000)));
+        assert_eq!(st.rows_after("b1", 5).unwrap().len(), 3);
+        assert!(st.rows("nowhere").is_none());
+        assert_eq!(st.total_rows(), 6 + 4 + 1);
+
+        let rows: Vec<_> = hold.of("tp").collect();
+        assert_eq!(rows.len(), 2);
+        let t = HoldingTotals::of(rows.iter().copied());
+        assert_eq!((t.paid_in, t.spent, t.held), (m(6_300), m(2_001), m(4_299)));
+        assert_eq!(hold.budget("b1").unwrap().last_movement_sequence, 8);
+        assert_eq!(
+            hold.budget("b1").unwrap().last_movement_recorded_at_micros,
+            80
+        );
+        assert!(hold.budget("b3").is_none());
+        assert_eq!(hold.of("icb").count(), 0);
     }
 }

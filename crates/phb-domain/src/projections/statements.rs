@@ -1,0 +1,218 @@
+//! Statements: every entry on a budget, in log order, with the running
+//! figures after it — what an auditor or a funds holder reads.
+//!
+//! Applied events change the running figures exactly as `Balances` does.
+//! Recorded refusals of events on an existing budget (the counter-fraud
+//! record: an attempted overspend, a payment by the wrong organisation, a
+//! second opening of the same id) are rows too, flagged with their code;
+//! they change no figure. Refusals naming a budget that does not exist (yet)
+//! belong to no statement.
+//!
+//! Rows are compact — no event bytes, no free text; the signer id is shared
+//! between rows — about 150 bytes each, one per entry on the budget, kept in
+//! memory for the life of the process (ARCHITECTURE.md, "Known limits").
+//! A refusal's message stays in the log: readers fetch it by sequence.
+
+use super::{Committed, Projection};
+use crate::event::{EventKind, Management};
+use crate::money::Money;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// One entry on a budget's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRow {
+    /// The entry's log sequence.
+    pub sequence: u64,
+    /// When the server recorded it, microseconds since the epoch.
+    pub recorded_at_micros: i64,
+    /// When the event says it happened, microseconds since the epoch.
+    pub occurred_at_micros: i64,
+    /// The event kind: the name of its `Event.kind` field in the proto
+    /// (e.g. "payment").
+    pub kind: &'static str,
+    /// Who signed the event.
+    pub signer_id: Arc<str>,
+    /// The event's amount, signed by its effect on the budget: positive for
+    /// allocations and disbursements, negative for payments and purchases,
+    /// the delta for review adjustments; `None` for openings and stops. For
+    /// a refused row, the amount that was attempted.
+    pub amount: Option<Money>,
+    /// Allocated after this entry.
+    pub allocated: Money,
+    /// Paid in after this entry.
+    pub paid_in: Money,
+    /// Spent after this entry.
+    pub spent: Money,
+    /// Held after this entry (`paid_in − spent`; zero on notional budgets).
+    pub held: Money,
+    /// `Some(code)` (google.rpc.Code) if the entry records a refusal.
+    pub refusal_code: Option<u32>,
+}
+
+/// One budget's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Statement {
+    notional: bool,
+    allocated: Money,
+    paid_in: Money,
+    spent: Money,
+    rows: Vec<StatementRow>,
+}
+
+impl Statement {
+    fn held(&self) -> Money {
+        if self.notional {
+            Money::ZERO
+        } else {
+            self.paid_in.checked_sub(self.spent).unwrap_or(Money::ZERO)
+        }
+    }
+}
+
+/// Every budget's statement, by budget id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Statements {
+    budgets: BTreeMap<String, Statement>,
+    /// Signer ids, shared by the rows that name them.
+    signers: BTreeSet<Arc<str>>,
+}
+
+fn plus(a: Money, b: Money) -> Money {
+    a.checked_add(b)
+        .expect("committed amounts were checked for overflow by the write model")
+}
+
+fn negative(a: Money) -> Money {
+    Money::ZERO
+        .checked_sub(a)
+        .expect("an amount's negation fits")
+}
+
+impl Statements {
+    /// The rows of `budget_id` with sequence > `after`, in sequence order;
+    /// `None` if the budget was never opened.
+    pub fn rows_after(&self, budget_id: &str, after: u64) -> Option<&[StatementRow]> {
+        let s = self.budgets.get(budget_id)?;
+        let start = s.rows.partition_point(|r| r.sequence <= after);
+        Some(&s.rows[start..])
+    }
+
+    /// Every row of `budget_id`.
+    pub fn rows(&self, budget_id: &str) -> Option<&[StatementRow]> {
+        self.rows_after(budget_id, 0)
+    }
+
+    /// How many rows all statements hold (for memory accounting).
+    pub fn total_rows(&self) -> usize {
+        self.budgets.values().map(|s| s.rows.len()).sum()
+    }
+
+    fn signer(&mut self, id: &str) -> Arc<str> {
+        if let Some(s) = self.signers.get(id) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(id);
+        self.signers.insert(s.clone());
+        s
+    }
+}
+
+/// The proto's `Event.kind` field name of a kind.
+fn kind_field(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::OrganisationRegistered { .. } => "organisation_registered",
+        EventKind::KeyRotated { .. } => "key_rotated",
+        EventKind::BudgetOpened { .. } => "budget_opened",
+        EventKind::Allocation { .. } => "allocation",
+        EventKind::Disbursement { .. } => "disbursement",
+        EventKind::Payment { .. } => "payment",
+        EventKind::Purchase { .. } => "purchase",
+        EventKind::ReviewAdjustment { .. } => "review_adjustment",
+        EventKind::BudgetStopped { .. } => "budget_stopped",
+        EventKind::CarePlanApproved(_) => "care_plan_approved",
+        EventKind::FacilitatorAppointed { .. } => "facilitator_appointed",
+    }
+}
+
+impl Projection for Statements {
+    fn apply(&mut self, c: &Committed<'_>) {
+        let kind = &c.event.kind;
+        if kind.is_organisation_event() {
+            return;
+        }
+        let id = &c.event.budget_id;
+        let opened_here = c.applied() && matches!(kind, EventKind::BudgetOpened { .. });
+        if opened_here {
+            let notional = matches!(
+                kind,
+                EventKind::BudgetOpened {
+                    management: Management::Notional,
+                    ..
+                }
+            );
+            let previous = self.budgets.insert(
+                id.clone(),
+                Statement {
+                    notional,
+                    allocated: Money::ZERO,
+                    paid_in: Money::ZERO,
+                    spent: Money::ZERO,
+                    rows: Vec::new(),
+                },
+            );
+            assert!(previous.is_none(), "budget {id} opened twice in the log");
+        } else if !self.budgets.contains_key(id) {
+            // A refusal naming a budget that does not exist.
+            assert!(!c.applied(), "event on unopened budget {id}");
+            return;
+        }
+        let signer_id = self.signer(c.signer_id);
+        let s = self
+            .budgets
+            .get_mut(id)
+            .expect("the budget exists: checked or inserted above");
+        let amount = match kind {
+            EventKind::Allocation { amount, .. } | EventKind::Disbursement { amount } => {
+                Some(*amount)
+            }
+            EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
+                Some(negative(*amount))
+            }
+            EventKind::ReviewAdjustment { delta, .. } => Some(*delta),
+            EventKind::BudgetOpened { .. }
+            | EventKind::BudgetStopped { .. }
+            | EventKind::CarePlanApproved(_)
+            | EventKind::FacilitatorAppointed { .. }
+            | EventKind::OrganisationRegistered { .. }
+            | EventKind::KeyRotated { .. } => None,
+        };
+        if c.applied() {
+            match kind {
+                EventKind::Allocation { amount, .. } => s.allocated = plus(s.allocated, *amount),
+                EventKind::Disbursement { amount } => s.paid_in = plus(s.paid_in, *amount),
+                EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
+                    s.spent = plus(s.spent, *amount)
+                }
+                EventKind::ReviewAdjustment { delta, .. } => {
+                    s.allocated = plus(s.allocated, *delta)
+                }
+                _ => {}
+            }
+        }
+        let held = s.held();
+        s.rows.push(StatementRow {
+            sequence: c.head.sequence,
+            recorded_at_micros: c.head.recorded_at_micros,
+            occurred_at_micros: c.event.occurred_at_micros,
+            kind: kind_field(kind),
+            signer_id,
+            amount,
+            allocated: s.allocated,
+            paid_in: s.paid_in,
+            spent: s.spent,
+            held,
+            refusal_code: c.refusal.map(|r| r.code),
+        });
+    }
+}
