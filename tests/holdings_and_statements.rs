@@ -110,7 +110,7 @@ async fn populate(w: &World) -> Vec<&'static str> {
     w.ok(
         &tp,
         "tp-a",
-        kinds::pay("364.00", pa, "pa-1", "personal_care"),
+        kinds::pay("364.00", pa, "pa-1", "personal_assistant"),
     )
     .await;
     w.ok(
@@ -136,7 +136,7 @@ async fn populate(w: &World) -> Vec<&'static str> {
     w.ok(
         &payroll,
         "dp-a",
-        kinds::pay("200.00", pa, "pa-2", "personal_care"),
+        kinds::pay("200.00", pa, "pa-2", "personal_assistant"),
     )
     .await;
     w.ok(&c, "nt-a", kinds::pay("70.00", prov, "prov-2", "therapy"))
@@ -389,7 +389,7 @@ async fn statement_follows_balance_step_by_step() {
     let pa = PayeeKind::PersonalAssistant;
     f.ok(
         &payroll,
-        kinds::pay("364.05", pa, "pa-1", "personal_care"),
+        kinds::pay("364.05", pa, "pa-1", "personal_assistant"),
         "payment",
         "-364.05",
     )
