@@ -282,7 +282,10 @@ def amount(s, what, positive):
     need(AMOUNT_RE.fullmatch(s) is not None, f"{what} {s!r} is not a decimal amount")
     d = Decimal(s)
     need(abs(d) <= MAX_AMOUNT, f"{what} {s!r} too large")
-    need(d > 0 if positive else d != 0, f"{what} {s!r} not positive / zero")
+    if positive is None:  # zero or more (a contingency)
+        need(d >= 0, f"{what} {s!r} is negative")
+    else:
+        need(d > 0 if positive else d != 0, f"{what} {s!r} not positive / zero")
     return d
 
 
@@ -391,7 +394,7 @@ def validate_event(raw, ledger_id, now_micros):
         need(valid_id(k.commissioner_id), "bad commissioner_id")
         need(date(k.period_end, "period_end") >= date(k.period_start, "period_start"), "period ends before it starts")
         need(k.management in pb.Management.values() and k.management != pb.MANAGEMENT_UNSPECIFIED, "bad management")
-        for f in ("funds_holder_id", "payroll_provider_id"):
+        for f in ("funds_holder_id", "payroll_provider_id", "plan_facilitator_id"):
             need(getattr(k, f) == "" or valid_id(getattr(k, f)), f"bad {f}")
         if k.management == pb.MANAGEMENT_THIRD_PARTY:
             need(k.funds_holder_id != "", "third-party budget without funds_holder_id")
@@ -419,6 +422,21 @@ def validate_event(raw, ledger_id, now_micros):
         need(text_ok(k.reason, 256, True), "bad reason")
     elif kind == "budget_stopped":
         need(text_ok(k.reason, 256, True), "bad reason")
+    elif kind == "facilitator_appointed":
+        need(valid_id(k.organisation_id), "bad organisation_id")
+    elif kind == "care_plan_approved":
+        need(valid_id(k.plan_id), "bad plan_id")
+        need(1 <= len(k.lines) <= 100, "a plan has 1 to 100 lines")
+        need(len({l.line_id for l in k.lines}) == len(k.lines), "line ids repeat")
+        for l in k.lines:
+            need(valid_id(l.line_id), "bad line_id")
+            need(l.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
+            amount(l.annual_amount, "plan line annual_amount", True)
+            need(text_ok(l.description, 256, False), "bad description")
+        need(not k.contingency_amount.startswith("-"), "negative contingency")
+        amount(k.contingency_amount, "contingency_amount", None)
+        vf = date(k.valid_from, "valid_from")
+        need(date(k.valid_to, "valid_to") >= vf and date(k.review_due, "review_due") >= vf, "plan dates out of order")
     return ev
 
 
@@ -430,6 +448,8 @@ class Budget:
         self.management = opened.management
         self.funds_holder_id = opened.funds_holder_id
         self.payroll_provider_id = opened.payroll_provider_id
+        self.plan_facilitator_id = opened.plan_facilitator_id
+        self.plan = None
         self.period_start = opened.period_start
         self.period_end = opened.period_end
         self.allocated = self.paid_in = self.spent = Decimal("0.00")
@@ -628,12 +648,16 @@ class Auditor:
                 deny(k.payroll_provider_id in self.orgs
                      and pb.ROLE_PAYROLL_PROVIDER in self.orgs[k.payroll_provider_id]["roles"],
                      FAILED_PRECONDITION, "payroll provider unregistered or lacks its role")
+            if k.plan_facilitator_id:
+                deny(k.plan_facilitator_id in self.orgs
+                     and pb.ROLE_PLAN_FACILITATOR in self.orgs[k.plan_facilitator_id]["roles"],
+                     FAILED_PRECONDITION, "plan facilitator unregistered or lacks its role")
             b = Budget(ev.budget_id, k)
             b.last_sequence = seq
             self.budgets[ev.budget_id] = b
             return
         deny(ev.budget_id in self.budgets, NOT_FOUND, "unknown budget")
-        b = copy.copy(self.budgets[ev.budget_id])  # stored only if the event is accepted
+        b = copy.deepcopy(self.budgets[ev.budget_id])  # stored only if the event is accepted
         commissioner = pb.ROLE_COMMISSIONER in roles and b.commissioner_id == signer_id
         funds_holder = b.funds_holder_id == signer_id and (
             pb.ROLE_THIRD_PARTY in roles or pb.ROLE_ACCOUNT_PROVIDER in roles)
@@ -643,6 +667,9 @@ class Auditor:
                 funds_holder or (payroll and k.payee_kind == pb.PAYEE_KIND_PERSONAL_ASSISTANT))
         elif kind == "purchase":
             allowed = commissioner if b.notional else funds_holder
+        elif kind == "care_plan_approved":
+            facilitator = b.plan_facilitator_id == signer_id and pb.ROLE_PLAN_FACILITATOR in roles
+            allowed = commissioner or facilitator
         else:
             allowed = commissioner
         deny(allowed, PERMISSION_DENIED, f"{signer_id} may not sign {kind} on {b.budget_id}")
@@ -658,8 +685,30 @@ class Auditor:
         elif kind in ("payment", "purchase"):
             a = Decimal(k.amount)
             deny(k.category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "excluded category")
+            charge = None
+            if b.plan is not None:
+                # docs/api.md "Care plans": in force on occurred_at's UTC date,
+                # a line for the category, within its lines plus contingency.
+                on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
+                p = b.plan
+                deny(p["valid_from"] <= on <= p["valid_to"], FAILED_PRECONDITION, "plan not in force")
+                idx = [i for i, l in enumerate(p["lines"]) if l[0] == k.category]
+                deny(idx, FAILED_PRECONDITION, "no plan line for the category")
+                due, charge = a, []
+                for i in idx:
+                    take = min(p["lines"][i][1] - p["spent"][i], due)
+                    if take > 0:
+                        charge.append((i, take))
+                        due -= take
+                deny(due <= p["contingency"] - p["contingency_used"], FAILED_PRECONDITION, "beyond the plan")
+                charge.append((None, due))
             deny(a <= spendable, FAILED_PRECONDITION, "overspend")
             b.spent += a
+            for i, m in charge or []:
+                if i is None:
+                    b.plan["contingency_used"] += m
+                else:
+                    b.plan["spent"][i] += m
         elif kind == "review_adjustment":
             d = Decimal(k.delta)
             deny(b.allocated + d >= (b.spent if b.notional else b.paid_in), FAILED_PRECONDITION,
@@ -667,6 +716,22 @@ class Auditor:
             b.allocated += d
         elif kind == "budget_stopped":
             b.stopped = True
+        elif kind == "facilitator_appointed":
+            deny(k.organisation_id in self.orgs and pb.ROLE_PLAN_FACILITATOR in self.orgs[k.organisation_id]["roles"],
+                 FAILED_PRECONDITION, "facilitator unregistered or lacks its role")
+            b.plan_facilitator_id = k.organisation_id
+        elif kind == "care_plan_approved":
+            deny(all(l.category not in EXCLUDED_CATEGORIES for l in k.lines), FAILED_PRECONDITION,
+                 "a plan line for an excluded category")
+            total = Decimal(k.contingency_amount) + sum(Decimal(l.annual_amount) for l in k.lines)
+            deny(commissioner or total * 100 <= b.allocated * 115, PERMISSION_DENIED,
+                 "a plan more than 15 % above the allocation approved by the facilitator")
+            b.plan = {
+                "valid_from": k.valid_from, "valid_to": k.valid_to,
+                "lines": [(l.category, Decimal(l.annual_amount)) for l in k.lines],
+                "spent": [Decimal("0.00")] * len(k.lines),
+                "contingency": Decimal(k.contingency_amount), "contingency_used": Decimal("0.00"),
+            }
         b.last_sequence = seq
         # Invariants the docs promise follow from the rules: a breach is the
         # auditor's (or the server's) bug, never a refusal.
@@ -1053,7 +1118,7 @@ def run(addr, datadir):
     # -- budgets -------------------------------------------------------------
     step("commissioner opens budgets, allocates, disburses")
     b_tp, b_dp, b_nt = f"{tag}-b1-tp", f"{tag}-b2-dp", f"{tag}-b3-notional"
-    extra = [f"{tag}-b4-extra", f"{tag}-b5-extra"]
+    extra = [f"{tag}-b4-extra", f"{tag}-b5-extra", f"{tag}-b5-plan"]
     b_late = f"{tag}-b6-tp"  # for the "refusals are final" double-payment scenario
 
     def opened(bid, management, funds="", payroll_id=""):
@@ -1113,6 +1178,26 @@ def run(addr, datadir):
     c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="1.00", category="personal_care",
                                                              supplier_ref="s-9")),
              INVALID_ARGUMENT, "purchase in an unknown category", field="kind.purchase.category")
+
+    step("a care plan narrows spending (api.md 'Care plans')")
+    b_plan = extra[2]
+    c.write(icb, alloc(b_plan, "1000.00"), "allocation of the planned budget")
+    c.write(icb, c.event("plan", b_plan, care_plan_approved=pb.CarePlanApproved(
+        plan_id="plan-1", lines=[pb.PlanLine(line_id="r", category="respite", annual_amount="100.00",
+                                             description="short breaks")],
+        contingency_amount="10.00", valid_from="2026-01-01", valid_to="2027-12-31", review_due="2026-10-01")),
+        "CarePlanApproved by the commissioner")
+    c.write(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="105.00", category="respite",
+                                                             supplier_ref="s-1")),
+            "purchase on the plan line and 5.00 of the contingency")
+    c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="5.01", category="respite", supplier_ref="s-1")),
+             FAILED_PRECONDITION, "purchase beyond the plan line and contingency")
+    c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s-1")),
+             FAILED_PRECONDITION, "purchase in a category the plan has no line for")
+    cp = c.stub.GetCarePlan(pb.GetCarePlanRequest(budget_id=b_plan),
+                            metadata=icb.md("GetCarePlan"), timeout=RPC_TIMEOUT)
+    check((cp.lines[0].spent, cp.lines[0].remaining, cp.contingency_used, cp.total) ==
+          ("100.00", "0.00", "5.00", "110.00"), f"GetCarePlan: {cp}")
 
     step("overspend is refused, recorded once as a refusal, and changes no balance")
     before = c.balance(icb, b_tp)
