@@ -640,6 +640,11 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
         K::BudgetStopped(_) => "BudgetStopped",
         K::CarePlanApproved(_) => "CarePlanApproved",
         K::FacilitatorAppointed(_) => "FacilitatorAppointed",
+        K::BudgetSuspended(_) => "BudgetSuspended",
+        K::BudgetResumed(_) => "BudgetResumed",
+        K::HolderDied(_) => "HolderDied",
+        K::Reclaim(_) => "Reclaim",
+        K::Refund(_) => "Refund",
     }
 }
 

@@ -255,6 +255,13 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
         EventKind::FacilitatorAppointed { organisation_id } => {
             assert!(is_id(organisation_id, MAX_ID_LEN))
         }
+        EventKind::BudgetSuspended { reason } => {
+            assert!(is_text(reason, MAX_TEXT_LEN, true), "reason {reason:?}")
+        }
+        EventKind::BudgetResumed | EventKind::HolderDied { .. } | EventKind::Reclaim { .. } => {}
+        EventKind::Refund {
+            original_sequence, ..
+        } => assert!(*original_sequence > 0),
         EventKind::CarePlanApproved(plan) => {
             // docs/api.md, "Care plans", restated.
             assert!(is_id(&plan.plan_id, MAX_ID_LEN));

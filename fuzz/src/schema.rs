@@ -80,7 +80,13 @@ const EVENT: &[(u32, Ty)] = &[
     (18, Ty::Msg(ONE_STRING)),
     (19, Ty::Msg(CARE_PLAN)),
     (20, Ty::Msg(ONE_STRING)),
+    (21, Ty::Msg(ONE_STRING)),
+    (22, Ty::Msg(&[])),
+    (23, Ty::Msg(ONE_STRING)),
+    (24, Ty::Msg(ALLOCATION)),
+    (25, Ty::Msg(REFUND)),
 ];
+const REFUND: &[(u32, Ty)] = &[(1, Ty::Varint), (2, Ty::Bytes)];
 
 fn varint(b: &[u8], at: &mut usize) -> Result<u64, String> {
     let mut v = 0u64;

@@ -424,6 +424,18 @@ def validate_event(raw, ledger_id, now_micros):
         need(text_ok(k.reason, 256, True), "bad reason")
     elif kind == "facilitator_appointed":
         need(valid_id(k.organisation_id), "bad organisation_id")
+    elif kind == "budget_suspended":
+        need(text_ok(k.reason, 256, True), "bad reason")
+    elif kind == "budget_resumed":
+        pass
+    elif kind == "holder_died":
+        date(k.date, "holder_died.date")
+    elif kind == "reclaim":
+        amount(k.amount, "reclaim.amount", True)
+        need(k.ground in pb.ReclaimGround.values() and k.ground != 0, "bad ground")
+    elif kind == "refund":
+        need(k.original_sequence > 0, "refund without original_sequence")
+        amount(k.amount, "refund.amount", True)
     elif kind == "care_plan_approved":
         need(valid_id(k.plan_id), "bad plan_id")
         need(1 <= len(k.lines) <= 100, "a plan has 1 to 100 lines")
@@ -450,6 +462,9 @@ class Budget:
         self.payroll_provider_id = opened.payroll_provider_id
         self.plan_facilitator_id = opened.plan_facilitator_id
         self.plan = None
+        self.suspended = False
+        self.died_on = None
+        self.spendings = {}
         self.period_start = opened.period_start
         self.period_end = opened.period_end
         self.allocated = self.paid_in = self.spent = Decimal("0.00")
@@ -670,10 +685,16 @@ class Auditor:
         elif kind == "care_plan_approved":
             facilitator = b.plan_facilitator_id == signer_id and pb.ROLE_PLAN_FACILITATOR in roles
             allowed = commissioner or facilitator
+        elif kind == "refund":
+            allowed = commissioner or funds_holder or payroll
         else:
             allowed = commissioner
         deny(allowed, PERMISSION_DENIED, f"{signer_id} may not sign {kind} on {b.budget_id}")
         deny(not b.stopped, FAILED_PRECONDITION, "budget stopped")
+        if kind in ("disbursement", "payment", "purchase"):
+            deny(not b.suspended, FAILED_PRECONDITION, "budget suspended")
+            on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
+            deny(b.died_on is None or on <= b.died_on, FAILED_PRECONDITION, "after the holder's death")
         spendable = b.available if b.notional else b.held
         if kind == "allocation":
             b.allocated += Decimal(k.amount)
@@ -704,6 +725,7 @@ class Auditor:
                 charge.append((None, due))
             deny(a <= spendable, FAILED_PRECONDITION, "overspend")
             b.spent += a
+            b.spendings[seq] = {"signer": signer_id, "amount": a, "refunded": Decimal("0.00")}
             for i, m in charge or []:
                 if i is None:
                     b.plan["contingency_used"] += m
@@ -716,6 +738,29 @@ class Auditor:
             b.allocated += d
         elif kind == "budget_stopped":
             b.stopped = True
+        elif kind == "budget_suspended":
+            deny(not b.suspended, FAILED_PRECONDITION, "already suspended")
+            b.suspended = True
+        elif kind == "budget_resumed":
+            deny(b.suspended, FAILED_PRECONDITION, "not suspended")
+            b.suspended = False
+        elif kind == "holder_died":
+            deny(b.died_on is None, FAILED_PRECONDITION, "death already recorded")
+            b.died_on = k.date
+        elif kind == "reclaim":
+            a = Decimal(k.amount)
+            deny(not b.notional, FAILED_PRECONDITION, "reclaim on a notional budget")
+            deny(a <= b.held, FAILED_PRECONDITION, "reclaim beyond what is held")
+            b.paid_in -= a
+            b.allocated -= a
+        elif kind == "refund":
+            a = Decimal(k.amount)
+            orig = b.spendings.get(k.original_sequence)
+            deny(orig is not None, FAILED_PRECONDITION, "refund of no spending on this budget")
+            deny(orig["signer"] == signer_id, PERMISSION_DENIED, "refund by another organisation than the spender")
+            deny(a <= orig["amount"] - orig["refunded"], FAILED_PRECONDITION, "refund beyond the spending")
+            orig["refunded"] += a
+            b.spent -= a
         elif kind == "facilitator_appointed":
             deny(k.organisation_id in self.orgs and pb.ROLE_PLAN_FACILITATOR in self.orgs[k.organisation_id]["roles"],
                  FAILED_PRECONDITION, "facilitator unregistered or lacks its role")
@@ -1190,6 +1235,16 @@ def run(addr, datadir):
     c.write(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="105.00", category="respite",
                                                              supplier_ref="s-1")),
             "purchase on the plan line and 5.00 of the contingency")
+    plan_buy = c.head
+    c.write(icb, c.event("susp", b_plan, budget_suspended=pb.BudgetSuspended(reason="spending review")),
+            "BudgetSuspended")
+    c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="respite", supplier_ref="s-1")),
+             FAILED_PRECONDITION, "purchase while suspended")
+    c.write(icb, c.event("resume", b_plan, budget_resumed=pb.BudgetResumed()), "BudgetResumed")
+    c.write(icb, c.event("refund", b_plan, refund=pb.Refund(original_sequence=plan_buy, amount="5.00")),
+            "Refund of part of a purchase")
+    c.refuse(icb, c.event("refund", b_plan, refund=pb.Refund(original_sequence=plan_buy, amount="100.01")),
+             FAILED_PRECONDITION, "refund beyond what is left of the purchase")
     c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="5.01", category="respite", supplier_ref="s-1")),
              FAILED_PRECONDITION, "purchase beyond the plan line and contingency")
     c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s-1")),
@@ -1614,15 +1669,19 @@ def check_statements_and_holdings(c, reader, entries, audit):
             k = getattr(ev, kind)
             amount = {"allocation": lambda: Decimal(k.amount), "disbursement": lambda: Decimal(k.amount),
                       "payment": lambda: -Decimal(k.amount), "purchase": lambda: -Decimal(k.amount),
-                      "review_adjustment": lambda: Decimal(k.delta)}.get(kind, lambda: None)()
+                      "review_adjustment": lambda: Decimal(k.delta),
+                      "reclaim": lambda: -Decimal(k.amount), "refund": lambda: Decimal(k.amount)}.get(kind, lambda: None)()
             refused = e.HasField("refusal")
             if not refused:
                 if kind in ("allocation", "review_adjustment"):
                     fig["allocated"] += amount
                 elif kind == "disbursement":
                     fig["paid_in"] += amount
-                elif kind in ("payment", "purchase"):
+                elif kind in ("payment", "purchase", "refund"):
                     fig["spent"] -= amount
+                elif kind == "reclaim":
+                    fig["paid_in"] += amount
+                    fig["allocated"] += amount
             held = Decimal("0.00") if b.notional else fig["paid_in"] - fig["spent"]
             want = (kind, e.signed_event.signer_id, "" if amount is None else fmt(amount), fmt(fig["allocated"]),
                     fmt(fig["paid_in"]), fmt(fig["spent"]), fmt(held), refused,

@@ -254,6 +254,34 @@ pub mod kinds {
             review_due: "2026-10-01".into(),
         })
     }
+    /// BudgetSuspended.
+    pub fn suspend(reason: &str) -> Kind {
+        Kind::BudgetSuspended(pb::BudgetSuspended {
+            reason: reason.into(),
+        })
+    }
+    /// BudgetResumed.
+    pub fn resume() -> Kind {
+        Kind::BudgetResumed(pb::BudgetResumed {})
+    }
+    /// HolderDied.
+    pub fn died(date: &str) -> Kind {
+        Kind::HolderDied(pb::HolderDied { date: date.into() })
+    }
+    /// Reclaim.
+    pub fn reclaim(amount: &str, ground: pb::ReclaimGround) -> Kind {
+        Kind::Reclaim(pb::Reclaim {
+            amount: amount.into(),
+            ground: ground as i32,
+        })
+    }
+    /// Refund of the spending at `original_sequence`.
+    pub fn refund(original_sequence: u64, amount: &str) -> Kind {
+        Kind::Refund(pb::Refund {
+            original_sequence,
+            amount: amount.into(),
+        })
+    }
     /// FacilitatorAppointed.
     pub fn appoint_facilitator(org: &str) -> Kind {
         Kind::FacilitatorAppointed(pb::FacilitatorAppointed {

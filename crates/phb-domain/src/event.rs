@@ -217,6 +217,47 @@ pub enum EventKind {
         /// A PLAN_FACILITATOR organisation.
         organisation_id: String,
     },
+    /// The budget is suspended until resumed.
+    BudgetSuspended {
+        /// Why.
+        reason: String,
+    },
+    /// A suspension ends.
+    BudgetResumed,
+    /// The holder died on `date`.
+    HolderDied {
+        /// The date of death.
+        date: Date,
+    },
+    /// Money returned to the commissioner.
+    Reclaim {
+        /// Positive amount.
+        amount: Money,
+        /// Why (reg. 15).
+        ground: ReclaimGround,
+    },
+    /// Money given back for an earlier spending.
+    Refund {
+        /// The original Payment or Purchase.
+        original_sequence: u64,
+        /// Positive amount.
+        amount: Money,
+    },
+}
+
+/// Why money is reclaimed (NHS (Direct Payments) Regulations 2013, reg. 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReclaimGround {
+    /// More has built up than the plan needs.
+    Surplus,
+    /// Not used as agreed.
+    NotUsedAsAgreed,
+    /// Circumstances changed.
+    ChangeOfCircumstances,
+    /// Theft or fraud.
+    Fraud,
+    /// The holder died.
+    Death,
 }
 
 /// A care plan as approved.
@@ -284,6 +325,11 @@ impl EventKind {
             EventKind::BudgetStopped { .. } => "BudgetStopped",
             EventKind::CarePlanApproved(_) => "CarePlanApproved",
             EventKind::FacilitatorAppointed { .. } => "FacilitatorAppointed",
+            EventKind::BudgetSuspended { .. } => "BudgetSuspended",
+            EventKind::BudgetResumed => "BudgetResumed",
+            EventKind::HolderDied { .. } => "HolderDied",
+            EventKind::Reclaim { .. } => "Reclaim",
+            EventKind::Refund { .. } => "Refund",
         }
     }
 }
@@ -389,6 +435,27 @@ pub enum BudgetChange<'a> {
         /// The organisation.
         organisation_id: &'a str,
     },
+    /// Suspended until resumed.
+    Suspend,
+    /// A suspension ends.
+    Resume,
+    /// The holder died.
+    HolderDied {
+        /// The date of death.
+        date: Date,
+    },
+    /// Money returned to the commissioner.
+    Reclaim {
+        /// Positive amount.
+        amount: Money,
+    },
+    /// Money given back for an earlier spending.
+    Refund {
+        /// The original Payment or Purchase.
+        original_sequence: u64,
+        /// Positive amount.
+        amount: Money,
+    },
 }
 
 impl BudgetChange<'_> {
@@ -472,6 +539,21 @@ impl EventKind {
             EventKind::FacilitatorAppointed { organisation_id } => {
                 Subject::Budget(BudgetChange::FacilitatorAppointed { organisation_id })
             }
+            EventKind::BudgetSuspended { .. } => Subject::Budget(BudgetChange::Suspend),
+            EventKind::BudgetResumed => Subject::Budget(BudgetChange::Resume),
+            EventKind::HolderDied { date } => {
+                Subject::Budget(BudgetChange::HolderDied { date: *date })
+            }
+            EventKind::Reclaim { amount, .. } => {
+                Subject::Budget(BudgetChange::Reclaim { amount: *amount })
+            }
+            EventKind::Refund {
+                original_sequence,
+                amount,
+            } => Subject::Budget(BudgetChange::Refund {
+                original_sequence: *original_sequence,
+                amount: *amount,
+            }),
         }
     }
 }
@@ -965,6 +1047,42 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             EventKind::BudgetStopped { reason: s.reason }
         }
         K::CarePlanApproved(p) => EventKind::CarePlanApproved(decode_plan(p)?),
+        K::BudgetSuspended(s) => {
+            text::check("kind.budget_suspended.reason", &s.reason, MAX_TEXT_LEN, true)?;
+            EventKind::BudgetSuspended { reason: s.reason }
+        }
+        K::BudgetResumed(_) => EventKind::BudgetResumed,
+        K::HolderDied(d) => EventKind::HolderDied {
+            date: parse_date("kind.holder_died.date", &d.date)?,
+        },
+        K::Reclaim(r) => EventKind::Reclaim {
+            amount: amount("kind.reclaim.amount", &r.amount)?,
+            ground: match pb::ReclaimGround::try_from(r.ground) {
+                Ok(pb::ReclaimGround::Surplus) => ReclaimGround::Surplus,
+                Ok(pb::ReclaimGround::NotUsedAsAgreed) => ReclaimGround::NotUsedAsAgreed,
+                Ok(pb::ReclaimGround::ChangeOfCircumstances) => ReclaimGround::ChangeOfCircumstances,
+                Ok(pb::ReclaimGround::Fraud) => ReclaimGround::Fraud,
+                Ok(pb::ReclaimGround::Death) => ReclaimGround::Death,
+                _ => {
+                    return Err(Reject::invalid(
+                        "kind.reclaim.ground",
+                        "ground must be one of RECLAIM_GROUND_SURPLUS, _NOT_USED_AS_AGREED, _CHANGE_OF_CIRCUMSTANCES, _FRAUD, _DEATH",
+                    ))
+                }
+            },
+        },
+        K::Refund(r) => {
+            if r.original_sequence == 0 {
+                return Err(Reject::invalid(
+                    "kind.refund.original_sequence",
+                    "original_sequence is required: the log sequence of the Payment or Purchase refunded",
+                ));
+            }
+            EventKind::Refund {
+                original_sequence: r.original_sequence,
+                amount: amount("kind.refund.amount", &r.amount)?,
+            }
+        }
         K::FacilitatorAppointed(a) => {
             let f = "kind.facilitator_appointed.organisation_id";
             check_id(f, &a.organisation_id, MAX_ID_LEN)?;

@@ -85,7 +85,14 @@ impl Ledger {
             | BudgetChange::Disbursement { .. }
             | BudgetChange::ReviewAdjustment { .. }
             | BudgetChange::FacilitatorAppointed { .. }
+            | BudgetChange::Suspend
+            | BudgetChange::Resume
+            | BudgetChange::HolderDied { .. }
+            | BudgetChange::Reclaim { .. }
             | BudgetChange::Stop { .. } => is_commissioner,
+            // Which spender may refund which spending is checked with the
+            // spending (`decide_budget`).
+            BudgetChange::Refund { .. } => is_commissioner || is_funds_holder || is_payroll,
             BudgetChange::PlanApproved(_) => is_commissioner || is_facilitator,
             BudgetChange::Payment { payee_kind, .. } => {
                 (notional && is_commissioner)

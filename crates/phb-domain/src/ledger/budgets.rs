@@ -6,6 +6,27 @@ use crate::categories::{self, Category};
 use crate::error::Reject;
 use crate::event::{BudgetChange, BudgetOpening, Date, Management, Role};
 use crate::money::Money;
+use std::collections::BTreeMap;
+
+/// A Payment or Purchase, as refunds need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spending {
+    /// Who recorded it.
+    pub signer_id: String,
+    /// How much.
+    pub amount: Money,
+    /// How much of it was refunded.
+    pub refunded: Money,
+}
+
+impl Spending {
+    /// What may still be refunded.
+    pub fn refundable(&self) -> Money {
+        self.amount
+            .checked_sub(self.refunded)
+            .unwrap_or(Money::ZERO)
+    }
+}
 
 /// A budget and its running figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +51,13 @@ pub struct Budget {
     pub plan_facilitator_id: Option<String>,
     /// The care plan in force, if one was approved.
     pub plan: Option<CarePlan>,
+    /// Suspended (until resumed)?
+    pub suspended: bool,
+    /// The holder's date of death, once recorded.
+    pub died_on: Option<Date>,
+    /// Every Payment and Purchase by sequence, for refunds: who recorded it,
+    /// how much, how much is refunded.
+    pub spendings: BTreeMap<u64, Spending>,
     /// Allocations plus review deltas.
     pub allocated: Money,
     /// Disbursements.
@@ -151,6 +179,9 @@ impl Ledger {
             payroll_provider_id: o.payroll_provider_id.map(str::to_string),
             plan_facilitator_id: o.plan_facilitator_id.map(str::to_string),
             plan: None,
+            suspended: false,
+            died_on: None,
+            spendings: BTreeMap::new(),
             allocated: Money::ZERO,
             paid_in: Money::ZERO,
             spent: Money::ZERO,
@@ -184,6 +215,25 @@ impl Ledger {
         }
         let mut b = budget.clone();
         let overflow = || Reject::precondition("amount would overflow the budget's totals");
+        let moves_money_out = matches!(
+            change,
+            BudgetChange::Disbursement { .. }
+                | BudgetChange::Payment { .. }
+                | BudgetChange::Purchase { .. }
+        );
+        if moves_money_out && b.suspended {
+            return Err(Reject::precondition(format!(
+                "budget {:?} is suspended: nothing is disbursed, paid or bought until BudgetResumed",
+                b.id
+            )));
+        }
+        if let (true, Some(died)) = (moves_money_out, b.died_on) {
+            if on > died {
+                return Err(Reject::precondition(format!(
+                    "the budget holder died on {died}; nothing is disbursed, paid or bought for {on}, after that date"
+                )));
+            }
+        }
         match change {
             BudgetChange::Allocation { amount } => {
                 b.allocated = b.allocated.checked_add(amount).ok_or_else(overflow)?;
@@ -232,6 +282,14 @@ impl Ledger {
                 if let (Some(plan), Some(charge)) = (&mut b.plan, &charge) {
                     plan.apply(charge);
                 }
+                b.spendings.insert(
+                    plans::PENDING,
+                    Spending {
+                        signer_id: signer.id.clone(),
+                        amount,
+                        refunded: Money::ZERO,
+                    },
+                );
             }
             BudgetChange::ReviewAdjustment { delta } => {
                 let allocated = b.allocated.checked_add(delta).ok_or_else(overflow)?;
@@ -269,6 +327,74 @@ impl Ledger {
                     )));
                 }
                 b.plan = Some(CarePlan::new((*spec).clone(), plans::PENDING, &signer.id));
+            }
+            BudgetChange::Suspend => {
+                if b.suspended {
+                    return Err(Reject::precondition(format!(
+                        "budget {:?} is already suspended",
+                        b.id
+                    )));
+                }
+                b.suspended = true;
+            }
+            BudgetChange::Resume => {
+                if !b.suspended {
+                    return Err(Reject::precondition(format!(
+                        "budget {:?} is not suspended",
+                        b.id
+                    )));
+                }
+                b.suspended = false;
+            }
+            BudgetChange::HolderDied { date } => {
+                if let Some(died) = b.died_on {
+                    return Err(Reject::precondition(format!(
+                        "the holder's death is already recorded (on {died})"
+                    )));
+                }
+                b.died_on = Some(date);
+            }
+            BudgetChange::Reclaim { amount } => {
+                if b.management == Management::Notional {
+                    return Err(Reject::precondition(format!(
+                        "budget {:?} is notional: nothing was paid out, so nothing is reclaimed",
+                        b.id
+                    )));
+                }
+                let held = b.held();
+                if amount > held {
+                    return Err(Reject::precondition(format!(
+                        "reclaiming {amount} exceeds what is held: {held}"
+                    )));
+                }
+                b.paid_in = b.paid_in.checked_sub(amount).ok_or_else(overflow)?;
+                b.allocated = b.allocated.checked_sub(amount).ok_or_else(overflow)?;
+            }
+            BudgetChange::Refund {
+                original_sequence,
+                amount,
+            } => {
+                let Some(original) = b.spendings.get_mut(&original_sequence) else {
+                    return Err(Reject::precondition(format!(
+                        "there is no Payment or Purchase at sequence {original_sequence} on budget {:?}",
+                        b.id
+                    )));
+                };
+                if original.signer_id != signer.id {
+                    return Err(Reject::denied(format!(
+                        "the spending at sequence {original_sequence} was recorded by {:?}; only it may record its refund",
+                        original.signer_id
+                    )));
+                }
+                let left = original.refundable();
+                if amount > left {
+                    return Err(Reject::precondition(format!(
+                        "refunding {amount} exceeds what is left of the spending at sequence {original_sequence}: {left} of {}",
+                        original.amount
+                    )));
+                }
+                original.refunded = original.refunded.checked_add(amount).ok_or_else(overflow)?;
+                b.spent = b.spent.checked_sub(amount).ok_or_else(overflow)?;
             }
             BudgetChange::FacilitatorAppointed { organisation_id } => {
                 match self.orgs.get(organisation_id) {

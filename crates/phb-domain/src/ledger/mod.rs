@@ -12,7 +12,7 @@ mod plans;
 mod registry;
 
 pub use access::{HoldingsScope, Reader};
-pub use budgets::Budget;
+pub use budgets::{Budget, Spending};
 pub use plans::{CarePlan, Charge, Uncovered};
 pub use registry::Organisation;
 
@@ -244,6 +244,10 @@ impl Ledger {
                     if plan.approved_at == plans::PENDING {
                         plan.approved_at = sequence;
                     }
+                }
+                // Likewise a spending recorded by this entry.
+                if let Some(s) = b.spendings.remove(&plans::PENDING) {
+                    b.spendings.insert(sequence, s);
                 }
                 debug_assert!(!b.available().is_negative() && !b.held().is_negative());
                 let id = b.id.clone();

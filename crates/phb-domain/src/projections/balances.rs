@@ -2,7 +2,7 @@
 
 use super::{Committed, Projection};
 use crate::event::{Date, EventKind};
-use crate::ledger::{Budget, CarePlan};
+use crate::ledger::{Budget, CarePlan, Spending};
 use crate::money::Money;
 use std::collections::BTreeMap;
 
@@ -39,6 +39,13 @@ fn plus(a: Money, b: Money) -> Money {
         .expect("committed amounts were checked for overflow by the write model")
 }
 
+/// `a - b`, never below zero by the write model's rules.
+fn minus(a: Money, b: Money) -> Money {
+    a.checked_sub(b)
+        .filter(|m| !m.is_negative())
+        .expect("committed amounts were checked by the write model")
+}
+
 impl Projection for Balances {
     fn apply(&mut self, c: &Committed<'_>) {
         if !c.applied() {
@@ -68,6 +75,9 @@ impl Projection for Balances {
                 payroll_provider_id: payroll_provider_id.clone(),
                 plan_facilitator_id: plan_facilitator_id.clone(),
                 plan: None,
+                suspended: false,
+                died_on: None,
+                spendings: Default::default(),
                 allocated: Money::ZERO,
                 paid_in: Money::ZERO,
                 spent: Money::ZERO,
@@ -96,6 +106,14 @@ impl Projection for Balances {
                 amount, category, ..
             } => {
                 b.spent = plus(b.spent, *amount);
+                b.spendings.insert(
+                    sequence,
+                    Spending {
+                        signer_id: c.signer_id.to_string(),
+                        amount: *amount,
+                        refunded: Money::ZERO,
+                    },
+                );
                 if let Some(plan) = &mut b.plan {
                     let on = Date::from_unix_micros(c.event.occurred_at_micros);
                     let charge = plan.charge(category, *amount, on).expect(
@@ -112,6 +130,24 @@ impl Projection for Balances {
             }
             EventKind::ReviewAdjustment { delta, .. } => b.allocated = plus(b.allocated, *delta),
             EventKind::BudgetStopped { .. } => b.stopped = true,
+            EventKind::BudgetSuspended { .. } => b.suspended = true,
+            EventKind::BudgetResumed => b.suspended = false,
+            EventKind::HolderDied { date } => b.died_on = Some(*date),
+            EventKind::Reclaim { amount, .. } => {
+                b.paid_in = minus(b.paid_in, *amount);
+                b.allocated = minus(b.allocated, *amount);
+            }
+            EventKind::Refund {
+                original_sequence,
+                amount,
+            } => {
+                let s = b
+                    .spendings
+                    .get_mut(original_sequence)
+                    .expect("a committed refund names a spending of its budget");
+                s.refunded = plus(s.refunded, *amount);
+                b.spent = minus(b.spent, *amount);
+            }
             EventKind::BudgetOpened { .. }
             | EventKind::OrganisationRegistered { .. }
             | EventKind::KeyRotated { .. } => return,

@@ -102,6 +102,12 @@ fn plus(a: Money, b: Money) -> Money {
         .expect("committed amounts and their sums fit: the write model checked them")
 }
 
+/// `a - b` (the write model keeps figures from going negative).
+fn minus(a: Money, b: Money) -> Money {
+    a.checked_sub(b)
+        .expect("committed amounts were checked by the write model")
+}
+
 impl Projection for Holdings {
     fn apply(&mut self, c: &Committed<'_>) {
         if !c.applied() {
@@ -148,6 +154,8 @@ impl Projection for Holdings {
             EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
                 h.spent = plus(h.spent, *amount)
             }
+            EventKind::Reclaim { amount, .. } => h.paid_in = minus(h.paid_in, *amount),
+            EventKind::Refund { amount, .. } => h.spent = minus(h.spent, *amount),
             EventKind::BudgetStopped { .. } => {
                 h.stopped = true;
                 return;

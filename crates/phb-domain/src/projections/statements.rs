@@ -132,6 +132,11 @@ fn kind_field(kind: &EventKind) -> &'static str {
         EventKind::BudgetStopped { .. } => "budget_stopped",
         EventKind::CarePlanApproved(_) => "care_plan_approved",
         EventKind::FacilitatorAppointed { .. } => "facilitator_appointed",
+        EventKind::BudgetSuspended { .. } => "budget_suspended",
+        EventKind::BudgetResumed => "budget_resumed",
+        EventKind::HolderDied { .. } => "holder_died",
+        EventKind::Reclaim { .. } => "reclaim",
+        EventKind::Refund { .. } => "refund",
     }
 }
 
@@ -180,6 +185,11 @@ impl Projection for Statements {
                 Some(negative(*amount))
             }
             EventKind::ReviewAdjustment { delta, .. } => Some(*delta),
+            EventKind::Reclaim { amount, .. } => Some(negative(*amount)),
+            EventKind::Refund { amount, .. } => Some(*amount),
+            EventKind::BudgetSuspended { .. }
+            | EventKind::BudgetResumed
+            | EventKind::HolderDied { .. } => None,
             EventKind::BudgetOpened { .. }
             | EventKind::BudgetStopped { .. }
             | EventKind::CarePlanApproved(_)
@@ -197,6 +207,11 @@ impl Projection for Statements {
                 EventKind::ReviewAdjustment { delta, .. } => {
                     s.allocated = plus(s.allocated, *delta)
                 }
+                EventKind::Reclaim { amount, .. } => {
+                    s.paid_in = plus(s.paid_in, negative(*amount));
+                    s.allocated = plus(s.allocated, negative(*amount));
+                }
+                EventKind::Refund { amount, .. } => s.spent = plus(s.spent, negative(*amount)),
                 _ => {}
             }
         }
