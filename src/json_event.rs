@@ -102,6 +102,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             payee_ref: str_field(o, "payee_ref")?,
             category: str_field(o, "category")?,
             reference: str_field(o, "reference")?,
+            ..Default::default()
         }),
         "purchase" => Kind::Purchase(pb::Purchase {
             amount: str_field(o, "amount")?,
@@ -109,6 +110,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             supplier_ref: str_field(o, "supplier_ref")?,
             description: str_field(o, "description")?,
             receipt_ref: str_field(o, "receipt_ref")?,
+            ..Default::default()
         }),
         "review_adjustment" => Kind::ReviewAdjustment(pb::ReviewAdjustment {
             delta: str_field(o, "delta")?,

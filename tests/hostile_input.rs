@@ -1079,6 +1079,7 @@ async fn hostile_input_catalogue() {
                 payee_ref: "agency-1".into(),
                 category: "therapy".into(),
                 reference: "r".repeat(129),
+                ..Default::default()
             }),
             "kind.payment.reference",
         ),
@@ -1216,6 +1217,7 @@ async fn hostile_input_catalogue() {
                 payee_ref: "agency-1".into(),
                 category: "therapy".into(),
                 reference: String::new(),
+                ..Default::default()
             }),
         ),
         inv,
@@ -2228,6 +2230,7 @@ async fn invisible_text_is_not_content_and_tag_characters_are_refused() {
         supplier_ref: "shop-1".into(),
         description: "chair".into(),
         receipt_ref: format!("r-1{}", '\u{E0041}'),
+        ..Default::default()
     });
     let e = refusal(&w.refused(&acct, dp, receipt, inv).await);
     assert_eq!(e.field, "kind.purchase.receipt_ref", "{e:?}");

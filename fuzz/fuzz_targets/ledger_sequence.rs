@@ -423,6 +423,7 @@ impl Run {
                     payee_ref: "pa-001".into(),
                     category: CATEGORIES[mostly(*category, 3, 5)].into(),
                     reference: "wk-12".into(),
+                    ..Default::default()
                 }),
             ),
             Op::Purchase {
@@ -437,6 +438,7 @@ impl Run {
                     supplier_ref: "sup:1".into(),
                     description: text(*t),
                     receipt_ref: "r-1".into(),
+                    ..Default::default()
                 }),
             ),
             Op::Review {
@@ -645,6 +647,7 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
         K::HolderDied(_) => "HolderDied",
         K::Reclaim(_) => "Reclaim",
         K::Refund(_) => "Refund",
+        K::ServiceAgreementApproved(_) => "ServiceAgreementApproved",
     }
 }
 

@@ -262,6 +262,14 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
         EventKind::Refund {
             original_sequence, ..
         } => assert!(*original_sequence > 0),
+        EventKind::ServiceAgreementApproved(a) => {
+            // docs/api.md "Service agreements", restated.
+            assert!(is_id(&a.agreement_id, MAX_ID_LEN));
+            assert!(is_id(&a.payee_ref, MAX_REF_LEN));
+            assert!(is_category(&a.category), "category {:?}", a.category);
+            assert!(a.rate > phb_domain::Money::ZERO);
+            assert!(a.valid_from <= a.valid_to);
+        }
         EventKind::CarePlanApproved(plan) => {
             // docs/api.md, "Care plans", restated.
             assert!(is_id(&plan.plan_id, MAX_ID_LEN));

@@ -55,6 +55,10 @@ const PAYMENT: &[(u32, Ty)] = &[
     (3, Ty::Bytes),
     (4, Ty::Bytes),
     (5, Ty::Bytes),
+    (6, Ty::Bytes),
+    (7, Ty::Bytes),
+    (8, Ty::Bytes),
+    (9, Ty::Bytes),
 ];
 const PURCHASE: &[(u32, Ty)] = &[
     (1, Ty::Bytes),
@@ -62,6 +66,7 @@ const PURCHASE: &[(u32, Ty)] = &[
     (3, Ty::Bytes),
     (4, Ty::Bytes),
     (5, Ty::Bytes),
+    (6, Ty::Varint),
 ];
 const REVIEW: &[(u32, Ty)] = &[(1, Ty::Bytes), (2, Ty::Bytes)];
 const EVENT: &[(u32, Ty)] = &[
@@ -85,6 +90,20 @@ const EVENT: &[(u32, Ty)] = &[
     (23, Ty::Msg(ONE_STRING)),
     (24, Ty::Msg(ALLOCATION)),
     (25, Ty::Msg(REFUND)),
+    (26, Ty::Msg(AGREEMENT)),
+];
+const AGREEMENT: &[(u32, Ty)] = &[
+    (1, Ty::Bytes),
+    (2, Ty::Bytes),
+    (3, Ty::Varint),
+    (4, Ty::Varint),
+    (5, Ty::Bytes),
+    (6, Ty::Varint),
+    (7, Ty::Bytes),
+    (8, Ty::Varint),
+    (9, Ty::Bytes),
+    (10, Ty::Bytes),
+    (11, Ty::Varint),
 ];
 const REFUND: &[(u32, Ty)] = &[(1, Ty::Varint), (2, Ty::Bytes)];
 

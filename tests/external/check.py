@@ -411,12 +411,21 @@ def validate_event(raw, ledger_id, now_micros):
         need(REF_RE.fullmatch(k.payee_ref) is not None, "bad payee_ref")
         need(k.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
         need(text_ok(k.reference, 128, False), "bad reference")
+        if k.agreement_id:
+            need(k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT, pb.PAYEE_KIND_PROVIDER),
+                 "an agreement for a tax or pension payment")
+            need(valid_id(k.agreement_id), "bad agreement_id")
+            amount(k.units, "units", True)
+            need(date(k.service_to, "service_to") >= date(k.service_from, "service_from"), "service period reversed")
+        else:
+            need(k.units == "" and k.service_from == "" and k.service_to == "", "service fields without agreement_id")
     elif kind == "purchase":
         amount(k.amount, "purchase.amount", True)
         need(k.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
         need(REF_RE.fullmatch(k.supplier_ref) is not None, "bad supplier_ref")
         need(text_ok(k.description, 256, False), "bad description")
         need(text_ok(k.receipt_ref, 128, False), "bad receipt_ref")
+        need(k.supplier_sector in pb.Sector.values(), "bad supplier_sector")
     elif kind == "review_adjustment":
         amount(k.delta, "review_adjustment.delta", False)
         need(text_ok(k.reason, 256, True), "bad reason")
@@ -424,6 +433,15 @@ def validate_event(raw, ledger_id, now_micros):
         need(text_ok(k.reason, 256, True), "bad reason")
     elif kind == "facilitator_appointed":
         need(valid_id(k.organisation_id), "bad organisation_id")
+    elif kind == "service_agreement_approved":
+        need(valid_id(k.agreement_id), "bad agreement_id")
+        need(REF_RE.fullmatch(k.payee_ref) is not None, "bad payee_ref")
+        need(k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT, pb.PAYEE_KIND_PROVIDER), "bad payee_kind")
+        need(k.payee_sector in pb.Sector.values() and k.payee_sector != 0, "bad payee_sector")
+        need(k.category in ALLOWED_CATEGORIES | EXCLUDED_CATEGORIES, "not a spending category")
+        need(k.unit in pb.Unit.values() and k.unit != 0, "bad unit")
+        amount(k.rate, "rate", True)
+        need(date(k.valid_to, "valid_to") >= date(k.valid_from, "valid_from"), "agreement dates reversed")
     elif kind == "budget_suspended":
         need(text_ok(k.reason, 256, True), "bad reason")
     elif kind == "budget_resumed":
@@ -465,6 +483,7 @@ class Budget:
         self.suspended = False
         self.died_on = None
         self.spendings = {}
+        self.agreements = {}
         self.period_start = opened.period_start
         self.period_end = opened.period_end
         self.allocated = self.paid_in = self.spent = Decimal("0.00")
@@ -679,10 +698,12 @@ class Auditor:
         payroll = b.payroll_provider_id == signer_id and pb.ROLE_PAYROLL_PROVIDER in roles
         if kind == "payment":
             allowed = commissioner if b.notional else (
-                funds_holder or (payroll and k.payee_kind == pb.PAYEE_KIND_PERSONAL_ASSISTANT))
+                funds_holder or (payroll and k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT,
+                                                              pb.PAYEE_KIND_TAX_AUTHORITY,
+                                                              pb.PAYEE_KIND_PENSION_SCHEME)))
         elif kind == "purchase":
             allowed = commissioner if b.notional else funds_holder
-        elif kind == "care_plan_approved":
+        elif kind in ("care_plan_approved", "service_agreement_approved"):
             facilitator = b.plan_facilitator_id == signer_id and pb.ROLE_PLAN_FACILITATOR in roles
             allowed = commissioner or facilitator
         elif kind == "refund":
@@ -694,7 +715,10 @@ class Auditor:
         if kind in ("disbursement", "payment", "purchase"):
             deny(not b.suspended, FAILED_PRECONDITION, "budget suspended")
             on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
-            deny(b.died_on is None or on <= b.died_on, FAILED_PRECONDITION, "after the holder's death")
+            until = on
+            if kind == "payment" and k.agreement_id:
+                until = max(on, k.service_to)
+            deny(b.died_on is None or until <= b.died_on, FAILED_PRECONDITION, "after the holder's death")
         spendable = b.available if b.notional else b.held
         if kind == "allocation":
             b.allocated += Decimal(k.amount)
@@ -706,6 +730,26 @@ class Auditor:
         elif kind in ("payment", "purchase"):
             a = Decimal(k.amount)
             deny(k.category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "excluded category")
+            if kind == "payment":
+                # docs/api.md "Service agreements".
+                pa_or_provider = k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT, pb.PAYEE_KIND_PROVIDER)
+                if not k.agreement_id:
+                    deny(not (pa_or_provider and b.agreements), FAILED_PRECONDITION, "payment without an agreement")
+                else:
+                    ag = b.agreements.get(k.agreement_id)
+                    deny(ag is not None, FAILED_PRECONDITION, "unknown agreement")
+                    deny((ag.payee_ref, ag.payee_kind, ag.category) == (k.payee_ref, k.payee_kind, k.category),
+                         FAILED_PRECONDITION, "payee or category not the agreement's")
+                    deny(ag.valid_from <= k.service_from and k.service_to <= ag.valid_to, FAILED_PRECONDITION,
+                         "service period outside the agreement")
+                    on_day = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
+                    deny(k.service_to <= on_day, FAILED_PRECONDITION, "service period not ended (arrears)")
+                    deny(Decimal(ag.rate) * Decimal(k.units) == a, FAILED_PRECONDITION, "amount is not rate x units")
+                    if ag.max_units_per_week:
+                        days = (datetime.date.fromisoformat(k.service_to)
+                                - datetime.date.fromisoformat(k.service_from)).days + 1
+                        deny(Decimal(k.units) <= ag.max_units_per_week * ((days + 6) // 7), FAILED_PRECONDITION,
+                             "units beyond the weekly limit")
             charge = None
             if b.plan is not None:
                 # docs/api.md "Care plans": in force on occurred_at's UTC date,
@@ -738,6 +782,12 @@ class Auditor:
             b.allocated += d
         elif kind == "budget_stopped":
             b.stopped = True
+        elif kind == "service_agreement_approved":
+            deny(commissioner or not k.connected_person, PERMISSION_DENIED,
+                 "a connected-person agreement approved by the facilitator")
+            deny(k.category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "agreement for an excluded category")
+            deny(k.agreement_id not in b.agreements, ALREADY_EXISTS, "agreement id already used")
+            b.agreements[k.agreement_id] = k
         elif kind == "budget_suspended":
             deny(not b.suspended, FAILED_PRECONDITION, "already suspended")
             b.suspended = True
@@ -1249,6 +1299,26 @@ def run(addr, datadir):
              FAILED_PRECONDITION, "purchase beyond the plan line and contingency")
     c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s-1")),
              FAILED_PRECONDITION, "purchase in a category the plan has no line for")
+    step("service agreements: paid at the agreed rate, in arrears (api.md 'Service agreements')")
+    b_ag = extra[0]
+    c.write(icb, alloc(b_ag, "500.00"), "allocation for agreed payments")
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    iso = lambda d: d.isoformat()
+    c.write(icb, c.event("agree", b_ag, service_agreement_approved=pb.ServiceAgreementApproved(
+        agreement_id="pa-7-2026", payee_ref="pa-7", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT,
+        payee_sector=pb.SECTOR_INDIVIDUAL, category="personal_assistant", unit=pb.UNIT_HOUR, rate="12.50",
+        max_units_per_week=20, valid_from=iso(today - datetime.timedelta(days=60)),
+        valid_to=iso(today + datetime.timedelta(days=300)))), "ServiceAgreementApproved")
+    week = dict(service_from=iso(today - datetime.timedelta(days=13)), service_to=iso(today - datetime.timedelta(days=7)))
+    c.write(icb, c.event("wage", b_ag, payment=pb.Payment(
+        amount="250.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant",
+        agreement_id="pa-7-2026", units="20", **week)), "wage under the agreement")
+    c.refuse(icb, c.event("wage", b_ag, payment=pb.Payment(
+        amount="262.50", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant",
+        agreement_id="pa-7-2026", units="21", **week)), FAILED_PRECONDITION, "wage beyond 20 hours a week")
+    c.refuse(icb, c.event("wage", b_ag, payment=pb.Payment(
+        amount="10.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant")),
+        FAILED_PRECONDITION, "wage without an agreement on a budget that has agreements")
     cp = c.stub.GetCarePlan(pb.GetCarePlanRequest(budget_id=b_plan),
                             metadata=icb.md("GetCarePlan"), timeout=RPC_TIMEOUT)
     check((cp.lines[0].spent, cp.lines[0].remaining, cp.contingency_used, cp.total) ==

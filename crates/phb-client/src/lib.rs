@@ -282,6 +282,52 @@ pub mod kinds {
             amount: amount.into(),
         })
     }
+    /// ServiceAgreementApproved for `payee_ref` (a personal assistant) at
+    /// `rate` per hour, at most `max_per_week` hours a week, in force
+    /// 2026-04-01..2027-03-31.
+    pub fn agreement(
+        id: &str,
+        payee_ref: &str,
+        category: &str,
+        rate: &str,
+        max_per_week: u32,
+    ) -> Kind {
+        Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
+            agreement_id: id.into(),
+            payee_ref: payee_ref.into(),
+            payee_kind: pb::PayeeKind::PersonalAssistant as i32,
+            payee_sector: pb::Sector::Individual as i32,
+            category: category.into(),
+            unit: pb::Unit::Hour as i32,
+            rate: rate.into(),
+            max_units_per_week: max_per_week,
+            valid_from: "2026-04-01".into(),
+            valid_to: "2027-03-31".into(),
+            connected_person: false,
+        })
+    }
+    /// A personal-assistant Payment under agreement `agreement_id`.
+    pub fn pay_under(
+        amount: &str,
+        payee_ref: &str,
+        category: &str,
+        agreement_id: &str,
+        units: &str,
+        from: &str,
+        to: &str,
+    ) -> Kind {
+        Kind::Payment(pb::Payment {
+            amount: amount.into(),
+            payee_kind: pb::PayeeKind::PersonalAssistant as i32,
+            payee_ref: payee_ref.into(),
+            category: category.into(),
+            agreement_id: agreement_id.into(),
+            units: units.into(),
+            service_from: from.into(),
+            service_to: to.into(),
+            ..Default::default()
+        })
+    }
     /// FacilitatorAppointed.
     pub fn appoint_facilitator(org: &str) -> Kind {
         Kind::FacilitatorAppointed(pb::FacilitatorAppointed {
@@ -309,6 +355,7 @@ pub mod kinds {
             payee_ref: payee_ref.into(),
             category: category.into(),
             reference: String::new(),
+            ..Default::default()
         })
     }
     /// Purchase.
@@ -319,6 +366,7 @@ pub mod kinds {
             supplier_ref: supplier_ref.into(),
             description: description.into(),
             receipt_ref: String::new(),
+            ..Default::default()
         })
     }
     /// ReviewAdjustment.

@@ -80,6 +80,78 @@ pub enum PayeeKind {
     PersonalAssistant,
     /// A provider (invoice).
     Provider,
+    /// HMRC (PAYE and National Insurance).
+    TaxAuthority,
+    /// A pension scheme.
+    PensionScheme,
+}
+
+/// What kind of organisation (or person) a payee or supplier is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sector {
+    /// An NHS body.
+    Nhs,
+    /// A local authority.
+    LocalAuthority,
+    /// An independent provider.
+    Independent,
+    /// A voluntary or community organisation.
+    Voluntary,
+    /// An individual.
+    Individual,
+}
+
+/// The unit of an agreement's rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Per hour.
+    Hour,
+    /// Per day.
+    Day,
+    /// Per week.
+    Week,
+    /// Per item.
+    Item,
+}
+
+/// A service agreement as approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgreementSpec {
+    /// Its id, unique on the budget.
+    pub agreement_id: String,
+    /// The payee.
+    pub payee_ref: String,
+    /// Personal assistant or provider.
+    pub payee_kind: PayeeKind,
+    /// What kind of payee.
+    pub payee_sector: Sector,
+    /// The category paid under it.
+    pub category: String,
+    /// The rate's unit.
+    pub unit: Unit,
+    /// Pounds per unit.
+    pub rate: Money,
+    /// Most units a week (0: no limit).
+    pub max_units_per_week: u32,
+    /// First day in force.
+    pub valid_from: Date,
+    /// Last day in force.
+    pub valid_to: Date,
+    /// A connected person (SI 2017/219).
+    pub connected_person: bool,
+}
+
+/// What a payment under an agreement claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceClaim {
+    /// The agreement.
+    pub agreement_id: String,
+    /// Units paid for.
+    pub units: Money,
+    /// First day of the service.
+    pub from: Date,
+    /// Last day of the service.
+    pub to: Date,
 }
 
 /// A calendar date, validated, kept as (year, month, day) so it orders correctly.
@@ -113,6 +185,23 @@ impl Date {
             month,
             day,
         }
+    }
+}
+
+impl Date {
+    /// Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    pub fn days(&self) -> i64 {
+        let (y, m, d) = (
+            i64::from(self.year) - i64::from(self.month <= 2),
+            i64::from(self.month),
+            i64::from(self.day),
+        );
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
     }
 }
 
@@ -184,6 +273,8 @@ pub enum EventKind {
         category: String,
         /// Payer's reference.
         reference: String,
+        /// The agreement and service period, if made under one.
+        service: Option<ServiceClaim>,
     },
     /// Goods or services bought.
     Purchase {
@@ -197,6 +288,8 @@ pub enum EventKind {
         description: String,
         /// Receipt reference.
         receipt_ref: String,
+        /// What kind of supplier, if given.
+        supplier_sector: Option<Sector>,
     },
     /// Entitlement up or down after a review.
     ReviewAdjustment {
@@ -243,6 +336,8 @@ pub enum EventKind {
         /// Positive amount.
         amount: Money,
     },
+    /// A service agreement approved.
+    ServiceAgreementApproved(AgreementSpec),
 }
 
 /// Why money is reclaimed (NHS (Direct Payments) Regulations 2013, reg. 15).
@@ -330,6 +425,7 @@ impl EventKind {
             EventKind::HolderDied { .. } => "HolderDied",
             EventKind::Reclaim { .. } => "Reclaim",
             EventKind::Refund { .. } => "Refund",
+            EventKind::ServiceAgreementApproved(_) => "ServiceAgreementApproved",
         }
     }
 }
@@ -408,8 +504,12 @@ pub enum BudgetChange<'a> {
         amount: Money,
         /// Who is paid.
         payee_kind: PayeeKind,
+        /// The payee.
+        payee_ref: &'a str,
         /// The spending category (a code of `crate::categories`).
         category: &'a str,
+        /// The agreement claim, if any.
+        service: Option<&'a ServiceClaim>,
     },
     /// Goods or services bought.
     Purchase {
@@ -456,6 +556,8 @@ pub enum BudgetChange<'a> {
         /// Positive amount.
         amount: Money,
     },
+    /// A service agreement approved.
+    AgreementApproved(&'a AgreementSpec),
 }
 
 impl BudgetChange<'_> {
@@ -518,13 +620,20 @@ impl EventKind {
             EventKind::Payment {
                 amount,
                 payee_kind,
+                payee_ref,
                 category,
+                service,
                 ..
             } => Subject::Budget(BudgetChange::Payment {
                 amount: *amount,
                 payee_kind: *payee_kind,
+                payee_ref,
                 category,
+                service: service.as_ref(),
             }),
+            EventKind::ServiceAgreementApproved(a) => {
+                Subject::Budget(BudgetChange::AgreementApproved(a))
+            }
             EventKind::Purchase {
                 amount, category, ..
             } => Subject::Budget(BudgetChange::Purchase {
@@ -816,6 +925,129 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
     })
 }
 
+fn payee_kind(field: &str, k: i32) -> Result<PayeeKind, Reject> {
+    match pb::PayeeKind::try_from(k) {
+        Ok(pb::PayeeKind::PersonalAssistant) => Ok(PayeeKind::PersonalAssistant),
+        Ok(pb::PayeeKind::Provider) => Ok(PayeeKind::Provider),
+        Ok(pb::PayeeKind::TaxAuthority) => Ok(PayeeKind::TaxAuthority),
+        Ok(pb::PayeeKind::PensionScheme) => Ok(PayeeKind::PensionScheme),
+        _ => Err(Reject::invalid(
+            field,
+            "payee_kind must be PAYEE_KIND_PERSONAL_ASSISTANT, _PROVIDER, _TAX_AUTHORITY or _PENSION_SCHEME",
+        )),
+    }
+}
+
+fn sector(field: &str, s: i32) -> Result<Sector, Reject> {
+    match pb::Sector::try_from(s) {
+        Ok(pb::Sector::Nhs) => Ok(Sector::Nhs),
+        Ok(pb::Sector::LocalAuthority) => Ok(Sector::LocalAuthority),
+        Ok(pb::Sector::Independent) => Ok(Sector::Independent),
+        Ok(pb::Sector::Voluntary) => Ok(Sector::Voluntary),
+        Ok(pb::Sector::Individual) => Ok(Sector::Individual),
+        _ => Err(Reject::invalid(
+            field,
+            "must be SECTOR_NHS, _LOCAL_AUTHORITY, _INDEPENDENT, _VOLUNTARY or _INDIVIDUAL",
+        )),
+    }
+}
+
+/// A payment's agreement claim: all of agreement_id, units and the service
+/// period, or none of them; only for personal assistants and providers.
+fn decode_claim(f: &str, p: &pb::Payment, kind: PayeeKind) -> Result<Option<ServiceClaim>, Reject> {
+    if p.agreement_id.is_empty() {
+        for (name, v) in [
+            ("units", &p.units),
+            ("service_from", &p.service_from),
+            ("service_to", &p.service_to),
+        ] {
+            if !v.is_empty() {
+                return Err(Reject::invalid(
+                    format!("{f}.{name}"),
+                    format!("{name} is only given with agreement_id"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    if !matches!(kind, PayeeKind::PersonalAssistant | PayeeKind::Provider) {
+        return Err(Reject::invalid(
+            format!("{f}.agreement_id"),
+            "service agreements are for personal assistants and providers",
+        ));
+    }
+    check_id(&format!("{f}.agreement_id"), &p.agreement_id, MAX_ID_LEN)?;
+    let units = money::parse_positive(&p.units)
+        .map_err(|e| Reject::invalid(format!("{f}.units"), e.to_string()))?;
+    let from = parse_date(&format!("{f}.service_from"), &p.service_from)?;
+    let to = parse_date(&format!("{f}.service_to"), &p.service_to)?;
+    if to < from {
+        return Err(Reject::invalid(
+            format!("{f}.service_to"),
+            format!("service_to {to} is before service_from {from}"),
+        ));
+    }
+    Ok(Some(ServiceClaim {
+        agreement_id: p.agreement_id.clone(),
+        units,
+        from,
+        to,
+    }))
+}
+
+fn decode_agreement(a: pb::ServiceAgreementApproved) -> Result<AgreementSpec, Reject> {
+    let f = "kind.service_agreement_approved";
+    check_id(&format!("{f}.agreement_id"), &a.agreement_id, MAX_ID_LEN)?;
+    check_id(&format!("{f}.payee_ref"), &a.payee_ref, MAX_REF_LEN)?;
+    let payee_kind = payee_kind(&format!("{f}.payee_kind"), a.payee_kind)?;
+    if !matches!(
+        payee_kind,
+        PayeeKind::PersonalAssistant | PayeeKind::Provider
+    ) {
+        return Err(Reject::invalid(
+            format!("{f}.payee_kind"),
+            "agreements are with personal assistants or providers",
+        ));
+    }
+    let payee_sector = sector(&format!("{f}.payee_sector"), a.payee_sector)?;
+    check_category(&format!("{f}.category"), &a.category)?;
+    let unit = match pb::Unit::try_from(a.unit) {
+        Ok(pb::Unit::Hour) => Unit::Hour,
+        Ok(pb::Unit::Day) => Unit::Day,
+        Ok(pb::Unit::Week) => Unit::Week,
+        Ok(pb::Unit::Item) => Unit::Item,
+        _ => {
+            return Err(Reject::invalid(
+                format!("{f}.unit"),
+                "unit must be UNIT_HOUR, UNIT_DAY, UNIT_WEEK or UNIT_ITEM",
+            ))
+        }
+    };
+    let rate = money::parse_positive(&a.rate)
+        .map_err(|e| Reject::invalid(format!("{f}.rate"), e.to_string()))?;
+    let valid_from = parse_date(&format!("{f}.valid_from"), &a.valid_from)?;
+    let valid_to = parse_date(&format!("{f}.valid_to"), &a.valid_to)?;
+    if valid_to < valid_from {
+        return Err(Reject::invalid(
+            format!("{f}.valid_to"),
+            format!("valid_to {valid_to} is before valid_from {valid_from}"),
+        ));
+    }
+    Ok(AgreementSpec {
+        agreement_id: a.agreement_id,
+        payee_ref: a.payee_ref,
+        payee_kind,
+        payee_sector,
+        category: a.category,
+        unit,
+        rate,
+        max_units_per_week: a.max_units_per_week,
+        valid_from,
+        valid_to,
+        connected_person: a.connected_person,
+    })
+}
+
 fn decode_plan(p: pb::CarePlanApproved) -> Result<PlanSpec, Reject> {
     let f = "kind.care_plan_approved";
     check_id(&format!("{f}.plan_id"), &p.plan_id, MAX_ID_LEN)?;
@@ -998,25 +1230,18 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
         },
         K::Payment(p) => {
             let f = "kind.payment";
-            let payee_kind = match pb::PayeeKind::try_from(p.payee_kind) {
-                Ok(pb::PayeeKind::PersonalAssistant) => PayeeKind::PersonalAssistant,
-                Ok(pb::PayeeKind::Provider) => PayeeKind::Provider,
-                _ => {
-                    return Err(Reject::invalid(
-                        format!("{f}.payee_kind"),
-                        "payee_kind must be PAYEE_KIND_PERSONAL_ASSISTANT or PAYEE_KIND_PROVIDER",
-                    ))
-                }
-            };
+            let payee_kind = payee_kind(&format!("{f}.payee_kind"), p.payee_kind)?;
             check_id(&format!("{f}.payee_ref"), &p.payee_ref, MAX_REF_LEN)?;
             check_category(&format!("{f}.category"), &p.category)?;
             text::check(&format!("{f}.reference"), &p.reference, MAX_REFERENCE_TEXT_LEN, false)?;
+            let service = decode_claim(f, &p, payee_kind)?;
             EventKind::Payment {
                 amount: amount(&format!("{f}.amount"), &p.amount)?,
                 payee_kind,
                 payee_ref: p.payee_ref,
                 category: p.category,
                 reference: p.reference,
+                service,
             }
         }
         K::Purchase(p) => {
@@ -1025,12 +1250,17 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             check_id(&format!("{f}.supplier_ref"), &p.supplier_ref, MAX_REF_LEN)?;
             text::check(&format!("{f}.description"), &p.description, MAX_TEXT_LEN, false)?;
             text::check(&format!("{f}.receipt_ref"), &p.receipt_ref, MAX_REFERENCE_TEXT_LEN, false)?;
+            let supplier_sector = match p.supplier_sector {
+                0 => None,
+                s => Some(sector(&format!("{f}.supplier_sector"), s)?),
+            };
             EventKind::Purchase {
                 amount: amount(&format!("{f}.amount"), &p.amount)?,
                 category: p.category,
                 supplier_ref: p.supplier_ref,
                 description: p.description,
                 receipt_ref: p.receipt_ref,
+                supplier_sector,
             }
         }
         K::ReviewAdjustment(r) => {
@@ -1083,6 +1313,7 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
                 amount: amount("kind.refund.amount", &r.amount)?,
             }
         }
+        K::ServiceAgreementApproved(a) => EventKind::ServiceAgreementApproved(decode_agreement(a)?),
         K::FacilitatorAppointed(a) => {
             let f = "kind.facilitator_appointed.organisation_id";
             check_id(f, &a.organisation_id, MAX_ID_LEN)?;
@@ -1159,6 +1390,7 @@ mod tests {
                     supplier_ref: "shop-1".into(),
                     description: t.into(),
                     receipt_ref: String::new(),
+                    ..Default::default()
                 };
                 (K::Purchase(p), false)
             }),
@@ -1169,6 +1401,7 @@ mod tests {
                     supplier_ref: "shop-1".into(),
                     description: String::new(),
                     receipt_ref: t.into(),
+                    ..Default::default()
                 };
                 (K::Purchase(p), false)
             }),
@@ -1179,6 +1412,7 @@ mod tests {
                     payee_ref: "agency-1".into(),
                     category: "therapy".into(),
                     reference: t.into(),
+                    ..Default::default()
                 };
                 (K::Payment(p), false)
             }),

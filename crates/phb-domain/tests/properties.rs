@@ -766,6 +766,7 @@ impl Harness {
                     payee_ref: REFS[*payee].to_string(),
                     category: CATEGORIES[*category].to_string(),
                     reference: TEXTS[*reference].to_string(),
+                    ..Default::default()
                 }),
             ),
             Op::Purchase {
@@ -782,6 +783,7 @@ impl Harness {
                     supplier_ref: REFS[*supplier].to_string(),
                     description: TEXTS[*description].to_string(),
                     receipt_ref: "r-1".to_string(),
+                    ..Default::default()
                 }),
             ),
             Op::Review {

@@ -745,6 +745,7 @@ mod tests {
             payee_ref: "pa-001".into(),
             category: "respite".into(),
             reference: String::new(),
+            ..Default::default()
         });
         // b-dp-1's funds holder is acct.
         sign(5, 0, &event(id, BUDGETS[0].id, T0, kind))

@@ -93,11 +93,20 @@ impl Ledger {
             // Which spender may refund which spending is checked with the
             // spending (`decide_budget`).
             BudgetChange::Refund { .. } => is_commissioner || is_funds_holder || is_payroll,
-            BudgetChange::PlanApproved(_) => is_commissioner || is_facilitator,
+            BudgetChange::PlanApproved(_) | BudgetChange::AgreementApproved(_) => {
+                is_commissioner || is_facilitator
+            }
             BudgetChange::Payment { payee_kind, .. } => {
                 (notional && is_commissioner)
                     || (!notional && is_funds_holder)
-                    || (!notional && is_payroll && payee_kind == PayeeKind::PersonalAssistant)
+                    || (!notional
+                        && is_payroll
+                        && matches!(
+                            payee_kind,
+                            PayeeKind::PersonalAssistant
+                                | PayeeKind::TaxAuthority
+                                | PayeeKind::PensionScheme
+                        ))
             }
             BudgetChange::Purchase { .. } => {
                 (notional && is_commissioner) || (!notional && is_funds_holder)
@@ -116,7 +125,7 @@ impl Ledger {
             } if is_payroll => {
                 "a payroll provider pays personal assistants only (payee_kind PAYEE_KIND_PERSONAL_ASSISTANT)".to_string()
             }
-            BudgetChange::PlanApproved(_) => format!(
+            BudgetChange::PlanApproved(_) | BudgetChange::AgreementApproved(_) => format!(
                 "care plans are approved by the budget's commissioner ({:?}) or its plan facilitator ({:?})",
                 budget.commissioner_id,
                 budget.plan_facilitator_id.as_deref().unwrap_or("none")

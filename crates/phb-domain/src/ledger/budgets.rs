@@ -1,10 +1,11 @@
 //! Budgets: opening one, and the money rules of every budget event.
 
+use super::agreements;
 use super::plans::{self, CarePlan, Uncovered};
 use super::{Change, Ledger, Organisation};
 use crate::categories::{self, Category};
 use crate::error::Reject;
-use crate::event::{BudgetChange, BudgetOpening, Date, Management, Role};
+use crate::event::{AgreementSpec, BudgetChange, BudgetOpening, Date, Management, Role};
 use crate::money::Money;
 use std::collections::BTreeMap;
 
@@ -58,6 +59,8 @@ pub struct Budget {
     /// Every Payment and Purchase by sequence, for refunds: who recorded it,
     /// how much, how much is refunded.
     pub spendings: BTreeMap<u64, Spending>,
+    /// Approved service agreements by id.
+    pub agreements: BTreeMap<String, AgreementSpec>,
     /// Allocations plus review deltas.
     pub allocated: Money,
     /// Disbursements.
@@ -182,6 +185,7 @@ impl Ledger {
             suspended: false,
             died_on: None,
             spendings: BTreeMap::new(),
+            agreements: BTreeMap::new(),
             allocated: Money::ZERO,
             paid_in: Money::ZERO,
             spent: Money::ZERO,
@@ -228,9 +232,17 @@ impl Ledger {
             )));
         }
         if let (true, Some(died)) = (moves_money_out, b.died_on) {
-            if on > died {
+            // A payment under an agreement is for its service period.
+            let until = match change {
+                BudgetChange::Payment {
+                    service: Some(claim),
+                    ..
+                } => claim.to.max(on),
+                _ => on,
+            };
+            if until > died {
                 return Err(Reject::precondition(format!(
-                    "the budget holder died on {died}; nothing is disbursed, paid or bought for {on}, after that date"
+                    "the budget holder died on {died}; nothing is disbursed, paid or bought for {until}, after that date"
                 )));
             }
         }
@@ -257,11 +269,24 @@ impl Ledger {
             BudgetChange::Payment {
                 amount, category, ..
             }
-            | BudgetChange::Purchase { amount, category } => {
+            | BudgetChange::Purchase {
+                amount, category, ..
+            } => {
                 if let Some(Category::Excluded { code, rule }) = categories::classify(category) {
                     return Err(Reject::precondition(format!(
                         "category {code:?} is excluded whatever the care plan says: {rule}"
                     )));
+                }
+                if let BudgetChange::Payment {
+                    payee_kind,
+                    payee_ref,
+                    service,
+                    ..
+                } = change
+                {
+                    agreements::check_payment(
+                        &b, payee_kind, payee_ref, category, amount, service, on,
+                    )?;
                 }
                 let charge = match &b.plan {
                     Some(plan) => Some(plan_charge(plan, category, amount, on)?),
@@ -327,6 +352,30 @@ impl Ledger {
                     )));
                 }
                 b.plan = Some(CarePlan::new((*spec).clone(), plans::PENDING, &signer.id));
+            }
+            BudgetChange::AgreementApproved(spec) => {
+                if spec.connected_person && signer.id != b.commissioner_id {
+                    return Err(Reject::denied(format!(
+                        "an agreement with a connected person (SI 2017/219) is approved by the commissioner ({:?}) only",
+                        b.commissioner_id
+                    )));
+                }
+                if let Some(Category::Excluded { code, rule }) =
+                    categories::classify(&spec.category)
+                {
+                    return Err(Reject::precondition(format!(
+                        "agreement {:?} is for category {code:?}, which is excluded: {rule}",
+                        spec.agreement_id
+                    )));
+                }
+                if b.agreements.contains_key(&spec.agreement_id) {
+                    return Err(Reject::exists(format!(
+                        "agreement {:?} already exists on budget {:?}; approve a new one under a new agreement_id",
+                        spec.agreement_id, b.id
+                    )));
+                }
+                b.agreements
+                    .insert(spec.agreement_id.clone(), (*spec).clone());
             }
             BudgetChange::Suspend => {
                 if b.suspended {

@@ -7,6 +7,7 @@ use crate::chain::{Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
 use crate::error::{Reject, RejectCode};
 
 mod access;
+mod agreements;
 mod budgets;
 mod plans;
 mod registry;

@@ -78,6 +78,7 @@ impl Projection for Balances {
                 suspended: false,
                 died_on: None,
                 spendings: Default::default(),
+                agreements: Default::default(),
                 allocated: Money::ZERO,
                 paid_in: Money::ZERO,
                 spent: Money::ZERO,
@@ -124,6 +125,9 @@ impl Projection for Balances {
             }
             EventKind::CarePlanApproved(spec) => {
                 b.plan = Some(CarePlan::new(spec.clone(), sequence, c.signer_id));
+            }
+            EventKind::ServiceAgreementApproved(spec) => {
+                b.agreements.insert(spec.agreement_id.clone(), spec.clone());
             }
             EventKind::FacilitatorAppointed { organisation_id } => {
                 b.plan_facilitator_id = Some(organisation_id.clone());

@@ -242,6 +242,7 @@ mod tests {
             payee_ref: "p".into(),
             category: "c".into(),
             reference: String::new(),
+            service: None,
         };
         let entries: Vec<(&str, &str, EventKind, Option<&Refusal>)> = vec![
             (

@@ -137,6 +137,7 @@ fn kind_field(kind: &EventKind) -> &'static str {
         EventKind::HolderDied { .. } => "holder_died",
         EventKind::Reclaim { .. } => "reclaim",
         EventKind::Refund { .. } => "refund",
+        EventKind::ServiceAgreementApproved(_) => "service_agreement_approved",
     }
 }
 
@@ -188,6 +189,7 @@ impl Projection for Statements {
             EventKind::Reclaim { amount, .. } => Some(negative(*amount)),
             EventKind::Refund { amount, .. } => Some(*amount),
             EventKind::BudgetSuspended { .. }
+            | EventKind::ServiceAgreementApproved(_)
             | EventKind::BudgetResumed
             | EventKind::HolderDied { .. } => None,
             EventKind::BudgetOpened { .. }

@@ -1,0 +1,266 @@
+//! Service agreements and payment-time controls (issue 7), through the real
+//! binary: each check with its near miss, a payroll run (net wages, PAYE/NI
+//! and pension as one atomic batch), and connected persons.
+
+mod common;
+
+use common::*;
+use phb_client::{kinds, Kind, Signer};
+use phb_proto::v1 as pb;
+use tonic::Code;
+
+/// The date `days` from today (UTC), as YYYY-MM-DD.
+fn day(days: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    phb_domain::event::Date::from_unix_micros(now + days * 86_400_000_000).to_string()
+}
+
+/// An hourly agreement with `payee`, in force from 60 days ago for a year.
+fn agreement(id: &str, payee: &str, rate: &str, max_per_week: u32, connected: bool) -> Kind {
+    Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
+        agreement_id: id.into(),
+        payee_ref: payee.into(),
+        payee_kind: pb::PayeeKind::PersonalAssistant as i32,
+        payee_sector: pb::Sector::Individual as i32,
+        category: "personal_assistant".into(),
+        unit: pb::Unit::Hour as i32,
+        rate: rate.into(),
+        max_units_per_week: max_per_week,
+        valid_from: day(-60),
+        valid_to: day(300),
+        connected_person: connected,
+    })
+}
+
+/// A wage under agreement `id` for the week that ended `ended` days ago.
+fn wage(amount: &str, payee: &str, id: &str, hours: &str, ended: i64) -> Kind {
+    kinds::pay_under(
+        amount,
+        payee,
+        "personal_assistant",
+        id,
+        hours,
+        &day(-ended - 6),
+        &day(-ended),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_must_follow_their_agreement() {
+    let w = World::new().await;
+    let (c, payroll) = (w.commissioner.clone(), w.payroll.clone());
+    let d = "agree-dp";
+    w.open_direct(d).await;
+    w.fund(d, "5000.00", Some("5000.00")).await;
+    w.ok(&c, d, agreement("pa-1-2026", "pa-1", "12.50", 20, false))
+        .await;
+    // 20 hours in a week that has ended, at 12.50.
+    w.ok(&payroll, d, wage("250.00", "pa-1", "pa-1-2026", "20", 7))
+        .await;
+    // More than 20 hours in one week.
+    let r = w
+        .refused(
+            &payroll,
+            d,
+            wage("262.50", "pa-1", "pa-1-2026", "21", 14),
+            Code::FailedPrecondition,
+        )
+        .await;
+    assert!(r.error.unwrap().message.contains("a week"));
+    // Not rate x units.
+    let r = w
+        .refused(
+            &payroll,
+            d,
+            wage("250.01", "pa-1", "pa-1-2026", "20", 14),
+            Code::FailedPrecondition,
+        )
+        .await;
+    assert!(r.error.unwrap().message.contains("12.50"));
+    // Half hours are fine.
+    w.ok(&payroll, d, wage("243.75", "pa-1", "pa-1-2026", "19.5", 14))
+        .await;
+    // A service period that has not ended yet: paid in arrears only.
+    let early = kinds::pay_under(
+        "125.00",
+        "pa-1",
+        "personal_assistant",
+        "pa-1-2026",
+        "10",
+        &day(-3),
+        &day(3),
+    );
+    let r = w
+        .refused(&payroll, d, early, Code::FailedPrecondition)
+        .await;
+    assert!(r.error.unwrap().message.contains("arrears"));
+    // Another payee, an unknown agreement, a period outside the agreement.
+    w.refused(
+        &payroll,
+        d,
+        wage("125.00", "pa-2", "pa-1-2026", "10", 21),
+        Code::FailedPrecondition,
+    )
+    .await;
+    w.refused(
+        &payroll,
+        d,
+        wage("125.00", "pa-1", "no-such", "10", 21),
+        Code::FailedPrecondition,
+    )
+    .await;
+    w.refused(
+        &payroll,
+        d,
+        wage("125.00", "pa-1", "pa-1-2026", "10", 90),
+        Code::FailedPrecondition,
+    )
+    .await;
+    // A budget with agreements pays personal assistants under one.
+    let r = w
+        .refused(
+            &payroll,
+            d,
+            kinds::pay(
+                "10.00",
+                pb::PayeeKind::PersonalAssistant,
+                "pa-1",
+                "personal_assistant",
+            ),
+            Code::FailedPrecondition,
+        )
+        .await;
+    assert!(r.error.unwrap().message.contains("agreement_id"));
+    assert_eq!(w.balance(d).await.spent, "493.75");
+}
+
+/// A payroll run: net wages under the agreement, PAYE/NI to the tax
+/// authority and pension contributions, one atomic batch from the payroll
+/// provider; a failing line fails (and records) the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payroll_run_is_one_atomic_batch() {
+    let w = World::new().await;
+    let (c, payroll) = (w.commissioner.clone(), w.payroll.clone());
+    let d = "agree-run";
+    w.open_direct(d).await;
+    w.fund(d, "5000.00", Some("5000.00")).await;
+    w.ok(&c, d, agreement("pa-3-2026", "pa-3", "12.00", 40, false))
+        .await;
+    let run = |net: &str, hours: &str| {
+        vec![
+            w.sign(&payroll, d, wage(net, "pa-3", "pa-3-2026", hours, 7)),
+            w.sign(
+                &payroll,
+                d,
+                kinds::pay(
+                    "61.20",
+                    pb::PayeeKind::TaxAuthority,
+                    "hmrc",
+                    "tax_and_pension",
+                ),
+            ),
+            w.sign(
+                &payroll,
+                d,
+                kinds::pay(
+                    "14.40",
+                    pb::PayeeKind::PensionScheme,
+                    "nest",
+                    "tax_and_pension",
+                ),
+            ),
+        ]
+    };
+    // 41 hours: over the agreement's 40 a week, so nothing of the run is paid.
+    let rs = w.append_batch(run("492.00", "41"), true).await;
+    assert_refused(&rs[0], Code::FailedPrecondition);
+    assert_refused(&rs[1], Code::Aborted);
+    assert_eq!(w.balance(d).await.spent, "0.00");
+    let rs = w.append_batch(run("480.00", "40"), true).await;
+    for r in &rs {
+        assert_written(r);
+    }
+    assert_eq!(w.balance(d).await.spent, "555.60");
+    // A payroll provider pays wages, tax and pensions, never providers.
+    w.refused(
+        &payroll,
+        d,
+        kinds::pay("1.00", pb::PayeeKind::Provider, "agency", "agency_care"),
+        Code::PermissionDenied,
+    )
+    .await;
+}
+
+/// Connected persons (SI 2017/219) only under an agreement the commissioner
+/// approved; excluded categories never; the rules survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_persons_and_who_approves() {
+    let mut w = World::new().await;
+    let (c, root) = (w.commissioner.clone(), w.server.root.clone());
+    let d = "agree-conn";
+    w.open_direct(d).await;
+    w.fund(d, "1000.00", Some("1000.00")).await;
+    let f = Signer::generate("facilitator-conn");
+    w.ok(
+        &root,
+        "",
+        kinds::register(
+            &f.id,
+            &[pb::Role::PlanFacilitator],
+            &f.public_key().to_bytes(),
+        ),
+    )
+    .await;
+    w.ok(&c, d, kinds::appoint_facilitator(&f.id)).await;
+    // The facilitator may approve an ordinary agreement, not a connected one.
+    w.ok(&f, d, agreement("pa-5", "pa-5", "11.00", 0, false))
+        .await;
+    let r = w
+        .refused(
+            &f,
+            d,
+            agreement("sister", "rel-1", "11.00", 0, true),
+            Code::PermissionDenied,
+        )
+        .await;
+    assert!(r.error.unwrap().message.contains("connected person"));
+    w.ok(&c, d, agreement("sister", "rel-1", "11.00", 0, true))
+        .await;
+    // The same id twice is a decision: ALREADY_EXISTS, recorded.
+    w.refused(
+        &c,
+        d,
+        agreement("sister", "rel-1", "12.00", 0, true),
+        Code::AlreadyExists,
+    )
+    .await;
+    // An excluded category.
+    let mut bad = agreement("gp", "gp-1", "30.00", 0, false);
+    if let Kind::ServiceAgreementApproved(a) = &mut bad {
+        a.category = "gp_primary_care".into();
+        a.payee_kind = pb::PayeeKind::Provider as i32;
+        a.payee_sector = pb::Sector::Nhs as i32;
+    }
+    w.refused(&c, d, bad, Code::FailedPrecondition).await;
+    w.ok(
+        &w.payroll.clone(),
+        d,
+        wage("110.00", "rel-1", "sister", "10", 7),
+    )
+    .await;
+    let before = w.balance(d).await;
+    w.server.restart();
+    w.reconnect().await;
+    assert_eq!(w.balance(d).await, before);
+    w.refused(
+        &w.payroll.clone(),
+        d,
+        wage("110.00", "rel-1", "sister", "10.5", 14),
+        Code::FailedPrecondition,
+    )
+    .await;
+    audit_log(&w.log().await, &w.server.root.public_key());
+}
