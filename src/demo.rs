@@ -1,12 +1,17 @@
 //! `phb-ledger demo`: a realistic year in one area, driven through the real API.
 //!
-//! A commissioner (an integrated care board), a payroll provider, a
-//! third-party organisation, an account provider and an auditor are
-//! registered; three budgets (direct payment, third party, notional) are
-//! opened and funded; the Northamptonshire spending plan from the pilot is
-//! paid; a review lowers a notional budget to its cluster cost; one
-//! overspend and one payment by the wrong organisation are refused; one
-//! budget is stopped. Ids carry a run suffix so the demo can run repeatedly.
+//! A commissioner (an integrated care board), a plan facilitator, a payroll
+//! provider, a third-party organisation, an account provider and an auditor
+//! are registered; three budgets (direct payment, third party, notional) are
+//! opened and funded. On the direct payment the facilitator approves the
+//! Northamptonshire care plan from the pilot (after a plan more than 15 %
+//! above the allocation is refused to it), the plan is paid — personal
+//! assistants' wages as one atomic payroll run — and excluded spending
+//! (alcohol) is refused, recorded and final: a retry of the same bytes gets
+//! the same refusal. A review lowers a notional budget to its cluster cost;
+//! an overspend and a payment by the wrong organisation are refused; one
+//! budget is stopped. The care plan is read back with per-line spending.
+//! Ids carry a run suffix so the demo can run repeatedly on one server.
 
 use anyhow::{anyhow, bail, Result};
 use pb::ledger_service_client::LedgerServiceClient;
@@ -16,16 +21,64 @@ use tonic::transport::Channel;
 
 type Client = LedgerServiceClient<Channel>;
 
+/// 2026-06-01T09:00:00Z: every demo event is dated inside the budgets'
+/// period (2026-04-01..2027-03-31) and its care plan, so the demo works
+/// whenever it is run (never later than now: the ledger refuses the future).
+const DEMO_DATE: i64 = 1_780_304_400;
+
 struct Demo {
     client: Client,
     ledger_id: String,
     run: String,
     n: u32,
+    occurred_at: i64,
+}
+
+fn code_name(code: i32) -> String {
+    format!("{:?}", tonic::Code::from_i32(code))
 }
 
 impl Demo {
     fn id(&self, name: &str) -> String {
         format!("{name}-{}", self.run)
+    }
+
+    /// Signs `kind` on `budget` as a fresh event (new event id, demo date).
+    fn sign(&mut self, signer: &Signer, budget: &str, kind: Kind) -> pb::SignedEvent {
+        self.n += 1;
+        let mut ev = event(
+            &self.ledger_id,
+            &format!("demo-{}-{}", self.run, self.n),
+            budget,
+            kind,
+        );
+        ev.occurred_at = Some(prost_types::Timestamp {
+            seconds: self.occurred_at,
+            nanos: 0,
+        });
+        signer.sign(&ev)
+    }
+
+    async fn append(
+        &mut self,
+        events: Vec<pb::SignedEvent>,
+        atomic: bool,
+    ) -> Result<Vec<pb::AppendResult>> {
+        let want = events.len();
+        let results = self
+            .client
+            .append(pb::AppendRequest { events, atomic })
+            .await
+            .map_err(|s| anyhow!("append failed: {:?}: {}", s.code(), s.message()))?
+            .into_inner()
+            .results;
+        if results.len() != want {
+            bail!(
+                "server returned {} results for {want} events",
+                results.len()
+            );
+        }
+        Ok(results)
     }
 
     async fn submit(
@@ -34,23 +87,8 @@ impl Demo {
         budget: &str,
         kind: Kind,
     ) -> Result<pb::AppendResult> {
-        self.n += 1;
-        let ev = event(
-            &self.ledger_id,
-            &format!("demo-{}-{}", self.run, self.n),
-            budget,
-            kind,
-        );
-        let mut results = self
-            .client
-            .append(pb::AppendRequest {
-                events: vec![signer.sign(&ev)],
-                atomic: false,
-            })
-            .await
-            .map_err(|s| anyhow!("append failed: {:?}: {}", s.code(), s.message()))?
-            .into_inner()
-            .results;
+        let signed = self.sign(signer, budget, kind);
+        let mut results = self.append(vec![signed], false).await?;
         results
             .pop()
             .ok_or_else(|| anyhow!("server returned no result"))
@@ -93,6 +131,50 @@ impl Demo {
                 r.sequence
             ),
         }
+    }
+
+    /// A refusal that is a decision: recorded in the log and final. Sends
+    /// the same signed bytes again and checks the answer is the same.
+    async fn refused_final(
+        &mut self,
+        signer: &Signer,
+        budget: &str,
+        kind: Kind,
+        what: &str,
+    ) -> Result<()> {
+        let signed = self.sign(signer, budget, kind);
+        let first = self.append(vec![signed.clone()], false).await?.remove(0);
+        let e = first.error.clone().unwrap_or_default();
+        if e.code == 0 {
+            bail!(
+                "{what} should have been refused but was written at {}",
+                first.sequence
+            );
+        }
+        if first.refusal_sequence == 0 {
+            bail!("{what}: the refusal was not recorded: {first:?}");
+        }
+        println!("  refused {what}: {} — {}", code_name(e.code), e.message);
+        println!(
+            "         recorded at refusal_sequence {} (final: the event can never be applied)",
+            first.refusal_sequence
+        );
+        let again = self.append(vec![signed], false).await?.remove(0);
+        let a = again.error.clone().unwrap_or_default();
+        if !again.duplicate
+            || a.code != e.code
+            || a.message != e.message
+            || again.refusal_sequence != first.refusal_sequence
+            || again.entry_hash != first.entry_hash
+        {
+            bail!("{what}: a retry of the same bytes got a different answer: {again:?}");
+        }
+        println!(
+            "         retry of the same bytes: duplicate, {} again at refusal_sequence {}",
+            code_name(a.code),
+            again.refusal_sequence
+        );
+        Ok(())
     }
 }
 
@@ -139,9 +221,11 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         ledger_id: ledger_id.to_string(),
         run,
         n: 0,
+        occurred_at: DEMO_DATE.min(phb_client::unix_now()),
     };
 
     let icb = Signer::generate(d.id("icb-north"));
+    let facilitator = Signer::generate(d.id("plan-support"));
     let payroll = Signer::generate(d.id("payroll-co"));
     let third = Signer::generate(d.id("support-trust"));
     let account = Signer::generate(d.id("dp-accounts"));
@@ -149,6 +233,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     println!("Registering organisations (signed by the root key)");
     for (s, role) in [
         (&icb, pb::Role::Commissioner),
+        (&facilitator, pb::Role::PlanFacilitator),
         (&payroll, pb::Role::PayrollProvider),
         (&third, pb::Role::ThirdParty),
         (&account, pb::Role::AccountProvider),
@@ -202,7 +287,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     )
     .await?;
 
-    println!("Direct payment: the Northamptonshire spending plan (budget £4,800.00)");
+    println!("Direct payment: the Northamptonshire care plan (budget £4,800.00)");
     d.ok(
         &icb,
         &dp,
@@ -215,6 +300,54 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         &dp,
         kinds::disburse("4800.00"),
         "disburse 4800.00 to the holder's account",
+    )
+    .await?;
+    let appoint = format!("appoint {} as plan facilitator", facilitator.id);
+    d.ok(
+        &icb,
+        &dp,
+        kinds::appoint_facilitator(&facilitator.id),
+        &appoint,
+    )
+    .await?;
+    d.refused(
+        &facilitator,
+        &dp,
+        kinds::plan(
+            &d.id("plan-too-big"),
+            &[("pa", "personal_assistant", "5520.01", "")],
+            "0.00",
+        ),
+        "a 5520.01 plan signed by the facilitator (more than 15 % above 4800.00)",
+    )
+    .await?;
+    let plan_id = d.id("plan-2026");
+    d.ok(
+        &facilitator,
+        &dp,
+        kinds::plan(
+            &plan_id,
+            &[
+                (
+                    "cmht",
+                    "clinical_service",
+                    "808.16",
+                    "4 CMHT sessions (4 x 202.04)",
+                ),
+                ("psych", "clinical_service", "202.04", "1 psychiatric visit"),
+                (
+                    "pa",
+                    "personal_assistant",
+                    "2184.00",
+                    "personal assistant, 6 h/week",
+                ),
+                ("respite", "respite", "500.00", "respite break"),
+                ("gym", "exercise_wellbeing", "580.00", "gym membership"),
+                ("computer", "it_equipment", "500.00", "personal computer"),
+            ],
+            "25.80",
+        ),
+        "care plan approved by the facilitator: 6 lines + 25.80 contingency = 4800.00",
     )
     .await?;
     d.ok(
@@ -241,18 +374,37 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         "1 psychiatric visit",
     )
     .await?;
-    d.ok(
-        &payroll,
-        &dp,
-        kinds::pay(
-            "2184.00",
-            pb::PayeeKind::PersonalAssistant,
-            "pa-3b",
-            "personal_assistant",
-        ),
-        "personal assistant, 6 h/week",
-    )
-    .await?;
+    // Wages for the personal assistants' 6 h/week at £7.00/h, posted by the
+    // payroll provider as one atomic batch: all of it or none of it.
+    let wages = [
+        ("pa-3b", "1092.00"),
+        ("pa-5e", "728.00"),
+        ("pa-8a", "364.00"),
+    ];
+    let batch = wages
+        .iter()
+        .map(|(pa, amount)| {
+            d.sign(
+                &payroll,
+                &dp,
+                kinds::pay(
+                    amount,
+                    pb::PayeeKind::PersonalAssistant,
+                    pa,
+                    "personal_assistant",
+                ),
+            )
+        })
+        .collect();
+    println!("  payroll run by {}: one atomic Append", payroll.id);
+    let results = d.append(batch, true).await?;
+    for (r, (pa, amount)) in results.iter().zip(wages) {
+        let e = r.error.clone().unwrap_or_default();
+        if e.code != 0 {
+            bail!("payroll run refused ({}): {}", code_name(e.code), e.message);
+        }
+        println!("  #{:<4}   wages {amount} to {pa}", r.sequence);
+    }
     d.ok(
         &account,
         &dp,
@@ -270,15 +422,22 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &account,
         &dp,
-        kinds::buy("500.00", "equipment", "pc-shop", "personal computer"),
+        kinds::buy("500.00", "it_equipment", "pc-shop", "personal computer"),
         "personal computer",
     )
     .await?;
     d.refused(
         &account,
         &dp,
-        kinds::buy("26.00", "equipment", "pc-shop", "printer"),
-        "a 26.00 printer (only 25.80 held)",
+        kinds::buy("26.00", "it_equipment", "pc-shop", "printer"),
+        "a 26.00 printer (the computer line is used; 25.80 contingency left)",
+    )
+    .await?;
+    d.refused_final(
+        &account,
+        &dp,
+        kinds::buy("12.50", "alcohol", "offlicence-2", "wine"),
+        "a 12.50 alcohol purchase (excluded, whatever the plan)",
     )
     .await?;
     d.refused(
@@ -382,5 +541,43 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             b.budget_id, m, b.allocated, b.paid_in, b.spent, b.held, b.available, b.stopped
         );
     }
+
+    let req = auditor.request(
+        methods::GET_CARE_PLAN,
+        pb::GetCarePlanRequest {
+            budget_id: dp.clone(),
+        },
+    );
+    let p = d
+        .client
+        .get_care_plan(req)
+        .await
+        .map_err(|s| anyhow!("GetCarePlan: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!(
+        "\nCare plan {} on {} (approved by {} at #{}; {}..{}, review due {}):",
+        p.plan_id,
+        p.budget_id,
+        p.approved_by,
+        p.approved_at_sequence,
+        p.valid_from,
+        p.valid_to,
+        p.review_due
+    );
+    println!(
+        "  {:<11} {:<20} {:>10} {:>10} {:>10}  description",
+        "line", "category", "annual", "spent", "remaining"
+    );
+    for l in &p.lines {
+        println!(
+            "  {:<11} {:<20} {:>10} {:>10} {:>10}  {}",
+            l.line_id, l.category, l.annual_amount, l.spent, l.remaining, l.description
+        );
+    }
+    println!(
+        "  {:<11} {:<20} {:>10} {:>10}",
+        "contingency", "", p.contingency_amount, p.contingency_used
+    );
+    println!("  {:<11} {:<20} {:>10}", "total", "", p.total);
     Ok(())
 }

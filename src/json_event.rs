@@ -83,7 +83,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             })?,
             funds_holder_id: str_field(o, "funds_holder_id")?,
             payroll_provider_id: str_field(o, "payroll_provider_id")?,
-            plan_facilitator_id: String::new(),
+            plan_facilitator_id: str_field(o, "plan_facilitator_id")?,
         }),
         "allocation" => Kind::Allocation(pb::Allocation {
             amount: str_field(o, "amount")?,
@@ -119,11 +119,62 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
         "budget_stopped" => Kind::BudgetStopped(pb::BudgetStopped {
             reason: str_field(o, "reason")?,
         }),
+        "care_plan_approved" => Kind::CarePlanApproved(pb::CarePlanApproved {
+            plan_id: str_field(o, "plan_id")?,
+            lines: match o.get("lines") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|l| {
+                        let l = l
+                            .as_object()
+                            .ok_or_else(|| anyhow!("each of lines must be an object"))?;
+                        Ok(pb::PlanLine {
+                            line_id: str_field(l, "line_id")?,
+                            category: str_field(l, "category")?,
+                            annual_amount: str_field(l, "annual_amount")?,
+                            description: str_field(l, "description")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                Some(_) => bail!("lines must be an array of objects"),
+            },
+            contingency_amount: str_field(o, "contingency_amount")?,
+            valid_from: str_field(o, "valid_from")?,
+            valid_to: str_field(o, "valid_to")?,
+            review_due: str_field(o, "review_due")?,
+        }),
+        "facilitator_appointed" => Kind::FacilitatorAppointed(pb::FacilitatorAppointed {
+            organisation_id: str_field(o, "organisation_id")?,
+        }),
+        "budget_suspended" => Kind::BudgetSuspended(pb::BudgetSuspended {
+            reason: str_field(o, "reason")?,
+        }),
+        "budget_resumed" => Kind::BudgetResumed(pb::BudgetResumed {}),
+        "holder_died" => Kind::HolderDied(pb::HolderDied {
+            date: str_field(o, "date")?,
+        }),
+        "reclaim" => Kind::Reclaim(pb::Reclaim {
+            amount: str_field(o, "amount")?,
+            ground: enum_field(o, "ground", "RECLAIM_GROUND_", |s| {
+                pb::ReclaimGround::from_str_name(s).map(|v| v as i32)
+            })?,
+        }),
+        "refund" => Kind::Refund(pb::Refund {
+            original_sequence: match o.get("original_sequence") {
+                None | Some(Value::Null) => 0,
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("original_sequence must be a whole number"))?,
+                Some(_) => bail!("original_sequence must be a number (a log sequence)"),
+            },
+            amount: str_field(o, "amount")?,
+        }),
         other => bail!("unknown event kind {other:?}"),
     })
 }
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 16] = [
     "organisation_registered",
     "key_rotated",
     "budget_opened",
@@ -133,6 +184,13 @@ const KINDS: [&str; 9] = [
     "purchase",
     "review_adjustment",
     "budget_stopped",
+    "care_plan_approved",
+    "facilitator_appointed",
+    "budget_suspended",
+    "budget_resumed",
+    "holder_died",
+    "reclaim",
+    "refund",
 ];
 
 /// One JSON object to an `Event`.
@@ -201,6 +259,39 @@ pub fn result_json(r: &pb::AppendResult) -> String {
         "message": e.message,
         "field": e.field,
         "entry_hash": hex::encode(&r.entry_hash),
+        "refusal_sequence": r.refusal_sequence,
+    })
+    .to_string()
+}
+
+/// A `GetCarePlanResponse` as one line of JSON (`phb-ledger plan`).
+pub fn care_plan_json(p: &pb::GetCarePlanResponse) -> String {
+    let lines: Vec<Value> = p
+        .lines
+        .iter()
+        .map(|l| {
+            json!({
+                "line_id": l.line_id,
+                "category": l.category,
+                "description": l.description,
+                "annual_amount": l.annual_amount,
+                "spent": l.spent,
+                "remaining": l.remaining,
+            })
+        })
+        .collect();
+    json!({
+        "budget_id": p.budget_id,
+        "plan_id": p.plan_id,
+        "approved_at_sequence": p.approved_at_sequence,
+        "approved_by": p.approved_by,
+        "valid_from": p.valid_from,
+        "valid_to": p.valid_to,
+        "review_due": p.review_due,
+        "total": p.total,
+        "contingency_amount": p.contingency_amount,
+        "contingency_used": p.contingency_used,
+        "lines": lines,
     })
     .to_string()
 }

@@ -119,6 +119,20 @@ enum Command {
         /// The budget.
         budget_id: String,
     },
+    /// Print the care plan in force on a budget, with per-line spent and remaining, as JSON.
+    Plan {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// The reading organisation id ("root" allowed).
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// The budget.
+        budget_id: String,
+    },
     /// Drive a running server through a realistic scenario and print the balances.
     Demo {
         /// Server URL.
@@ -306,6 +320,12 @@ fn main() -> Result<()> {
                 key,
                 budget_id,
             } => statement(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Plan {
+                server,
+                signer,
+                key,
+                budget_id,
+            } => plan(server, load_signer(&signer, &key)?, budget_id).await,
             Command::Demo {
                 server,
                 root_key,
@@ -778,6 +798,21 @@ async fn holdings(server: String, signer: Signer, organisation_id: String) -> Re
     for row in &h.holdings {
         println!("{}", json_event::holding_json(row));
     }
+    Ok(())
+}
+
+async fn plan(server: String, signer: Signer, budget_id: String) -> Result<()> {
+    let mut client = connect(&server).await?;
+    let req = signer.request(
+        phb_client::methods::GET_CARE_PLAN,
+        pb::GetCarePlanRequest { budget_id },
+    );
+    let p = client
+        .get_care_plan(req)
+        .await
+        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!("{}", json_event::care_plan_json(&p));
     Ok(())
 }
 

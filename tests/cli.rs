@@ -1,7 +1,10 @@
-//! The command line as the README's five-minute tour uses it: `serve` on a
-//! fresh data directory (generating the root key), `demo` (twice, back to
-//! back), `balance`, `statement`, `holdings`, `keygen`, `submit` (single
-//! and atomic) and a retry of the same submission. If this test passes, the tour's commands work.
+//! The README's five-minute tour, walked through the real binary: `serve` on
+//! a fresh data directory (generating the root key), then every command of
+//! the tour's `sh` block, parsed out of README.md itself and run in order
+//! (so the test fails if the README's tour breaks): `demo` (twice, back to
+//! back), `balance`, `keygen`, `submit` (single and atomic) and a retry of
+//! the same submission, a care plan and `plan`, an excluded purchase refused
+//! and retried. Then `statement`, `holdings` and refusals the tour mentions.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -110,17 +113,129 @@ fn json_lines(s: &str) -> Vec<Value> {
         .collect()
 }
 
+const README: &str = include_str!("../README.md");
+
+/// The commands of the README tour's `sh` block, as argument lists after
+/// `cargo run --release --`: a small shell reader for what the tour uses
+/// (words, single quotes, backslash-newline, `#` comments).
+fn tour_commands() -> Vec<Vec<String>> {
+    let from = README
+        .find("## A five-minute tour")
+        .expect("README has the tour");
+    let block = &README[from..];
+    let block = &block[block.find("```sh\n").expect("tour has an sh block") + 6..];
+    let block = &block[..block.find("```").expect("sh block ends")];
+    let mut commands = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = block.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'\n') => {
+                chars.next();
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                for q in chars.by_ref() {
+                    if q == '\'' {
+                        break;
+                    }
+                    w.push(q);
+                }
+            }
+            '#' if word.is_none() => {
+                for q in chars.by_ref() {
+                    if q == '\n' {
+                        break;
+                    }
+                }
+                words.extend(word.take());
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            '\n' => {
+                words.extend(word.take());
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            c if c.is_whitespace() => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word.take());
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    commands
+        .into_iter()
+        .map(|c| {
+            assert_eq!(
+                &c[..4],
+                &["cargo", "run", "--release", "--"],
+                "every tour command runs the binary: {c:?}"
+            );
+            c[4..].to_vec()
+        })
+        .collect()
+}
+
+/// A tour command pointed at the test server (the README relies on the
+/// default `--server`), with the key printed by `keygen` filled in.
+fn tour_args(cmd: &[String], url: &str, public: &str) -> Vec<String> {
+    let mut args: Vec<String> = cmd
+        .iter()
+        .map(|a| a.replace("<hex printed above>", public))
+        .collect();
+    if args[0] != "keygen" {
+        args.splice(1..1, ["--server".to_string(), url.to_string()]);
+    }
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The demo's care-plan table: (line, category, annual, spent, remaining).
+fn demo_plan_rows(out: &str) -> Vec<Vec<String>> {
+    let table = &out[out
+        .find("\nCare plan ")
+        .unwrap_or_else(|| panic!("no care plan in demo output:\n{out}"))..];
+    table
+        .lines()
+        .skip(3)
+        .map(|l| l.split_whitespace().take(5).map(str::to_string).collect())
+        .collect()
+}
+
 #[test]
 fn readme_tour() {
+    // The first screen: exactly two set-up commands.
+    assert!(README.contains("```sh\ncargo run --release -- serve\n```"));
+    assert!(README.contains("```sh\ncargo test --workspace\n```"));
+    let tour = tour_commands();
+    let names: Vec<&str> = tour.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "demo", "balance", "keygen", "submit", "submit", "balance", "submit", "submit", "plan",
+            "submit"
+        ],
+        "the tour's commands, in order: {tour:?}"
+    );
+
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
     let server = serve(dir);
     let url = server.url.as_str();
     assert!(dir.join("phb-data/root.key").exists(), "root key generated");
+    let step = |i: usize, public: &str| tour_args(&tour[i], url, public);
 
     // 1. The demo, twice back to back: each run uses fresh ids.
     for _ in 0..2 {
-        let out = ok(dir, &["demo", "--server", url]);
+        let out = ok(dir, &strs(&step(0, "")));
         let dp = out
             .lines()
             .find(|l| l.trim_start().starts_with("phb-dp-"))
@@ -148,59 +263,144 @@ fn readme_tour() {
             out.contains("PermissionDenied"),
             "wrong role refused:\n{out}"
         );
+        // The plan facilitator approved the plan; more than 15 % above the
+        // allocation was refused to it.
+        assert!(
+            out.lines()
+                .any(|l| l.contains("refused a 5520.01 plan") && l.contains("PermissionDenied")),
+            "15 % rule:\n{out}"
+        );
+        assert!(
+            out.lines().any(
+                |l| l.starts_with("  #") && l.contains("care plan approved by the facilitator")
+            ),
+            "plan approved:\n{out}"
+        );
+        // The payroll run: three wage payments written.
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("  #") && l.contains("wages "))
+                .count(),
+            3,
+            "payroll run:\n{out}"
+        );
+        // The excluded purchase: refused, recorded, and the retry of the
+        // same bytes gets the same refusal at the same sequence.
+        let alcohol = out
+            .lines()
+            .position(|l| l.contains("refused a 12.50 alcohol purchase"))
+            .unwrap_or_else(|| panic!("no alcohol refusal:\n{out}"));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[alcohol].contains("FailedPrecondition"),
+            "{}",
+            lines[alcohol]
+        );
+        assert!(lines[alcohol].contains("alcohol"), "{}", lines[alcohol]);
+        let seq = |l: &str| {
+            l.split("refusal_sequence ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no refusal_sequence in {l:?}"))
+        };
+        let recorded = seq(lines[alcohol + 1]);
+        assert!(recorded > 0);
+        assert!(
+            lines[alcohol + 2].contains("retry of the same bytes: duplicate, FailedPrecondition")
+        );
+        assert_eq!(seq(lines[alcohol + 2]), recorded);
+        // GetCarePlan at the end: every line fully spent, contingency unused.
+        let rows = demo_plan_rows(&out);
+        let want = [
+            ["cmht", "clinical_service", "808.16", "808.16", "0.00"],
+            ["psych", "clinical_service", "202.04", "202.04", "0.00"],
+            ["pa", "personal_assistant", "2184.00", "2184.00", "0.00"],
+            ["respite", "respite", "500.00", "500.00", "0.00"],
+            ["gym", "exercise_wellbeing", "580.00", "580.00", "0.00"],
+            ["computer", "it_equipment", "500.00", "500.00", "0.00"],
+        ];
+        for (row, want) in rows.iter().zip(want) {
+            assert_eq!(row, &want, "care plan row:\n{out}");
+        }
+        assert_eq!(rows[6], ["contingency", "25.80", "0.00"], "{out}");
+        assert_eq!(rows[7], ["total", "4800.00"], "{out}");
     }
 
     // 2. Every balance as root: the two demo runs' three budgets each.
-    let all = json_lines(&ok(
-        dir,
-        &signed("balance", url, "root", "phb-data/root.key", &[]),
-    ));
+    let all = json_lines(&ok(dir, &strs(&step(1, ""))));
     assert_eq!(all.len(), 6, "{all:?}");
 
     // 3. keygen, then a registration signed by root.
-    let public = ok(dir, &["keygen", "--out", "my-org.key"]);
-    let public = public.trim();
+    let public = ok(dir, &strs(&step(2, "")));
+    let public = public.trim().to_string();
     assert_eq!(public.len(), 64, "public key hex: {public:?}");
     // keygen never overwrites a secret.
-    assert!(!run(dir, &["keygen", "--out", "my-org.key"])
-        .status
-        .success());
-    let reg = format!(
-        r#"{{"event_id":"reg-my-icb","organisation_registered":{{"organisation_id":"my-icb","roles":["COMMISSIONER"],"public_key":"{public}"}}}}"#
-    );
-    let r = json_lines(&ok(
-        dir,
-        &signed("submit", url, "root", "phb-data/root.key", &[&reg]),
-    ));
+    assert!(!run(dir, &strs(&step(2, ""))).status.success());
+    let r = json_lines(&ok(dir, &strs(&step(3, &public))));
     assert_eq!(r[0]["code"], "Ok", "{r:?}");
 
-    // 4. Open and fund a budget atomically, exactly as the README writes it.
-    let batch = r#"[
-  {"event_id":"b1-open","budget_id":"b1","occurred_at":1775001600,"budget_opened":{"holder_ref":"holder-0001",
-   "commissioner_id":"my-icb","period_start":"2026-04-01","period_end":"2027-03-31","management":"NOTIONAL"}},
-  {"event_id":"b1-alloc","budget_id":"b1","occurred_at":1775001600,"allocation":{"amount":"3602.00","basis":"NEEDS_BASED"}}]"#;
-    let submit = signed("submit", url, "my-icb", "my-org.key", &["--atomic", batch]);
-    let first = json_lines(&ok(dir, &submit));
+    // 4. Open and fund a budget atomically.
+    let submit = step(4, &public);
+    assert!(submit.iter().any(|a| a == "--atomic"), "{submit:?}");
+    let first = json_lines(&ok(dir, &strs(&submit)));
     assert_eq!(first.len(), 2);
     for r in &first {
         assert_eq!(r["code"], "Ok", "{r}");
         assert_eq!(r["duplicate"], false, "{r}");
     }
-    let b1 = json_lines(&ok(
-        dir,
-        &signed("balance", url, "my-icb", "my-org.key", &["b1"]),
-    ));
+    let b1 = json_lines(&ok(dir, &strs(&step(5, &public))));
     assert_eq!(b1[0]["allocated"], "3602.00");
     assert_eq!(b1[0]["available"], "3602.00");
     assert_eq!(b1[0]["management"], "MANAGEMENT_NOTIONAL");
 
     // 5. The same submission again: duplicates at the same sequences.
-    let again = json_lines(&ok(dir, &submit));
+    let again = json_lines(&ok(dir, &strs(&submit)));
     for (a, f) in again.iter().zip(&first) {
         assert_eq!(a["duplicate"], true, "{a}");
         assert_eq!(a["sequence"], f["sequence"], "{a}");
         assert_eq!(a["entry_hash"], f["entry_hash"], "{a}");
     }
+
+    // 6. A care plan, a payment under it, and the plan read back.
+    for i in [6, 7] {
+        let r = json_lines(&ok(dir, &strs(&step(i, &public))));
+        assert_eq!(r[0]["code"], "Ok", "{r:?}");
+    }
+    let plan = json_lines(&ok(dir, &strs(&step(8, &public))));
+    let plan = &plan[0];
+    assert_eq!(plan["budget_id"], "b1", "{plan}");
+    assert_eq!(plan["plan_id"], "b1-plan-2026", "{plan}");
+    assert_eq!(plan["approved_by"], "my-icb", "{plan}");
+    assert_eq!(plan["total"], "3602.00", "{plan}");
+    assert_eq!(plan["contingency_used"], "0.00", "{plan}");
+    let lines = plan["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), 2, "{plan}");
+    assert_eq!(lines[0]["spent"], "0.00", "{plan}");
+    assert_eq!(lines[0]["remaining"], "2184.00", "{plan}");
+    assert_eq!(lines[1]["category"], "therapy", "{plan}");
+    assert_eq!(lines[1]["spent"], "202.04", "{plan}");
+    assert_eq!(lines[1]["remaining"], "997.96", "{plan}");
+
+    // 7. Alcohol refused, recorded, final; the same again: the same refusal.
+    let wine = run(dir, &strs(&step(9, &public)));
+    assert!(!wine.status.success(), "{wine:?}");
+    let w = json_lines(&String::from_utf8_lossy(&wine.stdout));
+    assert_eq!(w[0]["code"], "FailedPrecondition", "{w:?}");
+    assert!(
+        w[0]["message"].as_str().unwrap().contains("alcohol"),
+        "{w:?}"
+    );
+    let refusal = w[0]["refusal_sequence"].as_u64().expect("refusal_sequence");
+    assert!(refusal > 0, "{w:?}");
+    let wine2 = run(dir, &strs(&step(9, &public)));
+    assert!(!wine2.status.success());
+    let w2 = json_lines(&String::from_utf8_lossy(&wine2.stdout));
+    assert_eq!(w2[0]["duplicate"], true, "{w2:?}");
+    assert_eq!(w2[0]["code"], w[0]["code"]);
+    assert_eq!(w2[0]["message"], w[0]["message"]);
+    assert_eq!(w2[0]["refusal_sequence"], w[0]["refusal_sequence"]);
+    assert_eq!(w2[0]["entry_hash"], w[0]["entry_hash"]);
 
     // A refused submission exits non-zero and says why.
     let over = run(
@@ -211,25 +411,31 @@ fn readme_tour() {
             "my-icb",
             "my-org.key",
             &[
-                r#"{"event_id":"b1-pay","budget_id":"b1","payment":{"amount":"3602.01","payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
+                r#"{"event_id":"b1-pay","budget_id":"b1","occurred_at":1775001600,"payment":{"amount":"3602.01","payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
             ],
         ),
     );
     assert!(!over.status.success());
     let r = json_lines(&String::from_utf8_lossy(&over.stdout));
     assert_eq!(r[0]["code"], "FailedPrecondition", "{r:?}");
-    // The statement: the opening, the allocation and the recorded refusal.
+    // The statement: the opening, the allocation, the plan, the payment, and
+    // the two recorded refusals.
     let st = json_lines(&ok(
         dir,
         &signed("statement", url, "my-icb", "my-org.key", &["b1"]),
     ));
-    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st.len(), 6, "{st:?}");
     assert_eq!(st[1]["kind"], "allocation");
     assert_eq!(st[1]["amount"], "3602.00");
-    assert_eq!(st[2]["refused"], true, "{st:?}");
-    assert_eq!(st[2]["amount"], "-3602.01");
-    assert_eq!(st[2]["allocated"], "3602.00");
-    assert_eq!(st[2]["refusal_code"], 9);
+    assert_eq!(st[3]["spent"], "202.04", "{st:?}");
+    assert_eq!(st[4]["refused"], true, "{st:?}");
+    assert_eq!(st[4]["amount"], "-12.50", "{st:?}");
+    assert_eq!(st[4]["sequence"].as_u64(), Some(refusal), "{st:?}");
+    assert_eq!(st[4]["refusal_code"], 9);
+    assert_eq!(st[5]["refused"], true, "{st:?}");
+    assert_eq!(st[5]["amount"], "-3602.01");
+    assert_eq!(st[5]["allocated"], "3602.00");
+    assert_eq!(st[5]["refusal_code"], 9);
     // Holdings: a commissioner holds no funds (FAILED_PRECONDITION, exit 1).
     let h = run(
         dir,
