@@ -648,6 +648,10 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
         K::Reclaim(_) => "Reclaim",
         K::Refund(_) => "Refund",
         K::ServiceAgreementApproved(_) => "ServiceAgreementApproved",
+        K::CardTransaction(_) => "CardTransaction",
+        K::HospitalAdmission(_) => "HospitalAdmission",
+        K::HospitalDischarge(_) => "HospitalDischarge",
+        K::ReviewRecorded(_) => "ReviewRecorded",
     }
 }
 

@@ -262,6 +262,19 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
         EventKind::Refund {
             original_sequence, ..
         } => assert!(*original_sequence > 0),
+        EventKind::CardTransaction {
+            card_ref,
+            merchant_ref,
+            mcc,
+            ..
+        } => {
+            assert!(is_id(card_ref, MAX_REF_LEN) && is_id(merchant_ref, MAX_REF_LEN));
+            assert!((1..=9999).contains(mcc));
+        }
+        EventKind::HospitalAdmission { .. } | EventKind::HospitalDischarge { .. } => {}
+        EventKind::ReviewRecorded { outcome, .. } => {
+            assert!(is_text(outcome, MAX_TEXT_LEN, true), "outcome {outcome:?}")
+        }
         EventKind::ServiceAgreementApproved(a) => {
             // docs/api.md "Service agreements", restated.
             assert!(is_id(&a.agreement_id, MAX_ID_LEN));

@@ -91,7 +91,19 @@ const EVENT: &[(u32, Ty)] = &[
     (24, Ty::Msg(ALLOCATION)),
     (25, Ty::Msg(REFUND)),
     (26, Ty::Msg(AGREEMENT)),
+    (27, Ty::Msg(CARD)),
+    (28, Ty::Msg(ONE_STRING)),
+    (29, Ty::Msg(ONE_STRING)),
+    (30, Ty::Msg(REVIEW_RECORDED)),
 ];
+const CARD: &[(u32, Ty)] = &[
+    (1, Ty::Bytes),
+    (2, Ty::Bytes),
+    (3, Ty::Varint),
+    (4, Ty::Bytes),
+    (5, Ty::Varint),
+];
+const REVIEW_RECORDED: &[(u32, Ty)] = &[(1, Ty::Bytes), (2, Ty::Varint), (3, Ty::Bytes)];
 const AGREEMENT: &[(u32, Ty)] = &[
     (1, Ty::Bytes),
     (2, Ty::Bytes),

@@ -217,6 +217,24 @@ ALLOWED_CATEGORIES = {
     "exercise_wellbeing", "transport", "community_activity", "clinical_service", "household_support",
     "payroll_and_account_fees", "employer_insurance", "tax_and_pension", "cash",
 }
+# docs/api.md "Card transactions": blocked merchant category codes, and the
+# category each recognised code is charged to.
+BLOCKED_MCCS = {7995, 7800, 7801, 7802, 5921, 5813, 5993, 7273, 7297, 5933, 6051}
+MCC_CATEGORIES = {}
+for codes, cat in [((4111, 4121, 4131, 4789, 5541, 5542), "transport"),
+                   ((5045, 5732, 5734, 4814, 4816), "it_equipment"),
+                   ((5047, 5200, 5251, 5712, 5722, 5999, 5310, 5311), "equipment"),
+                   ((5912,), "pharmaceuticals"),
+                   ((5940, 5941, 7941, 7997), "exercise_wellbeing"),
+                   ((8011, 8021, 8031, 8041, 8042, 8043, 8049, 8050, 8099), "clinical_service"),
+                   ((8062,), "inpatient_care"),
+                   ((8211, 8220, 8241, 8244, 8249, 8299), "education"),
+                   ((7011, 7012), "respite"),
+                   ((8351, 8398, 8641), "community_activity"),
+                   ((7349, 7342, 1711, 1799), "household_support"),
+                   ((6300,), "employer_insurance")]:
+    for code in codes:
+        MCC_CATEGORIES[code] = cat
 EXCLUDED_CATEGORIES = {
     "gp_primary_care", "emergency_care", "inpatient_care", "pharmaceuticals",
     "alcohol", "tobacco", "gambling", "debt_repayment",
@@ -433,6 +451,17 @@ def validate_event(raw, ledger_id, now_micros):
         need(text_ok(k.reason, 256, True), "bad reason")
     elif kind == "facilitator_appointed":
         need(valid_id(k.organisation_id), "bad organisation_id")
+    elif kind == "card_transaction":
+        need(REF_RE.fullmatch(k.card_ref) is not None and REF_RE.fullmatch(k.merchant_ref) is not None, "bad ref")
+        need(1 <= k.mcc <= 9999, "bad mcc")
+        amount(k.amount, "card_transaction.amount", True)
+        need(k.channel in pb.CardChannel.values() and k.channel != 0, "bad channel")
+    elif kind in ("hospital_admission", "hospital_discharge"):
+        date(k.date, f"{kind}.date")
+    elif kind == "review_recorded":
+        date(k.date, "review_recorded.date")
+        need(k.kind in pb.ReviewKind.values() and k.kind != 0, "bad review kind")
+        need(text_ok(k.outcome, 256, True), "bad outcome")
     elif kind == "service_agreement_approved":
         need(valid_id(k.agreement_id), "bad agreement_id")
         need(REF_RE.fullmatch(k.payee_ref) is not None, "bad payee_ref")
@@ -484,6 +513,7 @@ class Budget:
         self.died_on = None
         self.spendings = {}
         self.agreements = {}
+        self.in_hospital_since = None
         self.period_start = opened.period_start
         self.period_end = opened.period_end
         self.allocated = self.paid_in = self.spent = Decimal("0.00")
@@ -708,11 +738,13 @@ class Auditor:
             allowed = commissioner or facilitator
         elif kind == "refund":
             allowed = commissioner or funds_holder or payroll
+        elif kind == "card_transaction":
+            allowed = not b.notional and funds_holder and pb.ROLE_ACCOUNT_PROVIDER in roles
         else:
             allowed = commissioner
         deny(allowed, PERMISSION_DENIED, f"{signer_id} may not sign {kind} on {b.budget_id}")
         deny(not b.stopped, FAILED_PRECONDITION, "budget stopped")
-        if kind in ("disbursement", "payment", "purchase"):
+        if kind in ("disbursement", "payment", "purchase", "card_transaction"):
             deny(not b.suspended, FAILED_PRECONDITION, "budget suspended")
             on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
             until = on
@@ -727,9 +759,19 @@ class Auditor:
             deny(not b.notional, FAILED_PRECONDITION, "disbursement on a notional budget")
             deny(a <= b.allocated - b.paid_in, FAILED_PRECONDITION, "over-disbursement")
             b.paid_in += a
-        elif kind in ("payment", "purchase"):
+        elif kind in ("payment", "purchase", "card_transaction"):
             a = Decimal(k.amount)
-            deny(k.category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "excluded category")
+            if kind == "card_transaction":
+                deny(k.mcc not in BLOCKED_MCCS, FAILED_PRECONDITION, "blocked merchant category")
+                if k.channel == pb.CARD_CHANNEL_ATM:
+                    deny(b.plan is not None, FAILED_PRECONDITION, "cash without a plan")
+                    category = "cash"
+                else:
+                    deny(k.mcc in MCC_CATEGORIES, FAILED_PRECONDITION, "unmapped merchant category")
+                    category = MCC_CATEGORIES[k.mcc]
+            else:
+                category = k.category
+            deny(category not in EXCLUDED_CATEGORIES, FAILED_PRECONDITION, "excluded category")
             if kind == "payment":
                 # docs/api.md "Service agreements".
                 pa_or_provider = k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT, pb.PAYEE_KIND_PROVIDER)
@@ -757,7 +799,7 @@ class Auditor:
                 on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
                 p = b.plan
                 deny(p["valid_from"] <= on <= p["valid_to"], FAILED_PRECONDITION, "plan not in force")
-                idx = [i for i, l in enumerate(p["lines"]) if l[0] == k.category]
+                idx = [i for i, l in enumerate(p["lines"]) if l[0] == category]
                 deny(idx, FAILED_PRECONDITION, "no plan line for the category")
                 due, charge = a, []
                 for i in idx:
@@ -782,6 +824,15 @@ class Auditor:
             b.allocated += d
         elif kind == "budget_stopped":
             b.stopped = True
+        elif kind == "hospital_admission":
+            deny(b.in_hospital_since is None, FAILED_PRECONDITION, "already in hospital")
+            b.in_hospital_since = k.date
+        elif kind == "hospital_discharge":
+            deny(b.in_hospital_since is not None, FAILED_PRECONDITION, "not in hospital")
+            deny(k.date >= b.in_hospital_since, FAILED_PRECONDITION, "discharge before admission")
+            b.in_hospital_since = None
+        elif kind == "review_recorded":
+            pass
         elif kind == "service_agreement_approved":
             deny(commissioner or not k.connected_person, PERMISSION_DENIED,
                  "a connected-person agreement approved by the facilitator")
@@ -1739,6 +1790,7 @@ def check_statements_and_holdings(c, reader, entries, audit):
             k = getattr(ev, kind)
             amount = {"allocation": lambda: Decimal(k.amount), "disbursement": lambda: Decimal(k.amount),
                       "payment": lambda: -Decimal(k.amount), "purchase": lambda: -Decimal(k.amount),
+                      "card_transaction": lambda: -Decimal(k.amount),
                       "review_adjustment": lambda: Decimal(k.delta),
                       "reclaim": lambda: -Decimal(k.amount), "refund": lambda: Decimal(k.amount)}.get(kind, lambda: None)()
             refused = e.HasField("refusal")
@@ -1747,7 +1799,7 @@ def check_statements_and_holdings(c, reader, entries, audit):
                     fig["allocated"] += amount
                 elif kind == "disbursement":
                     fig["paid_in"] += amount
-                elif kind in ("payment", "purchase", "refund"):
+                elif kind in ("payment", "purchase", "refund", "card_transaction"):
                     fig["spent"] -= amount
                 elif kind == "reclaim":
                     fig["paid_in"] += amount

@@ -275,6 +275,32 @@ pub mod kinds {
             ground: ground as i32,
         })
     }
+    /// CardTransaction.
+    pub fn card(amount: &str, mcc: u32, channel: pb::CardChannel) -> Kind {
+        Kind::CardTransaction(pb::CardTransaction {
+            card_ref: "card-1".into(),
+            merchant_ref: format!("merchant-{mcc}"),
+            mcc,
+            amount: amount.into(),
+            channel: channel as i32,
+        })
+    }
+    /// HospitalAdmission.
+    pub fn admitted(date: &str) -> Kind {
+        Kind::HospitalAdmission(pb::HospitalAdmission { date: date.into() })
+    }
+    /// HospitalDischarge.
+    pub fn discharged(date: &str) -> Kind {
+        Kind::HospitalDischarge(pb::HospitalDischarge { date: date.into() })
+    }
+    /// ReviewRecorded.
+    pub fn reviewed(date: &str, kind: pb::ReviewKind, outcome: &str) -> Kind {
+        Kind::ReviewRecorded(pb::ReviewRecorded {
+            date: date.into(),
+            kind: kind as i32,
+            outcome: outcome.into(),
+        })
+    }
     /// Refund of the spending at `original_sequence`.
     pub fn refund(original_sequence: u64, amount: &str) -> Kind {
         Kind::Refund(pb::Refund {

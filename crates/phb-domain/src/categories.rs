@@ -73,6 +73,47 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Merchant category codes refused on a card whatever any plan says, each
+/// with the rule (the allpay, Staffordshire and Essex card restrictions in
+/// shared/research/controls-and-reporting.md; seeds 000/002).
+pub const BLOCKED_MCCS: &[(u32, &str)] = &[
+    (
+        7995,
+        "betting and gambling, including lottery tickets and casinos",
+    ),
+    (7800, "government-owned lotteries (gambling)"),
+    (7801, "internet gambling"),
+    (7802, "horse and dog racing (gambling)"),
+    (5921, "off-licences: alcohol"),
+    (5813, "bars and nightclubs: alcohol"),
+    (5993, "tobacco shops"),
+    (7273, "dating and escort services"),
+    (7297, "massage parlours"),
+    (5933, "pawn shops"),
+    (6051, "quasi-cash (money orders, foreign currency, crypto)"),
+];
+
+/// The spending category a merchant category code is charged to; `None`
+/// for codes the ledger does not recognise (a card payment there is
+/// declined: pay by invoice instead).
+pub fn category_of_mcc(mcc: u32) -> Option<&'static str> {
+    Some(match mcc {
+        4111 | 4121 | 4131 | 4789 | 5541 | 5542 => "transport",
+        5045 | 5732 | 5734 | 4814 | 4816 => "it_equipment",
+        5047 | 5200 | 5251 | 5712 | 5722 | 5999 | 5310 | 5311 => "equipment",
+        5912 => "pharmaceuticals",
+        5940 | 5941 | 7941 | 7997 => "exercise_wellbeing",
+        8011 | 8021 | 8031 | 8041 | 8042 | 8043 | 8049 | 8050 | 8099 => "clinical_service",
+        8062 => "inpatient_care",
+        8211 | 8220 | 8241 | 8244 | 8249 | 8299 => "education",
+        7011 | 7012 => "respite",
+        8351 | 8398 | 8641 => "community_activity",
+        7349 | 7342 | 1711 | 1799 => "household_support",
+        6300 => "employer_insurance",
+        _ => return None,
+    })
+}
+
 /// What a category code is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Category {

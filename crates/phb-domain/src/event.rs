@@ -338,6 +338,60 @@ pub enum EventKind {
     },
     /// A service agreement approved.
     ServiceAgreementApproved(AgreementSpec),
+    /// A prepaid-card payment at authorisation time.
+    CardTransaction {
+        /// Pseudonymous card.
+        card_ref: String,
+        /// Pseudonymous merchant.
+        merchant_ref: String,
+        /// ISO 18245 merchant category code.
+        mcc: u32,
+        /// Positive amount.
+        amount: Money,
+        /// How the card was used.
+        channel: CardChannel,
+    },
+    /// Admitted to hospital.
+    HospitalAdmission {
+        /// The date.
+        date: Date,
+    },
+    /// Left hospital.
+    HospitalDischarge {
+        /// The date.
+        date: Date,
+    },
+    /// A review took place.
+    ReviewRecorded {
+        /// The date.
+        date: Date,
+        /// What kind.
+        kind: ReviewKind,
+        /// The outcome.
+        outcome: String,
+    },
+}
+
+/// How a card was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CardChannel {
+    /// At a point of sale.
+    Pos,
+    /// Online or by phone.
+    Online,
+    /// A cash withdrawal.
+    Atm,
+    /// A direct debit.
+    DirectDebit,
+}
+
+/// What kind of review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReviewKind {
+    /// A care-plan review.
+    CareReview,
+    /// A financial audit.
+    FinancialAudit,
 }
 
 /// Why money is reclaimed (NHS (Direct Payments) Regulations 2013, reg. 15).
@@ -426,6 +480,10 @@ impl EventKind {
             EventKind::Reclaim { .. } => "Reclaim",
             EventKind::Refund { .. } => "Refund",
             EventKind::ServiceAgreementApproved(_) => "ServiceAgreementApproved",
+            EventKind::CardTransaction { .. } => "CardTransaction",
+            EventKind::HospitalAdmission { .. } => "HospitalAdmission",
+            EventKind::HospitalDischarge { .. } => "HospitalDischarge",
+            EventKind::ReviewRecorded { .. } => "ReviewRecorded",
         }
     }
 }
@@ -558,6 +616,30 @@ pub enum BudgetChange<'a> {
     },
     /// A service agreement approved.
     AgreementApproved(&'a AgreementSpec),
+    /// A card payment at authorisation.
+    Card {
+        /// Positive amount.
+        amount: Money,
+        /// Merchant category code.
+        mcc: u32,
+        /// How the card was used.
+        channel: CardChannel,
+    },
+    /// Admitted to hospital.
+    Admitted {
+        /// The date.
+        date: Date,
+    },
+    /// Left hospital.
+    Discharged {
+        /// The date.
+        date: Date,
+    },
+    /// A review took place.
+    Reviewed {
+        /// The date.
+        date: Date,
+    },
 }
 
 impl BudgetChange<'_> {
@@ -633,6 +715,25 @@ impl EventKind {
             }),
             EventKind::ServiceAgreementApproved(a) => {
                 Subject::Budget(BudgetChange::AgreementApproved(a))
+            }
+            EventKind::CardTransaction {
+                amount,
+                mcc,
+                channel,
+                ..
+            } => Subject::Budget(BudgetChange::Card {
+                amount: *amount,
+                mcc: *mcc,
+                channel: *channel,
+            }),
+            EventKind::HospitalAdmission { date } => {
+                Subject::Budget(BudgetChange::Admitted { date: *date })
+            }
+            EventKind::HospitalDischarge { date } => {
+                Subject::Budget(BudgetChange::Discharged { date: *date })
+            }
+            EventKind::ReviewRecorded { date, .. } => {
+                Subject::Budget(BudgetChange::Reviewed { date: *date })
             }
             EventKind::Purchase {
                 amount, category, ..
@@ -1314,6 +1415,60 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             }
         }
         K::ServiceAgreementApproved(a) => EventKind::ServiceAgreementApproved(decode_agreement(a)?),
+        K::CardTransaction(t) => {
+            let f = "kind.card_transaction";
+            check_id(&format!("{f}.card_ref"), &t.card_ref, MAX_REF_LEN)?;
+            check_id(&format!("{f}.merchant_ref"), &t.merchant_ref, MAX_REF_LEN)?;
+            if t.mcc == 0 || t.mcc > 9999 {
+                return Err(Reject::invalid(
+                    format!("{f}.mcc"),
+                    format!("mcc {} is not a 4-digit merchant category code", t.mcc),
+                ));
+            }
+            let channel = match pb::CardChannel::try_from(t.channel) {
+                Ok(pb::CardChannel::Pos) => CardChannel::Pos,
+                Ok(pb::CardChannel::Online) => CardChannel::Online,
+                Ok(pb::CardChannel::Atm) => CardChannel::Atm,
+                Ok(pb::CardChannel::DirectDebit) => CardChannel::DirectDebit,
+                _ => {
+                    return Err(Reject::invalid(
+                        format!("{f}.channel"),
+                        "channel must be CARD_CHANNEL_POS, _ONLINE, _ATM or _DIRECT_DEBIT",
+                    ))
+                }
+            };
+            EventKind::CardTransaction {
+                amount: amount(&format!("{f}.amount"), &t.amount)?,
+                card_ref: t.card_ref,
+                merchant_ref: t.merchant_ref,
+                mcc: t.mcc,
+                channel,
+            }
+        }
+        K::HospitalAdmission(h) => EventKind::HospitalAdmission {
+            date: parse_date("kind.hospital_admission.date", &h.date)?,
+        },
+        K::HospitalDischarge(h) => EventKind::HospitalDischarge {
+            date: parse_date("kind.hospital_discharge.date", &h.date)?,
+        },
+        K::ReviewRecorded(r) => {
+            let f = "kind.review_recorded";
+            text::check(&format!("{f}.outcome"), &r.outcome, MAX_TEXT_LEN, true)?;
+            EventKind::ReviewRecorded {
+                date: parse_date(&format!("{f}.date"), &r.date)?,
+                kind: match pb::ReviewKind::try_from(r.kind) {
+                    Ok(pb::ReviewKind::CareReview) => ReviewKind::CareReview,
+                    Ok(pb::ReviewKind::FinancialAudit) => ReviewKind::FinancialAudit,
+                    _ => {
+                        return Err(Reject::invalid(
+                            format!("{f}.kind"),
+                            "kind must be REVIEW_KIND_CARE_REVIEW or REVIEW_KIND_FINANCIAL_AUDIT",
+                        ))
+                    }
+                },
+                outcome: r.outcome,
+            }
+        }
         K::FacilitatorAppointed(a) => {
             let f = "kind.facilitator_appointed.organisation_id";
             check_id(f, &a.organisation_id, MAX_ID_LEN)?;

@@ -111,6 +111,13 @@ impl Ledger {
             BudgetChange::Purchase { .. } => {
                 (notional && is_commissioner) || (!notional && is_funds_holder)
             }
+            // The account provider asks at authorisation time.
+            BudgetChange::Card { .. } => {
+                !notional && is_funds_holder && signer.has(Role::AccountProvider)
+            }
+            BudgetChange::Admitted { .. }
+            | BudgetChange::Discharged { .. }
+            | BudgetChange::Reviewed { .. } => is_commissioner,
         };
         if allowed {
             return Ok(());

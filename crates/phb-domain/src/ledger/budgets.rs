@@ -61,6 +61,10 @@ pub struct Budget {
     pub spendings: BTreeMap<u64, Spending>,
     /// Approved service agreements by id.
     pub agreements: BTreeMap<String, AgreementSpec>,
+    /// In hospital since, if admitted and not discharged.
+    pub in_hospital_since: Option<Date>,
+    /// The latest review date recorded.
+    pub last_review: Option<Date>,
     /// Allocations plus review deltas.
     pub allocated: Money,
     /// Disbursements.
@@ -186,6 +190,8 @@ impl Ledger {
             died_on: None,
             spendings: BTreeMap::new(),
             agreements: BTreeMap::new(),
+            in_hospital_since: None,
+            last_review: None,
             allocated: Money::ZERO,
             paid_in: Money::ZERO,
             spent: Money::ZERO,
@@ -224,6 +230,7 @@ impl Ledger {
             BudgetChange::Disbursement { .. }
                 | BudgetChange::Payment { .. }
                 | BudgetChange::Purchase { .. }
+                | BudgetChange::Card { .. }
         );
         if moves_money_out && b.suspended {
             return Err(Reject::precondition(format!(
@@ -266,12 +273,10 @@ impl Ledger {
                 }
                 b.paid_in = b.paid_in.checked_add(amount).ok_or_else(overflow)?;
             }
-            BudgetChange::Payment {
-                amount, category, ..
-            }
-            | BudgetChange::Purchase {
-                amount, category, ..
-            } => {
+            BudgetChange::Payment { .. }
+            | BudgetChange::Purchase { .. }
+            | BudgetChange::Card { .. } => {
+                let (amount, category) = spending_of(change, b.plan.is_some())?;
                 if let Some(Category::Excluded { code, rule }) = categories::classify(category) {
                     return Err(Reject::precondition(format!(
                         "category {code:?} is excluded whatever the care plan says: {rule}"
@@ -376,6 +381,30 @@ impl Ledger {
                 }
                 b.agreements
                     .insert(spec.agreement_id.clone(), (*spec).clone());
+            }
+            BudgetChange::Admitted { date } => {
+                if let Some(since) = b.in_hospital_since {
+                    return Err(Reject::precondition(format!(
+                        "the holder is already recorded in hospital since {since}"
+                    )));
+                }
+                b.in_hospital_since = Some(date);
+            }
+            BudgetChange::Discharged { date } => {
+                let Some(since) = b.in_hospital_since else {
+                    return Err(Reject::precondition(
+                        "the holder is not recorded in hospital",
+                    ));
+                };
+                if date < since {
+                    return Err(Reject::precondition(format!(
+                        "discharge on {date} is before the admission on {since}"
+                    )));
+                }
+                b.in_hospital_since = None;
+            }
+            BudgetChange::Reviewed { date } => {
+                b.last_review = Some(b.last_review.map_or(date, |d| d.max(date)));
             }
             BudgetChange::Suspend => {
                 if b.suspended {
@@ -497,4 +526,46 @@ fn plan_charge(
             "spending {amount} on {category:?} exceeds care plan {id:?}: {lines_left} is left on its {category:?} lines and {contingency_left} of the contingency"
         )),
     })
+}
+
+/// The amount and category of a spending event. A card payment's category
+/// comes from its merchant category code (`categories::category_of_mcc`);
+/// blocked codes and codes the ledger does not recognise decline the card,
+/// and cash (ATM) needs a care plan (whose `cash` line the plan check then
+/// requires).
+fn spending_of<'a>(change: BudgetChange<'a>, has_plan: bool) -> Result<(Money, &'a str), Reject> {
+    match change {
+        BudgetChange::Payment {
+            amount, category, ..
+        }
+        | BudgetChange::Purchase {
+            amount, category, ..
+        } => Ok((amount, category)),
+        BudgetChange::Card {
+            amount,
+            mcc,
+            channel,
+        } => {
+            if let Some((_, rule)) = categories::BLOCKED_MCCS.iter().find(|(c, _)| *c == mcc) {
+                return Err(Reject::precondition(format!(
+                    "merchant category {mcc} is blocked on personal health budget cards: {rule}"
+                )));
+            }
+            if channel == crate::event::CardChannel::Atm {
+                if !has_plan {
+                    return Err(Reject::precondition(
+                        "cash withdrawals are allowed only where the care plan has a cash line; this budget has no plan",
+                    ));
+                }
+                return Ok((amount, "cash"));
+            }
+            let category = categories::category_of_mcc(mcc).ok_or_else(|| {
+                Reject::precondition(format!(
+                    "merchant category {mcc} is not one the ledger maps to a spending category; the card is declined: pay by invoice"
+                ))
+            })?;
+            Ok((amount, category))
+        }
+        _ => Err(Reject::precondition("internal: not a spending event")),
+    }
 }

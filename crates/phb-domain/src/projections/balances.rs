@@ -1,7 +1,8 @@
 //! Balances: every budget's figures, folded from committed entries.
 
 use super::{Committed, Projection};
-use crate::event::{Date, EventKind};
+use crate::categories;
+use crate::event::{CardChannel, Date, EventKind};
 use crate::ledger::{Budget, CarePlan, Spending};
 use crate::money::Money;
 use std::collections::BTreeMap;
@@ -37,6 +38,27 @@ impl Balances {
 fn plus(a: Money, b: Money) -> Money {
     a.checked_add(b)
         .expect("committed amounts were checked for overflow by the write model")
+}
+
+/// A committed spending: the same figures, refund record and plan charge
+/// as the write model made.
+fn spend(b: &mut Budget, c: &Committed<'_>, sequence: u64, amount: Money, category: &str) {
+    b.spent = plus(b.spent, amount);
+    b.spendings.insert(
+        sequence,
+        Spending {
+            signer_id: c.signer_id.to_string(),
+            amount,
+            refunded: Money::ZERO,
+        },
+    );
+    if let Some(plan) = &mut b.plan {
+        let on = Date::from_unix_micros(c.event.occurred_at_micros);
+        let charge = plan
+            .charge(category, amount, on)
+            .expect("committed spending was checked against the plan by the write model");
+        plan.apply(&charge);
+    }
 }
 
 /// `a - b`, never below zero by the write model's rules.
@@ -79,6 +101,8 @@ impl Projection for Balances {
                 died_on: None,
                 spendings: Default::default(),
                 agreements: Default::default(),
+                in_hospital_since: None,
+                last_review: None,
                 allocated: Money::ZERO,
                 paid_in: Money::ZERO,
                 spent: Money::ZERO,
@@ -105,23 +129,24 @@ impl Projection for Balances {
             }
             | EventKind::Purchase {
                 amount, category, ..
+            } => spend(b, c, sequence, *amount, category),
+            EventKind::CardTransaction {
+                amount,
+                mcc,
+                channel,
+                ..
             } => {
-                b.spent = plus(b.spent, *amount);
-                b.spendings.insert(
-                    sequence,
-                    Spending {
-                        signer_id: c.signer_id.to_string(),
-                        amount: *amount,
-                        refunded: Money::ZERO,
-                    },
-                );
-                if let Some(plan) = &mut b.plan {
-                    let on = Date::from_unix_micros(c.event.occurred_at_micros);
-                    let charge = plan.charge(category, *amount, on).expect(
-                        "committed spending was checked against the plan by the write model",
-                    );
-                    plan.apply(&charge);
-                }
+                let category = match channel {
+                    CardChannel::Atm => "cash",
+                    _ => categories::category_of_mcc(*mcc)
+                        .expect("committed card payments have a mapped merchant category"),
+                };
+                spend(b, c, sequence, *amount, category)
+            }
+            EventKind::HospitalAdmission { date } => b.in_hospital_since = Some(*date),
+            EventKind::HospitalDischarge { .. } => b.in_hospital_since = None,
+            EventKind::ReviewRecorded { date, .. } => {
+                b.last_review = Some(b.last_review.map_or(*date, |d| d.max(*date)))
             }
             EventKind::CarePlanApproved(spec) => {
                 b.plan = Some(CarePlan::new(spec.clone(), sequence, c.signer_id));

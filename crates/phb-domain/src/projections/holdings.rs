@@ -151,9 +151,9 @@ impl Projection for Holdings {
         };
         match &c.event.kind {
             EventKind::Disbursement { amount } => h.paid_in = plus(h.paid_in, *amount),
-            EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
-                h.spent = plus(h.spent, *amount)
-            }
+            EventKind::Payment { amount, .. }
+            | EventKind::Purchase { amount, .. }
+            | EventKind::CardTransaction { amount, .. } => h.spent = plus(h.spent, *amount),
             EventKind::Reclaim { amount, .. } => h.paid_in = minus(h.paid_in, *amount),
             EventKind::Refund { amount, .. } => h.spent = minus(h.spent, *amount),
             EventKind::BudgetStopped { .. } => {

@@ -138,6 +138,10 @@ fn kind_field(kind: &EventKind) -> &'static str {
         EventKind::Reclaim { .. } => "reclaim",
         EventKind::Refund { .. } => "refund",
         EventKind::ServiceAgreementApproved(_) => "service_agreement_approved",
+        EventKind::CardTransaction { .. } => "card_transaction",
+        EventKind::HospitalAdmission { .. } => "hospital_admission",
+        EventKind::HospitalDischarge { .. } => "hospital_discharge",
+        EventKind::ReviewRecorded { .. } => "review_recorded",
     }
 }
 
@@ -182,9 +186,12 @@ impl Projection for Statements {
             EventKind::Allocation { amount, .. } | EventKind::Disbursement { amount } => {
                 Some(*amount)
             }
-            EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
-                Some(negative(*amount))
-            }
+            EventKind::Payment { amount, .. }
+            | EventKind::Purchase { amount, .. }
+            | EventKind::CardTransaction { amount, .. } => Some(negative(*amount)),
+            EventKind::HospitalAdmission { .. }
+            | EventKind::HospitalDischarge { .. }
+            | EventKind::ReviewRecorded { .. } => None,
             EventKind::ReviewAdjustment { delta, .. } => Some(*delta),
             EventKind::Reclaim { amount, .. } => Some(negative(*amount)),
             EventKind::Refund { amount, .. } => Some(*amount),
@@ -203,9 +210,9 @@ impl Projection for Statements {
             match kind {
                 EventKind::Allocation { amount, .. } => s.allocated = plus(s.allocated, *amount),
                 EventKind::Disbursement { amount } => s.paid_in = plus(s.paid_in, *amount),
-                EventKind::Payment { amount, .. } | EventKind::Purchase { amount, .. } => {
-                    s.spent = plus(s.spent, *amount)
-                }
+                EventKind::Payment { amount, .. }
+                | EventKind::Purchase { amount, .. }
+                | EventKind::CardTransaction { amount, .. } => s.spent = plus(s.spent, *amount),
                 EventKind::ReviewAdjustment { delta, .. } => {
                     s.allocated = plus(s.allocated, *delta)
                 }
