@@ -7,8 +7,10 @@
 //! Northamptonshire care plan from the pilot (after a plan more than 15 %
 //! above the allocation is refused to it), the plan is paid — personal
 //! assistants' wages as one atomic payroll run — and excluded spending
-//! (alcohol) is refused, recorded and final: a retry of the same bytes gets
-//! the same refusal. A review lowers a notional budget to its cluster cost;
+//! (alcohol, and a card payment at a betting shop) is refused, recorded and
+//! final: a retry of the same bytes gets the same refusal. On the third-party
+//! budget respite is paid under a service agreement at its day rate, and a
+//! payment above the rate is refused. A review lowers a notional budget to its cluster cost;
 //! an overspend and a payment by the wrong organisation are refused; one
 //! budget is stopped. The care plan is read back with per-line spending.
 //! Ids carry a run suffix so the demo can run repeatedly on one server.
@@ -440,6 +442,13 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         "a 12.50 alcohol purchase (excluded, whatever the plan)",
     )
     .await?;
+    d.refused_final(
+        &account,
+        &dp,
+        kinds::card("25.00", 7995, pb::CardChannel::Pos),
+        "a 25.00 card payment at a betting shop (merchant category 7995, blocked)",
+    )
+    .await?;
     d.refused(
         &payroll,
         &dp,
@@ -478,6 +487,56 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             "clinical_service",
         ),
         "crisis contact",
+    )
+    .await?;
+    // Respite care at an agreed day rate: paid only under the agreement,
+    // at its rate, for days already given.
+    let agreement = Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
+        agreement_id: d.id("respite-days"),
+        payee_ref: "respite-home".into(),
+        payee_kind: pb::PayeeKind::Provider as i32,
+        payee_sector: pb::Sector::Independent as i32,
+        category: "respite".into(),
+        unit: pb::Unit::Day as i32,
+        rate: "120.00".into(),
+        max_units_per_week: 7,
+        valid_from: "2026-04-01".into(),
+        valid_to: "2027-03-31".into(),
+        connected_person: false,
+    });
+    d.ok(
+        &icb,
+        &tp,
+        agreement,
+        "service agreement: respite at 120.00 a day",
+    )
+    .await?;
+    let agreement_id = d.id("respite-days");
+    let under = |amount: &str, days: &str| {
+        Kind::Payment(pb::Payment {
+            amount: amount.into(),
+            payee_kind: pb::PayeeKind::Provider as i32,
+            payee_ref: "respite-home".into(),
+            category: "respite".into(),
+            agreement_id: agreement_id.clone(),
+            units: days.into(),
+            service_from: "2026-05-04".into(),
+            service_to: "2026-05-06".into(),
+            ..Default::default()
+        })
+    };
+    d.ok(
+        &third,
+        &tp,
+        under("360.00", "3"),
+        "3 days of respite under the agreement",
+    )
+    .await?;
+    d.refused(
+        &third,
+        &tp,
+        under("400.00", "3"),
+        "400.00 for the same 3 days (not the agreed rate)",
     )
     .await?;
 

@@ -310,6 +310,29 @@ fn readme_tour() {
             lines[alcohol + 2].contains("retry of the same bytes: duplicate, FailedPrecondition")
         );
         assert_eq!(seq(lines[alcohol + 2]), recorded);
+        // The card payment at a betting shop: declined (merchant category
+        // 7995 is blocked), recorded and final like any decision.
+        let card = out
+            .lines()
+            .position(|l| l.contains("refused a 25.00 card payment at a betting shop"))
+            .unwrap_or_else(|| panic!("no card refusal:\n{out}"));
+        assert!(lines[card].contains("FailedPrecondition") && lines[card].contains("7995"));
+        assert!(seq(lines[card + 1]) > 0);
+        assert!(lines[card + 2].contains("retry of the same bytes: duplicate, FailedPrecondition"));
+        // The service agreement: paid at its rate, not above it.
+        assert!(
+            out.contains("service agreement: respite at 120.00 a day"),
+            "{out}"
+        );
+        assert!(
+            out.contains("3 days of respite under the agreement"),
+            "{out}"
+        );
+        let over = out
+            .lines()
+            .find(|l| l.contains("refused 400.00 for the same 3 days"))
+            .unwrap_or_else(|| panic!("no rate refusal:\n{out}"));
+        assert!(over.contains("rate 120.00"), "{over}");
         // GetCarePlan at the end: every line fully spent, contingency unused.
         let rows = demo_plan_rows(&out);
         let want = [
