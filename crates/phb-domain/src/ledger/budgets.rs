@@ -273,53 +273,19 @@ impl Ledger {
                 }
                 b.paid_in = b.paid_in.checked_add(amount).ok_or_else(overflow)?;
             }
-            BudgetChange::Payment { .. }
-            | BudgetChange::Purchase { .. }
-            | BudgetChange::Card { .. } => {
-                let (amount, category) = spending_of(change, b.plan.is_some())?;
-                if let Some(Category::Excluded { code, rule }) = categories::classify(category) {
-                    return Err(Reject::precondition(format!(
-                        "category {code:?} is excluded whatever the care plan says: {rule}"
-                    )));
-                }
-                if let BudgetChange::Payment {
-                    payee_kind,
-                    payee_ref,
-                    service,
-                    ..
-                } = change
-                {
-                    agreements::check_payment(
-                        &b, payee_kind, payee_ref, category, amount, service, on,
-                    )?;
-                }
-                let charge = match &b.plan {
-                    Some(plan) => Some(plan_charge(plan, category, amount, on)?),
-                    None => None,
-                };
-                let spendable = b.spendable();
-                if amount > spendable {
-                    let what = match b.management {
-                        Management::Notional => "available",
-                        _ => "held",
-                    };
-                    return Err(Reject::precondition(format!(
-                        "spending {amount} would overspend budget {:?}: only {spendable} is {what}",
-                        b.id
-                    )));
-                }
-                b.spent = b.spent.checked_add(amount).ok_or_else(overflow)?;
-                if let (Some(plan), Some(charge)) = (&mut b.plan, &charge) {
-                    plan.apply(charge);
-                }
-                b.spendings.insert(
-                    plans::PENDING,
-                    Spending {
-                        signer_id: signer.id.clone(),
-                        amount,
-                        refunded: Money::ZERO,
-                    },
-                );
+            BudgetChange::Payment {
+                amount, category, ..
+            }
+            | BudgetChange::Purchase {
+                amount, category, ..
+            } => spend(&mut b, signer, change, amount, category, on)?,
+            BudgetChange::Card {
+                amount,
+                mcc,
+                channel,
+            } => {
+                let category = card_category(mcc, channel, b.plan.is_some())?;
+                spend(&mut b, signer, change, amount, category, on)?
             }
             BudgetChange::ReviewAdjustment { delta } => {
                 let allocated = b.allocated.checked_add(delta).ok_or_else(overflow)?;
@@ -528,44 +494,87 @@ fn plan_charge(
     })
 }
 
-/// The amount and category of a spending event. A card payment's category
-/// comes from its merchant category code (`categories::category_of_mcc`);
+/// The category a card payment is charged to: from its merchant category
+/// code (`categories::category_of_mcc`), or `cash` for an ATM withdrawal;
 /// blocked codes and codes the ledger does not recognise decline the card,
-/// and cash (ATM) needs a care plan (whose `cash` line the plan check then
-/// requires).
-fn spending_of<'a>(change: BudgetChange<'a>, has_plan: bool) -> Result<(Money, &'a str), Reject> {
-    match change {
-        BudgetChange::Payment {
-            amount, category, ..
-        }
-        | BudgetChange::Purchase {
-            amount, category, ..
-        } => Ok((amount, category)),
-        BudgetChange::Card {
-            amount,
-            mcc,
-            channel,
-        } => {
-            if let Some((_, rule)) = categories::BLOCKED_MCCS.iter().find(|(c, _)| *c == mcc) {
-                return Err(Reject::precondition(format!(
-                    "merchant category {mcc} is blocked on personal health budget cards: {rule}"
-                )));
-            }
-            if channel == crate::event::CardChannel::Atm {
-                if !has_plan {
-                    return Err(Reject::precondition(
-                        "cash withdrawals are allowed only where the care plan has a cash line; this budget has no plan",
-                    ));
-                }
-                return Ok((amount, "cash"));
-            }
-            let category = categories::category_of_mcc(mcc).ok_or_else(|| {
-                Reject::precondition(format!(
-                    "merchant category {mcc} is not one the ledger maps to a spending category; the card is declined: pay by invoice"
-                ))
-            })?;
-            Ok((amount, category))
-        }
-        _ => Err(Reject::precondition("internal: not a spending event")),
+/// and cash needs a care plan (whose `cash` line the plan check requires).
+fn card_category(
+    mcc: u32,
+    channel: crate::event::CardChannel,
+    has_plan: bool,
+) -> Result<&'static str, Reject> {
+    if let Some((_, rule)) = categories::BLOCKED_MCCS.iter().find(|(c, _)| *c == mcc) {
+        return Err(Reject::precondition(format!(
+            "merchant category {mcc} is blocked on personal health budget cards: {rule}"
+        )));
     }
+    if channel == crate::event::CardChannel::Atm {
+        if !has_plan {
+            return Err(Reject::precondition(
+                "cash withdrawals are allowed only where the care plan has a cash line; this budget has no plan",
+            ));
+        }
+        return Ok("cash");
+    }
+    categories::category_of_mcc(mcc).ok_or_else(|| {
+        Reject::precondition(format!(
+            "merchant category {mcc} is not one the ledger maps to a spending category; the card is declined: pay by invoice"
+        ))
+    })
+}
+
+/// A spending of `amount` in `category` (a Payment, Purchase or approved
+/// card payment): the category exclusions, the service agreement (for a
+/// payment), the care plan, then the money; on success `b` records it.
+fn spend(
+    b: &mut Budget,
+    signer: &Organisation,
+    change: BudgetChange<'_>,
+    amount: Money,
+    category: &str,
+    on: Date,
+) -> Result<(), Reject> {
+    let overflow = || Reject::precondition("amount would overflow the budget's totals");
+    if let Some(Category::Excluded { code, rule }) = categories::classify(category) {
+        return Err(Reject::precondition(format!(
+            "category {code:?} is excluded whatever the care plan says: {rule}"
+        )));
+    }
+    if let BudgetChange::Payment {
+        payee_kind,
+        payee_ref,
+        service,
+        ..
+    } = change
+    {
+        agreements::check_payment(b, payee_kind, payee_ref, category, amount, service, on)?;
+    }
+    let charge = match &b.plan {
+        Some(plan) => Some(plan_charge(plan, category, amount, on)?),
+        None => None,
+    };
+    let spendable = b.spendable();
+    if amount > spendable {
+        let what = match b.management {
+            Management::Notional => "available",
+            _ => "held",
+        };
+        return Err(Reject::precondition(format!(
+            "spending {amount} would overspend budget {:?}: only {spendable} is {what}",
+            b.id
+        )));
+    }
+    b.spent = b.spent.checked_add(amount).ok_or_else(overflow)?;
+    if let (Some(plan), Some(charge)) = (&mut b.plan, &charge) {
+        plan.apply(charge);
+    }
+    b.spendings.insert(
+        plans::PENDING,
+        Spending {
+            signer_id: signer.id.clone(),
+            amount,
+            refunded: Money::ZERO,
+        },
+    );
+    Ok(())
 }
