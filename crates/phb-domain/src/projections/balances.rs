@@ -1,6 +1,6 @@
 //! Balances: every budget's figures, folded from committed entries.
 
-use super::{Committed, Projection};
+use super::{plus, Committed, Projection};
 use crate::categories;
 use crate::event::{CardChannel, Date, EventKind};
 use crate::ledger::{Budget, CarePlan, Spending};
@@ -31,13 +31,6 @@ impl Balances {
     pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
         self.budgets.values()
     }
-}
-
-/// `a + b`; the write model refused anything that would overflow, so an
-/// overflow here means the entry was never decided: a bug, not input.
-fn plus(a: Money, b: Money) -> Money {
-    a.checked_add(b)
-        .expect("committed amounts were checked for overflow by the write model")
 }
 
 /// A committed spending: the same figures, refund record and plan charge

@@ -7,7 +7,7 @@
 //! appear. The figures are the same sums as `Balances`' (`paid_in`, `spent`,
 //! `held = paid_in − spent`), so totals reconcile to the balances exactly.
 
-use super::{Committed, Projection};
+use super::{plus, Committed, Projection};
 use crate::event::{EventKind, Management};
 use crate::money::Money;
 use std::collections::BTreeMap;
@@ -95,11 +95,6 @@ impl Holdings {
         let holder = self.holder_of.get(budget_id)?;
         self.by_holder.get(holder)?.get(budget_id)
     }
-}
-
-fn plus(a: Money, b: Money) -> Money {
-    a.checked_add(b)
-        .expect("committed amounts and their sums fit: the write model checked them")
 }
 
 /// `a - b` (the write model keeps figures from going negative).

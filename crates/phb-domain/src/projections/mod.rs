@@ -19,7 +19,16 @@ pub use statements::{StatementRow, Statements};
 use crate::chain::{LogEntry, Refusal};
 use crate::event::Event;
 use crate::ledger::{Budget, Head, Reader};
+use crate::money::Money;
 use ed25519_dalek::VerifyingKey;
+
+/// `a + b` over committed figures. The write model refused anything whose
+/// sums would overflow, so an overflow here means an entry was folded that
+/// was never decided: a bug, not input.
+fn plus(a: Money, b: Money) -> Money {
+    a.checked_add(b)
+        .expect("committed amounts were checked for overflow by the write model")
+}
 
 /// A committed entry as projections see it: where it stands in the log, who
 /// signed it, its decoded event, and whether it records a refusal (then it

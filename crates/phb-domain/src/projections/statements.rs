@@ -13,7 +13,7 @@
 //! memory for the life of the process (ARCHITECTURE.md, "Known limits").
 //! A refusal's message stays in the log: readers fetch it by sequence.
 
-use super::{Committed, Projection};
+use super::{plus, Committed, Projection};
 use crate::event::{EventKind, Management};
 use crate::money::Money;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,11 +76,6 @@ pub struct Statements {
     budgets: BTreeMap<String, Statement>,
     /// Signer ids, shared by the rows that name them.
     signers: BTreeSet<Arc<str>>,
-}
-
-fn plus(a: Money, b: Money) -> Money {
-    a.checked_add(b)
-        .expect("committed amounts were checked for overflow by the write model")
 }
 
 fn negative(a: Money) -> Money {
