@@ -745,7 +745,7 @@ async fn submit(
             atomic,
         })
         .await
-        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     let mut failed = false;
     for r in resp.results {
@@ -759,6 +759,12 @@ async fn submit(
     Ok(())
 }
 
+/// A refused call as the CLI reports it: the gRPC code and the server's
+/// message, which says what to change.
+fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", s.code(), s.message())
+}
+
 async fn balance(server: String, signer: Signer, budget_id: Option<String>) -> Result<()> {
     let mut client = connect(&server).await?;
     let balances = match budget_id {
@@ -770,7 +776,7 @@ async fn balance(server: String, signer: Signer, budget_id: Option<String>) -> R
             let b = client
                 .get_balance(req)
                 .await
-                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .map_err(rpc_error)?
                 .into_inner()
                 .balance;
             b.into_iter().collect()
@@ -792,7 +798,7 @@ async fn holdings(server: String, signer: Signer, organisation_id: String) -> Re
     let h = client
         .get_holdings(req)
         .await
-        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", json_event::holdings_total_json(&h));
     for row in &h.holdings {
@@ -810,7 +816,7 @@ async fn plan(server: String, signer: Signer, budget_id: String) -> Result<()> {
     let p = client
         .get_care_plan(req)
         .await
-        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", json_event::care_plan_json(&p));
     Ok(())
@@ -831,7 +837,7 @@ async fn statement(server: String, signer: Signer, budget_id: String) -> Result<
         let page = client
             .get_budget_statement(req)
             .await
-            .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+            .map_err(rpc_error)?
             .into_inner();
         for row in &page.rows {
             println!("{}", json_event::statement_row_json(row));
