@@ -9,15 +9,6 @@ use phb_client::{kinds, Kind, Signer};
 use phb_proto::v1 as pb;
 use tonic::Code;
 
-/// The date `days` from today (UTC), as YYYY-MM-DD.
-fn day(days: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
-    phb_domain::event::Date::from_unix_micros(now + days * 86_400_000_000).to_string()
-}
-
 /// An hourly agreement with `payee`, in force from 60 days ago for a year.
 fn agreement(id: &str, payee: &str, rate: &str, max_per_week: u32, connected: bool) -> Kind {
     Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {

@@ -13,15 +13,6 @@ fn provider() -> pb::PayeeKind {
     pb::PayeeKind::Provider
 }
 
-/// The date `days` from today (UTC), as YYYY-MM-DD.
-fn day(days: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
-    phb_domain::event::Date::from_unix_micros(now + days * 86_400_000_000).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspension_stops_money_moving_until_resumed() {
     let w = World::new().await;

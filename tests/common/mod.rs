@@ -27,6 +27,15 @@ pub const LEDGER_ID: &str = "phb-test";
 /// How long the server may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The date `days` from today (UTC), as YYYY-MM-DD.
+pub fn day(days: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    phb_domain::event::Date::from_unix_micros(now + days * 86_400_000_000).to_string()
+}
+
 /// The gRPC code number of `c`, as carried in `AppendResult.error.code`.
 pub fn code(c: Code) -> i32 {
     c as i32
