@@ -853,6 +853,25 @@ fn key32(field: &str, bytes: &[u8]) -> Result<[u8; 32], Reject> {
     })
 }
 
+/// Two dates `(name, text)` of message `f` that bound a period: both must
+/// parse, and the end may not come before the start (a one-day period has
+/// the same date twice).
+fn parse_date_range(
+    f: &str,
+    (start_name, start): (&str, &str),
+    (end_name, end): (&str, &str),
+) -> Result<(Date, Date), Reject> {
+    let from = parse_date(&format!("{f}.{start_name}"), start)?;
+    let to = parse_date(&format!("{f}.{end_name}"), end)?;
+    if to < from {
+        return Err(Reject::invalid(
+            format!("{f}.{end_name}"),
+            format!("{end_name} {to} is before {start_name} {from}"),
+        ));
+    }
+    Ok((from, to))
+}
+
 /// Parses "YYYY-MM-DD" strictly.
 pub fn parse_date(field: &str, s: &str) -> Result<Date, Reject> {
     let bad = || {
@@ -1080,14 +1099,11 @@ fn decode_claim(f: &str, p: &pb::Payment, kind: PayeeKind) -> Result<Option<Serv
     check_id(&format!("{f}.agreement_id"), &p.agreement_id, MAX_ID_LEN)?;
     let units = money::parse_positive(&p.units)
         .map_err(|e| Reject::invalid(format!("{f}.units"), e.to_string()))?;
-    let from = parse_date(&format!("{f}.service_from"), &p.service_from)?;
-    let to = parse_date(&format!("{f}.service_to"), &p.service_to)?;
-    if to < from {
-        return Err(Reject::invalid(
-            format!("{f}.service_to"),
-            format!("service_to {to} is before service_from {from}"),
-        ));
-    }
+    let (from, to) = parse_date_range(
+        f,
+        ("service_from", &p.service_from),
+        ("service_to", &p.service_to),
+    )?;
     Ok(Some(ServiceClaim {
         agreement_id: p.agreement_id.clone(),
         units,
@@ -1126,14 +1142,8 @@ fn decode_agreement(a: pb::ServiceAgreementApproved) -> Result<AgreementSpec, Re
     };
     let rate = money::parse_positive(&a.rate)
         .map_err(|e| Reject::invalid(format!("{f}.rate"), e.to_string()))?;
-    let valid_from = parse_date(&format!("{f}.valid_from"), &a.valid_from)?;
-    let valid_to = parse_date(&format!("{f}.valid_to"), &a.valid_to)?;
-    if valid_to < valid_from {
-        return Err(Reject::invalid(
-            format!("{f}.valid_to"),
-            format!("valid_to {valid_to} is before valid_from {valid_from}"),
-        ));
-    }
+    let (valid_from, valid_to) =
+        parse_date_range(f, ("valid_from", &a.valid_from), ("valid_to", &a.valid_to))?;
     Ok(AgreementSpec {
         agreement_id: a.agreement_id,
         payee_ref: a.payee_ref,
@@ -1189,15 +1199,9 @@ fn decode_plan(p: pb::CarePlanApproved) -> Result<PlanSpec, Reject> {
     }
     let contingency = money::parse_non_negative(&p.contingency_amount)
         .map_err(|e| Reject::invalid(format!("{f}.contingency_amount"), e.to_string()))?;
-    let valid_from = parse_date(&format!("{f}.valid_from"), &p.valid_from)?;
-    let valid_to = parse_date(&format!("{f}.valid_to"), &p.valid_to)?;
+    let (valid_from, valid_to) =
+        parse_date_range(f, ("valid_from", &p.valid_from), ("valid_to", &p.valid_to))?;
     let review_due = parse_date(&format!("{f}.review_due"), &p.review_due)?;
-    if valid_to < valid_from {
-        return Err(Reject::invalid(
-            format!("{f}.valid_to"),
-            format!("valid_to {valid_to} is before valid_from {valid_from}"),
-        ));
-    }
     if review_due < valid_from {
         return Err(Reject::invalid(
             format!("{f}.review_due"),
@@ -1261,14 +1265,11 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
             let f = "kind.budget_opened";
             check_id(&format!("{f}.holder_ref"), &b.holder_ref, MAX_REF_LEN)?;
             check_id(&format!("{f}.commissioner_id"), &b.commissioner_id, MAX_ID_LEN)?;
-            let period_start = parse_date(&format!("{f}.period_start"), &b.period_start)?;
-            let period_end = parse_date(&format!("{f}.period_end"), &b.period_end)?;
-            if period_end < period_start {
-                return Err(Reject::invalid(
-                    format!("{f}.period_end"),
-                    format!("period_end {period_end} is before period_start {period_start}"),
-                ));
-            }
+            let (period_start, period_end) = parse_date_range(
+                f,
+                ("period_start", &b.period_start),
+                ("period_end", &b.period_end),
+            )?;
             let management = match pb::Management::try_from(b.management) {
                 Ok(pb::Management::DirectPayment) => Management::DirectPayment,
                 Ok(pb::Management::ThirdParty) => Management::ThirdParty,
