@@ -485,6 +485,19 @@ impl Group {
         self.staged.len()
     }
 
+    /// Stages the entry that records `reject`, answered as a refusal
+    /// recorded by this submission.
+    fn stage_refusal(&mut self, a: Admitted, reject: Reject) -> Outcome {
+        let out = Outcome::Refused {
+            reject,
+            sequence: a.entry.sequence,
+            entry_hash: a.entry.hash,
+            duplicate: false,
+        };
+        self.stage(a);
+        out
+    }
+
     fn stage(&mut self, a: Admitted) {
         let key = (a.entry.signed.signer_id.clone(), a.event.event_id.clone());
         let previous = self.keys.insert(key, self.staged.len());
@@ -658,16 +671,7 @@ impl Writer {
                 group.stage(*a);
                 out
             }
-            Ok(Admission::Refused(a, reject)) => {
-                let out = Outcome::Refused {
-                    reject,
-                    sequence: a.entry.sequence,
-                    entry_hash: a.entry.hash,
-                    duplicate: false,
-                };
-                group.stage(*a);
-                out
-            }
+            Ok(Admission::Refused(a, reject)) => group.stage_refusal(*a, reject),
             Err(r) => Outcome::Rejected(r),
         };
         Answer {
@@ -738,16 +742,7 @@ impl Writer {
                     aborted.clone()
                 };
                 let outcome = match r {
-                    Ok(Admission::Refused(a, reject)) => {
-                        let out = Outcome::Refused {
-                            reject,
-                            sequence: a.entry.sequence,
-                            entry_hash: a.entry.hash,
-                            duplicate: false,
-                        };
-                        group.stage(*a);
-                        out
-                    }
+                    Ok(Admission::Refused(a, reject)) => group.stage_refusal(*a, reject),
                     Ok(Admission::Duplicate(s)) if s.refusal.is_some() => duplicate(s),
                     // Already applied earlier, or not recordable: answered,
                     // not recorded.
