@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use phb_client::{kinds, Kind, Signer};
+use phb_client::{kinds, Kind};
 use phb_proto::v1 as pb;
 use tonic::Code;
 
@@ -190,22 +190,11 @@ async fn a_payroll_run_is_one_atomic_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connected_persons_and_who_approves() {
     let mut w = World::new().await;
-    let (c, root) = (w.commissioner.clone(), w.server.root.clone());
+    let c = w.commissioner.clone();
     let d = "agree-conn";
     w.open_direct(d).await;
     w.fund(d, "1000.00", Some("1000.00")).await;
-    let f = Signer::generate("facilitator-conn");
-    w.ok(
-        &root,
-        "",
-        kinds::register(
-            &f.id,
-            &[pb::Role::PlanFacilitator],
-            &f.public_key().to_bytes(),
-        ),
-    )
-    .await;
-    w.ok(&c, d, kinds::appoint_facilitator(&f.id)).await;
+    let f = w.appoint_facilitator(d).await;
     // The facilitator may approve an ordinary agreement, not a connected one.
     w.ok(&f, d, agreement("pa-5", "pa-5", "11.00", 0, false))
         .await;

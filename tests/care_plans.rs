@@ -12,29 +12,6 @@ fn provider() -> pb::PayeeKind {
     pb::PayeeKind::Provider
 }
 
-/// Registers a plan facilitator and appoints it on budget `d`.
-async fn facilitator(w: &World, d: &str) -> Signer {
-    let f = Signer::generate(format!("facilitator-{d}"));
-    let root = w.server.root.clone();
-    w.ok(
-        &root,
-        "",
-        kinds::register(
-            &f.id,
-            &[pb::Role::PlanFacilitator],
-            &f.public_key().to_bytes(),
-        ),
-    )
-    .await;
-    w.ok(
-        &w.commissioner.clone(),
-        d,
-        kinds::appoint_facilitator(&f.id),
-    )
-    .await;
-    f
-}
-
 async fn care_plan(
     w: &World,
     reader: &Signer,
@@ -67,7 +44,7 @@ async fn the_fifteen_percent_rule_on_both_sides_of_the_line() {
     let d = "plan-15";
     w.open_direct(d).await;
     w.fund(d, "1000.00", None).await;
-    let f = facilitator(&w, d).await;
+    let f = w.appoint_facilitator(d).await;
     // 114.99 %: the facilitator may.
     w.ok(&f, d, plan_of("1099.90", "50.00")).await;
     // Exactly 115 %: not *more* than 15 % above, so the facilitator may.
@@ -217,7 +194,7 @@ async fn the_northamptonshire_plan() {
     let d = "northants";
     w.open_direct(d).await;
     w.fund(d, "4800.00", Some("4800.00")).await;
-    let f = facilitator(&w, d).await;
+    let f = w.appoint_facilitator(d).await;
     let lines = [
         (
             "cmht",

@@ -707,6 +707,30 @@ impl World {
         r
     }
 
+    /// Registers a plan facilitator, `facilitator-{budget_id}`, and the
+    /// commissioner appoints it on the budget.
+    pub async fn appoint_facilitator(&self, budget_id: &str) -> Signer {
+        let f = Signer::generate(format!("facilitator-{budget_id}"));
+        let root = self.server.root.clone();
+        self.ok(
+            &root,
+            "",
+            kinds::register(
+                &f.id,
+                &[pb::Role::PlanFacilitator],
+                &f.public_key().to_bytes(),
+            ),
+        )
+        .await;
+        self.ok(
+            &self.commissioner.clone(),
+            budget_id,
+            kinds::appoint_facilitator(&f.id),
+        )
+        .await;
+        f
+    }
+
     /// Opens a direct-payment budget with the account provider and payroll provider.
     pub async fn open_direct(&self, budget_id: &str) -> u64 {
         let k = kinds::open(
