@@ -285,16 +285,8 @@ async fn the_root_key_is_bound_to_the_data_directory() {
                 &extra.public_key().to_bytes(),
             ),
         );
-        let r = client
-            .clone()
-            .append(pb::AppendRequest {
-                events: vec![reg],
-                atomic: false,
-            })
-            .await
-            .expect("Append")
-            .into_inner();
-        assert_written(&r.results[0]);
+        let r = append_events(&client, vec![reg], false).await;
+        assert_written(&r[0]);
         assert!(!s.stderr().contains("does not verify"), "{}", s.stderr());
     }
     assert_eq!(
@@ -418,16 +410,8 @@ async fn data_is_private_whatever_the_umask() {
         "",
         kinds::register(&org.id, &[pb::Role::Auditor], &org.public_key().to_bytes()),
     ));
-    let r = client
-        .clone()
-        .append(pb::AppendRequest {
-            events: vec![reg],
-            atomic: false,
-        })
-        .await
-        .expect("Append")
-        .into_inner();
-    assert_written(&r.results[0]);
+    let r = append_events(&client, vec![reg], false).await;
+    assert_written(&r[0]);
     let stderr = s.stderr();
     assert!(
         stderr.contains("now 0700"),

@@ -36,6 +36,35 @@ pub fn day(days: i64) -> String {
     phb_domain::event::Date::from_unix_micros(now + days * 86_400_000_000).to_string()
 }
 
+/// Appends signed events through `client`; the RPC must succeed and answer
+/// every event, in request order.
+pub async fn append_events(
+    client: &Client,
+    events: Vec<pb::SignedEvent>,
+    atomic: bool,
+) -> Vec<pb::AppendResult> {
+    let n = events.len();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| {
+            <pb::Event as prost::Message>::decode(e.event.as_slice())
+                .map(|e| e.event_id)
+                .unwrap_or_default()
+        })
+        .collect();
+    let resp = client
+        .clone()
+        .append(pb::AppendRequest { events, atomic })
+        .await
+        .expect("Append RPC failed")
+        .into_inner();
+    assert_eq!(resp.results.len(), n, "one result per event");
+    for (r, id) in resp.results.iter().zip(ids) {
+        assert_eq!(r.event_id, id, "results echo event ids in request order");
+    }
+    resp.results
+}
+
 /// The gRPC code number of `c`, as carried in `AppendResult.error.code`.
 pub fn code(c: Code) -> i32 {
     c as i32
@@ -624,27 +653,7 @@ impl World {
         events: Vec<pb::SignedEvent>,
         atomic: bool,
     ) -> Vec<pb::AppendResult> {
-        let n = events.len();
-        let ids: Vec<String> = events
-            .iter()
-            .map(|e| {
-                <pb::Event as prost::Message>::decode(e.event.as_slice())
-                    .map(|e| e.event_id)
-                    .unwrap_or_default()
-            })
-            .collect();
-        let resp = self
-            .client
-            .clone()
-            .append(pb::AppendRequest { events, atomic })
-            .await
-            .expect("Append RPC failed")
-            .into_inner();
-        assert_eq!(resp.results.len(), n, "one result per event");
-        for (r, id) in resp.results.iter().zip(ids) {
-            assert_eq!(r.event_id, id, "results echo event ids in request order");
-        }
-        resp.results
+        append_events(&self.client, events, atomic).await
     }
 
     /// Appends one signed event.
