@@ -13,7 +13,7 @@
 //!
 //! Run: `cargo bench --bench append` (EVENTS=N to change the count).
 
-use phb_client::{event, kinds, Signer};
+use phb_client::{event, kinds, Kind, Signer};
 use phb_domain::chain::SignedEvent;
 use phb_engine::{Engine, EngineConfig, Outcome, Submission};
 use phb_proto::v1 as pb;
@@ -57,6 +57,48 @@ impl Figures {
     }
 }
 
+/// A care plan with one respite line, in force from 2026 to 2099 (spending
+/// needs a plan in force with a line for its category).
+fn bench_plan() -> Kind {
+    let mut k = kinds::plan(
+        "plan",
+        &[("respite", "respite", "1000000.00", "respite")],
+        "0.00",
+    );
+    if let Kind::CarePlanApproved(p) = &mut k {
+        p.valid_to = "2099-12-31".into();
+    }
+    k
+}
+
+/// The agreement every benchmark payment is made under: 0.01 an item, no
+/// weekly limit (a provider is paid only under one).
+fn bench_agreement() -> Kind {
+    let mut k = kinds::agreement("agr", "prov", "respite", "0.01", 0);
+    if let Kind::ServiceAgreementApproved(a) = &mut k {
+        a.payee_kind = pb::PayeeKind::Provider as i32;
+        a.payee_sector = pb::Sector::Independent as i32;
+        a.unit = pb::Unit::Item as i32;
+        a.valid_to = "2099-12-31".into();
+    }
+    k
+}
+
+/// One 0.01 payment under the agreement, for an item given on 2026-04-01.
+fn bench_payment() -> Kind {
+    Kind::Payment(pb::Payment {
+        amount: "0.01".into(),
+        payee_kind: pb::PayeeKind::Provider as i32,
+        payee_ref: "prov".into(),
+        category: "respite".into(),
+        agreement_id: "agr".into(),
+        units: "1".into(),
+        service_from: "2026-04-01".into(),
+        service_to: "2026-04-01".into(),
+        ..Default::default()
+    })
+}
+
 async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, usize) {
     let root = Signer::generate("root");
     let icb = Signer::generate("icb");
@@ -98,6 +140,8 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
             kinds::allocate("1000000.00", pb::AllocationBasis::OneOff),
         )),
         icb.sign(&event(LEDGER, "d", "b", kinds::disburse("1000000.00"))),
+        icb.sign(&event(LEDGER, "p", "b", bench_plan())),
+        icb.sign(&event(LEDGER, "g", "b", bench_agreement())),
     ];
     let subs = setup
         .into_iter()
@@ -116,14 +160,7 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let events = (0..n)
-        .map(|i| {
-            tp.sign(&event(
-                LEDGER,
-                &format!("p{i}"),
-                "b",
-                kinds::pay("0.01", pb::PayeeKind::Provider, "prov", "care"),
-            ))
-        })
+        .map(|i| tp.sign(&event(LEDGER, &format!("p{i}"), "b", bench_payment())))
         .collect();
     (engine, tp, events, n)
 }

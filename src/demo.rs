@@ -206,6 +206,56 @@ pub async fn list_all(client: &mut Client, reader: &Signer) -> Result<Vec<pb::Ba
     }
 }
 
+/// A ServiceAgreementApproved in force over the budget year, with a
+/// payee who is not a connected person.
+fn agreement(
+    id: &str,
+    payee_ref: &str,
+    (payee_kind, payee_sector): (pb::PayeeKind, pb::Sector),
+    category: &str,
+    unit: pb::Unit,
+    rate: &str,
+    max_units_per_week: u32,
+) -> Kind {
+    Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
+        agreement_id: id.into(),
+        payee_ref: payee_ref.into(),
+        payee_kind: payee_kind as i32,
+        payee_sector: payee_sector as i32,
+        category: category.into(),
+        unit: unit as i32,
+        rate: rate.into(),
+        max_units_per_week,
+        valid_from: "2026-04-01".into(),
+        valid_to: "2027-03-31".into(),
+        connected_person: false,
+    })
+}
+
+/// A Payment under agreement `id` for `units` over the service period
+/// `(from, to)`.
+fn under(
+    id: &str,
+    amount: &str,
+    units: &str,
+    payee_kind: pb::PayeeKind,
+    payee_ref: &str,
+    category: &str,
+    (from, to): (&str, &str),
+) -> Kind {
+    Kind::Payment(pb::Payment {
+        amount: amount.into(),
+        payee_kind: payee_kind as i32,
+        payee_ref: payee_ref.into(),
+        category: category.into(),
+        agreement_id: id.into(),
+        units: units.into(),
+        service_from: from.into(),
+        service_to: to.into(),
+        ..Default::default()
+    })
+}
+
 /// Runs the scenario against `server`.
 pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     let client = LedgerServiceClient::connect(server.to_string())
@@ -352,61 +402,143 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         "care plan approved by the facilitator: 6 lines + 25.80 contingency = 4800.00",
     )
     .await?;
+    // Providers and personal assistants are paid only under an approved
+    // service agreement, at its rate, for a service period already over.
+    let cmht = d.id("cmht-sessions");
+    let psych = d.id("psych-visits");
+    for (id, payee, what) in [
+        (&cmht, "cmht-1", "CMHT sessions at 202.04 each"),
+        (&psych, "psych-1", "psychiatric visits at 202.04 each"),
+    ] {
+        let k = agreement(
+            id,
+            payee,
+            (pb::PayeeKind::Provider, pb::Sector::Nhs),
+            "clinical_service",
+            pb::Unit::Item,
+            "202.04",
+            0,
+        );
+        d.ok(&facilitator, &dp, k, &format!("service agreement: {what}"))
+            .await?;
+    }
+    let april = ("2026-04-06", "2026-04-30");
     d.ok(
         &account,
         &dp,
-        kinds::pay(
+        under(
+            &cmht,
             "808.16",
+            "4",
             pb::PayeeKind::Provider,
             "cmht-1",
             "clinical_service",
+            april,
         ),
-        "4 CMHT sessions (4 x 202.04)",
+        "4 CMHT sessions (4 x 202.04), under the agreement",
     )
     .await?;
     d.ok(
+        &account,
+        &dp,
+        under(
+            &psych,
+            "202.04",
+            "1",
+            pb::PayeeKind::Provider,
+            "psych-1",
+            "clinical_service",
+            april,
+        ),
+        "1 psychiatric visit, under the agreement",
+    )
+    .await?;
+    d.refused(
         &account,
         &dp,
         kinds::pay(
             "202.04",
             pb::PayeeKind::Provider,
-            "psych-1",
+            "cmht-1",
             "clinical_service",
         ),
-        "1 psychiatric visit",
+        "a CMHT invoice naming no agreement",
     )
     .await?;
-    // Wages for the personal assistants' 6 h/week at £7.00/h, posted by the
-    // payroll provider as one atomic batch: all of it or none of it.
-    let wages = [
-        ("pa-3b", "1092.00"),
-        ("pa-5e", "728.00"),
-        ("pa-8a", "364.00"),
-    ];
-    let batch = wages
+    // Three personal assistants share the plan's 6 hours a week at £7.00
+    // an hour, each under an agreement with a weekly limit.
+    let pas = [("pa-3b", 3u32), ("pa-5e", 2), ("pa-8a", 1)];
+    for (pa, hours) in pas {
+        let k = agreement(
+            &d.id(&format!("agr-{pa}")),
+            pa,
+            (pb::PayeeKind::PersonalAssistant, pb::Sector::Individual),
+            "personal_assistant",
+            pb::Unit::Hour,
+            "7.00",
+            hours,
+        );
+        let what = format!("service agreement: {pa}, {hours} h/week at 7.00 an hour");
+        d.ok(&facilitator, &dp, k, &what).await?;
+    }
+    // Eight weeks of wages in arrears and the employer's pension
+    // contribution, posted by the payroll provider as one atomic batch:
+    // all of it or none of it.
+    let period = ("2026-04-06", "2026-05-31");
+    let mut run: Vec<(String, Kind)> = pas
         .iter()
-        .map(|(pa, amount)| {
-            d.sign(
-                &payroll,
-                &dp,
-                kinds::pay(
-                    amount,
-                    pb::PayeeKind::PersonalAssistant,
-                    pa,
-                    "personal_assistant",
-                ),
-            )
+        .map(|(pa, hours)| {
+            let units = hours * 8;
+            let amount = format!("{}.00", units * 7);
+            let k = under(
+                &d.id(&format!("agr-{pa}")),
+                &amount,
+                &units.to_string(),
+                pb::PayeeKind::PersonalAssistant,
+                pa,
+                "personal_assistant",
+                period,
+            );
+            (format!("wages {amount} to {pa} ({units} h)"), k)
         })
+        .collect();
+    run.push((
+        "employer pension 10.08 (3 % of 336.00) to the pension scheme".to_string(),
+        kinds::pay(
+            "10.08",
+            pb::PayeeKind::PensionScheme,
+            "nest-1",
+            "personal_assistant",
+        ),
+    ));
+    let batch = run
+        .iter()
+        .map(|(_, k)| d.sign(&payroll, &dp, k.clone()))
         .collect();
     println!("  payroll run by {}: one atomic Append", payroll.id);
     let results = d.append(batch, true).await?;
-    for (r, (pa, amount)) in results.iter().zip(wages) {
+    for (r, (what, _)) in results.iter().zip(&run) {
         let e = r.error.clone().unwrap_or_default();
         if e.code != 0 {
             bail!("payroll run refused ({}): {}", code_name(e.code), e.message);
         }
-        println!("  #{:<4}   wages {amount} to {pa}", r.sequence);
+        println!("  #{:<4}   {what}", r.sequence);
     }
+    d.refused(
+        &payroll,
+        &dp,
+        under(
+            &d.id("agr-pa-8a"),
+            "70.00",
+            "10",
+            pb::PayeeKind::PersonalAssistant,
+            "pa-8a",
+            "personal_assistant",
+            period,
+        ),
+        "10 hours for pa-8a over 8 weeks (agreed: at most 1 a week)",
+    )
+    .await?;
     d.ok(
         &account,
         &dp,
@@ -478,64 +610,98 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     )
     .await?;
     d.ok(
+        &icb,
+        &tp,
+        kinds::plan(
+            &d.id("plan-tp"),
+            &[
+                (
+                    "crisis",
+                    "clinical_service",
+                    "1000.00",
+                    "crisis team contacts",
+                ),
+                ("respite", "respite", "2855.00", "respite days"),
+            ],
+            "0.00",
+        ),
+        "care plan approved by the commissioner: crisis contacts and respite",
+    )
+    .await?;
+    let crisis = d.id("crisis-contacts");
+    let k = agreement(
+        &crisis,
+        "crisis-team",
+        (pb::PayeeKind::Provider, pb::Sector::Nhs),
+        "clinical_service",
+        pb::Unit::Item,
+        "180.71",
+        0,
+    );
+    d.ok(
+        &icb,
+        &tp,
+        k,
+        "service agreement: crisis contacts at 180.71 each",
+    )
+    .await?;
+    d.ok(
         &third,
         &tp,
-        kinds::pay(
+        under(
+            &crisis,
             "180.71",
+            "1",
             pb::PayeeKind::Provider,
             "crisis-team",
             "clinical_service",
+            april,
         ),
         "crisis contact",
     )
     .await?;
     // Respite care at an agreed day rate: paid only under the agreement,
     // at its rate, for days already given.
-    let agreement = Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
-        agreement_id: d.id("respite-days"),
-        payee_ref: "respite-home".into(),
-        payee_kind: pb::PayeeKind::Provider as i32,
-        payee_sector: pb::Sector::Independent as i32,
-        category: "respite".into(),
-        unit: pb::Unit::Day as i32,
-        rate: "120.00".into(),
-        max_units_per_week: 7,
-        valid_from: "2026-04-01".into(),
-        valid_to: "2027-03-31".into(),
-        connected_person: false,
-    });
-    d.ok(
-        &icb,
-        &tp,
-        agreement,
-        "service agreement: respite at 120.00 a day",
-    )
-    .await?;
-    let agreement_id = d.id("respite-days");
-    let under = |amount: &str, days: &str| {
-        Kind::Payment(pb::Payment {
-            amount: amount.into(),
-            payee_kind: pb::PayeeKind::Provider as i32,
-            payee_ref: "respite-home".into(),
-            category: "respite".into(),
-            agreement_id: agreement_id.clone(),
-            units: days.into(),
-            service_from: "2026-05-04".into(),
-            service_to: "2026-05-06".into(),
-            ..Default::default()
-        })
-    };
+    let respite = d.id("respite-days");
+    let k = agreement(
+        &respite,
+        "respite-home",
+        (pb::PayeeKind::Provider, pb::Sector::Independent),
+        "respite",
+        pb::Unit::Day,
+        "120.00",
+        7,
+    );
+    d.ok(&icb, &tp, k, "service agreement: respite at 120.00 a day")
+        .await?;
+    let days = ("2026-05-04", "2026-05-06");
     d.ok(
         &third,
         &tp,
-        under("360.00", "3"),
+        under(
+            &respite,
+            "360.00",
+            "3",
+            pb::PayeeKind::Provider,
+            "respite-home",
+            "respite",
+            days,
+        ),
         "3 days of respite under the agreement",
     )
     .await?;
     d.refused(
         &third,
         &tp,
-        under("400.00", "3"),
+        under(
+            &respite,
+            "400.00",
+            "3",
+            pb::PayeeKind::Provider,
+            "respite-home",
+            "respite",
+            days,
+        ),
         "400.00 for the same 3 days (not the agreed rate)",
     )
     .await?;
@@ -551,11 +717,42 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &icb,
         &no,
-        kinds::pay(
+        kinds::plan(
+            &d.id("plan-notional"),
+            &[("cmht", "clinical_service", "6061.20", "CMHT contacts")],
+            "0.00",
+        ),
+        "care plan approved by the commissioner: CMHT contacts",
+    )
+    .await?;
+    let contacts = d.id("cmht-contacts");
+    let k = agreement(
+        &contacts,
+        "cmht-1",
+        (pb::PayeeKind::Provider, pb::Sector::Nhs),
+        "clinical_service",
+        pb::Unit::Item,
+        "202.04",
+        0,
+    );
+    d.ok(
+        &icb,
+        &no,
+        k,
+        "service agreement: CMHT contacts at 202.04 each",
+    )
+    .await?;
+    d.ok(
+        &icb,
+        &no,
+        under(
+            &contacts,
             "202.04",
+            "1",
             pb::PayeeKind::Provider,
             "cmht-1",
             "clinical_service",
+            april,
         ),
         "CMHT contact",
     )

@@ -39,6 +39,31 @@ fn enum_field(
     parse(&full).ok_or_else(|| anyhow!("{name}: {s:?} is not a known value"))
 }
 
+fn sector_field(obj: &Map<String, Value>, name: &str) -> Result<i32> {
+    enum_field(obj, name, "SECTOR_", |s| {
+        pb::Sector::from_str_name(s).map(|v| v as i32)
+    })
+}
+
+fn u32_field(obj: &Map<String, Value>, name: &str) -> Result<u32> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| anyhow!("{name} must be a whole number from 0 to 4294967295")),
+        Some(other) => bail!("{name} must be a JSON number; got {other}"),
+    }
+}
+
+fn bool_field(obj: &Map<String, Value>, name: &str) -> Result<bool> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => bail!("{name} must be true or false; got {other}"),
+    }
+}
+
 fn hex_field(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>> {
     hex::decode(str_field(obj, name)?).with_context(|| format!("{name} must be hex"))
 }
@@ -102,7 +127,10 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             payee_ref: str_field(o, "payee_ref")?,
             category: str_field(o, "category")?,
             reference: str_field(o, "reference")?,
-            ..Default::default()
+            agreement_id: str_field(o, "agreement_id")?,
+            units: str_field(o, "units")?,
+            service_from: str_field(o, "service_from")?,
+            service_to: str_field(o, "service_to")?,
         }),
         "purchase" => Kind::Purchase(pb::Purchase {
             amount: str_field(o, "amount")?,
@@ -110,7 +138,48 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             supplier_ref: str_field(o, "supplier_ref")?,
             description: str_field(o, "description")?,
             receipt_ref: str_field(o, "receipt_ref")?,
-            ..Default::default()
+            supplier_sector: sector_field(o, "supplier_sector")?,
+        }),
+        "service_agreement_approved" => {
+            Kind::ServiceAgreementApproved(pb::ServiceAgreementApproved {
+                agreement_id: str_field(o, "agreement_id")?,
+                payee_ref: str_field(o, "payee_ref")?,
+                payee_kind: enum_field(o, "payee_kind", "PAYEE_KIND_", |s| {
+                    pb::PayeeKind::from_str_name(s).map(|v| v as i32)
+                })?,
+                payee_sector: sector_field(o, "payee_sector")?,
+                category: str_field(o, "category")?,
+                unit: enum_field(o, "unit", "UNIT_", |s| {
+                    pb::Unit::from_str_name(s).map(|v| v as i32)
+                })?,
+                rate: str_field(o, "rate")?,
+                max_units_per_week: u32_field(o, "max_units_per_week")?,
+                valid_from: str_field(o, "valid_from")?,
+                valid_to: str_field(o, "valid_to")?,
+                connected_person: bool_field(o, "connected_person")?,
+            })
+        }
+        "card_transaction" => Kind::CardTransaction(pb::CardTransaction {
+            card_ref: str_field(o, "card_ref")?,
+            merchant_ref: str_field(o, "merchant_ref")?,
+            mcc: u32_field(o, "mcc")?,
+            amount: str_field(o, "amount")?,
+            channel: enum_field(o, "channel", "CARD_CHANNEL_", |s| {
+                pb::CardChannel::from_str_name(s).map(|v| v as i32)
+            })?,
+        }),
+        "hospital_admission" => Kind::HospitalAdmission(pb::HospitalAdmission {
+            date: str_field(o, "date")?,
+        }),
+        "hospital_discharge" => Kind::HospitalDischarge(pb::HospitalDischarge {
+            date: str_field(o, "date")?,
+        }),
+        "review_recorded" => Kind::ReviewRecorded(pb::ReviewRecorded {
+            date: str_field(o, "date")?,
+            kind: enum_field(o, "kind", "REVIEW_KIND_", |s| {
+                pb::ReviewKind::from_str_name(s).map(|v| v as i32)
+            })?,
+            outcome: str_field(o, "outcome")?,
         }),
         "review_adjustment" => Kind::ReviewAdjustment(pb::ReviewAdjustment {
             delta: str_field(o, "delta")?,
@@ -174,7 +243,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
     })
 }
 
-const KINDS: [&str; 16] = [
+const KINDS: [&str; 21] = [
     "organisation_registered",
     "key_rotated",
     "budget_opened",
@@ -191,6 +260,11 @@ const KINDS: [&str; 16] = [
     "holder_died",
     "reclaim",
     "refund",
+    "service_agreement_approved",
+    "card_transaction",
+    "hospital_admission",
+    "hospital_discharge",
+    "review_recorded",
 ];
 
 /// One JSON object to an `Event`.

@@ -26,6 +26,25 @@ fn agreement(id: &str, payee: &str, rate: &str, max_per_week: u32, connected: bo
     })
 }
 
+/// Opens direct-payment budget `d` (the account provider and payroll
+/// provider) with no plan, then the commissioner approves the test's own
+/// plan: a line of `amount` for each of `categories`, no contingency.
+async fn open_with_plan(w: &World, d: &str, categories: &[&str], amount: &str) {
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
+    let ids: Vec<String> = categories.iter().map(|c| format!("line-{c}")).collect();
+    let lines: Vec<(&str, &str, &str, &str)> = ids
+        .iter()
+        .zip(categories)
+        .map(|(id, c)| (id.as_str(), *c, amount, "agreed services"))
+        .collect();
+    w.ok(
+        &w.commissioner.clone(),
+        d,
+        kinds::plan(&format!("plan-{d}"), &lines, "0.00"),
+    )
+    .await;
+}
+
 /// A wage under agreement `id` for the week that ended `ended` days ago.
 fn wage(amount: &str, payee: &str, id: &str, hours: &str, ended: i64) -> Kind {
     kinds::pay_under(
@@ -44,7 +63,7 @@ async fn payments_must_follow_their_agreement() {
     let w = World::new().await;
     let (c, payroll) = (w.commissioner.clone(), w.payroll.clone());
     let d = "agree-dp";
-    w.open_direct(d).await;
+    open_with_plan(&w, d, &["personal_assistant"], "5000.00").await;
     w.fund(d, "5000.00", Some("5000.00")).await;
     w.ok(&c, d, agreement("pa-1-2026", "pa-1", "12.50", 20, false))
         .await;
@@ -110,7 +129,7 @@ async fn payments_must_follow_their_agreement() {
         Code::FailedPrecondition,
     )
     .await;
-    // A budget with agreements pays personal assistants under one.
+    // A personal assistant is paid under an agreement, never without one.
     let r = w
         .refused(
             &payroll,
@@ -124,7 +143,11 @@ async fn payments_must_follow_their_agreement() {
             Code::FailedPrecondition,
         )
         .await;
-    assert!(r.error.unwrap().message.contains("agreement_id"));
+    let message = r.error.unwrap().message;
+    assert!(
+        message.contains("needs a service agreement") && message.contains("agreement_id"),
+        "{message}"
+    );
     assert_eq!(w.balance(d).await.spent, "493.75");
 }
 
@@ -136,7 +159,13 @@ async fn a_payroll_run_is_one_atomic_batch() {
     let w = World::new().await;
     let (c, payroll) = (w.commissioner.clone(), w.payroll.clone());
     let d = "agree-run";
-    w.open_direct(d).await;
+    open_with_plan(
+        &w,
+        d,
+        &["personal_assistant", "tax_and_pension", "agency_care"],
+        "5000.00",
+    )
+    .await;
     w.fund(d, "5000.00", Some("5000.00")).await;
     w.ok(&c, d, agreement("pa-3-2026", "pa-3", "12.00", 40, false))
         .await;
@@ -175,14 +204,25 @@ async fn a_payroll_run_is_one_atomic_batch() {
         assert_written(r);
     }
     assert_eq!(w.balance(d).await.spent, "555.60");
-    // A payroll provider pays wages, tax and pensions, never providers.
+    // A payroll provider pays wages, tax and pensions, never providers:
+    // not even under an agreement in force and within the plan.
+    w.agree(d, pb::PayeeKind::Provider, "agency", "agency_care")
+        .await;
     w.refused(
         &payroll,
         d,
-        kinds::pay("1.00", pb::PayeeKind::Provider, "agency", "agency_care"),
+        pay("1.00", pb::PayeeKind::Provider, "agency", "agency_care"),
         Code::PermissionDenied,
     )
     .await;
+    // The near miss: the account provider may.
+    w.ok(
+        &w.account.clone(),
+        d,
+        pay("1.00", pb::PayeeKind::Provider, "agency", "agency_care"),
+    )
+    .await;
+    assert_eq!(w.balance(d).await.spent, "556.60");
 }
 
 /// Connected persons (SI 2017/219) only under an agreement the commissioner
@@ -192,7 +232,7 @@ async fn connected_persons_and_who_approves() {
     let mut w = World::new().await;
     let c = w.commissioner.clone();
     let d = "agree-conn";
-    w.open_direct(d).await;
+    open_with_plan(&w, d, &["personal_assistant"], "1000.00").await;
     w.fund(d, "1000.00", Some("1000.00")).await;
     let f = w.appoint_facilitator(d).await;
     // The facilitator may approve an ordinary agreement, not a connected one.
@@ -239,6 +279,105 @@ async fn connected_persons_and_who_approves() {
         &w.payroll.clone(),
         d,
         wage("110.00", "rel-1", "sister", "10.5", 14),
+        Code::FailedPrecondition,
+    )
+    .await;
+    audit_log(&w.log().await, &w.server.root.public_key());
+}
+
+/// Payment-time rule: a payment to a personal assistant or a provider needs
+/// a service agreement in force for that payee and category, even on a
+/// budget that has no agreement at all; tax and pension payments by the
+/// payroll provider need none. Each with its near miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pa_and_provider_payments_need_an_agreement_tax_does_not() {
+    let mut w = World::new().await;
+    let (acct, payroll) = (w.account.clone(), w.payroll.clone());
+    let d = "agree-needed";
+    open_with_plan(
+        &w,
+        d,
+        &["personal_assistant", "agency_care", "tax_and_pension"],
+        "1000.00",
+    )
+    .await;
+    w.fund(d, "1000.00", Some("1000.00")).await;
+    let pa = pb::PayeeKind::PersonalAssistant;
+    let provider = pb::PayeeKind::Provider;
+    // No agreement on the budget: both refused, naming the rule.
+    for (signer, kind, payee, category) in [
+        (&payroll, pa, "pa-9", "personal_assistant"),
+        (&acct, provider, "agency-9", "agency_care"),
+    ] {
+        let r = w
+            .refused(
+                signer,
+                d,
+                kinds::pay("10.00", kind, payee, category),
+                Code::FailedPrecondition,
+            )
+            .await;
+        let message = r.error.unwrap().message;
+        assert!(message.contains("needs a service agreement"), "{message}");
+    }
+    assert_eq!(w.balance(d).await.spent, "0.00");
+    // Tax and pension, signed by the payroll provider the budget names:
+    // no agreement needed.
+    w.ok(
+        &payroll,
+        d,
+        kinds::pay(
+            "61.20",
+            pb::PayeeKind::TaxAuthority,
+            "hmrc",
+            "tax_and_pension",
+        ),
+    )
+    .await;
+    w.ok(
+        &payroll,
+        d,
+        kinds::pay(
+            "14.40",
+            pb::PayeeKind::PensionScheme,
+            "nest",
+            "tax_and_pension",
+        ),
+    )
+    .await;
+    assert_eq!(w.balance(d).await.spent, "75.60");
+    // The near miss: once agreements are approved, the same payments
+    // naming them are made.
+    w.agree(d, pa, "pa-9", "personal_assistant").await;
+    w.agree(d, provider, "agency-9", "agency_care").await;
+    w.ok(&payroll, d, pay("10.00", pa, "pa-9", "personal_assistant"))
+        .await;
+    w.ok(&acct, d, pay("10.00", provider, "agency-9", "agency_care"))
+        .await;
+    // An agreement with one payee does not cover another.
+    let r = w
+        .refused(
+            &acct,
+            d,
+            kinds::pay("10.00", provider, "agency-10", "agency_care"),
+            Code::FailedPrecondition,
+        )
+        .await;
+    assert!(r
+        .error
+        .unwrap()
+        .message
+        .contains("needs a service agreement"));
+    let before = w.balance(d).await;
+    assert_eq!(before.spent, "95.60");
+    // The same after a restart: the rule is a fold of the log.
+    w.server.restart();
+    w.reconnect().await;
+    assert_eq!(w.balance(d).await, before);
+    w.refused(
+        &payroll,
+        d,
+        kinds::pay("10.00", pa, "pa-9", "personal_assistant"),
         Code::FailedPrecondition,
     )
     .await;

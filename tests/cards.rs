@@ -11,7 +11,7 @@ use tonic::Code;
 
 /// Every blocked merchant category code declines the card naming the rule;
 /// a mapped code is approved and spent; an unknown code declines; cash only
-/// where the plan has a cash line.
+/// where the plan has a cash line; nothing at all without an approved plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_authorisations_follow_the_merchant_category() {
     let w = World::new().await;
@@ -21,7 +21,7 @@ async fn card_authorisations_follow_the_merchant_category() {
         w.third_party.clone(),
     );
     let d = "card-dp";
-    w.open_direct(d).await;
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
     w.fund(d, "2000.00", Some("2000.00")).await;
     let pos = pb::CardChannel::Pos;
     for (mcc, rule) in BLOCKED_MCCS {
@@ -39,7 +39,33 @@ async fn card_authorisations_follow_the_merchant_category() {
             "{message}"
         );
     }
-    // A gym (7997 -> exercise_wellbeing) is approved.
+    // A gym (7997 -> exercise_wellbeing) is declined while no plan is
+    // approved, and approved under a plan with an exercise_wellbeing line.
+    let r = w
+        .refused(
+            &acct,
+            d,
+            kinds::card("30.00", 7997, pos),
+            Code::FailedPrecondition,
+        )
+        .await;
+    assert!(r.error.unwrap().message.contains("no approved care plan"));
+    let r = w
+        .refused(
+            &acct,
+            d,
+            kinds::card("20.00", 6011, pb::CardChannel::Atm),
+            Code::FailedPrecondition,
+        )
+        .await;
+    let m = r.error.unwrap().message;
+    assert!(
+        m.contains("no approved care plan") && m.contains("\"cash\""),
+        "{m}"
+    );
+    let gym_only = [("gym", "exercise_wellbeing", "600.00", "")];
+    w.ok(&c, d, kinds::plan("gym-plan", &gym_only, "0.00"))
+        .await;
     w.ok(&acct, d, kinds::card("30.00", 7997, pos)).await;
     // A pharmacy (5912 -> pharmaceuticals) is excluded outright.
     let r = w
@@ -61,15 +87,21 @@ async fn card_authorisations_follow_the_merchant_category() {
         )
         .await;
     assert!(r.error.unwrap().message.contains("pay by invoice"));
-    // Cash needs a plan with a cash line.
+    // Cash needs a plan with a cash line: this one has none.
     let atm = pb::CardChannel::Atm;
-    w.refused(
-        &acct,
-        d,
-        kinds::card("20.00", 6011, atm),
-        Code::FailedPrecondition,
-    )
-    .await;
+    let r = w
+        .refused(
+            &acct,
+            d,
+            kinds::card("20.00", 6011, atm),
+            Code::FailedPrecondition,
+        )
+        .await;
+    let message = r.error.unwrap().message;
+    assert!(
+        message.contains("\"cash\"") && message.contains("exercise_wellbeing"),
+        "{message}"
+    );
     let lines = [
         ("gym", "exercise_wellbeing", "600.00", ""),
         ("cash", "cash", "50.00", "small purchases"),
@@ -105,6 +137,7 @@ async fn hospital_stays_and_reviews_are_recorded() {
     let d = "stay-dp";
     w.open_direct(d).await;
     w.fund(d, "100.00", Some("100.00")).await;
+    w.agree(d, pb::PayeeKind::Provider, "p", "therapy").await;
     w.refused(
         &c,
         d,
@@ -131,7 +164,7 @@ async fn hospital_stays_and_reviews_are_recorded() {
     w.ok(
         &acct,
         d,
-        kinds::pay("10.00", pb::PayeeKind::Provider, "p", "therapy"),
+        pay("10.00", pb::PayeeKind::Provider, "p", "therapy"),
     )
     .await;
     w.ok(&c, d, kinds::discharged("2026-06-15")).await;

@@ -83,8 +83,9 @@ async fn spending_must_fit_the_plan_in_force() {
     let mut w = World::new().await;
     let (c, acct) = (w.commissioner.clone(), w.account.clone());
     let d = "plan-fit";
-    w.open_direct(d).await;
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
     w.fund(d, "1000.00", Some("1000.00")).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
     let lines = [
         ("t", "therapy", "500.00", "therapy sessions"),
         ("e", "equipment", "100.00", "aids"),
@@ -115,12 +116,12 @@ async fn spending_must_fit_the_plan_in_force() {
         .await;
     assert!(r.error.unwrap().message.contains("equipment, therapy"));
     // Therapy: exactly its line, then nothing more (the contingency is spent).
-    w.ok(&acct, d, kinds::pay("500.00", provider(), "p-1", "therapy"))
+    w.ok(&acct, d, pay("500.00", provider(), "p-1", "therapy"))
         .await;
     w.refused(
         &acct,
         d,
-        kinds::pay("0.01", provider(), "p-1", "therapy"),
+        pay("0.01", provider(), "p-1", "therapy"),
         Code::FailedPrecondition,
     )
     .await;
@@ -165,13 +166,14 @@ async fn spending_must_fit_the_plan_in_force() {
     audit_log(&w.log().await, &w.server.root.public_key());
 }
 
-/// Without a plan: NOT_FOUND from GetCarePlan; spending is not narrowed
-/// (plans are not yet mandatory); read scope as GetBalance.
+/// Without a plan: NOT_FOUND from GetCarePlan (spending is refused:
+/// `spending_needs_an_approved_plan_with_its_category`); read scope as
+/// GetBalance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plan_and_read_scope() {
     let w = World::new().await;
     let d = "plan-none";
-    w.open_direct(d).await;
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
     let e = care_plan(&w, &w.commissioner.clone(), d).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("no approved care plan"));
@@ -192,8 +194,16 @@ async fn the_northamptonshire_plan() {
     let w = World::new().await;
     let (c, acct) = (w.commissioner.clone(), w.account.clone());
     let d = "northants";
-    w.open_direct(d).await;
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
     w.fund(d, "4800.00", Some("4800.00")).await;
+    w.agree(d, provider(), "cmht-1", "clinical_service").await;
+    w.agree(
+        d,
+        pb::PayeeKind::PersonalAssistant,
+        "pa-1",
+        "personal_assistant",
+    )
+    .await;
     let f = w.appoint_facilitator(d).await;
     let lines = [
         (
@@ -221,14 +231,14 @@ async fn the_northamptonshire_plan() {
         w.ok(
             &acct,
             d,
-            kinds::pay("202.04", provider(), "cmht-1", "clinical_service"),
+            pay("202.04", provider(), "cmht-1", "clinical_service"),
         )
         .await;
     }
     w.ok(
         &acct,
         d,
-        kinds::pay(
+        pay(
             "2184.00",
             pb::PayeeKind::PersonalAssistant,
             "pa-1",
@@ -263,8 +273,202 @@ async fn the_northamptonshire_plan() {
     w.refused(
         &acct,
         d,
-        kinds::pay("202.04", provider(), "cmht-1", "clinical_service"),
+        pay("202.04", provider(), "cmht-1", "clinical_service"),
         Code::FailedPrecondition,
     )
     .await;
+}
+
+/// Each line's (line id, spent, remaining), and the contingency used.
+fn usage(plan: &pb::GetCarePlanResponse) -> (Vec<(&str, &str, &str)>, &str) {
+    let lines = plan
+        .lines
+        .iter()
+        .map(|l| (l.line_id.as_str(), l.spent.as_str(), l.remaining.as_str()))
+        .collect();
+    (lines, plan.contingency_used.as_str())
+}
+
+/// Spending needs an approved care plan in force with a line for its
+/// category. With no plan a Payment, a Purchase and a card payment are each
+/// refused naming the rule; under a plan whose lines lack their categories
+/// (its contingency notwithstanding) each is refused naming the category;
+/// the same spending is made once a plan with those lines is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_needs_an_approved_plan_with_its_category() {
+    let mut w = World::new().await;
+    let (c, acct) = (w.commissioner.clone(), w.account.clone());
+    let d = "plan-needed";
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
+    w.fund(d, "1000.00", Some("1000.00")).await;
+    // An agreement needs no plan; a payment under it still does.
+    w.agree(d, provider(), "p-1", "therapy").await;
+    let spendings = || {
+        [
+            ("therapy", pay("10.00", provider(), "p-1", "therapy")),
+            ("equipment", kinds::buy("10.00", "equipment", "s-1", "aids")),
+            (
+                "exercise_wellbeing",
+                kinds::card("10.00", 7997, pb::CardChannel::Pos),
+            ),
+        ]
+    };
+    for (category, k) in spendings() {
+        let r = w.refused(&acct, d, k, Code::FailedPrecondition).await;
+        let message = r.error.unwrap().message;
+        assert!(
+            message.contains("no approved care plan") && message.contains(category),
+            "{message}"
+        );
+    }
+    // A plan in force whose lines lack the categories.
+    let respite = [("r", "respite", "100.00", "breaks")];
+    w.ok(&c, d, kinds::plan("p-respite", &respite, "50.00"))
+        .await;
+    for (category, k) in spendings() {
+        let r = w.refused(&acct, d, k, Code::FailedPrecondition).await;
+        let message = r.error.unwrap().message;
+        assert!(
+            message.contains(&format!("no line for category {category:?}"))
+                && message.contains("respite"),
+            "{message}"
+        );
+    }
+    assert_eq!(w.balance(d).await.spent, "0.00");
+    // The near miss: a plan with a line for each category.
+    let lines = [
+        ("t", "therapy", "100.00", "sessions"),
+        ("e", "equipment", "100.00", "aids"),
+        ("g", "exercise_wellbeing", "100.00", "gym"),
+    ];
+    w.ok(&c, d, kinds::plan("p-all", &lines, "0.00")).await;
+    for (_, k) in spendings() {
+        w.ok(&acct, d, k).await;
+    }
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(
+        usage(&plan),
+        (
+            vec![
+                ("t", "10.00", "90.00"),
+                ("e", "10.00", "90.00"),
+                ("g", "10.00", "90.00")
+            ],
+            "0.00"
+        )
+    );
+    let balance = w.balance(d).await;
+    assert_eq!(balance.spent, "30.00");
+    // The same answers after a restart.
+    w.server.restart();
+    w.reconnect().await;
+    assert_eq!(care_plan(&w, &c, d).await.unwrap(), plan);
+    assert_eq!(w.balance(d).await, balance);
+    audit_log(&w.log().await, &w.server.root.public_key());
+}
+
+/// A refund gives the money back to the plan it was charged to: the
+/// contingency first (if the spending drew on it), then the line; the same
+/// after a restart. Spending under a plan since superseded is refunded
+/// without touching the plan now in force, while the balance's spent still
+/// goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_gives_the_money_back_to_the_plan() {
+    let mut w = World::new().await;
+    let (c, acct) = (w.commissioner.clone(), w.account.clone());
+    let d = "plan-refund";
+    w.open_without_plan(d, pb::Management::DirectPayment).await;
+    w.fund(d, "1000.00", Some("1000.00")).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
+    let lines = [
+        ("t", "therapy", "100.00", "sessions"),
+        ("e", "equipment", "50.00", "aids"),
+    ];
+    w.ok(&c, d, kinds::plan("p1", &lines, "20.00")).await;
+    let buy = |amount: &str| kinds::buy(amount, "equipment", "s-1", "chair");
+    // 60.00 of equipment: 50.00 on its line, 10.00 of the contingency.
+    let bought = w.ok(&acct, d, buy("60.00")).await;
+    let paid = w
+        .ok(&acct, d, pay("40.00", provider(), "p-1", "therapy"))
+        .await;
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(
+        usage(&plan),
+        (
+            vec![("t", "40.00", "60.00"), ("e", "50.00", "0.00")],
+            "10.00"
+        )
+    );
+    // 15.00 of the purchase back: the 10.00 of contingency, then 5.00 of
+    // its line.
+    w.ok(&acct, d, kinds::refund(bought, "15.00")).await;
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(
+        usage(&plan),
+        (
+            vec![("t", "40.00", "60.00"), ("e", "45.00", "5.00")],
+            "0.00"
+        )
+    );
+    // The whole payment back: its line is whole again.
+    w.ok(&acct, d, kinds::refund(paid, "40.00")).await;
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    let refunded = (
+        vec![("t", "0.00", "100.00"), ("e", "45.00", "5.00")],
+        "0.00",
+    );
+    assert_eq!(usage(&plan), refunded);
+    assert_eq!(w.balance(d).await.spent, "45.00");
+    // What came back may be spent again: 5.00 of the line and 20.00 of the
+    // contingency, not a penny more; refunded, it comes back the same.
+    let r = w
+        .refused(&acct, d, buy("25.01"), Code::FailedPrecondition)
+        .await;
+    let message = r.error.unwrap().message;
+    assert!(
+        message.contains("5.00 is left") && message.contains("20.00 of the contingency"),
+        "{message}"
+    );
+    let again = w.ok(&acct, d, buy("25.00")).await;
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(
+        usage(&plan),
+        (
+            vec![("t", "0.00", "100.00"), ("e", "50.00", "0.00")],
+            "20.00"
+        )
+    );
+    w.ok(&acct, d, kinds::refund(again, "25.00")).await;
+    let plan = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(usage(&plan), refunded);
+    // The same after a restart: the plan's figures are a fold of the log.
+    let balance = w.balance(d).await;
+    assert_eq!(balance.spent, "45.00");
+    w.server.restart();
+    w.reconnect().await;
+    assert_eq!(care_plan(&w, &c, d).await.unwrap(), plan);
+    assert_eq!(w.balance(d).await, balance);
+    // A new plan: its figures start afresh.
+    let lines = [("e2", "equipment", "80.00", "aids")];
+    w.ok(&c, d, kinds::plan("p2", &lines, "10.00")).await;
+    let under_p2 = w.ok(&acct, d, buy("30.00")).await;
+    let p2 = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(usage(&p2), (vec![("e2", "30.00", "50.00")], "0.00"));
+    assert_eq!(w.balance(d).await.spent, "75.00");
+    // The rest of the purchase made under p1 (60.00 - 15.00) comes back:
+    // the balance's spent goes down, p2 is untouched.
+    w.ok(&acct, d, kinds::refund(bought, "45.00")).await;
+    assert_eq!(care_plan(&w, &c, d).await.unwrap(), p2);
+    assert_eq!(w.balance(d).await.spent, "30.00");
+    // A refund of spending under p2 goes back to p2.
+    w.ok(&acct, d, kinds::refund(under_p2, "10.00")).await;
+    let p2 = care_plan(&w, &c, d).await.unwrap();
+    assert_eq!(usage(&p2), (vec![("e2", "20.00", "60.00")], "0.00"));
+    let balance = w.balance(d).await;
+    assert_eq!(balance.spent, "20.00");
+    w.server.restart();
+    w.reconnect().await;
+    assert_eq!(care_plan(&w, &c, d).await.unwrap(), p2);
+    assert_eq!(w.balance(d).await, balance);
+    audit_log(&w.log().await, &w.server.root.public_key());
 }

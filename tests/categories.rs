@@ -32,7 +32,8 @@ async fn excluded_categories_are_refused_and_recorded_naming_the_rule() {
     }
     assert_eq!(w.balance(d).await.spent, "0.00");
     assert_eq!(w.balance(t).await.spent, "0.00");
-    // Every allowed category is spent on (no care plan exists yet to narrow it).
+    // Every allowed category is spent on under the standing plan, which has
+    // a line for each (the plan's line, not the vocabulary, narrows it).
     for code in ALLOWED {
         w.ok(&tp, t, kinds::buy("1.00", code, "s-1", "allowed"))
             .await;

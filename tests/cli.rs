@@ -248,12 +248,12 @@ fn readme_tour() {
                 "DIRECT_PAYMENT",
                 "4800.00",
                 "4800.00",
-                "4774.20",
-                "25.80",
-                "25.80",
+                "2936.28",
+                "1863.72",
+                "1863.72",
                 "false"
             ],
-            "the Northamptonshire plan leaves £25.80: {dp}"
+            "the Northamptonshire plan by June: everything but the personal assistants' later weeks spent: {dp}"
         );
         assert!(
             out.contains("FailedPrecondition"),
@@ -276,13 +276,31 @@ fn readme_tour() {
             ),
             "plan approved:\n{out}"
         );
-        // The payroll run: three wage payments written.
+        // The payroll run: three wage payments and the pension contribution
+        // written; hours over an agreement's weekly limit refused.
         assert_eq!(
             out.lines()
                 .filter(|l| l.starts_with("  #") && l.contains("wages "))
                 .count(),
             3,
             "payroll run:\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("  #") && l.contains("employer pension 10.08")),
+            "pension in the payroll run:\n{out}"
+        );
+        assert!(
+            out.lines().any(|l| l.contains("refused 10 hours for pa-8a")
+                && l.contains("exceed the agreement's 1 a week")),
+            "weekly limit:\n{out}"
+        );
+        // A provider invoice naming no agreement is refused.
+        assert!(
+            out.lines()
+                .any(|l| l.contains("refused a CMHT invoice naming no agreement")
+                    && l.contains("needs a service agreement")),
+            "agreement required:\n{out}"
         );
         // The excluded purchase: refused, recorded, and the retry of the
         // same bytes gets the same refusal at the same sequence.
@@ -333,12 +351,13 @@ fn readme_tour() {
             .find(|l| l.contains("refused 400.00 for the same 3 days"))
             .unwrap_or_else(|| panic!("no rate refusal:\n{out}"));
         assert!(over.contains("rate 120.00"), "{over}");
-        // GetCarePlan at the end: every line fully spent, contingency unused.
+        // GetCarePlan at the end: every line but the personal assistants'
+        // fully spent (8 weeks of 52 paid), contingency unused.
         let rows = demo_plan_rows(&out);
         let want = [
             ["cmht", "clinical_service", "808.16", "808.16", "0.00"],
             ["psych", "clinical_service", "202.04", "202.04", "0.00"],
-            ["pa", "personal_assistant", "2184.00", "2184.00", "0.00"],
+            ["pa", "personal_assistant", "2184.00", "346.08", "1837.92"],
             ["respite", "respite", "500.00", "500.00", "0.00"],
             ["gym", "exercise_wellbeing", "580.00", "580.00", "0.00"],
             ["computer", "it_equipment", "500.00", "500.00", "0.00"],
@@ -385,10 +404,14 @@ fn readme_tour() {
         assert_eq!(a["entry_hash"], f["entry_hash"], "{a}");
     }
 
-    // 6. A care plan, a payment under it, and the plan read back.
-    for i in [6, 7] {
+    // 6. A care plan, a service agreement and a payment under both (one
+    // atomic request), and the plan read back.
+    for (i, n) in [(6, 1), (7, 2)] {
         let r = json_lines(&ok(dir, &strs(&step(i, &public))));
-        assert_eq!(r[0]["code"], "Ok", "{r:?}");
+        assert_eq!(r.len(), n, "{r:?}");
+        for r in &r {
+            assert_eq!(r["code"], "Ok", "{r:?}");
+        }
     }
     let plan = json_lines(&ok(dir, &strs(&step(8, &public))));
     let plan = &plan[0];
@@ -425,7 +448,9 @@ fn readme_tour() {
     assert_eq!(w2[0]["refusal_sequence"], w[0]["refusal_sequence"]);
     assert_eq!(w2[0]["entry_hash"], w[0]["entry_hash"]);
 
-    // A refused submission exits non-zero and says why.
+    // A refused submission exits non-zero and says why: spending more than
+    // the allocation (and so more than the plan's therapy line and
+    // contingency; a purchase, which needs no service agreement).
     let over = run(
         dir,
         &signed(
@@ -434,31 +459,40 @@ fn readme_tour() {
             "my-icb",
             "my-org.key",
             &[
-                r#"{"event_id":"b1-pay","budget_id":"b1","occurred_at":1775001600,"payment":{"amount":"3602.01","payee_kind":"PROVIDER","payee_ref":"p-1","category":"therapy"}}"#,
+                r#"{"event_id":"b1-over","budget_id":"b1","occurred_at":1775001600,"purchase":{"amount":"3602.01","category":"therapy","supplier_ref":"p-1","description":"a year of therapy"}}"#,
             ],
         ),
     );
     assert!(!over.status.success());
     let r = json_lines(&String::from_utf8_lossy(&over.stdout));
     assert_eq!(r[0]["code"], "FailedPrecondition", "{r:?}");
-    // The statement: the opening, the allocation, the plan, the payment, and
-    // the two recorded refusals.
+    assert!(
+        r[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds care plan"),
+        "{r:?}"
+    );
+    // The statement: the opening, the allocation, the plan, the agreement,
+    // the payment, and the two recorded refusals.
     let st = json_lines(&ok(
         dir,
         &signed("statement", url, "my-icb", "my-org.key", &["b1"]),
     ));
-    assert_eq!(st.len(), 6, "{st:?}");
+    assert_eq!(st.len(), 7, "{st:?}");
     assert_eq!(st[1]["kind"], "allocation");
     assert_eq!(st[1]["amount"], "3602.00");
-    assert_eq!(st[3]["spent"], "202.04", "{st:?}");
-    assert_eq!(st[4]["refused"], true, "{st:?}");
-    assert_eq!(st[4]["amount"], "-12.50", "{st:?}");
-    assert_eq!(st[4]["sequence"].as_u64(), Some(refusal), "{st:?}");
-    assert_eq!(st[4]["refusal_code"], 9);
+    assert_eq!(st[3]["kind"], "service_agreement_approved", "{st:?}");
+    assert_eq!(st[4]["kind"], "payment", "{st:?}");
+    assert_eq!(st[4]["spent"], "202.04", "{st:?}");
     assert_eq!(st[5]["refused"], true, "{st:?}");
-    assert_eq!(st[5]["amount"], "-3602.01");
-    assert_eq!(st[5]["allocated"], "3602.00");
+    assert_eq!(st[5]["amount"], "-12.50", "{st:?}");
+    assert_eq!(st[5]["sequence"].as_u64(), Some(refusal), "{st:?}");
     assert_eq!(st[5]["refusal_code"], 9);
+    assert_eq!(st[6]["refused"], true, "{st:?}");
+    assert_eq!(st[6]["amount"], "-3602.01");
+    assert_eq!(st[6]["allocated"], "3602.00");
+    assert_eq!(st[6]["refusal_code"], 9);
     // Holdings: a commissioner holds no funds (FAILED_PRECONDITION, exit 1).
     let h = run(
         dir,

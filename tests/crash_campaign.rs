@@ -114,7 +114,7 @@ async fn drive(
                 LEDGER_ID,
                 &format!("c{cycle}-w{worker}-s{step}-{n}"),
                 budget,
-                kinds::pay(&amount, pb::PayeeKind::Provider, "prov-1", "agency_care"),
+                pay(&amount, pb::PayeeKind::Provider, "prov-1", "agency_care"),
             );
             payer.sign(&ev)
         };
@@ -269,11 +269,26 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let mut funded = HashMap::new();
     for i in 0..BUDGETS {
         let b = format!("crash-b{i}");
-        world.open_third_party(&b).await;
+        world
+            .open_without_plan(&b, pb::Management::ThirdParty)
+            .await;
         // One budget is kept small so refusals (overspend) happen too; the
         // others are large enough not to run dry in a long run, so most
         // spends keep being written (and acknowledged) to the last cycle.
         let money = if i == 0 { "300.00" } else { "500000.00" };
+        // The care plan's line and the agreement cover all of the money, so
+        // that only the money runs out.
+        let line = [("line-care", "agency_care", money, "agency care")];
+        world
+            .ok(
+                &world.commissioner.clone(),
+                &b,
+                kinds::plan("crash-plan", &line, "0.00"),
+            )
+            .await;
+        world
+            .agree(&b, pb::PayeeKind::Provider, "prov-1", "agency_care")
+            .await;
         world.fund(&b, money, Some(money)).await;
         funded.insert(b.clone(), pence(money));
         budgets.push(b);

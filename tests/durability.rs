@@ -27,9 +27,10 @@ async fn idempotent_retry() {
     let (acct, c) = (w.account.clone(), w.commissioner.clone());
     let d = "idem-dp";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
     w.fund(d, "500.00", Some("500.00")).await;
 
-    let e = w.sign(&acct, d, kinds::pay("100.00", provider(), "p-1", "therapy"));
+    let e = w.sign(&acct, d, pay("100.00", provider(), "p-1", "therapy"));
     let first = w.append_signed(e.clone()).await;
     let seq = assert_written(&first);
     let len = w.log_len().await;
@@ -47,15 +48,15 @@ async fn idempotent_retry() {
     assert_eq!(w.balance(d).await, bal, "retries change nothing");
 
     // A retry alongside a new event in one request.
-    let new = w.sign(&acct, d, kinds::pay("1.00", provider(), "p-1", "therapy"));
+    let new = w.sign(&acct, d, pay("1.00", provider(), "p-1", "therapy"));
     let rs = w.append_batch(vec![e.clone(), new.clone()], false).await;
     assert!(rs[0].duplicate && rs[0].sequence == seq && result_code(&rs[0]) == 0);
     assert_eq!(assert_written(&rs[1]), len + 1);
     // The same new event twice in one request: written once.
-    let twice = w.sign(&acct, d, kinds::pay("2.00", provider(), "p-1", "therapy"));
+    let twice = w.sign(&acct, d, pay("2.00", provider(), "p-1", "therapy"));
     for atomic in [false, true] {
         let twice = if atomic {
-            w.sign(&acct, d, kinds::pay("2.00", provider(), "p-1", "therapy"))
+            w.sign(&acct, d, pay("2.00", provider(), "p-1", "therapy"))
         } else {
             twice.clone()
         };
@@ -73,7 +74,7 @@ async fn idempotent_retry() {
     // A refusal by the rules is final (issue 6, defect 7): a retry gets the
     // original refusal, and the same signed event is never applied later,
     // even once the money is there; a new event (new id) is.
-    let big = w.sign(&acct, d, kinds::pay("400.00", provider(), "p-1", "therapy"));
+    let big = w.sign(&acct, d, pay("400.00", provider(), "p-1", "therapy"));
     let refused = w.append_signed(big.clone()).await;
     assert_refused(&refused, Code::FailedPrecondition);
     let retried = w.append_signed(big.clone()).await;
@@ -97,7 +98,7 @@ async fn idempotent_retry() {
     let late = w.append_signed(big.clone()).await;
     assert_eq!(late, retried, "still the original refusal");
     assert_eq!(w.balance(d).await.held, "400.00");
-    w.ok(&acct, d, kinds::pay("400.00", provider(), "p-1", "therapy"))
+    w.ok(&acct, d, pay("400.00", provider(), "p-1", "therapy"))
         .await;
     assert_eq!(w.balance(d).await.held, "0.00");
 
@@ -148,18 +149,18 @@ async fn batches_atomic_and_not() {
     let (c, acct, payroll) = (w.commissioner.clone(), w.account.clone(), w.payroll.clone());
     let d = "batch-dp";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
+    w.agree(d, pa(), "pa-1", "personal_assistant").await;
+    // The payments refused for other reasons are to a payee under an
+    // agreement too, so that the reason tested is the only one.
+    w.agree(d, provider(), "p", "therapy").await;
     w.fund(d, "1000.00", Some("500.00")).await;
     let bal = w.balance(d).await;
     let len = w.log_len().await;
 
-    let good = |amount: &str| w.sign(&acct, d, kinds::pay(amount, provider(), "p-1", "therapy"));
-    let good_pa = |amount: &str| {
-        w.sign(
-            &payroll,
-            d,
-            kinds::pay(amount, pa(), "pa-1", "personal_assistant"),
-        )
-    };
+    let good = |amount: &str| w.sign(&acct, d, pay(amount, provider(), "p-1", "therapy"));
+    let good_pa =
+        |amount: &str| w.sign(&payroll, d, pay(amount, pa(), "pa-1", "personal_assistant"));
     // A payroll run where one payslip would overspend.
     let run = vec![
         good("100.00"),
@@ -197,7 +198,7 @@ async fn batches_atomic_and_not() {
     let cases: Vec<(Vec<pb::SignedEvent>, usize, Code)> = vec![
         (
             vec![
-                w.sign(&acct, d, kinds::pay("0.001", provider(), "p", "therapy")),
+                w.sign(&acct, d, pay("0.001", provider(), "p", "therapy")),
                 good("1.00"),
             ],
             0,
@@ -211,7 +212,7 @@ async fn batches_atomic_and_not() {
         (
             vec![
                 good("1.00"),
-                w.sign(&payroll, d, kinds::pay("1.00", provider(), "p", "therapy")),
+                w.sign(&payroll, d, pay("1.00", provider(), "p", "therapy")),
             ],
             1,
             Code::PermissionDenied,
@@ -291,25 +292,26 @@ async fn batches_atomic_and_not() {
     let k = kinds::open("h-new", &c.id, pb::Management::DirectPayment, &acct.id, "");
     let setup = vec![
         w.sign(&c, n, k.clone()),
+        w.sign(&c, n, standing_plan()),
         w.sign(&c, n, kinds::allocate("80.00", Basis::OneOff)),
         w.sign(&c, n, kinds::disburse("80.00")),
         w.sign(&acct, n, kinds::buy("80.00", "equipment", "s", "x")),
         w.sign(&acct, n, kinds::buy("0.01", "equipment", "s", "x")),
     ];
     let rs = w.append_batch(setup.clone(), true).await;
-    assert_refused(&rs[4], Code::FailedPrecondition);
+    assert_refused(&rs[5], Code::FailedPrecondition);
     assert_status(get_balance(&w.client, &w.auditor, n).await, Code::NotFound);
-    // The refused batch is final: its first four events, sent again, get
+    // The refused batch is final: its first five events, sent again, get
     // their recorded refusals; the same request signed anew is written.
-    let rs = w.append_batch(setup[..4].to_vec(), true).await;
+    let rs = w.append_batch(setup[..5].to_vec(), true).await;
     assert!(
         rs.iter()
             .all(|r| r.duplicate && result_code(r) == Code::Aborted as i32),
         "{rs:?}"
     );
-    let setup: Vec<_> = setup[..4]
+    let setup: Vec<_> = setup[..5]
         .iter()
-        .zip([&c, &c, &c, &acct])
+        .zip([&c, &c, &c, &c, &acct])
         .map(|(e, signer)| {
             let mut ev = <pb::Event as prost::Message>::decode(e.event.as_slice()).unwrap();
             ev.event_id = w.new_id("again");
@@ -333,9 +335,9 @@ async fn batches_atomic_and_not() {
         good("10.00"),
         good("1000.00"),
         good_pa("20.00"),
-        w.sign(&acct, d, kinds::pay("-5", provider(), "p", "therapy")),
-        w.sign(&nobody, d, kinds::pay("1.00", provider(), "p", "therapy")),
-        w.sign(&payroll, d, kinds::pay("1.00", provider(), "p", "therapy")),
+        w.sign(&acct, d, pay("-5", provider(), "p", "therapy")),
+        w.sign(&nobody, d, pay("1.00", provider(), "p", "therapy")),
+        w.sign(&payroll, d, pay("1.00", provider(), "p", "therapy")),
         good("30.00"),
     ];
     let rs = w.append_batch(mixed, false).await;
@@ -379,10 +381,11 @@ async fn batches_atomic_and_not() {
     assert_status(empty, Code::InvalidArgument);
     let t = "batch-thousand";
     w.open_third_party(t).await;
+    w.agree(t, provider(), "p", "therapy").await;
     w.fund(t, "10.00", Some("10.00")).await;
     let tp = w.third_party.clone();
     let thousand: Vec<_> = (0..1001)
-        .map(|_| w.sign(&tp, t, kinds::pay("0.01", provider(), "p", "therapy")))
+        .map(|_| w.sign(&tp, t, pay("0.01", provider(), "p", "therapy")))
         .collect();
     let len = w.log_len().await;
     for atomic in [false, true] {
@@ -436,6 +439,7 @@ async fn registrations_and_rotations_within_a_batch() {
             b,
             kinds::open("h-late", &c.id, pb::Management::ThirdParty, &k1.id, ""),
         ),
+        w.sign(&c, b, standing_plan()),
         w.sign(&c, b, kinds::allocate("100.00", Basis::OneOff)),
         w.sign(&c, b, kinds::disburse("100.00")),
         w.sign(&k1, b, kinds::buy("40.00", "equipment", "s", "x")),
@@ -539,6 +543,17 @@ async fn concurrent_spenders_never_overspend() {
     w.fund(d, "1000.00", Some("1000.00")).await;
     const TASKS: usize = 8;
     const EACH: usize = 20;
+    // Every payee is paid under an agreement (approved before the race).
+    for t in 0..TASKS {
+        if t % 2 == 0 {
+            w.agree(d, provider(), &format!("p-{t}"), "therapy").await;
+        } else {
+            for i in 0..EACH {
+                let payee = format!("pa-{t}-{i}");
+                w.agree(d, pa(), &payee, "personal_assistant").await;
+            }
+        }
+    }
     let amount = 750; // £7.50: 160 x 7.50 = 1200.00 asked, 133 affordable
 
     // A watcher reads the balance throughout the race.
@@ -577,13 +592,13 @@ async fn concurrent_spenders_never_overspend() {
                     w.sign(
                         &w.account,
                         d,
-                        kinds::pay(&pounds(amount), provider(), &format!("p-{t}"), "therapy"),
+                        pay(&pounds(amount), provider(), &format!("p-{t}"), "therapy"),
                     )
                 } else {
                     w.sign(
                         &w.payroll,
                         d,
-                        kinds::pay(
+                        pay(
                             &pounds(amount),
                             pa(),
                             &format!("pa-{t}-{i}"),
@@ -745,18 +760,21 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
     );
     let mut sample = Vec::new();
     w.open_direct("h-dp").await;
+    w.agree("h-dp", provider(), "cmht", "clinical_service")
+        .await;
+    w.agree("h-dp", pa(), "pa-1", "personal_assistant").await;
     w.fund("h-dp", "4800.00", Some("4000.00")).await;
     let e = w.sign(
         &acct,
         "h-dp",
-        kinds::pay("808.16", provider(), "cmht", "clinical_service"),
+        pay("808.16", provider(), "cmht", "clinical_service"),
     );
     assert_written(&w.append_signed(e.clone()).await);
     sample.push(e);
     w.ok(
         &payroll,
         "h-dp",
-        kinds::pay("2184.00", pa(), "pa-1", "personal_assistant"),
+        pay("2184.00", pa(), "pa-1", "personal_assistant"),
     )
     .await;
     w.open_third_party("h-tp").await;
@@ -770,11 +788,12 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
     )
     .await;
     w.open_notional("h-n").await;
+    w.agree("h-n", provider(), "cmht", "clinical_service").await;
     w.fund("h-n", "3855.00", None).await;
     w.ok(
         &c,
         "h-n",
-        kinds::pay("202.04", provider(), "cmht", "clinical_service"),
+        pay("202.04", provider(), "cmht", "clinical_service"),
     )
     .await;
     w.ok(&c, "h-n", kinds::stop("holder moved away")).await;
@@ -806,13 +825,20 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
         &payroll.id,
     );
     w.ok(&c2, "h-c2", k).await;
+    w.ok(&c2, "h-c2", standing_plan()).await;
+    w.ok(
+        &c2,
+        "h-c2",
+        harness_agreement(pa(), "pa-9", "personal_assistant"),
+    )
+    .await;
     let batch = vec![
         w.sign(&c2, "h-c2", kinds::allocate("1820.00", Basis::ClusterCost)),
         w.sign(&c2, "h-c2", kinds::disburse("1820.00")),
         w.sign(
             &payroll,
             "h-c2",
-            kinds::pay("600.00", pa(), "pa-9", "personal_assistant"),
+            pay("600.00", pa(), "pa-9", "personal_assistant"),
         ),
     ];
     sample.extend(batch.clone());
@@ -820,6 +846,26 @@ async fn build_history(w: &World) -> (Signer, Vec<pb::SignedEvent>) {
         assert_written(&r);
     }
     (new, sample)
+}
+
+/// The agreement `World::agree` approves, for a budget of another
+/// commissioner to sign: `pay` pays under it.
+fn harness_agreement(payee_kind: PayeeKind, payee_ref: &str, category: &str) -> phb_client::Kind {
+    let mut k = kinds::agreement(
+        &agreement_for(payee_ref, category),
+        payee_ref,
+        category,
+        "1.00",
+        0,
+    );
+    if let phb_client::Kind::ServiceAgreementApproved(a) = &mut k {
+        a.payee_kind = payee_kind as i32;
+        if payee_kind == PayeeKind::Provider {
+            a.payee_sector = pb::Sector::Independent as i32;
+            a.unit = pb::Unit::Item as i32;
+        }
+    }
+    k
 }
 
 /// A snapshot of everything a client can observe.
@@ -870,7 +916,7 @@ async fn restart_yields_identical_state() {
         .find(|e| e.signer_id == w.payroll.id)
         .expect("the sample has an event of the payroll provider");
     let mut reused = <pb::Event as prost::Message>::decode(by_payroll.event.as_slice()).unwrap();
-    reused.kind = Some(kinds::pay("1.00", provider(), "cmht", "clinical_service"));
+    reused.kind = Some(pay("1.00", provider(), "cmht", "clinical_service"));
     assert_refused(
         &w.append_signed(w.payroll.sign(&reused)).await,
         Code::AlreadyExists,
@@ -963,7 +1009,7 @@ async fn torn_tail_is_recovered() {
         .append(
             &w.payroll.clone(),
             "h-c2",
-            kinds::pay("1.00", pa(), "pa-9", "personal_assistant"),
+            pay("1.00", pa(), "pa-9", "personal_assistant"),
         )
         .await;
     assert_eq!(assert_written(&r), before.0.len() as u64 + 1);
@@ -979,6 +1025,15 @@ async fn kill_under_load_keeps_every_acknowledged_event() {
     let d = "crash-dp";
     w.open_direct(d).await;
     w.fund(d, "100000.00", Some("100000.00")).await;
+    // Each task pays its own payee, under an agreement.
+    for t in 0..6 {
+        if t % 2 == 0 {
+            w.agree(d, provider(), &format!("p-{t}"), "therapy").await;
+        } else {
+            w.agree(d, pa(), &format!("pa-{t}"), "personal_assistant")
+                .await;
+        }
+    }
     let w = Arc::new(w);
 
     let mut tasks = Vec::new();
@@ -989,18 +1044,18 @@ async fn kill_under_load_keeps_every_acknowledged_event() {
             let mut client = client;
             let mut acked = Vec::new();
             let mut unanswered = Vec::new();
-            for i in 0..10_000 {
+            for _ in 0..10_000 {
                 let e = if t % 2 == 0 {
                     w.sign(
                         &w.account,
                         d,
-                        kinds::pay("1.00", provider(), &format!("p-{t}"), "therapy"),
+                        pay("1.00", provider(), &format!("p-{t}"), "therapy"),
                     )
                 } else {
                     w.sign(
                         &w.payroll,
                         d,
-                        kinds::pay("2.00", pa(), &format!("pa-{t}-{i}"), "personal_assistant"),
+                        pay("2.00", pa(), &format!("pa-{t}"), "personal_assistant"),
                     )
                 };
                 let call = client.append(pb::AppendRequest {

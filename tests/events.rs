@@ -24,6 +24,8 @@ async fn northamptonshire_example_figures() {
     let (c, acct, payroll) = (w.commissioner.clone(), w.account.clone(), w.payroll.clone());
     let b = "nhants-p11";
     let opened = w.open_direct(b).await;
+    // The harness approves the standing plan right after the opening.
+    let plan = opened + 1;
     let bal = w.balance(b).await;
     assert_eq!(
         (
@@ -35,7 +37,7 @@ async fn northamptonshire_example_figures() {
         ),
         ("0.00", "0.00", "0.00", "0.00", "0.00")
     );
-    assert_eq!(bal.last_sequence, opened);
+    assert_eq!(bal.last_sequence, plan);
     assert_eq!(bal.management, Management::DirectPayment as i32);
     assert_eq!(bal.commissioner_id, c.id);
     assert_eq!(bal.funds_holder_id, acct.id);
@@ -59,11 +61,14 @@ async fn northamptonshire_example_figures() {
         ),
         ("4800.00", "0.00", "0.00", "4800.00")
     );
-    // Nothing may be spent before money is paid in.
+    // Nothing may be spent before money is paid in (even under an
+    // agreement in force).
+    w.agree(b, provider(), "cmht-trust", "clinical_service")
+        .await;
     w.refused(
         &acct,
         b,
-        kinds::pay("0.01", provider(), "cmht-trust", "clinical_service"),
+        pay("0.01", provider(), "cmht-trust", "clinical_service"),
         Code::FailedPrecondition,
     )
     .await;
@@ -76,27 +81,31 @@ async fn northamptonshire_example_figures() {
 
     // The spending plan: 4 CMHT sessions, a psychiatric visit, a personal
     // assistant 6 h/week, respite and a gym membership.
-    w.ok(
+    w.pay(
         &acct,
         b,
-        kinds::pay("808.16", provider(), "cmht-trust", "clinical_service"),
+        "808.16",
+        provider(),
+        "cmht-trust",
+        "clinical_service",
     )
     .await;
-    w.ok(
+    w.pay(
         &acct,
         b,
-        kinds::pay(
-            "202.04",
-            provider(),
-            "psychiatry-clinic",
-            "clinical_service",
-        ),
+        "202.04",
+        provider(),
+        "psychiatry-clinic",
+        "clinical_service",
     )
     .await;
-    w.ok(
+    w.pay(
         &payroll,
         b,
-        kinds::pay("2184.00", pa(), "pa-0001", "personal_assistant"),
+        "2184.00",
+        pa(),
+        "pa-0001",
+        "personal_assistant",
     )
     .await;
     w.ok(
@@ -209,18 +218,17 @@ async fn every_budget_event_kind_third_party_and_notional() {
     );
     assert_eq!(bal.last_sequence, s);
     // The third party spends on the holder's behalf, by payment and purchase.
-    w.ok(
+    w.pay(
         &tp,
         b,
-        kinds::pay("180.71", provider(), "crisis-team", "clinical_service"),
+        "180.71",
+        provider(),
+        "crisis-team",
+        "clinical_service",
     )
     .await;
-    w.ok(
-        &tp,
-        b,
-        kinds::pay("120.00", pa(), "pa-77", "personal_assistant"),
-    )
-    .await;
+    w.pay(&tp, b, "120.00", pa(), "pa-77", "personal_assistant")
+        .await;
     w.ok(
         &tp,
         b,
@@ -246,10 +254,13 @@ async fn every_budget_event_kind_third_party_and_notional() {
     w.open_notional(n).await;
     w.ok(&c, n, kinds::allocate("1820.00", Basis::ExistingServices))
         .await;
-    w.ok(
+    w.pay(
         &c,
         n,
-        kinds::pay("202.04", provider(), "cmht-trust", "clinical_service"),
+        "202.04",
+        provider(),
+        "cmht-trust",
+        "clinical_service",
     )
     .await;
     w.ok(
@@ -282,16 +293,22 @@ async fn every_budget_event_kind_third_party_and_notional() {
     let d = "dp-1";
     w.open_direct(d).await;
     w.fund(d, "3855.00", Some("3855.00")).await;
-    w.ok(
+    w.pay(
         &w.payroll.clone(),
         d,
-        kinds::pay("300.00", pa(), "pa-1", "personal_assistant"),
+        "300.00",
+        pa(),
+        "pa-1",
+        "personal_assistant",
     )
     .await;
-    w.ok(
+    w.pay(
         &w.account.clone(),
         d,
-        kinds::pay("55.00", provider(), "physio-1", "therapy"),
+        "55.00",
+        provider(),
+        "physio-1",
+        "therapy",
     )
     .await;
     w.ok(
@@ -320,12 +337,44 @@ async fn every_budget_event_kind_third_party_and_notional() {
         assert_eq!(pence(&bal.spent), s, "{}", bal.budget_id);
         assert_eq!(bal.stopped, st, "{}", bal.budget_id);
     }
-    // Every kind is in the log.
-    let mut seen = std::collections::HashSet::new();
-    for e in &events {
-        seen.insert(std::mem::discriminant(e.kind.as_ref().unwrap()));
+    // Every budget event kind is in the log, with the registrations, and
+    // the care plans and service agreements that spending needs.
+    let seen: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| kind_name(e.kind.as_ref().unwrap()))
+        .collect();
+    let expected: std::collections::BTreeSet<&str> = [
+        "OrganisationRegistered",
+        "BudgetOpened",
+        "Allocation",
+        "Disbursement",
+        "Payment",
+        "Purchase",
+        "ReviewAdjustment",
+        "BudgetStopped",
+        "CarePlanApproved",
+        "ServiceAgreementApproved",
+    ]
+    .into();
+    assert_eq!(seen, expected);
+}
+
+/// The name of an event kind, for comparing the kinds a log holds.
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::OrganisationRegistered(_) => "OrganisationRegistered",
+        Kind::KeyRotated(_) => "KeyRotated",
+        Kind::BudgetOpened(_) => "BudgetOpened",
+        Kind::Allocation(_) => "Allocation",
+        Kind::Disbursement(_) => "Disbursement",
+        Kind::Payment(_) => "Payment",
+        Kind::Purchase(_) => "Purchase",
+        Kind::ReviewAdjustment(_) => "ReviewAdjustment",
+        Kind::BudgetStopped(_) => "BudgetStopped",
+        Kind::CarePlanApproved(_) => "CarePlanApproved",
+        Kind::ServiceAgreementApproved(_) => "ServiceAgreementApproved",
+        _ => "another kind",
     }
-    assert_eq!(seen.len(), 8, "all kinds but KeyRotated appear");
 }
 
 /// OrganisationRegistered and KeyRotated: after a rotation the old key is
@@ -487,6 +536,7 @@ async fn registration_and_key_rotation() {
     .await;
     let k = kinds::open("h-dual", &new.id, Management::ThirdParty, &dual.id, "");
     w.ok(&new, "dual-b", k).await;
+    w.ok(&new, "dual-b", standing_plan()).await;
     w.refused(
         &old,
         "dual-b",
@@ -526,17 +576,16 @@ async fn budget_rules() {
     let fp = Code::FailedPrecondition;
 
     // Spending beyond held (direct payment): allocated 1000, paid in 300.
+    // The payees have agreements in force, so the payments below are
+    // refused for the money alone.
     let d = "rule-dp";
     w.open_direct(d).await;
     w.fund(d, "1000.00", Some("300.00")).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
+    w.agree(d, pa(), "pa-1", "personal_assistant").await;
     let before = w.balance(d).await;
-    w.refused(
-        &acct,
-        d,
-        kinds::pay("300.01", provider(), "p-1", "therapy"),
-        fp,
-    )
-    .await;
+    w.refused(&acct, d, pay("300.01", provider(), "p-1", "therapy"), fp)
+        .await;
     w.refused(
         &acct,
         d,
@@ -547,17 +596,13 @@ async fn budget_rules() {
     w.refused(
         &payroll,
         d,
-        kinds::pay("300.01", pa(), "pa-1", "personal_assistant"),
+        pay("300.01", pa(), "pa-1", "personal_assistant"),
         fp,
     )
     .await;
     assert_eq!(w.balance(d).await, before, "refusals change nothing");
-    w.ok(
-        &payroll,
-        d,
-        kinds::pay("200.00", pa(), "pa-1", "personal_assistant"),
-    )
-    .await;
+    w.pay(&payroll, d, "200.00", pa(), "pa-1", "personal_assistant")
+        .await;
     w.refused(
         &acct,
         d,
@@ -588,15 +633,10 @@ async fn budget_rules() {
     let n = "rule-notional";
     w.open_notional(n).await;
     w.fund(n, "500.00", None).await;
-    w.refused(
-        &c,
-        n,
-        kinds::pay("500.01", provider(), "p-1", "therapy"),
-        fp,
-    )
-    .await;
-    w.ok(&c, n, kinds::pay("400.00", provider(), "p-1", "therapy"))
+    w.agree(n, provider(), "p-1", "therapy").await;
+    w.refused(&c, n, pay("500.01", provider(), "p-1", "therapy"), fp)
         .await;
+    w.pay(&c, n, "400.00", provider(), "p-1", "therapy").await;
     w.refused(&c, n, kinds::buy("100.01", "equipment", "s-1", "chair"), fp)
         .await;
     w.ok(&c, n, kinds::buy("100.00", "equipment", "s-1", "chair"))
@@ -617,8 +657,7 @@ async fn budget_rules() {
 
     // A review may not take allocated below paid_in.
     w.refused(&c, t, kinds::review("-0.01", "review"), fp).await;
-    w.ok(&tp, t, kinds::pay("250.00", provider(), "p-2", "therapy"))
-        .await;
+    w.pay(&tp, t, "250.00", provider(), "p-2", "therapy").await;
     // ... even if some has been spent: the floor is paid_in, not spent.
     w.refused(&c, t, kinds::review("-0.01", "review"), fp).await;
     w.ok(&c, t, kinds::review("500.00", "needs increased"))
@@ -632,8 +671,7 @@ async fn budget_rules() {
     let n2 = "rule-notional-2";
     w.open_notional(n2).await;
     w.fund(n2, "1000.00", None).await;
-    w.ok(&c, n2, kinds::pay("700.00", provider(), "p-1", "therapy"))
-        .await;
+    w.pay(&c, n2, "700.00", provider(), "p-1", "therapy").await;
     w.refused(&c, n2, kinds::review("-300.01", "review"), fp)
         .await;
     w.ok(&c, n2, kinds::review("-300.00", "review")).await;
@@ -651,21 +689,18 @@ async fn budget_rules() {
     let s = "rule-stopped";
     w.open_direct(s).await;
     w.fund(s, "1000.00", Some("500.00")).await;
+    w.agree(s, provider(), "p-1", "therapy").await;
+    w.agree(s, pa(), "pa-1", "personal_assistant").await;
     let stop_seq = w.ok(&c, s, kinds::stop("holder died")).await;
     let stopped = w.balance(s).await;
     assert!(stopped.stopped);
     assert_eq!(stopped.last_sequence, stop_seq);
-    w.refused(
-        &acct,
-        s,
-        kinds::pay("1.00", provider(), "p-1", "therapy"),
-        fp,
-    )
-    .await;
+    w.refused(&acct, s, pay("1.00", provider(), "p-1", "therapy"), fp)
+        .await;
     w.refused(
         &payroll,
         s,
-        kinds::pay("1.00", pa(), "pa-1", "personal_assistant"),
+        pay("1.00", pa(), "pa-1", "personal_assistant"),
         fp,
     )
     .await;
@@ -922,8 +957,9 @@ async fn invalid_arguments() {
         assert_eq!(r.error.unwrap().field, field, "open case {i}");
     }
 
-    // Only the two accepted events above were written.
-    assert_eq!(w.log_len().await, before + 3);
+    // Only the notional budget (its opening and standing plan) and the two
+    // accepted allocations above were written.
+    assert_eq!(w.log_len().await, before + 4);
 }
 
 /// UNAUTHENTICATED: bad signature, unknown signer.
@@ -1021,15 +1057,15 @@ async fn permission_denied() {
     w.fund(d, "1000.00", Some("1000.00")).await;
     w.fund(t, "1000.00", Some("1000.00")).await;
     w.fund(n, "1000.00", None).await;
+    // The payees have agreements in force: the payments below are refused
+    // for who signs them alone.
+    w.agree(d, provider(), "p-1", "therapy").await;
+    w.agree(t, pa(), "pa-1", "personal_assistant").await;
+    w.agree(n, provider(), "p-1", "therapy").await;
 
     // A payroll provider pays personal assistants only.
-    w.refused(
-        &payroll,
-        d,
-        kinds::pay("10.00", provider(), "p-1", "therapy"),
-        pd,
-    )
-    .await;
+    w.refused(&payroll, d, pay("10.00", provider(), "p-1", "therapy"), pd)
+        .await;
     w.refused(
         &payroll,
         d,
@@ -1041,32 +1077,22 @@ async fn permission_denied() {
     w.refused(
         &payroll,
         t,
-        kinds::pay("10.00", pa(), "pa-1", "personal_assistant"),
+        pay("10.00", pa(), "pa-1", "personal_assistant"),
         pd,
     )
     .await;
     // A third party spending on a budget it does not hold.
-    w.refused(
-        &tp,
-        d,
-        kinds::pay("10.00", provider(), "p-1", "therapy"),
-        pd,
-    )
-    .await;
+    w.refused(&tp, d, pay("10.00", provider(), "p-1", "therapy"), pd)
+        .await;
     w.refused(&tp, d, kinds::buy("10.00", "equipment", "s-1", "x"), pd)
         .await;
     w.refused(&acct, t, kinds::buy("10.00", "equipment", "s-1", "x"), pd)
         .await;
     // On notional budgets only the commissioner spends.
-    w.refused(
-        &acct,
-        n,
-        kinds::pay("10.00", provider(), "p-1", "therapy"),
-        pd,
-    )
-    .await;
+    w.refused(&acct, n, pay("10.00", provider(), "p-1", "therapy"), pd)
+        .await;
     // The commissioner does not spend on held budgets, nor fund holders fund.
-    w.refused(&c, d, kinds::pay("10.00", provider(), "p-1", "therapy"), pd)
+    w.refused(&c, d, pay("10.00", provider(), "p-1", "therapy"), pd)
         .await;
     w.refused(&acct, d, kinds::disburse("10.00"), pd).await;
     w.refused(&tp, t, kinds::allocate("10.00", Basis::OneOff), pd)
@@ -1077,13 +1103,8 @@ async fn permission_denied() {
     // An auditor writes nothing.
     w.refused(&auditor, d, kinds::allocate("10.00", Basis::OneOff), pd)
         .await;
-    w.refused(
-        &auditor,
-        n,
-        kinds::pay("10.00", provider(), "p-1", "therapy"),
-        pd,
-    )
-    .await;
+    w.refused(&auditor, n, pay("10.00", provider(), "p-1", "therapy"), pd)
+        .await;
     let k = kinds::open("h", &auditor.id, Management::Notional, "", "");
     w.refused(&auditor, "pd-auditor", k, pd).await;
     // A commissioner opens only its own budgets and funds only its own.
@@ -1092,13 +1113,8 @@ async fn permission_denied() {
     w.refused(&c2, d, kinds::allocate("10.00", Basis::OneOff), pd)
         .await;
     w.refused(&c2, d, kinds::stop("not mine"), pd).await;
-    w.refused(
-        &c2,
-        n,
-        kinds::pay("10.00", provider(), "p-1", "therapy"),
-        pd,
-    )
-    .await;
+    w.refused(&c2, n, pay("10.00", provider(), "p-1", "therapy"), pd)
+        .await;
     // A provider cannot open budgets.
     let k = kinds::open("h", &acct.id, Management::DirectPayment, &acct.id, "");
     w.refused(&acct, "pd-acct", k, pd).await;
@@ -1149,7 +1165,7 @@ async fn not_found_and_already_exists() {
     w.refused(
         &acct,
         "no-such-budget",
-        kinds::pay("1.00", provider(), "p", "therapy"),
+        pay("1.00", provider(), "p", "therapy"),
         Code::NotFound,
     )
     .await;
@@ -1158,6 +1174,8 @@ async fn not_found_and_already_exists() {
 
     let d = "ae-dp";
     let open_seq = w.open_direct(d).await;
+    // The harness approves the standing plan right after the opening.
+    let plan_seq = open_seq + 1;
     // Re-opening an existing budget id, with a new event id.
     let k = kinds::open("someone-else", &c.id, Management::Notional, "", "");
     w.refused(&c, d, k, Code::AlreadyExists).await;
@@ -1183,7 +1201,9 @@ async fn not_found_and_already_exists() {
             Management::DirectPayment as i32
         )
     );
-    assert_eq!(bal.last_sequence, open_seq);
+    assert_eq!(bal.last_sequence, plan_seq);
+    // An agreement in force for the payment below.
+    w.agree(d, provider(), "p", "therapy").await;
 
     // event_id reuse with different content.
     let first = w.event(d, kinds::allocate("100.00", Basis::OneOff));
@@ -1205,7 +1225,7 @@ async fn not_found_and_already_exists() {
     // are per signer): decided on its own merits, here refused for lack of
     // funds and recorded, never ALREADY_EXISTS.
     let mut fourth = first.clone();
-    fourth.kind = Some(kinds::pay("1.00", provider(), "p", "therapy"));
+    fourth.kind = Some(pay("1.00", provider(), "p", "therapy"));
     let r = w.append_signed(acct.sign(&fourth)).await;
     assert_refused(&r, Code::FailedPrecondition);
     assert_eq!(r.refusal_sequence, before + 1, "{r:?}");

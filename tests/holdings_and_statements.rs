@@ -32,7 +32,7 @@ fn figures_of_balance(b: &pb::Balance) -> (i64, i64, i64, i64) {
 }
 
 /// Opens a third-party budget of the second commissioner, held by the
-/// third party.
+/// third party, and approves the standing plan on it.
 async fn open_c2_third_party(w: &World, budget_id: &str) {
     let c2 = w.commissioner2.clone();
     let k = kinds::open(
@@ -43,6 +43,7 @@ async fn open_c2_third_party(w: &World, budget_id: &str) {
         "",
     );
     w.ok(&c2, budget_id, k).await;
+    w.ok(&c2, budget_id, standing_plan()).await;
 }
 
 /// Checks a holdings answer row by row against GetBalance and its totals
@@ -107,19 +108,15 @@ async fn populate(w: &World) -> Vec<&'static str> {
 
     let pa = PayeeKind::PersonalAssistant;
     let prov = PayeeKind::Provider;
-    w.ok(
-        &tp,
-        "tp-a",
-        kinds::pay("364.00", pa, "pa-1", "personal_assistant"),
-    )
-    .await;
+    w.pay(&tp, "tp-a", "364.00", pa, "pa-1", "personal_assistant")
+        .await;
     w.ok(
         &tp,
         "tp-a",
         kinds::buy("0.03", "equipment", "shop-1", "pens"),
     )
     .await;
-    w.ok(&tp, "tp-b", kinds::pay("333.33", prov, "prov-1", "respite"))
+    w.pay(&tp, "tp-b", "333.33", prov, "prov-1", "respite")
         .await;
     w.ok(
         &tp,
@@ -133,20 +130,16 @@ async fn populate(w: &World) -> Vec<&'static str> {
         kinds::buy("100.49", "equipment", "shop-3", "chair"),
     )
     .await;
-    w.ok(
-        &payroll,
-        "dp-a",
-        kinds::pay("200.00", pa, "pa-2", "personal_assistant"),
-    )
-    .await;
-    w.ok(&c, "nt-a", kinds::pay("70.00", prov, "prov-2", "therapy"))
+    w.pay(&payroll, "dp-a", "200.00", pa, "pa-2", "personal_assistant")
         .await;
+    w.pay(&c, "nt-a", "70.00", prov, "prov-2", "therapy").await;
     w.ok(&c, "tp-a", kinds::review("-100.00", "review")).await;
-    // Refused, recorded: an overspend and a payment by the wrong holder.
+    // Refused, recorded: an overspend (under the agreement) and a purchase
+    // by the wrong holder.
     w.refused(
         &tp,
         "tp-b",
-        kinds::pay("0.01", prov, "prov-1", "respite"),
+        pay("0.01", prov, "prov-1", "respite"),
         Code::FailedPrecondition,
     )
     .await;
@@ -377,6 +370,7 @@ async fn statement_follows_balance_step_by_step() {
     };
     f.ok(&c, open, "budget_opened", "").await;
     assert_eq!(f.rows[0].allocated, "0.00");
+    f.ok(&c, standing_plan(), "care_plan_approved", "").await;
     f.ok(
         &c,
         kinds::allocate("1000.00", Basis::NeedsBased),
@@ -387,9 +381,11 @@ async fn statement_follows_balance_step_by_step() {
     f.ok(&c, kinds::disburse("600.10"), "disbursement", "600.10")
         .await;
     let pa = PayeeKind::PersonalAssistant;
+    let agreed = w.agree(budget, pa, "pa-1", "personal_assistant").await;
+    f.check(agreed, "service_agreement_approved", &c, "").await;
     f.ok(
         &payroll,
-        kinds::pay("364.05", pa, "pa-1", "personal_assistant"),
+        pay("364.05", pa, "pa-1", "personal_assistant"),
         "payment",
         "-364.05",
     )
@@ -498,9 +494,11 @@ async fn statement_pages_cover_every_row_once() {
     w.fund(budget, "500.00", Some("500.00")).await;
     // Interleave another budget's entries so sequences have gaps.
     w.open_third_party("pg-other").await;
+    w.agree(budget, PayeeKind::Provider, "prov", "respite")
+        .await;
     for i in 0..20 {
-        let pay = kinds::pay("1.01", PayeeKind::Provider, "prov", "respite");
-        w.ok(&tp, budget, pay).await;
+        let payment = pay("1.01", PayeeKind::Provider, "prov", "respite");
+        w.ok(&tp, budget, payment).await;
         if i % 3 == 0 {
             w.fund("pg-other", "1.00", None).await;
         }
@@ -518,18 +516,22 @@ async fn statement_pages_cover_every_row_once() {
     let cl = &w.client;
     let auditor = w.auditor.clone();
     let whole = statement_all(cl, &auditor, budget, 1000).await.unwrap();
-    assert_eq!(whole.len(), 3 + 20 + 3 + 1);
+    // Opened, its plan, allocated, disbursed, the agreement; 20 payments,
+    // 3 refusals and the stop.
+    let n = 5 + 20 + 3 + 1;
+    assert_eq!(whole.len(), n);
     assert!(whole.windows(2).all(|p| p[0].sequence < p[1].sequence));
-    for size in [0, 1, 2, 5, 7, 26, 27, 28, 5000] {
+    let n = n as u32;
+    for size in [0, 1, 2, 5, 7, n - 1, n, n + 1, 5000] {
         let paged = statement_all(cl, &auditor, budget, size).await.unwrap();
         assert_eq!(paged, whole, "page size {size}");
     }
-    // Page sizes: 0 means 100 (all 27 here); exact pages end with an empty token.
+    // Page sizes: 0 means 100 (all n here); exact pages end with an empty token.
     let p = statement_page(cl, &auditor, budget, 9, "").await.unwrap();
     assert_eq!(p.rows.len(), 9);
     assert_eq!(p.next_page_token, format!("after:{}", whole[8].sequence));
-    let p = statement_page(cl, &auditor, budget, 27, "").await.unwrap();
-    assert_eq!(p.rows.len(), 27);
+    let p = statement_page(cl, &auditor, budget, n, "").await.unwrap();
+    assert_eq!(p.rows.len(), n as usize);
     assert!(p.next_page_token.is_empty());
     let end = format!("after:{}", whole.last().unwrap().sequence);
     let p = statement_page(cl, &auditor, budget, 10, &end)
@@ -568,14 +570,16 @@ async fn statement_read_scope() {
     w.fund("sc-tp", "10.00", Some("10.00")).await;
     w.open_direct("sc-dp").await;
     let cl = &w.client;
+    // Opened, the standing plan, allocated, disbursed.
     for reader in [&c, &tp, &auditor, &root] {
         let rows = statement_all(cl, reader, "sc-tp", 10).await.unwrap();
-        assert_eq!(rows.len(), 3, "as {}", reader.id);
+        assert_eq!(rows.len(), 4, "as {}", reader.id);
     }
+    // Opened, the standing plan.
     for reader in [&c, &acct, &payroll, &auditor, &root] {
         assert_eq!(
             statement_all(cl, reader, "sc-dp", 10).await.unwrap().len(),
-            1
+            2
         );
     }
     // Another commissioner, an unrelated provider.

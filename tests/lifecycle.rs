@@ -20,13 +20,16 @@ async fn suspension_stops_money_moving_until_resumed() {
     let d = "life-susp";
     w.open_direct(d).await;
     w.fund(d, "1000.00", Some("500.00")).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
     w.refused(&c, d, kinds::resume(), Code::FailedPrecondition)
         .await;
     w.ok(&c, d, kinds::suspend("review of spending")).await;
     w.refused(&c, d, kinds::suspend("again"), Code::FailedPrecondition)
         .await;
-    let pay = || kinds::pay("10.00", provider(), "p-1", "therapy");
-    let r = w.refused(&acct, d, pay(), Code::FailedPrecondition).await;
+    let payment = || pay("10.00", provider(), "p-1", "therapy");
+    let r = w
+        .refused(&acct, d, payment(), Code::FailedPrecondition)
+        .await;
     assert!(r.error.unwrap().message.contains("suspended"));
     w.refused(&c, d, kinds::disburse("1.00"), Code::FailedPrecondition)
         .await;
@@ -36,7 +39,7 @@ async fn suspension_stops_money_moving_until_resumed() {
     w.refused(&acct, d, kinds::suspend("not mine"), Code::PermissionDenied)
         .await;
     w.ok(&c, d, kinds::resume()).await;
-    w.ok(&acct, d, pay()).await;
+    w.ok(&acct, d, payment()).await;
     assert_eq!(w.balance(d).await.spent, "10.00");
 }
 
@@ -48,10 +51,11 @@ async fn nothing_is_spent_for_a_date_after_death() {
     for b in [d, e] {
         w.open_direct(b).await;
         w.fund(b, "1000.00", Some("500.00")).await;
+        w.agree(b, provider(), "p-1", "therapy").await;
     }
     // Died today: spending dated today (occurred_at now) is not after it.
     w.ok(&c, e, kinds::died(&day(0))).await;
-    w.ok(&acct, e, kinds::pay("10.00", provider(), "p-1", "therapy"))
+    w.ok(&acct, e, pay("10.00", provider(), "p-1", "therapy"))
         .await;
     // Died yesterday: nothing for today.
     w.ok(&c, d, kinds::died(&day(-1))).await;
@@ -59,7 +63,7 @@ async fn nothing_is_spent_for_a_date_after_death() {
         .refused(
             &acct,
             d,
-            kinds::pay("10.00", provider(), "p-1", "therapy"),
+            pay("10.00", provider(), "p-1", "therapy"),
             Code::FailedPrecondition,
         )
         .await;
@@ -90,7 +94,7 @@ async fn reclaim_and_refund_arithmetic_reconciles_everywhere() {
     w.open_direct(d).await;
     w.fund(d, "2000.00", Some("1000.00")).await;
     let paid = w
-        .ok(&acct, d, kinds::pay("300.00", provider(), "p-1", "therapy"))
+        .pay(&acct, d, "300.00", provider(), "p-1", "therapy")
         .await;
     // Reclaim: at most what is held (700.00).
     w.refused(
@@ -131,9 +135,7 @@ async fn reclaim_and_refund_arithmetic_reconciles_everywhere() {
         .refused(&acct, d, kinds::refund(1, "1.00"), Code::FailedPrecondition)
         .await;
     assert!(r.error.unwrap().message.contains("no Payment or Purchase"));
-    let paid2 = w
-        .ok(&acct, d, kinds::pay("50.00", provider(), "p-1", "therapy"))
-        .await;
+    let paid2 = w.pay(&acct, d, "50.00", provider(), "p-1", "therapy").await;
     w.refused(&c, d, kinds::refund(paid2, "1.00"), Code::PermissionDenied)
         .await;
     let b = w.balance(d).await;

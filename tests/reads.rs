@@ -338,6 +338,18 @@ async fn read_log_catch_up_and_chain() {
     let (c, acct, payroll) = (w.commissioner.clone(), w.account.clone(), w.payroll.clone());
     let d = "log-dp";
     w.open_direct(d).await;
+    // The payees of the batch below have agreements in force.
+    for i in 0..10 {
+        w.agree(d, pb::PayeeKind::Provider, &format!("p-{i}"), "therapy")
+            .await;
+    }
+    w.agree(
+        d,
+        pb::PayeeKind::PersonalAssistant,
+        "pa-1",
+        "personal_assistant",
+    )
+    .await;
     let mut sent = Vec::new();
     let mut batch = vec![
         w.sign(&c, d, kinds::allocate("1000.00", Basis::NeedsBased)),
@@ -347,7 +359,7 @@ async fn read_log_catch_up_and_chain() {
         batch.push(w.sign(
             &acct,
             d,
-            kinds::pay(
+            pay(
                 "10.00",
                 pb::PayeeKind::Provider,
                 &format!("p-{i}"),
@@ -357,7 +369,7 @@ async fn read_log_catch_up_and_chain() {
         batch.push(w.sign(
             &payroll,
             d,
-            kinds::pay(
+            pay(
                 "20.00",
                 pb::PayeeKind::PersonalAssistant,
                 "pa-1",
@@ -457,6 +469,15 @@ async fn read_log_follow() {
     let d = "follow-dp";
     w.open_direct(d).await;
     w.fund(d, "600.00", Some("500.00")).await;
+    // Agreements in force for the payments below.
+    w.agree(d, pb::PayeeKind::Provider, "p", "therapy").await;
+    w.agree(
+        d,
+        pb::PayeeKind::PersonalAssistant,
+        "pa",
+        "personal_assistant",
+    )
+    .await;
     let head = w.log().await;
     let n = head.len() as u64;
 
@@ -495,7 +516,7 @@ async fn read_log_follow() {
         .append(
             &w.account.clone(),
             d,
-            kinds::pay("12.34", pb::PayeeKind::Provider, "p", "therapy"),
+            pay("12.34", pb::PayeeKind::Provider, "p", "therapy"),
         )
         .await;
     appended.push(r);
@@ -505,7 +526,7 @@ async fn read_log_follow() {
                 w.sign(
                     &w.payroll.clone(),
                     d,
-                    kinds::pay(
+                    pay(
                         "5.00",
                         pb::PayeeKind::PersonalAssistant,
                         "pa",

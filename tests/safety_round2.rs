@@ -27,13 +27,14 @@ async fn a_refused_payment_is_never_paid_later() {
     let (c, acct) = (w.commissioner.clone(), w.account.clone());
     let d = "final-dp";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
     w.fund(d, "1000.00", Some("500.00")).await;
-    let overspend = w.sign(&acct, d, kinds::pay("550.00", provider(), "p-1", "therapy"));
+    let overspend = w.sign(&acct, d, pay("550.00", provider(), "p-1", "therapy"));
     let refused = w.append_signed(overspend.clone()).await;
     assert_refused(&refused, Code::FailedPrecondition);
     assert!(refused.refusal_sequence > 0, "{refused:?}");
     // The payer corrects it under a new id; then more money arrives.
-    w.ok(&acct, d, kinds::pay("400.00", provider(), "p-1", "therapy"))
+    w.ok(&acct, d, pay("400.00", provider(), "p-1", "therapy"))
         .await;
     w.ok(&c, d, kinds::disburse("500.00")).await;
     assert_eq!(w.balance(d).await.held, "600.00");
@@ -74,10 +75,12 @@ async fn events_of_a_refused_atomic_batch_cannot_be_sent_alone() {
     let (c, acct) = (w.commissioner.clone(), w.account.clone());
     let d = "final-batch";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p-1", "therapy").await;
+    w.agree(d, provider(), "p-2", "therapy").await;
     w.fund(d, "1000.00", Some("500.00")).await;
     let batch = vec![
-        w.sign(&acct, d, kinds::pay("300.00", provider(), "p-1", "therapy")),
-        w.sign(&acct, d, kinds::pay("300.00", provider(), "p-2", "therapy")),
+        w.sign(&acct, d, pay("300.00", provider(), "p-1", "therapy")),
+        w.sign(&acct, d, pay("300.00", provider(), "p-2", "therapy")),
     ];
     let rs = w.append_batch(batch.clone(), true).await;
     assert_refused(&rs[0], Code::Aborted);
@@ -170,11 +173,12 @@ async fn forged_signatures_do_not_slow_the_writer() {
     let acct = w.account.clone();
     let d = "flood-dp";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p", "therapy").await;
     w.fund(d, "100000.00", Some("100000.00")).await;
     let forger = Signer::generate(acct.id.clone());
     let forged: Vec<pb::SignedEvent> = (0..500)
         .map(|i| {
-            let mut e = w.event(d, kinds::pay("0.01", provider(), "p", "therapy"));
+            let mut e = w.event(d, pay("0.01", provider(), "p", "therapy"));
             e.event_id = format!("forged-{i}");
             forger.sign(&e)
         })
@@ -207,7 +211,7 @@ async fn forged_signatures_do_not_slow_the_writer() {
     let mut latencies = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        w.ok(&acct, d, kinds::pay("0.01", provider(), "p", "therapy"))
+        w.ok(&acct, d, pay("0.01", provider(), "p", "therapy"))
             .await;
         latencies.push(t.elapsed());
     }
@@ -241,7 +245,7 @@ async fn refusal_logging_is_escaped_and_bounded() {
     let w = World::new().await;
     let acct = w.account.clone();
     let forged_line = "2026-01-01T00:00:00Z  INFO phb_ledger: payment approved by root";
-    let mut e = w.event("x", kinds::pay("1.00", provider(), "p", "therapy"));
+    let mut e = w.event("x", pay("1.00", provider(), "p", "therapy"));
     e.event_id = format!("ok\n{forged_line}\x1b[2J\x1b[31m{}", "A".repeat(5000));
     let r = w.append_signed(acct.sign(&e)).await;
     assert_refused(&r, Code::InvalidArgument);
@@ -353,6 +357,7 @@ async fn a_failed_batch_that_registers_its_signer_is_final() {
     let newcomer = Signer::generate("late-tp-2");
     let d = "batch-reg";
     w.open_direct(d).await;
+    w.agree(d, provider(), "p", "therapy").await;
     let register = w.sign(
         &root,
         "",
@@ -366,7 +371,7 @@ async fn a_failed_batch_that_registers_its_signer_is_final() {
     let open = w.sign(&newcomer, "nb-1", k);
     // Fails by a decision: the commissioner pays on a direct-payment budget
     // (only its funds holder may).
-    let overspend = w.sign(&c, d, kinds::pay("5.00", provider(), "p", "therapy"));
+    let overspend = w.sign(&c, d, pay("5.00", provider(), "p", "therapy"));
     let rs = w
         .append_batch(vec![register.clone(), open.clone(), overspend], true)
         .await;

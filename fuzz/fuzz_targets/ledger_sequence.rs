@@ -417,14 +417,13 @@ impl Run {
                 ..
             } => (
                 bid(*b),
-                K::Payment(pb::Payment {
-                    amount: amount_str(amount),
-                    payee_kind: [1, 2, 0, 3][mostly(*payee_kind, 2, 4)],
-                    payee_ref: "pa-001".into(),
-                    category: CATEGORIES[mostly(*category, 3, 5)].into(),
-                    reference: "wk-12".into(),
-                    ..Default::default()
-                }),
+                K::Payment(cast::payment(
+                    &amount_str(amount),
+                    [1, 2, 0, 3][mostly(*payee_kind, 2, 4)],
+                    "pa-001",
+                    CATEGORIES[mostly(*category, 3, 5)],
+                    "wk-12",
+                )),
             ),
             Op::Purchase {
                 budget: b,

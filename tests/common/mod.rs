@@ -574,6 +574,63 @@ pub fn pounds(p: i64) -> String {
     format!("{sign}{}.{:02}", p.abs() / 100, p.abs() % 100)
 }
 
+/// Every spending category the ledger allows (docs/api.md, "Spending
+/// categories"): the standing plan has a line for each.
+pub const ALLOWED_CATEGORIES: [&str; 16] = [
+    "personal_assistant",
+    "agency_care",
+    "respite",
+    "therapy",
+    "equipment",
+    "it_equipment",
+    "education",
+    "exercise_wellbeing",
+    "transport",
+    "community_activity",
+    "clinical_service",
+    "household_support",
+    "payroll_and_account_fees",
+    "employer_insurance",
+    "tax_and_pension",
+    "cash",
+];
+
+/// The standing care plan the `open_*` helpers approve: a line of
+/// 100,000.00 for every allowed category and no contingency, in force over
+/// the budget period. Spending needs a plan in force with a line for its
+/// category; tests that are not about plans spend under this one.
+pub fn standing_plan() -> Kind {
+    let lines: Vec<(String, &str)> = ALLOWED_CATEGORIES
+        .iter()
+        .map(|c| (format!("line-{c}"), *c))
+        .collect();
+    let lines: Vec<(&str, &str, &str, &str)> = lines
+        .iter()
+        .map(|(id, c)| (id.as_str(), *c, "100000.00", "standing line"))
+        .collect();
+    kinds::plan("standing-plan", &lines, "0.00")
+}
+
+/// The id of the harness agreement with `payee_ref` for `category`
+/// (`World::agree`).
+pub fn agreement_for(payee_ref: &str, category: &str) -> String {
+    format!("agr-{payee_ref}-{category}")
+}
+
+/// A Payment to `payee_ref` under its harness agreement for `category`
+/// (`World::agree`: 1.00 a unit, so the units are the amount), for a
+/// service on the first day of the budget period, long ended.
+pub fn pay(amount: &str, payee_kind: pb::PayeeKind, payee_ref: &str, category: &str) -> Kind {
+    let mut k = kinds::pay(amount, payee_kind, payee_ref, category);
+    if let Kind::Payment(p) = &mut k {
+        p.agreement_id = agreement_for(payee_ref, category);
+        p.units = amount.to_string();
+        p.service_from = "2026-04-01".into();
+        p.service_to = "2026-04-01".into();
+    }
+    k
+}
+
 /// A running server with a commissioner (two, in fact), payroll provider,
 /// third party, account provider and auditor, all registered by root-signed events.
 pub struct World {
@@ -586,6 +643,8 @@ pub struct World {
     pub account: Signer,
     pub auditor: Signer,
     next_id: AtomicU64,
+    /// (budget, agreement id) of the harness agreements `pay` approved.
+    agreed: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl World {
@@ -608,6 +667,7 @@ impl World {
             auditor: Signer::generate("audit-office"),
             server,
             next_id: AtomicU64::new(1),
+            agreed: Mutex::default(),
         };
         use pb::Role;
         let regs = [
@@ -740,40 +800,109 @@ impl World {
         f
     }
 
-    /// Opens a direct-payment budget with the account provider and payroll provider.
+    /// Opens a budget of `management` (direct payment: the account
+    /// provider and payroll provider; third party: the third party) with
+    /// no care plan; returns the opening's sequence.
+    pub async fn open_without_plan(&self, budget_id: &str, management: pb::Management) -> u64 {
+        let (holder, payroll) = match management {
+            pb::Management::DirectPayment => (self.account.id.as_str(), self.payroll.id.as_str()),
+            pb::Management::ThirdParty => (self.third_party.id.as_str(), ""),
+            _ => ("", ""),
+        };
+        let k = kinds::open(
+            &format!("holder-{budget_id}"),
+            &self.commissioner.id,
+            management,
+            holder,
+            payroll,
+        );
+        self.ok(&self.commissioner.clone(), budget_id, k).await
+    }
+
+    /// Opens a budget of `management` and approves the standing plan
+    /// (`standing_plan`); returns the opening's sequence (the plan's is the
+    /// next).
+    async fn open_with_plan(&self, budget_id: &str, management: pb::Management) -> u64 {
+        let opened = self.open_without_plan(budget_id, management).await;
+        self.ok(&self.commissioner.clone(), budget_id, standing_plan())
+            .await;
+        opened
+    }
+
+    /// Opens a direct-payment budget with the account provider and payroll
+    /// provider, under the standing plan.
     pub async fn open_direct(&self, budget_id: &str) -> u64 {
-        let k = kinds::open(
-            &format!("holder-{budget_id}"),
-            &self.commissioner.id,
-            pb::Management::DirectPayment,
-            &self.account.id,
-            &self.payroll.id,
-        );
-        self.ok(&self.commissioner.clone(), budget_id, k).await
+        self.open_with_plan(budget_id, pb::Management::DirectPayment)
+            .await
     }
 
-    /// Opens a third-party budget held by the third party.
+    /// Opens a third-party budget held by the third party, under the
+    /// standing plan.
     pub async fn open_third_party(&self, budget_id: &str) -> u64 {
-        let k = kinds::open(
-            &format!("holder-{budget_id}"),
-            &self.commissioner.id,
-            pb::Management::ThirdParty,
-            &self.third_party.id,
-            "",
-        );
-        self.ok(&self.commissioner.clone(), budget_id, k).await
+        self.open_with_plan(budget_id, pb::Management::ThirdParty)
+            .await
     }
 
-    /// Opens a notional budget.
+    /// Opens a notional budget, under the standing plan.
     pub async fn open_notional(&self, budget_id: &str) -> u64 {
-        let k = kinds::open(
-            &format!("holder-{budget_id}"),
-            &self.commissioner.id,
-            pb::Management::Notional,
-            "",
-            "",
+        self.open_with_plan(budget_id, pb::Management::Notional)
+            .await
+    }
+
+    /// The commissioner approves the harness agreement with `payee_ref`
+    /// for `category` on `budget_id` (id `agreement_for`): 1.00 a unit, no
+    /// weekly limit, in force over the budget period; returns its sequence.
+    pub async fn agree(
+        &self,
+        budget_id: &str,
+        payee_kind: pb::PayeeKind,
+        payee_ref: &str,
+        category: &str,
+    ) -> u64 {
+        let mut k = kinds::agreement(
+            &agreement_for(payee_ref, category),
+            payee_ref,
+            category,
+            "1.00",
+            0,
         );
-        self.ok(&self.commissioner.clone(), budget_id, k).await
+        if let Kind::ServiceAgreementApproved(a) = &mut k {
+            a.payee_kind = payee_kind as i32;
+            if payee_kind == pb::PayeeKind::Provider {
+                a.payee_sector = pb::Sector::Independent as i32;
+                a.unit = pb::Unit::Item as i32;
+            }
+        }
+        let sequence = self.ok(&self.commissioner.clone(), budget_id, k).await;
+        let key = (budget_id.to_string(), agreement_for(payee_ref, category));
+        self.agreed.lock().unwrap().insert(key);
+        sequence
+    }
+
+    /// Pays `payee_ref` under its harness agreement for `category`,
+    /// approving the agreement first if this budget has none yet; returns
+    /// the payment's sequence.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pay(
+        &self,
+        signer: &Signer,
+        budget_id: &str,
+        amount: &str,
+        payee_kind: pb::PayeeKind,
+        payee_ref: &str,
+        category: &str,
+    ) -> u64 {
+        let key = (budget_id.to_string(), agreement_for(payee_ref, category));
+        let agreed = self.agreed.lock().unwrap().contains(&key);
+        if !agreed {
+            self.agree(budget_id, payee_kind, payee_ref, category).await;
+        }
+        self.ok(
+            signer,
+            budget_id,
+            pay(amount, payee_kind, payee_ref, category),
+        )
+        .await
     }
 
     /// Allocates (and, unless notional, disburses) money into a budget.

@@ -202,6 +202,17 @@ enum Op {
         budget: usize,
         reason: usize,
     },
+    /// The setup care plan (`cast::plan_kind`): approved again, it starts
+    /// its lines afresh.
+    Plan {
+        budget: usize,
+    },
+    /// Setup agreement `index` of `cast::agreement_kinds` (again: refused,
+    /// the id exists).
+    Agree {
+        budget: usize,
+        index: usize,
+    },
     /// Random bytes as the event.
     Garbage(Vec<u8>),
     /// A byte of an earlier submission's event changed, then re-signed.
@@ -406,6 +417,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (budget_ix(), delta(), mostly(3, TEXTS.len()))
             .prop_map(|(budget, delta, reason)| Op::Review { budget, delta, reason }),
         1 => (budget_ix(), mostly(3, TEXTS.len())).prop_map(|(budget, reason)| Op::Stop { budget, reason }),
+        1 => budget_ix().prop_map(|budget| Op::Plan { budget }),
+        1 => (budget_ix(), 0..cast::agreement_kinds().len())
+            .prop_map(|(budget, index)| Op::Agree { budget, index }),
         1 => prop::collection::vec(any::<u8>(), 0..48).prop_map(Op::Garbage),
         1 => (any::<usize>(), any::<usize>(), 1..=255u8)
             .prop_map(|(of, pos, xor)| Op::Mutate { of, pos, xor }),
@@ -554,6 +568,12 @@ fn setup(mask: &[bool], alloc: &[i64], disb: &[i64]) -> Vec<Batch> {
             dates: 0,
         });
     }
+    for budget in 0..OPENED {
+        ops.push(Op::Plan { budget });
+        for index in 0..cast::agreement_kinds().len() {
+            ops.push(Op::Agree { budget, index });
+        }
+    }
     for (budget, &pence) in alloc.iter().enumerate().take(OPENED) {
         ops.push(Op::Allocate {
             budget,
@@ -642,7 +662,9 @@ impl Harness {
             Op::Allocate { budget, .. }
             | Op::Disburse { budget, .. }
             | Op::Review { budget, .. }
-            | Op::Stop { budget, .. } => cast::commissioner(l, *budget),
+            | Op::Stop { budget, .. }
+            | Op::Plan { budget }
+            | Op::Agree { budget, .. } => cast::commissioner(l, *budget),
             Op::Pay {
                 budget,
                 via_payroll,
@@ -760,14 +782,13 @@ impl Harness {
                 ..
             } => (
                 BUDGETS[*budget].id.to_string(),
-                K::Payment(pb::Payment {
-                    amount: amount.clone(),
-                    payee_kind: *payee_kind,
-                    payee_ref: REFS[*payee].to_string(),
-                    category: CATEGORIES[*category].to_string(),
-                    reference: TEXTS[*reference].to_string(),
-                    ..Default::default()
-                }),
+                K::Payment(cast::payment(
+                    amount,
+                    *payee_kind,
+                    REFS[*payee],
+                    CATEGORIES[*category],
+                    TEXTS[*reference],
+                )),
             ),
             Op::Purchase {
                 budget,
@@ -802,6 +823,11 @@ impl Harness {
                 K::BudgetStopped(pb::BudgetStopped {
                     reason: TEXTS[*reason].to_string(),
                 }),
+            ),
+            Op::Plan { budget } => (BUDGETS[*budget].id.to_string(), cast::plan_kind()),
+            Op::Agree { budget, index } => (
+                BUDGETS[*budget].id.to_string(),
+                cast::agreement_kinds().swap_remove(*index),
             ),
             Op::Garbage(bytes) => return bytes.clone(),
             Op::Mutate { of, pos, xor } => {
@@ -1293,7 +1319,8 @@ fn pay(budget: usize, amount: &str) -> Op {
         amount: amount.to_string(),
         payee_kind: pb::PayeeKind::Provider as i32,
         payee: 0,
-        category: 0,
+        // respite: the setup agreement with a provider.
+        category: 1,
         reference: 0,
         via_payroll: false,
     }

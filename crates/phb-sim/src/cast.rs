@@ -250,9 +250,127 @@ pub fn purchaser(l: &Ledger, b: usize) -> usize {
     }
 }
 
+/// The categories every setup care plan has a line for (spending needs a
+/// plan line: docs/api.md, "Checks at payment time").
+pub const PLAN_CATEGORIES: [&str; 3] = ["personal_assistant", "respite", "exercise_wellbeing"];
+/// The payees every setup budget has service agreements with: as a
+/// personal assistant for `personal_assistant`, and as a provider for
+/// `respite`.
+pub const AGREED_PAYEES: [&str; 2] = ["pa-001", "prov:cmht.7"];
+/// The first day setup plans and agreements are in force (before `T0`).
+pub const IN_FORCE_FROM: &str = "2023-12-01";
+/// The last day setup plans and agreements are in force.
+pub const IN_FORCE_TO: &str = "2025-03-31";
+
+/// The agreement id a payment to `payee_ref` (as `payee_kind`, a
+/// `pb::PayeeKind` number) in `category` names; setup approves those of
+/// `agreement_kinds`, so other payees, kinds and categories name an
+/// agreement that does not exist.
+pub fn agreement_id(payee_kind: i32, payee_ref: &str, category: &str) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(24)
+            .collect()
+    };
+    format!("agr-{payee_kind}-{}-{}", safe(payee_ref), safe(category))
+}
+
+/// A Payment under the setup's agreements: rate 1.00 per item, so the
+/// units are the amount; service on `IN_FORCE_FROM`, before any payment.
+/// Tax and pension payments (and unspecified kinds) name no agreement.
+pub fn payment(
+    amount: &str,
+    payee_kind: i32,
+    payee_ref: &str,
+    category: &str,
+    reference: &str,
+) -> pb::Payment {
+    let mut p = pb::Payment {
+        amount: amount.to_string(),
+        payee_kind,
+        payee_ref: payee_ref.to_string(),
+        category: category.to_string(),
+        reference: reference.to_string(),
+        ..Default::default()
+    };
+    if payee_kind == pb::PayeeKind::PersonalAssistant as i32
+        || payee_kind == pb::PayeeKind::Provider as i32
+    {
+        p.agreement_id = agreement_id(payee_kind, payee_ref, category);
+        p.units = amount.to_string();
+        p.service_from = IN_FORCE_FROM.to_string();
+        p.service_to = IN_FORCE_FROM.to_string();
+    }
+    p
+}
+
+/// The setup care plan: a line of £1,000,000 for each `PLAN_CATEGORIES`,
+/// so the plan never binds before the money does (the pence model knows
+/// nothing of plans).
+pub fn plan_kind() -> pb::event::Kind {
+    pb::event::Kind::CarePlanApproved(pb::CarePlanApproved {
+        plan_id: "plan-1".into(),
+        lines: PLAN_CATEGORIES
+            .iter()
+            .map(|c| pb::PlanLine {
+                line_id: format!("line-{c}"),
+                category: c.to_string(),
+                annual_amount: "1000000.00".into(),
+                description: "setup line".into(),
+            })
+            .collect(),
+        contingency_amount: "0.00".into(),
+        valid_from: IN_FORCE_FROM.into(),
+        valid_to: IN_FORCE_TO.into(),
+        review_due: "2024-10-01".into(),
+    })
+}
+
+/// The setup's service agreements: each of `AGREED_PAYEES` as a personal
+/// assistant (for `personal_assistant`) and as a provider (for `respite`),
+/// at 1.00 per unit with no weekly limit.
+pub fn agreement_kinds() -> Vec<pb::event::Kind> {
+    let kinds = [
+        (
+            pb::PayeeKind::PersonalAssistant,
+            pb::Sector::Individual,
+            pb::Unit::Hour,
+            PLAN_CATEGORIES[0],
+        ),
+        (
+            pb::PayeeKind::Provider,
+            pb::Sector::Independent,
+            pb::Unit::Item,
+            PLAN_CATEGORIES[1],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (kind, sector, unit, category) in kinds {
+        for payee in AGREED_PAYEES {
+            out.push(pb::event::Kind::ServiceAgreementApproved(
+                pb::ServiceAgreementApproved {
+                    agreement_id: agreement_id(kind as i32, payee, category),
+                    payee_ref: payee.to_string(),
+                    payee_kind: kind as i32,
+                    payee_sector: sector as i32,
+                    category: category.to_string(),
+                    unit: unit as i32,
+                    rate: "1.00".into(),
+                    max_units_per_week: 0,
+                    valid_from: IN_FORCE_FROM.into(),
+                    valid_to: IN_FORCE_TO.into(),
+                    connected_person: false,
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// The setup: registrations of every organisation but the ghost, then each
-/// budget but the last opened, allocated £4,800 and (unless notional)
-/// disbursed £1,200. `mask` bit `i` skips step `i` (so the fuzzer can start
+/// budget but the last opened, given the setup care plan and agreements,
+/// allocated £4,800 and (unless notional) disbursed £1,200. `mask` bit `i` skips step `i` (so the fuzzer can start
 /// from a partial cast); later steps that depend on a skipped one are
 /// simply refused by the ledger.
 pub fn setup_events(mask: u32) -> Vec<SignedEvent> {
@@ -274,6 +392,14 @@ pub fn setup_events(mask: u32) -> Vec<SignedEvent> {
         let c = cfg.commissioner;
         if keep() {
             let ev = event(&format!("setup-open-{b}"), cfg.id, at, open_kind(b));
+            out.push(sign(c, 0, &ev));
+        }
+        if keep() {
+            let ev = event(&format!("setup-plan-{b}"), cfg.id, at, plan_kind());
+            out.push(sign(c, 0, &ev));
+        }
+        for (i, kind) in agreement_kinds().into_iter().enumerate() {
+            let ev = event(&format!("setup-agr-{b}-{i}"), cfg.id, at, kind);
             out.push(sign(c, 0, &ev));
         }
         if keep() {

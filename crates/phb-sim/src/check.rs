@@ -428,6 +428,8 @@ pub fn check_authorised(before: &Snapshot, signer: &str, event: &Event) {
         EventKind::Allocation { .. }
         | EventKind::ReviewAdjustment { .. }
         | EventKind::BudgetStopped { .. } => commissioner,
+        // The simulation has no plan facilitators.
+        EventKind::CarePlanApproved(_) | EventKind::ServiceAgreementApproved(_) => commissioner,
         EventKind::Disbursement { .. } => commissioner && !notional,
         EventKind::Payment { payee_kind, .. } => {
             if notional {
@@ -443,7 +445,7 @@ pub fn check_authorised(before: &Snapshot, signer: &str, event: &Event) {
                 holder
             }
         }
-        _ => unreachable!("organisation events and openings are handled above"),
+        _ => unreachable!("the simulation sends no other kinds"),
     };
     assert!(ok, "{kind} on {} accepted from {signer}", b.id);
     // docs/api.md, "Spending categories": never spent on, whatever the plan.
@@ -739,14 +741,13 @@ mod tests {
     use phb_proto::v1 as pb;
 
     fn pay(id: &str, amount: &str) -> SignedEvent {
-        let kind = pb::event::Kind::Payment(pb::Payment {
-            amount: amount.into(),
-            payee_kind: pb::PayeeKind::Provider as i32,
-            payee_ref: "pa-001".into(),
-            category: "respite".into(),
-            reference: String::new(),
-            ..Default::default()
-        });
+        let kind = pb::event::Kind::Payment(cast::payment(
+            amount,
+            pb::PayeeKind::Provider as i32,
+            "pa-001",
+            "respite",
+            "",
+        ));
         // b-dp-1's funds holder is acct.
         sign(5, 0, &event(id, BUDGETS[0].id, T0, kind))
     }

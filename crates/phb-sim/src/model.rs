@@ -56,7 +56,9 @@ impl PenceModel {
                     EventKind::Disbursement { .. } => m.paid_in += p(),
                     EventKind::Payment { .. } | EventKind::Purchase { .. } => m.spent += p(),
                     EventKind::BudgetStopped { .. } => m.stopped = true,
-                    _ => unreachable!("organisation events and openings are handled above"),
+                    // Rules for spending, not figures.
+                    EventKind::CarePlanApproved(_) | EventKind::ServiceAgreementApproved(_) => {}
+                    _ => unreachable!("the simulation sends no other kinds"),
                 }
             }
         }

@@ -26,9 +26,9 @@ pub(super) fn check_payment(
         PayeeKind::PersonalAssistant | PayeeKind::Provider
     );
     let Some(claim) = service else {
-        if needs_agreement && !b.agreements.is_empty() {
+        if needs_agreement {
             return Err(Reject::precondition(format!(
-                "budget {:?} pays personal assistants and providers under service agreements: name one (agreement_id, units, service_from, service_to)",
+                "a payment to a personal assistant or provider needs a service agreement in force for that payee and category: approve one (ServiceAgreementApproved) on budget {:?} and name it (agreement_id, units, service_from, service_to)",
                 b.id
             )));
         }
@@ -61,11 +61,15 @@ pub(super) fn check_payment(
     }
     let due = a.rate.as_decimal() * claim.units.as_decimal();
     if due != amount.as_decimal() {
+        // In pence where it is exact (most rates and units), else in full.
+        let due = if due.scale() <= 2 {
+            format!("{due:.2}")
+        } else {
+            due.normalize().to_string()
+        };
         return Err(Reject::precondition(format!(
-            "amount {amount} is not rate {} x units {} = {}",
-            a.rate,
-            claim.units,
-            due.normalize()
+            "amount {amount} is not rate {} x units {} = {due}",
+            a.rate, claim.units
         )));
     }
     if a.max_units_per_week > 0 {

@@ -1,7 +1,7 @@
 //! Budgets: opening one, and the money rules of every budget event.
 
 use super::agreements;
-use super::plans::{self, CarePlan, Uncovered};
+use super::plans::{self, CarePlan, Charge, Uncovered};
 use super::{Change, Ledger, Organisation};
 use crate::categories::{self, Category};
 use crate::error::Reject;
@@ -18,6 +18,11 @@ pub struct Spending {
     pub amount: Money,
     /// How much of it was refunded.
     pub refunded: Money,
+    /// The care plan it was charged to (`CarePlan::approved_at`) and what
+    /// that charge still holds after refunds: a refund gives it back to the
+    /// plan's lines and contingency while that plan is in force. A plan
+    /// approved later starts afresh, so a refund then lowers only `spent`.
+    pub charge: (u64, Charge),
 }
 
 impl Spending {
@@ -284,7 +289,7 @@ impl Ledger {
                 mcc,
                 channel,
             } => {
-                let category = card_category(mcc, channel, b.plan.is_some())?;
+                let category = card_category(mcc, channel)?;
                 spend(&mut b, signer, change, amount, category, on)?
             }
             BudgetChange::ReviewAdjustment { delta } => {
@@ -438,6 +443,10 @@ impl Ledger {
                     )));
                 }
                 original.refunded = original.refunded.checked_add(amount).ok_or_else(overflow)?;
+                let (charged_to, charge) = &mut original.charge;
+                if let Some(plan) = b.plan.as_mut().filter(|p| p.approved_at == *charged_to) {
+                    plan.give_back(charge, amount);
+                }
                 b.spent = b.spent.checked_sub(amount).ok_or_else(overflow)?;
             }
             BudgetChange::FacilitatorAppointed { organisation_id } => {
@@ -496,24 +505,15 @@ fn plan_charge(
 
 /// The category a card payment is charged to: from its merchant category
 /// code (`categories::category_of_mcc`), or `cash` for an ATM withdrawal;
-/// blocked codes and codes the ledger does not recognise decline the card,
-/// and cash needs a care plan (whose `cash` line the plan check requires).
-fn card_category(
-    mcc: u32,
-    channel: crate::event::CardChannel,
-    has_plan: bool,
-) -> Result<&'static str, Reject> {
+/// blocked codes and codes the ledger does not recognise decline the card.
+/// Cash, like any spending, then needs a plan line for it (`spend`).
+fn card_category(mcc: u32, channel: crate::event::CardChannel) -> Result<&'static str, Reject> {
     if let Some((_, rule)) = categories::BLOCKED_MCCS.iter().find(|(c, _)| *c == mcc) {
         return Err(Reject::precondition(format!(
             "merchant category {mcc} is blocked on personal health budget cards: {rule}"
         )));
     }
     if channel == crate::event::CardChannel::Atm {
-        if !has_plan {
-            return Err(Reject::precondition(
-                "cash withdrawals are allowed only where the care plan has a cash line; this budget has no plan",
-            ));
-        }
         return Ok("cash");
     }
     categories::category_of_mcc(mcc).ok_or_else(|| {
@@ -549,10 +549,17 @@ fn spend(
     {
         agreements::check_payment(b, payee_kind, payee_ref, category, amount, service, on)?;
     }
-    let charge = match &b.plan {
-        Some(plan) => Some(plan_charge(plan, category, amount, on)?),
-        None => None,
+    // NHS (Direct Payments) Regulations 2013 reg 13: money is spent only
+    // under an agreed care plan; NDIS and US fiscal agents likewise refuse
+    // a claim with no plan line (shared/research/controls-and-reporting.md).
+    let Some(plan) = &b.plan else {
+        return Err(Reject::precondition(format!(
+            "budget {:?} has no approved care plan: nothing is spent until one is approved (CarePlanApproved) with a line for {category:?}",
+            b.id
+        )));
     };
+    let charge = plan_charge(plan, category, amount, on)?;
+    let charged_to = plan.approved_at;
     let spendable = b.spendable();
     if amount > spendable {
         let what = match b.management {
@@ -565,8 +572,8 @@ fn spend(
         )));
     }
     b.spent = b.spent.checked_add(amount).ok_or_else(overflow)?;
-    if let (Some(plan), Some(charge)) = (&mut b.plan, &charge) {
-        plan.apply(charge);
+    if let Some(plan) = &mut b.plan {
+        plan.apply(&charge);
     }
     b.spendings.insert(
         plans::PENDING,
@@ -574,6 +581,7 @@ fn spend(
             signer_id: signer.id.clone(),
             amount,
             refunded: Money::ZERO,
+            charge: (charged_to, charge),
         },
     );
     Ok(())

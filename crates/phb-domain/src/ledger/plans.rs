@@ -125,6 +125,31 @@ impl CarePlan {
         })
     }
 
+    /// Gives back `amount` of a refunded spending that `charge` (made on
+    /// this plan) recorded: the contingency first, then its lines last to
+    /// first, the reverse of the order `charge` fills them, so a refund
+    /// followed by the same spending charges the same places. `charge` keeps
+    /// what it still holds. A refund never exceeds what its spending still
+    /// holds (the write model checks it against the spending's amount, which
+    /// its charge equals).
+    pub fn give_back(&mut self, charge: &mut Charge, amount: Money) {
+        let mut due = amount;
+        let take = |held: &mut Money, due: &mut Money| {
+            let t = (*held).min(*due);
+            *held = held.checked_sub(t).unwrap_or(Money::ZERO);
+            *due = due.checked_sub(t).unwrap_or(Money::ZERO);
+            t
+        };
+        let t = take(&mut charge.contingency, &mut due);
+        self.contingency_used = self.contingency_used.checked_sub(t).unwrap_or(Money::ZERO);
+        for (i, held) in charge.lines.iter_mut().rev() {
+            let t = take(held, &mut due);
+            self.line_spent[*i] = self.line_spent[*i].checked_sub(t).unwrap_or(Money::ZERO);
+        }
+        charge.lines.retain(|(_, m)| *m > Money::ZERO);
+        debug_assert_eq!(due, Money::ZERO, "a refund exceeded its spending's charge");
+    }
+
     /// Records a charge `charge` computed on this plan.
     pub fn apply(&mut self, charge: &Charge) {
         for (i, m) in &charge.lines {

@@ -37,21 +37,24 @@ impl Balances {
 /// as the write model made.
 fn spend(b: &mut Budget, c: &Committed<'_>, sequence: u64, amount: Money, category: &str) {
     b.spent = plus(b.spent, amount);
+    let plan = b
+        .plan
+        .as_mut()
+        .expect("committed spending was made under a care plan");
+    let on = Date::from_unix_micros(c.event.occurred_at_micros);
+    let charge = plan
+        .charge(category, amount, on)
+        .expect("committed spending was checked against the plan by the write model");
+    plan.apply(&charge);
     b.spendings.insert(
         sequence,
         Spending {
             signer_id: c.signer_id.to_string(),
             amount,
             refunded: Money::ZERO,
+            charge: (plan.approved_at, charge),
         },
     );
-    if let Some(plan) = &mut b.plan {
-        let on = Date::from_unix_micros(c.event.occurred_at_micros);
-        let charge = plan
-            .charge(category, amount, on)
-            .expect("committed spending was checked against the plan by the write model");
-        plan.apply(&charge);
-    }
 }
 
 /// `a - b`, never below zero by the write model's rules.
@@ -168,6 +171,10 @@ impl Projection for Balances {
                     .get_mut(original_sequence)
                     .expect("a committed refund names a spending of its budget");
                 s.refunded = plus(s.refunded, *amount);
+                let (charged_to, charge) = &mut s.charge;
+                if let Some(plan) = b.plan.as_mut().filter(|p| p.approved_at == *charged_to) {
+                    plan.give_back(charge, *amount);
+                }
                 b.spent = minus(b.spent, *amount);
             }
             EventKind::BudgetOpened { .. }

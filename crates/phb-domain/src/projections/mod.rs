@@ -237,6 +237,24 @@ mod tests {
         Money::from_pence(p)
     }
 
+    /// A plan with one line for category "c", in force over every date an
+    /// entry may carry.
+    fn plan() -> EventKind {
+        EventKind::CarePlanApproved(crate::event::PlanSpec {
+            plan_id: "plan".into(),
+            lines: vec![crate::event::PlanLineSpec {
+                line_id: "l".into(),
+                category: "c".into(),
+                annual: m(1_000_000),
+                description: "d".into(),
+            }],
+            contingency: Money::ZERO,
+            valid_from: parse_date("d", "2000-01-01").unwrap(),
+            valid_to: parse_date("d", "2199-12-31").unwrap(),
+            review_due: parse_date("d", "2100-01-01").unwrap(),
+        })
+    }
+
     /// Folds entries into a statement and holdings and checks them against
     /// the balances after every entry.
     #[test]
@@ -267,6 +285,8 @@ mod tests {
                 None,
             ),
             ("icb", "b3", opened(None, Management::Notional), None),
+            ("icb", "b1", plan(), None),
+            ("icb", "b2", plan(), None),
             (
                 "icb",
                 "b1",
@@ -333,27 +353,29 @@ mod tests {
         let b1 = st.rows("b1").unwrap();
         assert_eq!(
             b1.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-            [1, 4, 5, 8, 9, 11]
+            [1, 4, 6, 7, 10, 11, 13]
         );
-        assert_eq!(b1[3].amount, Some(m(-2_000)));
-        assert_eq!(b1[3].kind, "payment");
-        assert_eq!(&*b1[3].signer_id, "tp");
-        assert_eq!(b1[4].refusal_code, Some(9));
-        assert_eq!(b1[4].amount, Some(m(-9_999)));
-        assert_eq!(b1[4].held, b1[3].held);
-        assert_eq!(b1[5].amount, Some(m(-1_000)));
-        assert_eq!(st.rows_after("b1", 5).unwrap().len(), 3);
+        assert_eq!(b1[1].kind, "care_plan_approved");
+        assert_eq!(b1[1].amount, None);
+        assert_eq!(b1[4].amount, Some(m(-2_000)));
+        assert_eq!(b1[4].kind, "payment");
+        assert_eq!(&*b1[4].signer_id, "tp");
+        assert_eq!(b1[5].refusal_code, Some(9));
+        assert_eq!(b1[5].amount, Some(m(-9_999)));
+        assert_eq!(b1[5].held, b1[4].held);
+        assert_eq!(b1[6].amount, Some(m(-1_000)));
+        assert_eq!(st.rows_after("b1", 7).unwrap().len(), 3);
         assert!(st.rows("nowhere").is_none());
-        assert_eq!(st.total_rows(), 6 + 4 + 1);
+        assert_eq!(st.total_rows(), 7 + 5 + 1);
 
         let rows: Vec<_> = hold.of("tp").collect();
         assert_eq!(rows.len(), 2);
         let t = HoldingTotals::of(rows.iter().copied());
         assert_eq!((t.paid_in, t.spent, t.held), (m(6_300), m(2_001), m(4_299)));
-        assert_eq!(hold.budget("b1").unwrap().last_movement_sequence, 8);
+        assert_eq!(hold.budget("b1").unwrap().last_movement_sequence, 10);
         assert_eq!(
             hold.budget("b1").unwrap().last_movement_recorded_at_micros,
-            80
+            100
         );
         assert!(hold.budget("b3").is_none());
         assert_eq!(hold.of("icb").count(), 0);
