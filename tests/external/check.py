@@ -566,6 +566,10 @@ class Auditor:
         self.budgets = {}  # id -> Budget
         self.seen_keys = set()  # idempotency keys (signer_id, event_id)
         self.stats = {"signers": set(), "kinds": {}, "rotations": 0, "refusals": {}, "in_batch": 0}
+        # sequence -> the auditor's own reason for a recorded refusal it
+        # re-derived (the failing event of a batch included), so the client
+        # can check each refusal was for the rule it meant to test.
+        self.reasons = {}
         # The state before the failed atomic batch whose run of entries is
         # being replayed (log-format.md §6 step 8), or None.
         self.run = None
@@ -656,6 +660,8 @@ class Auditor:
                 except Refused as e:
                     check(code == ABORTED or e.code == code,
                           f"{where}: recorded refusal code {code} in its batch, but the rules there give {e.code}: {e}")
+                    if code != ABORTED:
+                        self.reasons[seq] = str(e)
                 else:
                     check(code == ABORTED,
                           f"{where}: recorded as refused with code {code} in its batch, but the rules there accept it")
@@ -668,6 +674,7 @@ class Auditor:
                 except Refused as e:
                     check(e.code == code, f"{where}: recorded refusal code {code}, but the rules at this point "
                           f"give {e.code}: {e}")
+                    self.reasons[seq] = str(e)
                 else:
                     raise Mismatch(f"{where}: recorded as refused with code {code}, but the rules at this point "
                                    "accept it")
@@ -764,8 +771,7 @@ class Auditor:
             if kind == "card_transaction":
                 deny(k.mcc not in BLOCKED_MCCS, FAILED_PRECONDITION, "blocked merchant category")
                 if k.channel == pb.CARD_CHANNEL_ATM:
-                    deny(b.plan is not None, FAILED_PRECONDITION, "cash without a plan")
-                    category = "cash"
+                    category = "cash"  # then, like any spending, a plan line for it
                 else:
                     deny(k.mcc in MCC_CATEGORIES, FAILED_PRECONDITION, "unmapped merchant category")
                     category = MCC_CATEGORIES[k.mcc]
@@ -776,7 +782,9 @@ class Auditor:
                 # docs/api.md "Service agreements".
                 pa_or_provider = k.payee_kind in (pb.PAYEE_KIND_PERSONAL_ASSISTANT, pb.PAYEE_KIND_PROVIDER)
                 if not k.agreement_id:
-                    deny(not (pa_or_provider and b.agreements), FAILED_PRECONDITION, "payment without an agreement")
+                    # Whether or not the budget has agreements yet; tax and
+                    # pension payments need none.
+                    deny(not pa_or_provider, FAILED_PRECONDITION, "payment without an agreement")
                 else:
                     ag = b.agreements.get(k.agreement_id)
                     deny(ag is not None, FAILED_PRECONDITION, "unknown agreement")
@@ -792,31 +800,33 @@ class Auditor:
                                 - datetime.date.fromisoformat(k.service_from)).days + 1
                         deny(Decimal(k.units) <= ag.max_units_per_week * ((days + 6) // 7), FAILED_PRECONDITION,
                              "units beyond the weekly limit")
-            charge = None
-            if b.plan is not None:
-                # docs/api.md "Care plans": in force on occurred_at's UTC date,
-                # a line for the category, within its lines plus contingency.
-                on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
-                p = b.plan
-                deny(p["valid_from"] <= on <= p["valid_to"], FAILED_PRECONDITION, "plan not in force")
-                idx = [i for i, l in enumerate(p["lines"]) if l[0] == category]
-                deny(idx, FAILED_PRECONDITION, "no plan line for the category")
-                due, charge = a, []
-                for i in idx:
-                    take = min(p["lines"][i][1] - p["spent"][i], due)
-                    if take > 0:
-                        charge.append((i, take))
-                        due -= take
-                deny(due <= p["contingency"] - p["contingency_used"], FAILED_PRECONDITION, "beyond the plan")
-                charge.append((None, due))
+            # Every spending needs a care plan (proto CarePlanApproved: none is
+            # accepted before a budget's first plan), in force on occurred_at's
+            # UTC date, with a line for the category, the amount within its
+            # lines (in line order) plus the unused contingency.
+            deny(b.plan is not None, FAILED_PRECONDITION, "no approved care plan")
+            on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
+            p = b.plan
+            deny(p["valid_from"] <= on <= p["valid_to"], FAILED_PRECONDITION, "plan not in force")
+            idx = [i for i, l in enumerate(p["lines"]) if l[0] == category]
+            deny(idx, FAILED_PRECONDITION, "no plan line for the category")
+            due, lines = a, []
+            for i in idx:
+                take = min(p["lines"][i][1] - p["spent"][i], due)
+                if take > 0:
+                    lines.append([i, take])
+                    due -= take
+            deny(due <= p["contingency"] - p["contingency_used"], FAILED_PRECONDITION, "beyond the plan")
             deny(a <= spendable, FAILED_PRECONDITION, "overspend")
             b.spent += a
-            b.spendings[seq] = {"signer": signer_id, "amount": a, "refunded": Decimal("0.00")}
-            for i, m in charge or []:
-                if i is None:
-                    b.plan["contingency_used"] += m
-                else:
-                    b.plan["spent"][i] += m
+            for i, m in lines:
+                p["spent"][i] += m
+            p["contingency_used"] += due
+            # What a refund gives back while this plan (this approval) is the
+            # one in force: [plan approval sequence, [[line, amount], ...],
+            # contingency amount].
+            b.spendings[seq] = {"signer": signer_id, "amount": a, "refunded": Decimal("0.00"),
+                                "charge": [p["approved_at"], lines, due]}
         elif kind == "review_adjustment":
             d = Decimal(k.delta)
             deny(b.allocated + d >= (b.spent if b.notional else b.paid_in), FAILED_PRECONDITION,
@@ -862,6 +872,22 @@ class Auditor:
             deny(a <= orig["amount"] - orig["refunded"], FAILED_PRECONDITION, "refund beyond the spending")
             orig["refunded"] += a
             b.spent -= a
+            # proto Refund: the amount goes back to the plan the original was
+            # charged to, if that approval is still the plan in force: its
+            # contingency first, then its lines last to first.
+            charged_to, lines, contingency = orig["charge"]
+            if b.plan is not None and b.plan["approved_at"] == charged_to:
+                t = min(contingency, a)
+                orig["charge"][2] -= t
+                b.plan["contingency_used"] -= t
+                due = a - t
+                for line in reversed(lines):
+                    t = min(line[1], due)
+                    line[1] -= t
+                    b.plan["spent"][line[0]] -= t
+                    due -= t
+                orig["charge"][1] = [line for line in lines if line[1] > 0]
+                check(due == 0, f"{b.budget_id}: a refund of {a} exceeds its spending's charge")
         elif kind == "facilitator_appointed":
             deny(k.organisation_id in self.orgs and pb.ROLE_PLAN_FACILITATOR in self.orgs[k.organisation_id]["roles"],
                  FAILED_PRECONDITION, "facilitator unregistered or lacks its role")
@@ -873,8 +899,9 @@ class Auditor:
             deny(commissioner or total * 100 <= b.allocated * 115, PERMISSION_DENIED,
                  "a plan more than 15 % above the allocation approved by the facilitator")
             b.plan = {
+                "approved_at": seq, "approved_by": signer_id, "plan_id": k.plan_id, "review_due": k.review_due,
                 "valid_from": k.valid_from, "valid_to": k.valid_to,
-                "lines": [(l.category, Decimal(l.annual_amount)) for l in k.lines],
+                "lines": [(l.category, Decimal(l.annual_amount), l.line_id, l.description) for l in k.lines],
                 "spent": [Decimal("0.00")] * len(k.lines),
                 "contingency": Decimal(k.contingency_amount), "contingency_used": Decimal("0.00"),
             }
@@ -997,6 +1024,10 @@ class Client:
         self.receipts = {}
         self.unrecorded_signed = []  # refused, nothing recorded: none may appear in the log
         self.recorded = []  # (SignedEvent, AppendResult) of refusals recorded in the log: final
+        # refusal sequence -> the rule it is meant to test, as the auditor's
+        # rules name it (Refused messages in Auditor.rules): the audit checks
+        # the auditor re-derives each refusal for that very reason.
+        self.why = {}
 
     def event(self, name, budget_id="", occurred_at=None, **kind):
         self.n += 1
@@ -1026,7 +1057,7 @@ class Client:
         signed = signer.sign(event)
         return self.written(self.append([signed])[0], signed, what), signed
 
-    def refused(self, result, signed, code, what, field=None, recorded=None, in_batch=False):
+    def refused(self, result, signed, code, what, field=None, recorded=None, in_batch=False, why=None):
         """A refusal with `code`. `recorded`: whether the ledger records it in
         the log (a decision of the rules, api.md §4 "Refusals are final"):
         by default yes for 5, 7 and 9 and no for 3, 14 and 16; for 6 (a
@@ -1054,6 +1085,8 @@ class Client:
             self.head = result.refusal_sequence
             self.receipts[self.head] = (signed, result.entry_hash, (code, in_batch, e.message))
             self.recorded.append((signed, result))
+            if why is not None:
+                self.why[self.head] = (why, what)
         else:
             check(result.refusal_sequence == 0 and result.entry_hash == b"",
                   f"{what}: a refusal that decides nothing, but refusal_sequence={result.refusal_sequence} "
@@ -1061,9 +1094,9 @@ class Client:
             if code != ABORTED:  # an aborted event may legitimately be written later
                 self.unrecorded_signed.append(signed)
 
-    def refuse(self, signer, event, code, what, field=None, recorded=None):
+    def refuse(self, signer, event, code, what, field=None, recorded=None, why=None):
         signed = signer.sign(event) if signer is not None else event
-        self.refused(self.append([signed])[0], signed, code, what, field, recorded)
+        self.refused(self.append([signed])[0], signed, code, what, field, recorded, why=why)
         return signed
 
     def same_refusal(self, result, original, what):
@@ -1220,8 +1253,9 @@ def run(addr, datadir):
     payroll = Org(f"payroll-{tag}")
     tp = Org(f"tp-{tag}")
     auditor = Org(f"audit-{tag}")
+    acct = Org(f"acct-{tag}")  # a prepaid-card account provider
     regs = [(icb, [pb.ROLE_COMMISSIONER]), (payroll, [pb.ROLE_PAYROLL_PROVIDER]),
-            (tp, [pb.ROLE_THIRD_PARTY]), (auditor, [pb.ROLE_AUDITOR])]
+            (tp, [pb.ROLE_THIRD_PARTY]), (auditor, [pb.ROLE_AUDITOR]), (acct, [pb.ROLE_ACCOUNT_PROVIDER])]
     signed = [root.sign(c.event(f"reg-{o.id}", organisation_registered=pb.OrganisationRegistered(
         organisation_id=o.id, roles=roles, public_key=o.public))) for o, roles in regs]
     for r, s in zip(c.append(signed), signed):
@@ -1266,6 +1300,7 @@ def run(addr, datadir):
     b_tp, b_dp, b_nt = f"{tag}-b1-tp", f"{tag}-b2-dp", f"{tag}-b3-notional"
     extra = [f"{tag}-b4-extra", f"{tag}-b5-extra", f"{tag}-b5-plan"]
     b_late = f"{tag}-b6-tp"  # for the "refusals are final" double-payment scenario
+    b_card = f"{tag}-b7-card"  # a direct payment on a prepaid card
 
     def opened(bid, management, funds="", payroll_id=""):
         return c.event(f"open-{bid}", bid, budget_opened=pb.BudgetOpened(
@@ -1275,7 +1310,8 @@ def run(addr, datadir):
     batch = [icb.sign(opened(b_tp, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id)),
              icb.sign(opened(b_dp, pb.MANAGEMENT_DIRECT_PAYMENT, payroll_id=payroll.id)),
              icb.sign(opened(b_nt, pb.MANAGEMENT_NOTIONAL)),
-             icb.sign(opened(b_late, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id))] + [
+             icb.sign(opened(b_late, pb.MANAGEMENT_THIRD_PARTY, funds=tp.id)),
+             icb.sign(opened(b_card, pb.MANAGEMENT_DIRECT_PAYMENT, funds=acct.id))] + [
              icb.sign(opened(b, pb.MANAGEMENT_NOTIONAL)) for b in extra]
     for r, s in zip(c.append(batch, atomic=True), batch):
         c.written(r, s, "BudgetOpened")
@@ -1288,19 +1324,66 @@ def run(addr, datadir):
     def alloc(bid, amt, **kw):
         return c.event("alloc", bid, allocation=pb.Allocation(amount=amt, basis=pb.ALLOCATION_BASIS_NEEDS_BASED), **kw)
 
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+
+    def iso(d):
+        return d.isoformat()
+
+    def days(n):
+        return iso(today + datetime.timedelta(days=n))
+
+    # api.md "Care plans": in force on the spending's occurred_at date.
+    def plan(bid, plan_id, lines, contingency="0.00", valid=(-60, 300)):
+        return c.event("plan", bid, care_plan_approved=pb.CarePlanApproved(
+            plan_id=plan_id, lines=[pb.PlanLine(line_id=f"{plan_id}.{i}", category=cat, annual_amount=amt)
+                                    for i, (cat, amt) in enumerate(lines)],
+            contingency_amount=contingency, valid_from=days(valid[0]), valid_to=days(valid[1]),
+            review_due=days(valid[0] + 180)))
+
+    # api.md "Service agreements": a personal assistant or provider is paid
+    # under one, for a service period inside it that has ended.
+    def agreement(bid, agreement_id, payee_kind, payee_ref, category, rate, max_units_per_week=0):
+        sector = pb.SECTOR_INDIVIDUAL if payee_kind == pb.PAYEE_KIND_PERSONAL_ASSISTANT else pb.SECTOR_INDEPENDENT
+        return c.event("agree", bid, service_agreement_approved=pb.ServiceAgreementApproved(
+            agreement_id=agreement_id, payee_ref=payee_ref, payee_kind=payee_kind, payee_sector=sector,
+            category=category, unit=pb.UNIT_HOUR, rate=rate, max_units_per_week=max_units_per_week,
+            valid_from=days(-60), valid_to=days(300)))
+
+    week = dict(service_from=days(-13), service_to=days(-7))
+
     c.write(icb, alloc(b_tp, "4800.00"), "allocation to third-party budget")
     c.write(icb, alloc(b_dp, "12000"), "allocation to direct-payment budget")
     c.write(icb, alloc(b_nt, "202.04"), "allocation to notional budget")
     c.write(icb, c.event("disb", b_tp, disbursement=pb.Disbursement(amount="1200.5")), "disbursement to third party")
     c.write(icb, c.event("disb", b_dp, disbursement=pb.Disbursement(amount="3000.00")), "disbursement to DP account")
     c.refuse(icb, c.event("disb", b_nt, disbursement=pb.Disbursement(amount="1.00")), FAILED_PRECONDITION,
-             "disbursement on a notional budget")
+             "disbursement on a notional budget", why="disbursement on a notional budget")
     c.refuse(icb, c.event("disb", b_tp, disbursement=pb.Disbursement(amount="3599.51")), FAILED_PRECONDITION,
-             "over-disbursement (allocated - paid_in = 3599.50)")
+             "over-disbursement (allocated - paid_in = 3599.50)", why="over-disbursement")
     c.refuse(root, alloc(b_tp, "1.00"), PERMISSION_DENIED, "budget event signed by root")
     c.refuse(icb, alloc(f"{tag}-nope", "1.00"), NOT_FOUND, "allocation on an unknown budget")
 
     # -- spending ------------------------------------------------------------
+    step("spending needs an approved care plan; a PA or provider payment needs an agreement")
+    # proto CarePlanApproved: no Payment, Purchase or CardTransaction before a
+    # budget's first plan; proto Payment.agreement_id: required for personal
+    # assistants and providers, whether or not the budget has agreements yet.
+    c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="2.04", category="respite", supplier_ref="s-9")),
+             FAILED_PRECONDITION, "purchase on a budget with no approved care plan", why="no approved care plan")
+    c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="0.01", category="equipment", supplier_ref="s-1")),
+             FAILED_PRECONDITION, "third-party purchase with no approved care plan", why="no approved care plan")
+    c.write(icb, plan(b_tp, "plan-tp", [("equipment", "3000.00"), ("transport", "500.00")]), "plan of the TP budget")
+    c.write(icb, plan(b_dp, "plan-dp", [("personal_assistant", "12000.00")]), "plan of the DP budget")
+    c.write(icb, plan(b_nt, "plan-nt", [("respite", "200.00")]), "plan of the notional budget")
+    c.write(icb, plan(b_late, "plan-late", [("respite", "2000.00"), ("equipment", "100.00")]), "plan of b6")
+    pa_pay = dict(amount="364.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b",
+                  category="personal_assistant", reference="payslip 0042")
+    c.refuse(payroll, c.event("pay", b_dp, payment=pb.Payment(**pa_pay)), FAILED_PRECONDITION,
+             "PA payment naming no agreement, on a budget with a plan and no agreements yet",
+             why="payment without an agreement")
+    c.write(icb, agreement(b_dp, "pa-3b-2026", pb.PAYEE_KIND_PERSONAL_ASSISTANT, "pa-3b", "personal_assistant",
+                           "1.00"), "ServiceAgreementApproved for pa-3b")
+
     step("third party purchases; payroll pays a personal assistant")
     _, purchase_signed = c.write(tp, c.event("buy", b_tp, purchase=pb.Purchase(
         amount="99.99", category="equipment", supplier_ref="sup-41", description="Shower chair",
@@ -1308,19 +1391,18 @@ def run(addr, datadir):
     purchase_seq = c.head
     purchase_hash = c.receipts[purchase_seq][1]
     c.write(payroll, c.event("pay", b_dp, payment=pb.Payment(
-        amount="364.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b", category="personal_assistant",
-        reference="payslip 0042")), "payroll personal-assistant payment")
+        agreement_id="pa-3b-2026", units="364", **pa_pay, **week)), "payroll personal-assistant payment")
     c.refuse(payroll, c.event("pay", b_dp, payment=pb.Payment(
         amount="10.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-1", category="respite")),
-        PERMISSION_DENIED, "payroll provider paying a provider")
+        PERMISSION_DENIED, "payroll provider paying a provider", why="may not sign payment")
     c.refuse(tp, c.event("buy", b_dp, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s")),
-             PERMISSION_DENIED, "purchase by an organisation the budget does not name")
+             PERMISSION_DENIED, "purchase by an organisation the budget does not name", why="may not sign purchase")
     c.write(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="2.04", category="respite", supplier_ref="s-9")),
-            "commissioner purchase on a notional budget")
+            "commissioner purchase on a notional budget, now under its plan")
     # docs/api.md "Spending categories": excluded codes are decisions (recorded),
     # unknown codes are malformed (not recorded).
     c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="1.00", category="gambling", supplier_ref="s-9")),
-             FAILED_PRECONDITION, "purchase in an excluded category")
+             FAILED_PRECONDITION, "purchase in an excluded category", why="excluded category")
     c.refuse(icb, c.event("buy", b_nt, purchase=pb.Purchase(amount="1.00", category="personal_care",
                                                              supplier_ref="s-9")),
              INVALID_ARGUMENT, "purchase in an unknown category", field="kind.purchase.category")
@@ -1331,7 +1413,7 @@ def run(addr, datadir):
     c.write(icb, c.event("plan", b_plan, care_plan_approved=pb.CarePlanApproved(
         plan_id="plan-1", lines=[pb.PlanLine(line_id="r", category="respite", annual_amount="100.00",
                                              description="short breaks")],
-        contingency_amount="10.00", valid_from="2026-01-01", valid_to="2027-12-31", review_due="2026-10-01")),
+        contingency_amount="10.00", valid_from=days(-300), valid_to=days(400), review_due=days(-60))),
         "CarePlanApproved by the commissioner")
     c.write(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="105.00", category="respite",
                                                              supplier_ref="s-1")),
@@ -1340,40 +1422,108 @@ def run(addr, datadir):
     c.write(icb, c.event("susp", b_plan, budget_suspended=pb.BudgetSuspended(reason="spending review")),
             "BudgetSuspended")
     c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="respite", supplier_ref="s-1")),
-             FAILED_PRECONDITION, "purchase while suspended")
+             FAILED_PRECONDITION, "purchase while suspended", why="budget suspended")
     c.write(icb, c.event("resume", b_plan, budget_resumed=pb.BudgetResumed()), "BudgetResumed")
+
+    def care_plan(bid):
+        cp = c.stub.GetCarePlan(pb.GetCarePlanRequest(budget_id=bid), metadata=icb.md("GetCarePlan"),
+                                timeout=RPC_TIMEOUT)
+        return [(l.category, l.spent, l.remaining) for l in cp.lines], cp.contingency_used, cp.total
+
     c.write(icb, c.event("refund", b_plan, refund=pb.Refund(original_sequence=plan_buy, amount="5.00")),
             "Refund of part of a purchase")
+    # proto Refund: given back to the plan it was charged to, contingency first.
+    got = care_plan(b_plan)
+    check(got == ([("respite", "100.00", "0.00")], "0.00", "110.00"),
+          f"GetCarePlan after refunding 5.00 of 100.00 line + 5.00 contingency: {got}")
     c.refuse(icb, c.event("refund", b_plan, refund=pb.Refund(original_sequence=plan_buy, amount="100.01")),
-             FAILED_PRECONDITION, "refund beyond what is left of the purchase")
-    c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="5.01", category="respite", supplier_ref="s-1")),
-             FAILED_PRECONDITION, "purchase beyond the plan line and contingency")
+             FAILED_PRECONDITION, "refund beyond what is left of the purchase", why="refund beyond the spending")
+    c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="10.01", category="respite", supplier_ref="s-1")),
+             FAILED_PRECONDITION, "purchase beyond the plan line and contingency", why="beyond the plan")
     c.refuse(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="1.00", category="equipment", supplier_ref="s-1")),
-             FAILED_PRECONDITION, "purchase in a category the plan has no line for")
+             FAILED_PRECONDITION, "purchase in a category the plan has no line for",
+             why="no plan line for the category")
+    c.write(icb, c.event("buy", b_plan, purchase=pb.Purchase(amount="10.00", category="respite", supplier_ref="s-1")),
+            "purchase of exactly the contingency given back")
+    c.write(icb, c.event("refund", b_plan, refund=pb.Refund(original_sequence=plan_buy, amount="60.00")),
+            "second refund of the purchase (its charge holds only its line now)")
+    got = care_plan(b_plan)
+    check(got == ([("respite", "40.00", "60.00")], "10.00", "110.00"),
+          f"GetCarePlan after a refund of 60.00 whose contingency was already given back: {got}")
+
     step("service agreements: paid at the agreed rate, in arrears (api.md 'Service agreements')")
     b_ag = extra[0]
     c.write(icb, alloc(b_ag, "500.00"), "allocation for agreed payments")
-    today = datetime.datetime.now(datetime.timezone.utc).date()
-    iso = lambda d: d.isoformat()
-    c.write(icb, c.event("agree", b_ag, service_agreement_approved=pb.ServiceAgreementApproved(
-        agreement_id="pa-7-2026", payee_ref="pa-7", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT,
-        payee_sector=pb.SECTOR_INDIVIDUAL, category="personal_assistant", unit=pb.UNIT_HOUR, rate="12.50",
-        max_units_per_week=20, valid_from=iso(today - datetime.timedelta(days=60)),
-        valid_to=iso(today + datetime.timedelta(days=300)))), "ServiceAgreementApproved")
-    week = dict(service_from=iso(today - datetime.timedelta(days=13)), service_to=iso(today - datetime.timedelta(days=7)))
+    c.write(icb, plan(b_ag, "plan-ag", [("personal_assistant", "400.00"), ("respite", "50.00"),
+                                        ("tax_and_pension", "50.00")]), "plan for agreed payments")
+    c.refuse(icb, c.event("pay", b_ag, payment=pb.Payment(
+        amount="40.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-2", category="respite")),
+        FAILED_PRECONDITION, "provider payment naming no agreement, on a budget with no agreements",
+        why="payment without an agreement")
+    c.write(icb, c.event("pay", b_ag, payment=pb.Payment(
+        amount="40.00", payee_kind=pb.PAYEE_KIND_TAX_AUTHORITY, payee_ref="hmrc", category="tax_and_pension")),
+        "tax payment naming no agreement (it needs none)")
+    c.write(icb, agreement(b_ag, "pa-7-2026", pb.PAYEE_KIND_PERSONAL_ASSISTANT, "pa-7", "personal_assistant",
+                           "12.50", max_units_per_week=20), "ServiceAgreementApproved")
     c.write(icb, c.event("wage", b_ag, payment=pb.Payment(
         amount="250.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant",
         agreement_id="pa-7-2026", units="20", **week)), "wage under the agreement")
     c.refuse(icb, c.event("wage", b_ag, payment=pb.Payment(
         amount="262.50", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant",
-        agreement_id="pa-7-2026", units="21", **week)), FAILED_PRECONDITION, "wage beyond 20 hours a week")
+        agreement_id="pa-7-2026", units="21", **week)), FAILED_PRECONDITION, "wage beyond 20 hours a week",
+        why="units beyond the weekly limit")
     c.refuse(icb, c.event("wage", b_ag, payment=pb.Payment(
         amount="10.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-7", category="personal_assistant")),
-        FAILED_PRECONDITION, "wage without an agreement on a budget that has agreements")
-    cp = c.stub.GetCarePlan(pb.GetCarePlanRequest(budget_id=b_plan),
-                            metadata=icb.md("GetCarePlan"), timeout=RPC_TIMEOUT)
-    check((cp.lines[0].spent, cp.lines[0].remaining, cp.contingency_used, cp.total) ==
-          ("100.00", "0.00", "5.00", "110.00"), f"GetCarePlan: {cp}")
+        FAILED_PRECONDITION, "wage without an agreement on a budget that has agreements",
+        why="payment without an agreement")
+
+    step("card transactions: merchant codes, the plan, cash (api.md 'Card transactions')")
+    c.write(icb, alloc(b_card, "1000.00"), "allocation to the card budget")
+    c.write(icb, c.event("disb", b_card, disbursement=pb.Disbursement(amount="500.00")), "disbursement to the card")
+
+    def card(mcc, amt, channel=pb.CARD_CHANNEL_POS):
+        return c.event("card", b_card, card_transaction=pb.CardTransaction(
+            card_ref="card-77", merchant_ref=f"m-{mcc}", mcc=mcc, amount=amt, channel=channel))
+
+    c.refuse(acct, card(4111, "30.00"), FAILED_PRECONDITION, "bus fare by card, no approved care plan: declined",
+             why="no approved care plan")
+    c.write(icb, plan(b_card, "plan-card-1", [("transport", "100.00"), ("equipment", "50.00")]),
+            "card budget's first plan, no cash line")
+    c.write(acct, card(4111, "30.00"), "bus fare by card (mcc 4111: transport) under the plan: approved")
+    card_fare = c.head
+    c.refuse(acct, card(7995, "5.00"), FAILED_PRECONDITION, "mcc 7995 (gambling) blocked: declined",
+             why="blocked merchant category")
+    c.refuse(acct, card(5912, "5.00"), FAILED_PRECONDITION, "mcc 5912 (pharmaceuticals, excluded): declined",
+             why="excluded category")
+    c.refuse(acct, card(5411, "5.00"), FAILED_PRECONDITION, "mcc 5411 (not mapped): declined",
+             why="unmapped merchant category")
+    c.refuse(acct, card(5732, "5.00", pb.CARD_CHANNEL_ONLINE), FAILED_PRECONDITION,
+             "mcc 5732 (it_equipment) online, no plan line for it: declined", why="no plan line for the category")
+    c.refuse(acct, card(6011, "20.00", pb.CARD_CHANNEL_ATM), FAILED_PRECONDITION,
+             "ATM withdrawal (cash) without a cash line: declined", why="no plan line for the category")
+    c.write(icb, plan(b_card, "plan-card-2", [("transport", "100.00"), ("cash", "40.00")], contingency="10.00"),
+            "a new plan with a cash line")
+    card_plan = c.head
+    c.write(acct, card(6011, "20.00", pb.CARD_CHANNEL_ATM), "ATM withdrawal under the cash line: approved")
+    c.write(acct, card(6011, "25.00", pb.CARD_CHANNEL_ATM), "ATM withdrawal: 20.00 of the line, 5.00 contingency")
+    card_cash = c.head
+    c.refuse(acct, card(6011, "5.01", pb.CARD_CHANNEL_ATM), FAILED_PRECONDITION,
+             "ATM withdrawal beyond the cash line and contingency: declined", why="beyond the plan")
+    c.refuse(acct, card(7995, "0.01", pb.CARD_CHANNEL_ATM), FAILED_PRECONDITION,
+             "ATM at a blocked merchant code, though the plan has cash: declined", why="blocked merchant category")
+    c.write(acct, c.event("refund", b_card, refund=pb.Refund(original_sequence=card_cash, amount="10.00")),
+            "refund of 10.00 of the 25.00 withdrawal (5.00 contingency, then 5.00 of the cash line)")
+    c.write(acct, c.event("refund", b_card, refund=pb.Refund(original_sequence=card_fare, amount="10.00")),
+            "refund of the fare charged to the superseded plan (no plan usage restored)")
+    got = care_plan(b_card)
+    check(got == ([("transport", "0.00", "100.00"), ("cash", "35.00", "5.00")], "0.00", "150.00"),
+          f"GetCarePlan of the card budget: {got}")
+    cp = c.stub.GetCarePlan(pb.GetCarePlanRequest(budget_id=b_card), metadata=acct.md("GetCarePlan"),
+                            timeout=RPC_TIMEOUT)
+    check((cp.plan_id, cp.approved_at_sequence, cp.approved_by) == ("plan-card-2", card_plan, icb.id),
+          f"GetCarePlan of the card budget names {(cp.plan_id, cp.approved_at_sequence, cp.approved_by)}")
+    bal = c.balance(acct, b_card)
+    check((bal.paid_in, bal.spent, bal.held) == ("500.00", "55.00", "445.00"), f"{b_card}: {bal}")
 
     step("overspend is refused, recorded once as a refusal, and changes no balance")
     before = c.balance(icb, b_tp)
@@ -1382,7 +1532,7 @@ def run(addr, datadir):
     check(before.held == "1100.51", f"held before overspend: {before.held}")
     overspend = c.refuse(tp, c.event("buy", b_tp, purchase=pb.Purchase(amount="1100.52", category="equipment",
                                                                       supplier_ref="sup-41")),
-                         FAILED_PRECONDITION, "overspend by 0.01")
+                         FAILED_PRECONDITION, "overspend by 0.01", why="overspend")
     after = c.balance(icb, b_tp)
     check(after == before, f"overspend changed the balance: {before} -> {after}")
     tail = c.read_log(auditor, log_before + 1)
@@ -1396,18 +1546,20 @@ def run(addr, datadir):
     # new id, then a disbursement; the refused 550.00 bytes must not be paid.
     c.write(icb, alloc(b_late, "2000.00"), "allocation (double-payment scenario)")
     c.write(icb, c.event("disb", b_late, disbursement=pb.Disbursement(amount="500.00")), "disbursement 500.00")
+    c.write(icb, agreement(b_late, "prov-7-2026", pb.PAYEE_KIND_PROVIDER, "prov-7", "respite", "50.00"),
+            "ServiceAgreementApproved for prov-7 (50.00 an hour)")
     pay550 = tp.sign(c.event("pay", b_late, payment=pb.Payment(
         amount="550.00", payee_kind=pb.PAYEE_KIND_PROVIDER, payee_ref="prov-7", category="respite",
-        reference="invoice 17")))
+        reference="invoice 17", agreement_id="prov-7-2026", units="11", **week)))
     first = c.append([pay550])[0]
-    c.refused(first, pay550, FAILED_PRECONDITION, "payment of 550.00 with 500.00 held")
+    c.refused(first, pay550, FAILED_PRECONDITION, "payment of 550.00 with 500.00 held", why="overspend")
     c.same_refusal(c.append([pay550])[0], first, "immediate retry of the refused payment")
     corrected = pb.Event.FromString(pay550.event)
     corrected.payment.amount = "400.00"
     c.refuse(tp, corrected, ALREADY_EXISTS, "a corrected payment under the refused event's id", recorded=False)
     corrected = pb.Event.FromString(pay550.event)
     corrected.event_id += "-v2"
-    corrected.payment.amount = "400.00"
+    corrected.payment.amount, corrected.payment.units = "400.00", "8"
     c.write(tp, corrected, "the corrected payment of 400.00 under a new id")
     c.write(icb, c.event("disb", b_late, disbursement=pb.Disbursement(amount="500.00")), "next disbursement")
     late_before = c.balance(icb, b_late)
@@ -1434,7 +1586,8 @@ def run(addr, datadir):
     check(tp_seq != icb_seq, "two organisations' events under one id share a sequence")
     payroll_shared = c.refuse(payroll, with_id(c.event("pay", b_late, payment=pb.Payment(
         amount="1.00", payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-1", category="personal_assistant"))),
-        PERMISSION_DENIED, "payroll's event under the same id, refused by the rules (b6 names no payroll)")
+        PERMISSION_DENIED, "payroll's event under the same id, refused by the rules (b6 names no payroll)",
+        why="may not sign payment")
     payroll_refusal = c.recorded[-1][1]
     for who, signed, seq in (("commissioner", icb_shared, icb_seq), ("third party", tp_shared, tp_seq)):
         r = c.append([signed])[0]
@@ -1466,15 +1619,18 @@ def run(addr, datadir):
     c.refuse(None, garbage, UNAUTHENTICATED, "same event_id, bad signature (signature checked before ALREADY_EXISTS)")
 
     step("atomic batch failing by a rule: every event recorded as refused, none applied later")
-    def pa(amt, n):
+    def pa(amt, n, units=None):
+        # Wages of pa-3b under its agreement (rate 1.00): units = amount.
         return payroll.sign(c.event(f"payrun-{n}", b_dp, payment=pb.Payment(
-            amount=amt, payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref=f"pa-{n}",
-            category="personal_assistant", reference=f"run 7/{n}")))
+            amount=amt, payee_kind=pb.PAYEE_KIND_PERSONAL_ASSISTANT, payee_ref="pa-3b",
+            category="personal_assistant", reference=f"run 7/{n}", agreement_id="pa-3b-2026",
+            units=units or amt, **week)))
 
     def refused_batch(batch, codes, what, recorded):
         res = c.append(batch, atomic=True)
         for i, (r, s, code) in enumerate(zip(res, batch, codes)):
-            c.refused(r, s, code, f"{what}, event {i + 1}", recorded=recorded, in_batch=recorded)
+            c.refused(r, s, code, f"{what}, event {i + 1}", recorded=recorded, in_batch=recorded,
+                      why="overspend" if code == FAILED_PRECONDITION else None)
         return res
 
     dp_before = c.balance(payroll, b_dp)
@@ -1513,23 +1669,25 @@ def run(addr, datadir):
     c.refused(res[0], batch[0], ABORTED, "atomic batch: a would-be duplicate before the failure (already applied, "
               "so not recorded)", recorded=False)
     c.refused(res[1], batch[1], FAILED_PRECONDITION, "atomic batch: overspend of an empty account", recorded=True,
-              in_batch=True)
-    batch = [run_good[-1], pa("0.01", 5), pa("0.00", 6)]
+              in_batch=True, why="overspend")
+    batch = [run_good[-1], pa("0.01", 5), pa("0.00", 6, units="1")]
     res = c.append(batch, atomic=False)
     check(res[0].duplicate and res[0].error.code == OK and res[0].sequence == last_good
           and res[0].refusal_sequence == 0, "non-atomic: duplicate result")
-    c.refused(res[1], batch[1], FAILED_PRECONDITION, "non-atomic: overspend")
+    c.refused(res[1], batch[1], FAILED_PRECONDITION, "non-atomic: overspend", why="overspend")
     c.refused(res[2], batch[2], INVALID_ARGUMENT, "non-atomic: zero amount", "kind.payment.amount")
 
     step("review, stop, key rotation")
     c.write(icb, c.event("review", b_tp, review_adjustment=pb.ReviewAdjustment(
         delta="-587.20", reason="Annual review: fewer support hours")), "negative review adjustment")
     c.refuse(icb, c.event("review", b_tp, review_adjustment=pb.ReviewAdjustment(
-        delta="-3012.31", reason="too far")), FAILED_PRECONDITION, "review below paid_in")
+        delta="-3012.31", reason="too far")), FAILED_PRECONDITION, "review below paid_in",
+        why="review below paid_in")
     c.write(icb, c.event("stop", extra[1], budget_stopped=pb.BudgetStopped(reason="Moved out of area")), "stop")
-    c.refuse(icb, alloc(extra[1], "1.00"), FAILED_PRECONDITION, "allocation on a stopped budget")
+    c.refuse(icb, alloc(extra[1], "1.00"), FAILED_PRECONDITION, "allocation on a stopped budget",
+             why="budget stopped")
     c.refuse(icb, c.event("stop", extra[1], budget_stopped=pb.BudgetStopped(reason="again")), FAILED_PRECONDITION,
-             "stopping twice")
+             "stopping twice", why="budget stopped")
 
     old_tp = Org(tp.id, tp.key)
     new_key = SigningKey.generate()
@@ -1638,7 +1796,7 @@ def run(addr, datadir):
                                              metadata=auditor.md("ListBalances"), timeout=RPC_TIMEOUT))
           == grpc.StatusCode.INVALID_ARGUMENT, "forged page_token not INVALID_ARGUMENT")
     mine, _ = c.list_all(icb, 2, commissioner_id=icb.id)
-    check({b.budget_id for b in mine} == {b_tp, b_dp, b_nt, b_late, *extra}, "commissioner's ListBalances")
+    check({b.budget_id for b in mine} == {b_tp, b_dp, b_nt, b_late, b_card, *extra}, "commissioner's ListBalances")
     check({b.budget_id for b in c.list_all(tp, 0)[0]} == {b_tp, b_late}, "third party sees only its budgets")
     check({b.budget_id for b in c.list_all(payroll, 0)[0]} == {b_dp}, "payroll sees only its budget")
     paged, pages = c.list_all(auditor, 2)
@@ -1704,6 +1862,11 @@ def run(addr, datadir):
         check(len(found) == 1 and found[0].sequence == r.refusal_sequence and found[0].HasField("refusal"),
               f"refused event {r.event_id}: in the log as {[(x.sequence, refusal_of(x)) for x in found]}, "
               f"expected once, as the refusal at {r.refusal_sequence}")
+    for seq, (why, what) in sorted(c.why.items()):
+        got = audit.reasons.get(seq)
+        check(got is not None and why in got, f"{what} (sequence {seq}): meant to be refused for {why!r}, but "
+              f"the auditor's rules refuse it for {got!r}")
+    print(f"   {len(c.why)} refusals re-derived by the auditor for the very rule each step meant to test")
     refusals = sum(1 for e in entries if e.HasField("refusal"))
     print(f"   {len(c.receipts)} receipts match the log; {len(c.recorded)} refusals recorded once each, "
           f"never applied ({refusals} refusal entries in the log)")
@@ -1746,6 +1909,7 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
         compare_balance(audit.expected_balance(b.budget_id), b, "ListBalances")
         compare_balance(audit.expected_balance(b.budget_id), c.balance(reader, b.budget_id), "GetBalance")
 
+    check_care_plans(c, reader, audit)
     check_statements_and_holdings(c, reader, entries, audit)
 
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(audit.stats["kinds"].items()))
@@ -1760,6 +1924,37 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
     print(f"   {len(audit.budgets)} budgets: replayed with decimal arithmetic == GetBalance == ListBalances")
     print(f"   head {audit.head_seq} {audit.head_hash.hex()}")
     return audit, entries
+
+
+def check_care_plans(c, reader, audit):
+    """api.md §8 GetCarePlan: the plan in force and its usage, as the
+    replayed log gives them (charges, and refunds given back to the plan)."""
+    step("GetCarePlan equals the plans and their usage replayed from the log")
+    planned = 0
+    for budget_id, b in sorted(audit.budgets.items()):
+        req = pb.GetCarePlanRequest(budget_id=budget_id)
+        if b.plan is None:
+            try:
+                c.stub.GetCarePlan(req, metadata=reader.md("GetCarePlan"), timeout=RPC_TIMEOUT)
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.NOT_FOUND and "has no approved care plan" in e.details(),
+                      f"GetCarePlan {budget_id} (no plan in the log): {e.code()} {e.details()!r}")
+                continue
+            raise Mismatch(f"GetCarePlan {budget_id}: a plan, but the log approves none")
+        planned += 1
+        cp = c.stub.GetCarePlan(req, metadata=reader.md("GetCarePlan"), timeout=RPC_TIMEOUT)
+        p = b.plan
+        total = p["contingency"] + sum(l[1] for l in p["lines"])
+        want = (budget_id, p["plan_id"], p["approved_at"], p["approved_by"], p["valid_from"], p["valid_to"],
+                p["review_due"], fmt(total), fmt(p["contingency"]), fmt(p["contingency_used"]),
+                [(l[2], l[0], fmt(l[1]), fmt(spent), fmt(l[1] - spent), l[3])
+                 for l, spent in zip(p["lines"], p["spent"])])
+        have = (cp.budget_id, cp.plan_id, cp.approved_at_sequence, cp.approved_by, cp.valid_from, cp.valid_to,
+                cp.review_due, cp.total, cp.contingency_amount, cp.contingency_used,
+                [(l.line_id, l.category, l.annual_amount, l.spent, l.remaining, l.description) for l in cp.lines])
+        check(have == want, f"GetCarePlan {budget_id}: server says {have}, the log gives {want}")
+    print(f"   {planned} plans in force and their line usage == the replay; {len(audit.budgets) - planned} "
+          "budgets without one are NOT_FOUND")
 
 
 def check_statements_and_holdings(c, reader, entries, audit):
@@ -1903,6 +2098,19 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
         rehash(copy, i)
         return copy[i].sequence
 
+    def spending_applied(kind):
+        # The first spending of `kind` refused outside a batch: in the
+        # scenario, the purchase with no care plan and the personal
+        # assistant's wage naming no agreement. Applied instead, chain rebuilt.
+        def mutate(copy):
+            i = next(i for i, e in enumerate(copy) if e.HasField("refusal") and not e.refusal.in_atomic_batch
+                     and e.refusal.code == FAILED_PRECONDITION
+                     and pb.Event.FromString(e.signed_event.event).HasField(kind))
+            copy[i].ClearField("refusal")
+            rehash(copy, i)
+            return copy[i].sequence, "refuse it"
+        return mutate
+
     def refusal_recoded(copy):  # FAILED_PRECONDITION recorded as PERMISSION_DENIED, chain rebuilt
         i = refusal_index(copy, False, FAILED_PRECONDITION)
         copy[i].refusal.code = PERMISSION_DENIED
@@ -1941,6 +2149,9 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
     refuses(flip_event, "a changed event byte")
     refuses(refusal_applied, "a recorded refusal turned into an applied entry (chain rebuilt)")
     refuses(refusal_recoded, "a refusal's code changed (chain rebuilt)")
+    refuses(spending_applied("purchase"), "a purchase refused for want of a care plan, applied (chain rebuilt)")
+    refuses(spending_applied("payment"), "a PA payment refused for want of an agreement, applied (chain rebuilt)")
+    refuses(spending_applied("card_transaction"), "a declined card payment approved (chain rebuilt)")
     refuses(aborted_alone, "ABORTED recorded outside an atomic batch (chain rebuilt)")
     refuses(applied_refused, "an applied purchase recorded as refused (chain rebuilt)")
     refuses(refusal_message, "a refusal's message changed")
@@ -1955,7 +2166,8 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
     refuses(old_key, "the key rotation removed")
     refuses(clock, "recorded_at going backwards")
     print("   refused: a changed byte, a forged amount (chain rebuilt), a removed key rotation, a clock going "
-          "backwards, a refusal applied / re-coded / ABORTED alone / its message changed, an applied purchase "
+          "backwards, a refusal applied / re-coded / ABORTED alone / its message changed, a purchase without a "
+          "plan, a wage without an agreement and a declined card payment applied, an applied purchase "
           "recorded as refused, a refused payment applied later; a dropped entry (chain rebuilt) fails the Append receipts")
 
 
