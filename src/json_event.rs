@@ -109,6 +109,12 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
             funds_holder_id: str_field(o, "funds_holder_id")?,
             payroll_provider_id: str_field(o, "payroll_provider_id")?,
             plan_facilitator_id: str_field(o, "plan_facilitator_id")?,
+            cohort: enum_field(o, "cohort", "COHORT_", |s| {
+                pb::Cohort::from_str_name(s).map(|v| v as i32)
+            })?,
+            age_band: enum_field(o, "age_band", "AGE_BAND_", |s| {
+                pb::AgeBand::from_str_name(s).map(|v| v as i32)
+            })?,
         }),
         "allocation" => Kind::Allocation(pb::Allocation {
             amount: str_field(o, "amount")?,
@@ -173,6 +179,34 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
         }),
         "hospital_discharge" => Kind::HospitalDischarge(pb::HospitalDischarge {
             date: str_field(o, "date")?,
+        }),
+        "external_match_recorded" => Kind::ExternalMatchRecorded(pb::ExternalMatchRecorded {
+            source: str_field(o, "source")?,
+            kind: enum_field(o, "kind", "MATCH_KIND_", |s| {
+                pb::MatchKind::from_str_name(s).map(|v| v as i32)
+            })?,
+            reference: str_field(o, "reference")?,
+        }),
+        "controls_configured" => Kind::ControlsConfigured(pb::ControlsConfigured {
+            surplus_weeks: u32_field(o, "surplus_weeks")?,
+            surplus_mute_weeks: u32_field(o, "surplus_mute_weeks")?,
+            admission_days: u32_field(o, "admission_days")?,
+            worker_hours_per_week: u32_field(o, "worker_hours_per_week")?,
+            worker_hours_per_day: u32_field(o, "worker_hours_per_day")?,
+            spike_multiple: str_field(o, "spike_multiple")?,
+            spike_weeks: u32_field(o, "spike_weeks")?,
+            cash_receipt_days: u32_field(o, "cash_receipt_days")?,
+            first_review_weeks: u32_field(o, "first_review_weeks")?,
+            review_interval_months: u32_field(o, "review_interval_months")?,
+            refusals_count: u32_field(o, "refusals_count")?,
+            refusals_days: u32_field(o, "refusals_days")?,
+        }),
+        "flag_reviewed" => Kind::FlagReviewed(pb::FlagReviewed {
+            flag_id: str_field(o, "flag_id")?,
+            outcome: enum_field(o, "outcome", "FLAG_OUTCOME_", |s| {
+                pb::FlagOutcome::from_str_name(s).map(|v| v as i32)
+            })?,
+            note: str_field(o, "note")?,
         }),
         "review_recorded" => Kind::ReviewRecorded(pb::ReviewRecorded {
             date: str_field(o, "date")?,
@@ -243,7 +277,7 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
     })
 }
 
-const KINDS: [&str; 21] = [
+const KINDS: [&str; 24] = [
     "organisation_registered",
     "key_rotated",
     "budget_opened",
@@ -265,6 +299,9 @@ const KINDS: [&str; 21] = [
     "hospital_admission",
     "hospital_discharge",
     "review_recorded",
+    "external_match_recorded",
+    "controls_configured",
+    "flag_reviewed",
 ];
 
 /// One JSON object to an `Event`.

@@ -1,12 +1,13 @@
 //! `phb-ledger`: the ledger service and its operator tools.
 //!
 //! `serve` runs the service; `keygen`, `submit`, `balance`, `holdings`,
-//! `statement` and `demo` are clients of a running server. The binary is a thin shell: all rules live in
+//! `statement`, `plan`, `report` and `demo` are clients of a running server. The binary is a thin shell: all rules live in
 //! `phb-domain`, storage in `phb-store`, the write path in `phb-engine` and
 //! the gRPC surface in `phb-grpc`.
 
 mod demo;
 mod json_event;
+mod report;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -132,6 +133,11 @@ enum Command {
         key: PathBuf,
         /// The budget.
         budget_id: String,
+    },
+    /// Print a commissioner's report (docs/reports.md).
+    Report {
+        #[command(subcommand)]
+        report: report::Report,
     },
     /// Drive a running server through a realistic scenario and print the balances.
     Demo {
@@ -326,6 +332,7 @@ fn main() -> Result<()> {
                 key,
                 budget_id,
             } => plan(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Report { report } => report::run(report).await,
             Command::Demo {
                 server,
                 root_key,

@@ -913,6 +913,7 @@ async fn invalid_arguments() {
             funds_holder_id: acct.id.clone(),
             payroll_provider_id: String::new(),
             plan_facilitator_id: String::new(),
+            ..Default::default()
         };
         f(&mut k);
         Kind::BudgetOpened(k)

@@ -1155,6 +1155,7 @@ async fn hostile_input_catalogue() {
             funds_holder_id: String::new(),
             payroll_provider_id: String::new(),
             plan_facilitator_id: String::new(),
+            ..Default::default()
         };
         f(&mut o);
         Kind::BudgetOpened(o)
@@ -1174,6 +1175,16 @@ async fn hostile_input_catalogue() {
             "management unspecified",
             open_with(&|o| o.management = 0),
             "kind.budget_opened.management",
+        ),
+        (
+            "unknown cohort 10",
+            open_with(&|o| o.cohort = 10),
+            "kind.budget_opened.cohort",
+        ),
+        (
+            "unknown age band 3",
+            open_with(&|o| o.age_band = 3),
+            "kind.budget_opened.age_band",
         ),
         (
             "period_start 29 February in a common year",

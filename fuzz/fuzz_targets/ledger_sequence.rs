@@ -388,6 +388,7 @@ impl Run {
                         funds_holder_id: org(who[1]),
                         payroll_provider_id: org(who[2]),
                         plan_facilitator_id: String::new(),
+                        ..Default::default()
                     })
                 };
                 (bid(*b), kind)
@@ -651,6 +652,9 @@ fn kind_name(k: &pb::event::Kind) -> &'static str {
         K::HospitalAdmission(_) => "HospitalAdmission",
         K::HospitalDischarge(_) => "HospitalDischarge",
         K::ReviewRecorded(_) => "ReviewRecorded",
+        K::ExternalMatchRecorded(_) => "ExternalMatchRecorded",
+        K::ControlsConfigured(_) => "ControlsConfigured",
+        K::FlagReviewed(_) => "FlagReviewed",
     }
 }
 

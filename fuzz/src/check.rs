@@ -186,6 +186,9 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
             funds_holder_id,
             payroll_provider_id,
             plan_facilitator_id,
+            // Closed enums: any value decoded is one of them.
+            cohort: _,
+            age_band: _,
         } => {
             assert!(is_id(holder_ref, MAX_REF_LEN));
             assert!(is_id(commissioner_id, MAX_ID_LEN));
@@ -296,6 +299,29 @@ pub fn check_event(ev: &Event, raw: &pb::Event, now: i64) {
             }
             assert!(!plan.contingency.is_negative());
             assert!(plan.valid_from <= plan.valid_to && plan.valid_from <= plan.review_due);
+        }
+        EventKind::ExternalMatchRecorded {
+            source, reference, ..
+        } => assert!(is_id(source, MAX_REF_LEN) && is_id(reference, MAX_REF_LEN)),
+        EventKind::ControlsConfigured(c) => {
+            // proto ControlsConfigured, restated: defaults filled, in range.
+            assert!((1..=24).contains(&c.worker_hours_per_day));
+            assert!((2..=1000).contains(&c.refusals_count));
+            assert!(c.spike_multiple.is_sign_positive() && !c.spike_multiple.is_zero());
+        }
+        EventKind::FlagReviewed { flag_id, note, .. } => {
+            // "{CODE}:{budget_id}:{key}" naming the event's budget.
+            let mut parts = flag_id.splitn(2, ':');
+            let code = parts.next().unwrap_or_default();
+            assert!(
+                phb_domain::event::FLAG_CODES.contains(&code),
+                "flag id {flag_id:?}"
+            );
+            assert!(
+                flag_id.starts_with(&format!("{code}:{}:", ev.budget_id)),
+                "flag id {flag_id:?}"
+            );
+            assert!(is_text(note, 1024, true), "note {note:?}");
         }
     }
 }

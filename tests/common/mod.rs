@@ -1299,3 +1299,96 @@ pub async fn statement_all(
     }
     panic!("GetBudgetStatement never ended");
 }
+
+/// One ListFlags page signed by `reader`.
+pub async fn list_flags(
+    client: &Client,
+    reader: &Signer,
+    req: pb::ListFlagsRequest,
+) -> Result<pb::ListFlagsResponse, tonic::Status> {
+    let req = reader.request(methods::LIST_FLAGS, req);
+    Ok(client.clone().list_flags(req).await?.into_inner())
+}
+
+/// Every flag `filter` selects, as `reader` sees them, page by page (pages
+/// of 2, so paging is exercised too).
+pub async fn all_flags(
+    client: &Client,
+    reader: &Signer,
+    filter: pb::ListFlagsRequest,
+) -> Vec<pb::Flag> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list_flags(
+            client,
+            reader,
+            pb::ListFlagsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                ..filter.clone()
+            },
+        )
+        .await
+        .unwrap_or_else(|s| panic!("ListFlags as {}: {s:?}", reader.id));
+        assert!(page.flags.len() <= 2);
+        out.extend(page.flags);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The codes of `flags`, as their proto names without FLAG_CODE_.
+pub fn flag_codes(flags: &[pb::Flag]) -> Vec<String> {
+    flags
+        .iter()
+        .map(|f| {
+            pb::FlagCode::try_from(f.code)
+                .map(|c| c.as_str_name().trim_start_matches("FLAG_CODE_").to_string())
+                .unwrap_or_else(|_| format!("?{}", f.code))
+        })
+        .collect()
+}
+
+/// What an auditor derives on its own machine: the log as read over
+/// ReadLog, replayed with the domain crate's `Ledger::replay` (every rule
+/// re-decided) and folded into a fresh `ReadModel` — the same fold the
+/// server makes, run without trusting the server.
+pub fn auditor_read_model(
+    entries: &[pb::LogEntry],
+    root: &ed25519_dalek::VerifyingKey,
+) -> phb_domain::ReadModel {
+    use phb_domain::Projection;
+    let mut ledger = phb_domain::Ledger::new(LEDGER_ID, *root);
+    let mut read = phb_domain::ReadModel::new(LEDGER_ID, *root);
+    for e in entries {
+        let ts = e.recorded_at.as_ref().expect("recorded_at");
+        let se = e.signed_event.as_ref().expect("signed_event");
+        let hash = |h: &[u8]| -> [u8; 32] { h.try_into().expect("32-byte hash") };
+        let entry = phb_domain::LogEntry {
+            sequence: e.sequence,
+            recorded_at_micros: ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000),
+            prev_hash: hash(&e.prev_hash),
+            hash: hash(&e.hash),
+            signed: phb_domain::SignedEvent {
+                event: se.event.clone(),
+                signer_id: se.signer_id.clone(),
+                signature: se.signature.clone(),
+            },
+            refusal: e.refusal.as_ref().map(|r| phb_domain::Refusal {
+                code: r.code,
+                in_atomic_batch: r.in_atomic_batch,
+                first_in_batch: r.first_in_batch,
+                message: r.message.clone(),
+            }),
+        };
+        let event = ledger
+            .replay(&entry)
+            .unwrap_or_else(|err| panic!("entry {} does not replay: {err}", e.sequence));
+        read.apply(&phb_domain::Committed::of(&entry, &event));
+    }
+    ledger.finish_replay();
+    read
+}

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """An independent external client and auditor for phb-ledger.
 
-Written from proto/phb/ledger/v1/ledger.proto, docs/api.md and
-docs/log-format.md alone, the way a partner organisation would. It drives a
-running server through a realistic scenario (and the documented refusals),
-then reads the whole log as an auditor and verifies it independently: hash
-chain, signatures under the keys the log itself registered, the budget rules,
-and the balances the server reports.
+Written from proto/phb/ledger/v1/ledger.proto, docs/api.md,
+docs/log-format.md and docs/flags.md alone, the way a partner organisation
+would. It drives a running server through a realistic scenario (and the
+documented refusals), then reads the whole log as an auditor and verifies it
+independently: hash chain, signatures under the keys the log itself
+registered, the budget rules, the balances and the flags the server reports.
 
 usage: check.py ADDR DATADIR [--write-head FILE | --audit-only FILE]
 
---write-head FILE keeps the verified head (sequence and hash) in FILE;
---audit-only FILE only audits (as root), e.g. after a restart, and checks the
-log still holds the head pinned in FILE.
+--write-head FILE keeps the verified head (sequence and hash) in FILE, and
+the audit's ListFlags answer with its as_of in FILE.flags; --audit-only FILE
+only audits (as root), e.g. after a restart, and checks the log still holds
+the head pinned in FILE and ListFlags at that as_of gives the same answer.
 
 ADDR is host:port of a running `phb-ledger serve`; DATADIR is its data
 directory, from which only what an operator hands out of band is taken:
@@ -246,6 +247,28 @@ MIN_OCCURRED_MICROS = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
 DAY_MICROS = 86_400 * 1_000_000
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 ORG_KINDS = ("organisation_registered", "key_rotated")
+# docs/flags.md: ControlsConfigured names no budget (budget_id empty) and is
+# signed by an organisation with ROLE_COMMISSIONER; ExternalMatchRecorded and
+# FlagReviewed are the budget commissioner's and are accepted on a stopped
+# budget too (api.md §5).
+NO_BUDGET_KINDS = ORG_KINDS + ("controls_configured",)
+AFTER_STOP_KINDS = ("external_match_recorded", "flag_reviewed")
+# proto FlagCode, as flag ids spell the codes (the enum names without
+# FLAG_CODE_): "{CODE}:{budget_id}:{key}".
+FLAG_CODE_NAMES = {v: n[len("FLAG_CODE_"):] for n, v in pb.FlagCode.items() if v != pb.FLAG_CODE_UNSPECIFIED}
+# docs/flags.md: rules that depend on time passing; never raised by an append.
+TIME_BASED_FLAGS = (pb.FLAG_CODE_SURPLUS, pb.FLAG_CODE_REVIEW_OVERDUE, pb.FLAG_CODE_CASH_WITHOUT_RECEIPT)
+FLAG_KEY_RE = re.compile(r"[A-Za-z0-9._-]+")
+# proto ControlsConfigured: 0 means the default; otherwise in range (the
+# ranges of crates/phb-domain/src/controls.rs, each refused with 3 naming the
+# field). spike_multiple: "" or a decimal from 1.1 to 100, at most 2 places.
+CONTROL_RANGES = {
+    "surplus_weeks": (1, 104), "surplus_mute_weeks": (1, 104), "admission_days": (1, 366),
+    "worker_hours_per_week": (1, 168), "worker_hours_per_day": (1, 24), "spike_weeks": (1, 104),
+    "cash_receipt_days": (1, 366), "first_review_weeks": (1, 104), "review_interval_months": (1, 60),
+    "refusals_count": (2, 1000), "refusals_days": (1, 366),
+}
+SPIKE_RE = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 PCT = Decimal("0.01")
 
 
@@ -394,8 +417,8 @@ def validate_event(raw, ledger_id, now_micros):
     need(MIN_OCCURRED_MICROS <= occ <= now_micros + DAY_MICROS, f"occurred_at {occ} out of window")
     kind = ev.WhichOneof("kind")
     need(kind is not None, "no kind set")
-    if kind in ORG_KINDS:
-        need(ev.budget_id == "", "budget_id set on an organisation event")
+    if kind in NO_BUDGET_KINDS:
+        need(ev.budget_id == "", f"budget_id set on {kind}")
     else:
         need(valid_id(ev.budget_id), f"bad budget_id {ev.budget_id!r}")
     k = getattr(ev, kind)
@@ -418,6 +441,9 @@ def validate_event(raw, ledger_id, now_micros):
             need(k.funds_holder_id != "", "third-party budget without funds_holder_id")
         if k.management == pb.MANAGEMENT_NOTIONAL:
             need(k.funds_holder_id == "" and k.payroll_provider_id == "", "notional budget with a holder/payroll")
+        # api.md "Enums": optional (0 = not recorded), unknown values refused.
+        need(k.cohort in pb.Cohort.values(), f"unknown cohort {k.cohort}")
+        need(k.age_band in pb.AgeBand.values(), f"unknown age_band {k.age_band}")
     elif kind == "allocation":
         amount(k.amount, "allocation.amount", True)
         need(k.basis in pb.AllocationBasis.values() and k.basis != 0, "bad basis")
@@ -483,6 +509,26 @@ def validate_event(raw, ledger_id, now_micros):
     elif kind == "refund":
         need(k.original_sequence > 0, "refund without original_sequence")
         amount(k.amount, "refund.amount", True)
+    elif kind == "external_match_recorded":
+        need(REF_RE.fullmatch(k.source) is not None, "bad source")
+        need(REF_RE.fullmatch(k.reference) is not None, "bad reference")
+        need(k.kind in pb.MatchKind.values() and k.kind != 0, "bad match kind")
+    elif kind == "flag_reviewed":
+        # docs/flags.md: "{CODE}:{budget_id}:{key}", naming the event's budget.
+        code, sep, rest = k.flag_id.partition(":")
+        need(sep and code in FLAG_CODE_NAMES.values(), f"flag_id {k.flag_id!r} has no flag code")
+        need(rest.startswith(ev.budget_id + ":") and FLAG_KEY_RE.fullmatch(rest[len(ev.budget_id) + 1:]),
+             f"flag_id {k.flag_id!r} is not a flag of budget {ev.budget_id!r}")
+        need(k.outcome in pb.FlagOutcome.values() and k.outcome != 0, "bad outcome")
+        need(text_ok(k.note, 1024, True), "bad note")
+    elif kind == "controls_configured":
+        for f, (lo, hi) in CONTROL_RANGES.items():
+            v = getattr(k, f)
+            need(v == 0 or lo <= v <= hi, f"{f} {v} out of range")
+        if k.spike_multiple:
+            m = k.spike_multiple
+            need(len(m) <= 6 and SPIKE_RE.fullmatch(m) and Decimal("1.1") <= Decimal(m) <= 100,
+                 f"spike_multiple {m!r} out of range")
     elif kind == "care_plan_approved":
         need(valid_id(k.plan_id), "bad plan_id")
         need(1 <= len(k.lines) <= 100, "a plan has 1 to 100 lines")
@@ -508,6 +554,7 @@ class Budget:
         self.funds_holder_id = opened.funds_holder_id
         self.payroll_provider_id = opened.payroll_provider_id
         self.plan_facilitator_id = opened.plan_facilitator_id
+        self.cohort, self.age_band = opened.cohort, opened.age_band
         self.plan = None
         self.suspended = False
         self.died_on = None
@@ -573,6 +620,15 @@ class Auditor:
         # The state before the failed atomic batch whose run of entries is
         # being replayed (log-format.md §6 step 8), or None.
         self.run = None
+        # docs/flags.md, from applied entries only: the flags this auditor
+        # derives itself (EXTERNAL_MATCH, and AFTER_DEATH for a deceased
+        # match on a budget with no death recorded), flag id -> expected
+        # fields; the latest FlagReviewed of each flag id, -> (outcome,
+        # reviewer, sequence, note); each commissioner's ControlsConfigured,
+        # -> (sequence, the event's settings).
+        self.flags = {}
+        self.reviews = {}
+        self.controls = {}
 
     def end_run(self):
         """A run of a failed batch's entries ended: undo its tentative changes."""
@@ -639,6 +695,7 @@ class Auditor:
             except Refused as e:
                 raise Mismatch(f"{where}: applied, but the budget rules refuse it with code {e.code}: {e}")
             self.stats["kinds"][kind] = self.stats["kinds"].get(kind, 0) + 1
+            self.derive_flags(se.signer_id, ev, seq)
         else:
             # A recorded refusal (proto Refusal): it changes no state. Outside
             # an atomic batch the rules, applied at this point, must refuse
@@ -704,9 +761,15 @@ class Auditor:
                 self.orgs[k.organisation_id] = dict(self.orgs[k.organisation_id], key=k.new_public_key)
                 self.stats["rotations"] += 1
             return
-        deny(signer_id != "root", PERMISSION_DENIED, "budget event signed by root")
+        deny(signer_id != "root", PERMISSION_DENIED, f"{kind} signed by root")
         deny(signer_id in self.orgs, UNAUTHENTICATED, "unregistered signer")
         roles = self.orgs[signer_id]["roles"]
+        if kind == "controls_configured":
+            # api.md §5: an organisation with ROLE_COMMISSIONER (else 7); it
+            # changes no budget (derive_flags keeps the thresholds).
+            deny(pb.ROLE_COMMISSIONER in roles, PERMISSION_DENIED,
+                 "controls_configured signed by an organisation without ROLE_COMMISSIONER")
+            return
         if kind == "budget_opened":
             deny(pb.ROLE_COMMISSIONER in roles and k.commissioner_id == signer_id, PERMISSION_DENIED,
                  "signer is not the commissioner")
@@ -750,7 +813,7 @@ class Auditor:
         else:
             allowed = commissioner
         deny(allowed, PERMISSION_DENIED, f"{signer_id} may not sign {kind} on {b.budget_id}")
-        deny(not b.stopped, FAILED_PRECONDITION, "budget stopped")
+        deny(not b.stopped or kind in AFTER_STOP_KINDS, FAILED_PRECONDITION, "budget stopped")
         if kind in ("disbursement", "payment", "purchase", "card_transaction"):
             deny(not b.suspended, FAILED_PRECONDITION, "budget suspended")
             on = datetime.datetime.fromtimestamp(ev.occurred_at.seconds, datetime.timezone.utc).date().isoformat()
@@ -841,8 +904,8 @@ class Auditor:
             deny(b.in_hospital_since is not None, FAILED_PRECONDITION, "not in hospital")
             deny(k.date >= b.in_hospital_since, FAILED_PRECONDITION, "discharge before admission")
             b.in_hospital_since = None
-        elif kind == "review_recorded":
-            pass
+        elif kind in ("review_recorded", "external_match_recorded", "flag_reviewed"):
+            pass  # no figure changes; the flags are derive_flags' business
         elif kind == "service_agreement_approved":
             deny(commissioner or not k.connected_person, PERMISSION_DENIED,
                  "a connected-person agreement approved by the facilitator")
@@ -914,6 +977,40 @@ class Auditor:
             check(0 <= b.spent <= b.paid_in <= b.allocated,
                   f"{b.budget_id}: invariant 0 <= spent <= paid_in <= allocated broken")
         self.budgets[ev.budget_id] = b
+
+    def derive_flags(self, signer_id, ev, seq):
+        """docs/flags.md, for an applied entry (after `rules`): the flags an
+        external match raises, the reviews and the thresholds."""
+        kind = ev.WhichOneof("kind")
+        k = getattr(ev, kind)
+        if kind == "controls_configured":
+            self.controls[signer_id] = (seq, k.SerializeToString(deterministic=True))
+        elif kind == "flag_reviewed":
+            self.reviews[k.flag_id] = (k.outcome, signer_id, seq, k.note)  # a later review replaces it
+        elif kind == "external_match_recorded":
+            b = self.budgets[ev.budget_id]
+            deceased = k.kind == pb.MATCH_KIND_DECEASED
+            raised = [(pb.FLAG_CODE_EXTERNAL_MATCH, pb.FLAG_SEVERITY_HIGH if deceased else pb.FLAG_SEVERITY_MEDIUM)]
+            if deceased and b.died_on is None:
+                raised.append((pb.FLAG_CODE_AFTER_DEATH, pb.FLAG_SEVERITY_HIGH))
+            for code, severity in raised:
+                flag_id = f"{FLAG_CODE_NAMES[code]}:{b.budget_id}:{seq}"
+                check(flag_id not in self.flags, f"log entry {seq}: flag {flag_id} raised twice")
+                self.flags[flag_id] = {"flag_id": flag_id, "code": code, "severity": severity,
+                                       "budget_id": b.budget_id, "commissioner_id": b.commissioner_id,
+                                       "sequences": [seq], "raised_at_sequence": seq}
+
+    def review_of(self, flag_id):
+        """A flag's review fields as ListFlags must give them (proto Flag)."""
+        r = self.reviews.get(flag_id)
+        if r is None:
+            return {"status": pb.FLAG_STATUS_OPEN, "reviewed_by": "", "review_sequence": 0, "review_note": ""}
+        outcome, by, seq, note = r
+        status = pb.FLAG_STATUS_CONFIRMED if outcome == pb.FLAG_OUTCOME_CONFIRMED else pb.FLAG_STATUS_DISMISSED
+        return {"status": status, "reviewed_by": by, "review_sequence": seq, "review_note": note}
+
+    def expected_flag(self, flag_id):
+        return dict(self.flags[flag_id], **self.review_of(flag_id))
 
     def expected_balance(self, budget_id):
         b = self.budgets[budget_id]
@@ -1028,6 +1125,9 @@ class Client:
         # rules name it (Refused messages in Auditor.rules): the audit checks
         # the auditor re-derives each refusal for that very reason.
         self.why = {}
+        # flag id -> Flag, as AppendResult.flags answered it when the entry
+        # that raised it was written (docs/flags.md "How flags reach people").
+        self.raised = {}
 
     def event(self, name, budget_id="", occurred_at=None, **kind):
         self.n += 1
@@ -1051,7 +1151,28 @@ class Client:
         check(result.event_id == ev.event_id, f"{what}: event_id echoed as {result.event_id!r}")
         self.head = result.sequence
         self.receipts[result.sequence] = (signed, result.entry_hash, None)
+        self.took_flags(result, result.sequence, ev, what)
         return result
+
+    def took_flags(self, result, seq, ev, what):
+        """AppendResult.flags of an entry written at `seq`: raised by it
+        (proto Flag: the last triggering sequence, the key for event-driven
+        rules), on its budget, never a time-based rule, each id once."""
+        for f in result.flags:
+            where = f"{what}: AppendResult flag {f.flag_id!r}"
+            check(f.code in FLAG_CODE_NAMES and f.code not in TIME_BASED_FLAGS,
+                  f"{where}: code {f.code} (time-based rules are never raised by an append)")
+            check(f.flag_id == f"{FLAG_CODE_NAMES[f.code]}:{ev.budget_id}:{seq}" and f.budget_id == ev.budget_id,
+                  f"{where}: not \"{{CODE}}:{ev.budget_id}:{seq}\" on budget {ev.budget_id} ({f.budget_id})")
+            check(f.raised_at_sequence == seq and f.sequences and f.sequences[-1] == seq
+                  and list(f.sequences) == sorted(set(f.sequences)),
+                  f"{where}: raised_at {f.raised_at_sequence} sequences {list(f.sequences)} (entry {seq})")
+            check(f.severity != pb.FLAG_SEVERITY_UNSPECIFIED and f.explanation != "",
+                  f"{where}: no severity or explanation")
+            check(f.status == pb.FLAG_STATUS_OPEN and not f.reviewed_by and not f.review_sequence,
+                  f"{where}: a fresh flag is not OPEN")
+            check(f.flag_id not in self.raised, f"{where}: raised twice")
+            self.raised[f.flag_id] = f
 
     def write(self, signer, event, what):
         signed = signer.sign(event)
@@ -1085,12 +1206,14 @@ class Client:
             self.head = result.refusal_sequence
             self.receipts[self.head] = (signed, result.entry_hash, (code, in_batch, e.message))
             self.recorded.append((signed, result))
+            self.took_flags(result, self.head, ev, what)
             if why is not None:
                 self.why[self.head] = (why, what)
         else:
             check(result.refusal_sequence == 0 and result.entry_hash == b"",
                   f"{what}: a refusal that decides nothing, but refusal_sequence={result.refusal_sequence} "
                   f"entry_hash={result.entry_hash.hex()!r}")
+            check(not result.flags, f"{what}: nothing recorded, yet flags {[f.flag_id for f in result.flags]}")
             if code != ABORTED:  # an aborted event may legitimately be written later
                 self.unrecorded_signed.append(signed)
 
@@ -1112,6 +1235,30 @@ class Client:
               f"{what}: resubmission names refusal {result.refusal_sequence}, the original was "
               f"{original.refusal_sequence}")
         check(result.event_id == original.event_id, f"{what}: event_id echoed as {result.event_id!r}")
+        check(list(result.flags) == list(original.flags), f"{what}: resubmission answered flags "
+              f"{[f.flag_id for f in result.flags]}, the original {[f.flag_id for f in original.flags]}")
+
+    def list_flags(self, reader, page_size=0, as_of=None, **filters):
+        """Every page of ListFlags (api.md §8): (flags, head_sequence, pages)."""
+        out, token, pages, heads = [], "", 0, set()
+        while True:
+            req = pb.ListFlagsRequest(page_size=page_size, page_token=token, **filters)
+            if as_of is not None:
+                req.as_of.CopyFrom(as_of)
+            r = self.stub.ListFlags(req, metadata=reader.md("ListFlags"), timeout=RPC_TIMEOUT)
+            pages += 1
+            check(len(r.flags) <= (page_size or 500), f"ListFlags: page of {len(r.flags)} > {page_size or 500}")
+            out.extend(r.flags)
+            heads.add(r.head_sequence)
+            if not r.next_page_token:
+                break
+            check(len(r.flags) > 0, "ListFlags: empty page with a next_page_token")
+            check(pages < 10_000, "ListFlags: paging does not end")
+            token = r.next_page_token
+        check(len(heads) == 1, f"ListFlags: pages derived at heads {sorted(heads)} with no write in between")
+        ids = [f.flag_id.encode() for f in out]
+        check(ids == sorted(ids) and len(set(ids)) == len(ids), f"ListFlags: not strictly ordered by flag_id: {ids}")
+        return out, heads.pop(), pages
 
     def balance(self, reader, budget_id):
         return self.stub.GetBalance(pb.GetBalanceRequest(budget_id=budget_id), metadata=reader.md("GetBalance"),
@@ -1173,10 +1320,20 @@ def health_and_reflection(channel):
           f"reflection v1alpha (grpcio-reflection client): services {sorted(services)}")
     pool = descriptor_pool.DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE)
-    check({m.name for m in svc.methods} == {"Append", "GetBalance", "ListBalances", "ReadLog", "GetHoldings", "GetCarePlan",
-                                            "GetBudgetStatement"},
-          f"reflection v1alpha: methods {[m.name for m in svc.methods]}")
+    # The methods api.md §1 lists must be served, and exactly the methods
+    # proto/ declares (methods added to the proto later are then covered by
+    # the schema comparison below, not refused here).
+    served = {m.name for m in svc.methods}
+    documented = {"Append", "GetBalance", "ListBalances", "ReadLog", "GetHoldings", "GetBudgetStatement", "GetCarePlan",
+                  "ListFlags"}
+    declared = {m.name for m in pb.DESCRIPTOR.services_by_name["LedgerService"].methods}
+    check(documented <= served and served == declared,
+          f"reflection v1alpha: methods {sorted(served)}; documented {sorted(documented)}, proto/ {sorted(declared)}")
     check(svc.methods_by_name["ReadLog"].server_streaming, "reflection: ReadLog is not server-streaming")
+    lf = svc.methods_by_name["ListFlags"]
+    check((lf.input_type.full_name, lf.output_type.full_name, lf.server_streaming)
+          == ("phb.ledger.v1.ListFlagsRequest", "phb.ledger.v1.ListFlagsResponse", False),
+          f"reflection: ListFlags is {lf.input_type.full_name} -> {lf.output_type.full_name}")
     Dyn = message_factory.GetMessageClass(pool.FindMessageTypeByName("phb.ledger.v1.Event"))
     dyn = Dyn(event_id="e-1", ledger_id="phb-local", budget_id="b-1")
     dyn.occurred_at.seconds = 1764000000
@@ -1224,6 +1381,175 @@ def health_and_reflection(channel):
         check(any(m.name == "Timestamp" for f in files(resps[3]) for m in f.message_type),
               f"reflection {version}: google/protobuf/timestamp.proto not served")
     print(f"   health SERVING; reflection v1 + v1alpha list {SERVICE}; served schema == proto/")
+
+
+def raised_fields(f):
+    """What an entry raised in a Flag (proto Flag), without its review."""
+    return (f.flag_id, f.code, f.severity, f.budget_id, f.commissioner_id, list(f.sequences), f.raised_at_sequence,
+            [(t.name, t.value) for t in f.thresholds], f.explanation)
+
+
+def review_fields(f):
+    return (f.status, f.reviewed_by, f.review_sequence, f.review_note)
+
+
+def flags_scenario(c, root, icb, tp, payroll, acct, auditor, tag, b_tp, b_dp, stopped):
+    """docs/flags.md: external matches and their flags (in the AppendResult
+    and in ListFlags), reviews (also on a stopped budget), a commissioner's
+    thresholds, cohorts and age bands; who may record and list what."""
+    step("flags: external matches, reviews, thresholds; a budget with a cohort (docs/flags.md)")
+    icb2 = Org(f"icb2-{tag}")
+    c.write(root, c.event(f"reg-{icb2.id}", organisation_registered=pb.OrganisationRegistered(
+        organisation_id=icb2.id, roles=[pb.ROLE_COMMISSIONER], public_key=icb2.public)), "a second commissioner")
+    b_chc = f"{tag}-b8-chc"
+
+    def opened(cohort, age_band):
+        return c.event(f"open-{b_chc}", b_chc, budget_opened=pb.BudgetOpened(
+            holder_ref=f"holder-{secrets.token_hex(4)}", commissioner_id=icb2.id, period_start="2026-04-01",
+            period_end="2027-03-31", management=pb.MANAGEMENT_NOTIONAL, cohort=cohort, age_band=age_band))
+
+    # api.md "Enums": cohort and age_band are optional, unknown values 3.
+    c.refuse(icb2, opened(99, pb.AGE_BAND_ADULT), INVALID_ARGUMENT, "BudgetOpened with an unknown cohort",
+             "kind.budget_opened.cohort")
+    c.refuse(icb2, opened(pb.COHORT_CONTINUING_HEALTHCARE, 3), INVALID_ARGUMENT,
+             "BudgetOpened with an unknown age band", "kind.budget_opened.age_band")
+    c.write(icb2, opened(pb.COHORT_CONTINUING_HEALTHCARE, pb.AGE_BAND_ADULT),
+            "BudgetOpened with cohort COHORT_CONTINUING_HEALTHCARE and age band AGE_BAND_ADULT")
+    bal = c.balance(icb2, b_chc)
+    check((bal.commissioner_id, bal.allocated) == (icb2.id, "0.00"), f"{b_chc}: {bal}")
+
+    def match(bid, kind, ref):
+        return c.event("match", bid, external_match_recorded=pb.ExternalMatchRecorded(
+            source="NFI-2026", kind=kind, reference=ref))
+
+    def flags_of(result):
+        return sorted((f.flag_id, f.code, f.severity, f.budget_id, f.commissioner_id, list(f.sequences),
+                       f.raised_at_sequence) for f in result.flags)
+
+    r_pay, pay_signed = c.write(icb, match(b_dp, pb.MATCH_KIND_PAYROLL, "m-77"),
+                                "ExternalMatchRecorded (payroll match) by the commissioner")
+    pay_match = c.head
+    pay_flag = f"EXTERNAL_MATCH:{b_dp}:{pay_match}"
+    want = [(pay_flag, pb.FLAG_CODE_EXTERNAL_MATCH, pb.FLAG_SEVERITY_MEDIUM, b_dp, icb.id, [pay_match], pay_match)]
+    check(flags_of(r_pay) == want, f"payroll match: AppendResult.flags {flags_of(r_pay)}, docs/flags.md gives {want}")
+    r = c.append([pay_signed])[0]
+    check(r.duplicate and r.error.code == OK and r.sequence == pay_match and list(r.flags) == list(r_pay.flags),
+          f"the payroll match resent: duplicate={r.duplicate} sequence {r.sequence} flags "
+          f"{[f.flag_id for f in r.flags]} (a duplicate answers the flags its original raised)")
+    r_dead, _ = c.write(icb, match(stopped, pb.MATCH_KIND_DECEASED, "d-12"),
+                        "ExternalMatchRecorded (deceased) on a stopped budget: accepted")
+    dead_match = c.head
+    dead_flag, dead_after = f"EXTERNAL_MATCH:{stopped}:{dead_match}", f"AFTER_DEATH:{stopped}:{dead_match}"
+    want = sorted([(dead_flag, pb.FLAG_CODE_EXTERNAL_MATCH, pb.FLAG_SEVERITY_HIGH, stopped, icb.id, [dead_match],
+                    dead_match),
+                   (dead_after, pb.FLAG_CODE_AFTER_DEATH, pb.FLAG_SEVERITY_HIGH, stopped, icb.id, [dead_match],
+                    dead_match)])
+    check(flags_of(r_dead) == want, f"deceased match with no death recorded: AppendResult.flags {flags_of(r_dead)}, "
+          f"docs/flags.md gives {want}")
+    c.refuse(tp, match(b_tp, pb.MATCH_KIND_PAYROLL, "m-78"), PERMISSION_DENIED,
+             "ExternalMatchRecorded by the funds holder", why="may not sign external_match_recorded")
+    c.refuse(icb, match(b_chc, pb.MATCH_KIND_PAYROLL, "m-79"), PERMISSION_DENIED,
+             "ExternalMatchRecorded by another budget's commissioner", why="may not sign external_match_recorded")
+    c.refuse(icb, match(b_dp, pb.MATCH_KIND_UNSPECIFIED, "m-80"), INVALID_ARGUMENT,
+             "ExternalMatchRecorded with MATCH_KIND_UNSPECIFIED", "kind.external_match_recorded.kind")
+    c.refuse(icb, match(f"{tag}-nope", pb.MATCH_KIND_OTHER, "m-81"), NOT_FOUND,
+             "ExternalMatchRecorded on an unknown budget", why="unknown budget")
+    c.write(icb2, match(b_chc, pb.MATCH_KIND_PAYROLL, "m-82"), "ExternalMatchRecorded by the other commissioner")
+    chc_match = c.head
+    chc_flag = f"EXTERNAL_MATCH:{b_chc}:{chc_match}"
+
+    def review(bid, flag_id, outcome, note):
+        return c.event("flag-review", bid, flag_reviewed=pb.FlagReviewed(flag_id=flag_id, outcome=outcome, note=note))
+
+    r, _ = c.write(icb, review(b_dp, pay_flag, pb.FLAG_OUTCOME_CONFIRMED, "asking the other employer for timesheets"),
+                   "FlagReviewed (confirmed)")
+    check(not r.flags, f"a FlagReviewed raised {[f.flag_id for f in r.flags]}")
+    c.write(icb, review(b_dp, pay_flag, pb.FLAG_OUTCOME_DISMISSED, "hours do not overlap"),
+            "a later FlagReviewed (dismissed) replaces the outcome")
+    pay_review = c.head
+    c.write(icb, review(stopped, dead_flag, pb.FLAG_OUTCOME_CONFIRMED, "death confirmed; nothing moved after it"),
+            "FlagReviewed on a stopped budget: accepted")
+    dead_review = c.head
+    c.refuse(payroll, review(b_dp, pay_flag, pb.FLAG_OUTCOME_DISMISSED, "not ours"), PERMISSION_DENIED,
+             "FlagReviewed by the payroll provider", why="may not sign flag_reviewed")
+    c.refuse(icb, review(b_tp, pay_flag, pb.FLAG_OUTCOME_DISMISSED, "wrong budget"), INVALID_ARGUMENT,
+             "FlagReviewed of another budget's flag", "kind.flag_reviewed.flag_id")
+    for bad in (f"NOT_A_RULE:{b_dp}:{pay_match}", f"EXTERNAL_MATCH:{b_dp}:", f"EXTERNAL_MATCH:{b_dp}", "m-77"):
+        c.refuse(icb, review(b_dp, bad, pb.FLAG_OUTCOME_DISMISSED, "malformed"), INVALID_ARGUMENT,
+                 f"FlagReviewed of flag_id {bad!r}", "kind.flag_reviewed.flag_id")
+    c.refuse(icb, review(b_dp, pay_flag, pb.FLAG_OUTCOME_UNSPECIFIED, "no outcome"), INVALID_ARGUMENT,
+             "FlagReviewed with FLAG_OUTCOME_UNSPECIFIED", "kind.flag_reviewed.outcome")
+    c.refuse(icb, review(b_dp, pay_flag, pb.FLAG_OUTCOME_DISMISSED, "   "), INVALID_ARGUMENT,
+             "FlagReviewed with a blank note", "kind.flag_reviewed.note")
+
+    def controls(**kw):
+        return c.event("controls", controls_configured=pb.ControlsConfigured(**kw))
+
+    r, _ = c.write(icb2, controls(surplus_weeks=6, worker_hours_per_day=12, spike_multiple="2.5", refusals_count=5),
+                   "ControlsConfigured by a commissioner")
+    check(not r.flags, f"a ControlsConfigured raised {[f.flag_id for f in r.flags]}")
+    c.write(icb, controls(), "ControlsConfigured with every default (all fields 0 / empty)")
+    c.refuse(tp, controls(surplus_weeks=6), PERMISSION_DENIED, "ControlsConfigured by a third party",
+             why="without ROLE_COMMISSIONER")
+    c.refuse(root, controls(surplus_weeks=6), PERMISSION_DENIED, "ControlsConfigured signed by root",
+             why="controls_configured signed by root")
+    for field, value in (("worker_hours_per_day", 25), ("surplus_weeks", 105), ("refusals_count", 1),
+                         ("review_interval_months", 61), ("spike_multiple", "1"), ("spike_multiple", "2.555"),
+                         ("spike_multiple", "101"), ("spike_multiple", "3x")):
+        c.refuse(icb, controls(**{field: value}), INVALID_ARGUMENT, f"ControlsConfigured {field} {value!r}",
+                 f"kind.controls_configured.{field}")
+    on_budget = controls(surplus_weeks=6)
+    on_budget.budget_id = b_dp
+    c.refuse(icb, on_budget, INVALID_ARGUMENT, "ControlsConfigured naming a budget", "budget_id")
+
+    step("ListFlags: the flags raised, with their reviews; who may list them")
+    listed, head, pages = c.list_flags(auditor, page_size=1, code=pb.FLAG_CODE_EXTERNAL_MATCH)
+    check(head == c.head, f"ListFlags head_sequence {head}, the log's head is {c.head}")
+    check(pages >= len(listed) >= 3 and all(f.code == pb.FLAG_CODE_EXTERNAL_MATCH for f in listed),
+          f"ListFlags code=EXTERNAL_MATCH, page_size 1: {len(listed)} flags in {pages} pages")
+    by_id = {f.flag_id: f for f in listed}
+    for fid, want in ((pay_flag, (pb.FLAG_STATUS_DISMISSED, icb.id, pay_review, "hours do not overlap")),
+                      (dead_flag, (pb.FLAG_STATUS_CONFIRMED, icb.id, dead_review,
+                                   "death confirmed; nothing moved after it")),
+                      (chc_flag, (pb.FLAG_STATUS_OPEN, "", 0, ""))):
+        check(fid in by_id, f"ListFlags (auditor, code=EXTERNAL_MATCH) does not list {fid}: {sorted(by_id)}")
+        check(review_fields(by_id[fid]) == want, f"ListFlags {fid}: review {review_fields(by_id[fid])}, want {want}")
+        check(fid not in c.raised or raised_fields(by_id[fid]) == raised_fields(c.raised[fid]),
+              f"ListFlags {fid}: {raised_fields(by_id[fid])} differs from its AppendResult flag "
+              f"{raised_fields(c.raised[fid])}")
+    everything, _, _ = c.list_flags(auditor)
+    check(dead_after in {f.flag_id for f in everything}, f"ListFlags does not list {dead_after}")
+    check([f.SerializeToString() for f in c.list_flags(root)[0]] == [f.SerializeToString() for f in everything],
+          "ListFlags as root differs from ListFlags as an auditor")
+    for who, own, other in ((icb, (pay_flag, dead_flag, dead_after), chc_flag), (icb2, (chc_flag,), pay_flag)):
+        seen, _, _ = c.list_flags(who, page_size=2)
+        ids = {f.flag_id for f in seen}
+        check(all(f.commissioner_id == who.id for f in seen) and set(own) <= ids and other not in ids,
+              f"ListFlags as commissioner {who.id}: {sorted(ids)} (its own budgets' flags only)")
+        check([f.flag_id for f in seen] == [f.flag_id for f in everything if f.commissioner_id == who.id],
+              f"ListFlags as commissioner {who.id} is not the auditor's list limited to its budgets")
+        check([f.flag_id for f in c.list_flags(who, commissioner_id=who.id)[0]] == [f.flag_id for f in seen],
+              f"ListFlags as {who.id} filtered by itself differs")
+    check(rpc_code(lambda: c.list_flags(icb, commissioner_id=icb2.id)) == grpc.StatusCode.PERMISSION_DENIED,
+          "a commissioner may list another commissioner's flags")
+    for who in (tp, payroll, acct):
+        check(rpc_code(lambda: c.list_flags(who)) == grpc.StatusCode.PERMISSION_DENIED,
+              f"{who.id} (not a commissioner or auditor) may list flags")
+    check(rpc_code(lambda: c.stub.ListFlags(pb.ListFlagsRequest(), timeout=RPC_TIMEOUT))
+          == grpc.StatusCode.UNAUTHENTICATED, "unsigned ListFlags is not UNAUTHENTICATED")
+    dismissed = [f.flag_id for f in c.list_flags(auditor, status=pb.FLAG_STATUS_DISMISSED)[0]]
+    check(pay_flag in dismissed and dead_flag not in dismissed, f"ListFlags status=DISMISSED: {dismissed}")
+    since = [f.flag_id for f in c.list_flags(auditor, since_sequence=pay_match, budget_id=b_dp)[0]]
+    check(pay_flag not in since, f"ListFlags since_sequence={pay_match} lists the flag raised at it: {since}")
+    print(f"   3 matches flagged in their AppendResults ({pay_flag}, ...); reviews, scopes and filters as documented; "
+          f"{len(everything)} flags in all")
+
+
+def flags_as_of():
+    """The as_of of the audit's ListFlags: today (UTC), pinned for the restart."""
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    return Timestamp(seconds=int(datetime.datetime(today.year, today.month, today.day,
+                                                   tzinfo=datetime.timezone.utc).timestamp()))
 
 
 def run(addr, datadir):
@@ -1710,6 +2036,8 @@ def run(addr, datadir):
     check(rpc_code(lambda: c.balance(old_tp, b_tp)) == grpc.StatusCode.UNAUTHENTICATED,
           "a read signed with the rotated-out key was accepted")
 
+    flags_scenario(c, root, icb, tp, payroll, acct, auditor, tag, b_tp, b_dp, stopped=extra[1])
+
     step("documented field rules (amounts, occurred_at, text, bytes, signatures)")
     for amt in ("5", "4.8", "0.01", "1000000000.00", "0000000001.5"):
         c.write(icb, alloc(extra[0], amt), f"allocation amount {amt!r}")
@@ -1840,7 +2168,7 @@ def run(addr, datadir):
     check(len(c.read_log(auditor)) == c.head, f"the log does not hold the {c.head} entries written")
     check([e.SerializeToString() for e in c.read_log(auditor, 5)]
           == [e.SerializeToString() for e in c.read_log(root)[4:]], "ReadLog from_sequence=5 is not the log's suffix")
-    audit, entries = audit_ledger(c, auditor, datadir, root_pub, ledger_id)
+    audit, entries = audit_ledger(c, auditor, datadir, root_pub, ledger_id, flags_as_of())
     # Receipts: every acknowledgement matches the log, byte for byte.
     for seq, (signed, h, refusal) in c.receipts.items():
         e = entries[seq - 1]
@@ -1883,9 +2211,11 @@ def run(addr, datadir):
     return audit
 
 
-def audit_ledger(c, reader, datadir, root_pub, ledger_id):
+def audit_ledger(c, reader, datadir, root_pub, ledger_id, as_of):
     """log-format.md §6, as `reader` (an auditor or root): replay the whole
-    log, compare it with log/ledger.log and the balances with the server's."""
+    log, compare it with log/ledger.log and the balances with the server's,
+    and ListFlags (at `as_of`) with the flags the replay derives; the listing
+    is kept as `audit.listed_flags` (flags, head_sequence)."""
     step(f"ReadLog as {reader.id}: verify the whole log independently")
     entries = c.read_log(reader)
     audit = Auditor(root_pub, ledger_id)
@@ -1911,6 +2241,7 @@ def audit_ledger(c, reader, datadir, root_pub, ledger_id):
 
     check_care_plans(c, reader, audit)
     check_statements_and_holdings(c, reader, entries, audit)
+    audit.listed_flags, audit.flags_as_of = check_flags(c, reader, audit, as_of), as_of
 
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(audit.stats["kinds"].items()))
     print(f"   {len(entries)} entries: sequences 1..{audit.head_seq}, entry hashes, prev_hash chain, "
@@ -1955,6 +2286,79 @@ def check_care_plans(c, reader, audit):
         check(have == want, f"GetCarePlan {budget_id}: server says {have}, the log gives {want}")
     print(f"   {planned} plans in force and their line usage == the replay; {len(audit.budgets) - planned} "
           "budgets without one are NOT_FOUND")
+
+
+def check_flags(c, reader, audit, as_of):
+    """docs/flags.md and api.md §8 ListFlags, against the replayed log: every
+    listed flag well-formed (id, budget, commissioner, sequences, raised_at)
+    with the review the log records for its id; the external-match flags
+    exactly those the replay derives; every flag an AppendResult answered
+    listed as answered; each filter the whole list filtered."""
+    step("ListFlags equals the flags the log gives (docs/flags.md)")
+    flags, head, pages = c.list_flags(reader, as_of=as_of)
+    check(head == audit.head_seq, f"ListFlags head_sequence {head}, the log's head is {audit.head_seq}")
+    threshold_names = set(pb.ControlsConfigured.DESCRIPTOR.fields_by_name)
+    for f in flags:
+        where = f"ListFlags {f.flag_id!r}"
+        check(f.code in FLAG_CODE_NAMES, f"{where}: code {f.code}")
+        b = audit.budgets.get(f.budget_id)
+        check(b is not None and f.commissioner_id == b.commissioner_id,
+              f"{where}: budget {f.budget_id!r} commissioner {f.commissioner_id!r} (the log: "
+              f"{b.commissioner_id if b else 'no such budget'})")
+        prefix = f"{FLAG_CODE_NAMES[f.code]}:{f.budget_id}:"
+        check(f.flag_id.startswith(prefix) and FLAG_KEY_RE.fullmatch(f.flag_id[len(prefix):]),
+              f"{where}: not \"{{CODE}}:{{budget_id}}:{{key}}\" for its code and budget")
+        check(f.sequences and list(f.sequences) == sorted(set(f.sequences)) and f.sequences[-1] <= head,
+              f"{where}: sequences {list(f.sequences)}")
+        if f.code in TIME_BASED_FLAGS:
+            check(f.raised_at_sequence == head, f"{where}: time-based, raised at {f.raised_at_sequence} not the head")
+        else:
+            check(f.raised_at_sequence == f.sequences[-1] and f.flag_id == prefix + str(f.sequences[-1]),
+                  f"{where}: raised at {f.raised_at_sequence}, sequences {list(f.sequences)} (the key is the "
+                  "triggering sequence, the last of them)")
+        check(f.severity in (pb.FLAG_SEVERITY_LOW, pb.FLAG_SEVERITY_MEDIUM, pb.FLAG_SEVERITY_HIGH)
+              and f.explanation.strip() != "", f"{where}: severity {f.severity}, explanation {f.explanation!r}")
+        check(all(t.name in threshold_names and t.value for t in f.thresholds),
+              f"{where}: thresholds {[(t.name, t.value) for t in f.thresholds]} (named as ControlsConfigured fields)")
+        want = audit.review_of(f.flag_id)
+        have = dict(zip(("status", "reviewed_by", "review_sequence", "review_note"), review_fields(f)))
+        check(have == want, f"{where}: review {have}, the log's latest FlagReviewed gives {want}")
+        raised = c.raised.get(f.flag_id)
+        if raised is not None:  # this client's own appends (none in --audit-only)
+            check(raised_fields(raised) == raised_fields(f),
+                  f"{where}: {raised_fields(f)} differs from the AppendResult that raised it {raised_fields(raised)}")
+    listed = {f.flag_id: f for f in flags}
+    for flag_id in sorted(audit.flags):
+        want = audit.expected_flag(flag_id)
+        f = listed.get(flag_id)
+        check(f is not None, f"ListFlags does not list {flag_id}, which the log raises")
+        have = {k: (list(getattr(f, k)) if k == "sequences" else getattr(f, k)) for k in want}
+        check(have == want, f"ListFlags {flag_id}: server says {have}, the log gives {want}")
+    matches = sorted(i for i, f in listed.items() if f.code == pb.FLAG_CODE_EXTERNAL_MATCH)
+    derived = sorted(i for i, f in audit.flags.items() if f["code"] == pb.FLAG_CODE_EXTERNAL_MATCH)
+    check(matches == derived, f"ListFlags EXTERNAL_MATCH flags {matches}, the log's matches give {derived}")
+    missing = sorted(set(c.raised) - set(listed))
+    check(not missing, f"flags answered in AppendResults are not listed: {missing}")
+    some = flags[len(flags) // 2] if flags else None
+    filters = [({"code": pb.FLAG_CODE_EXTERNAL_MATCH}, lambda f: f.code == pb.FLAG_CODE_EXTERNAL_MATCH, 1),
+               ({"status": pb.FLAG_STATUS_OPEN}, lambda f: f.status == pb.FLAG_STATUS_OPEN, 3),
+               ({"status": pb.FLAG_STATUS_DISMISSED}, lambda f: f.status == pb.FLAG_STATUS_DISMISSED, 0),
+               ({"since_sequence": head // 2}, lambda f: f.raised_at_sequence > head // 2, 0)]
+    if some is not None:
+        filters += [({"budget_id": some.budget_id}, lambda f: f.budget_id == some.budget_id, 1),
+                    ({"commissioner_id": some.commissioner_id, "code": some.code},
+                     lambda f: f.commissioner_id == some.commissioner_id and f.code == some.code, 2)]
+    for req, keep, page_size in filters:
+        got, h, _ = c.list_flags(reader, page_size=page_size, as_of=as_of, **req)
+        check(h == head and [f.SerializeToString() for f in got] == [f.SerializeToString() for f in flags if keep(f)],
+              f"ListFlags {req} (page_size {page_size}): {[f.flag_id for f in got]}, the whole list filtered: "
+              f"{[f.flag_id for f in flags if keep(f)]}")
+    codes = ", ".join(f"{FLAG_CODE_NAMES[code]} {n}" for code, n in sorted(
+        {code: sum(1 for f in flags if f.code == code) for code in {f.code for f in flags}}.items()))
+    print(f"   {len(flags)} flags at head {head} as of {as_of.ToJsonString()[:10]} ({codes or 'none'}): ids, budgets, "
+          f"sequences and reviews == the log; {len(derived)} external-match flags derived independently; "
+          f"{len(c.raised)} AppendResult flags listed as answered; {len(filters)} filters == the list filtered")
+    return flags, head
 
 
 def check_statements_and_holdings(c, reader, entries, audit):
@@ -2111,6 +2515,19 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
             return copy[i].sequence, "refuse it"
         return mutate
 
+    def denied_applied(kind):
+        # The first `kind` refused outside a batch with PERMISSION_DENIED (in
+        # the scenario: the funds holder's external match, the third party's
+        # thresholds), applied instead, chain rebuilt.
+        def mutate(copy):
+            i = next(i for i, e in enumerate(copy) if e.HasField("refusal") and not e.refusal.in_atomic_batch
+                     and e.refusal.code == PERMISSION_DENIED
+                     and pb.Event.FromString(e.signed_event.event).HasField(kind))
+            copy[i].ClearField("refusal")
+            rehash(copy, i)
+            return copy[i].sequence, "refuse it"
+        return mutate
+
     def refusal_recoded(copy):  # FAILED_PRECONDITION recorded as PERMISSION_DENIED, chain rebuilt
         i = refusal_index(copy, False, FAILED_PRECONDITION)
         copy[i].refusal.code = PERMISSION_DENIED
@@ -2152,6 +2569,9 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
     refuses(spending_applied("purchase"), "a purchase refused for want of a care plan, applied (chain rebuilt)")
     refuses(spending_applied("payment"), "a PA payment refused for want of an agreement, applied (chain rebuilt)")
     refuses(spending_applied("card_transaction"), "a declined card payment approved (chain rebuilt)")
+    refuses(denied_applied("external_match_recorded"), "a funds holder's external match applied (chain rebuilt)")
+    refuses(denied_applied("controls_configured"), "a third party's ControlsConfigured applied (chain rebuilt)")
+    refuses(denied_applied("flag_reviewed"), "a payroll provider's FlagReviewed applied (chain rebuilt)")
     refuses(aborted_alone, "ABORTED recorded outside an atomic batch (chain rebuilt)")
     refuses(applied_refused, "an applied purchase recorded as refused (chain rebuilt)")
     refuses(refusal_message, "a refusal's message changed")
@@ -2167,7 +2587,8 @@ def tamper_test(entries, receipts, root_pub, ledger_id):
     refuses(clock, "recorded_at going backwards")
     print("   refused: a changed byte, a forged amount (chain rebuilt), a removed key rotation, a clock going "
           "backwards, a refusal applied / re-coded / ABORTED alone / its message changed, a purchase without a "
-          "plan, a wage without an agreement and a declined card payment applied, an applied purchase "
+          "plan, a wage without an agreement, a declined card payment and a non-commissioner's external match, "
+          "thresholds and flag review applied, an applied purchase "
           "recorded as refused, a refused payment applied later; a dropped entry (chain rebuilt) fails the Append receipts")
 
 
@@ -2181,13 +2602,31 @@ def audit_only(addr, datadir, head_file):
     channel = grpc.insecure_channel(addr)
     grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
     c = Client(channel, ledger_id, "audit")
-    audit, entries = audit_ledger(c, root, datadir, root.public, ledger_id)
+    with open(head_file + ".flags") as f:
+        as_of_seconds, pinned = f.read().split()
+    as_of = Timestamp(seconds=int(as_of_seconds))
+    pinned = pb.ListFlagsResponse.FromString(bytes.fromhex(pinned))
+    audit, entries = audit_ledger(c, root, datadir, root.public, ledger_id, as_of)
     with open(head_file) as f:
         seq, h = f.read().split()
     seq = int(seq)
     check(len(entries) >= seq and entries[seq - 1].hash.hex() == h,
           f"after the restart the log no longer holds the pinned head {seq} {h}")
     print(f"   the pinned head {seq} {h[:16]}... is still in the log")
+    # docs/flags.md: a pure function of the log and as_of, so the same after
+    # a restart (the log did not move: same head, same flags, same ids).
+    flags, head = audit.listed_flags
+    check(head == pinned.head_sequence, f"after the restart ListFlags is at head {head}, before it "
+          f"{pinned.head_sequence}")
+    before = {f.flag_id: f for f in pinned.flags}
+    for f in flags:
+        check(f.flag_id in before and f == before[f.flag_id],
+              f"after the restart ListFlags gives {f.flag_id} as {f}, before it {before.get(f.flag_id)}")
+    check([f.flag_id for f in flags] == [f.flag_id for f in pinned.flags],
+          f"after the restart ListFlags lists {[f.flag_id for f in flags]}, before it "
+          f"{[f.flag_id for f in pinned.flags]}")
+    print(f"   ListFlags as of {as_of.ToJsonString()[:10]}: the same {len(flags)} flags at the same head as before "
+          "the restart")
 
 
 def main():
@@ -2207,6 +2646,11 @@ def main():
             if head_file:
                 with open(head_file, "w") as f:
                     f.write(f"{audit.head_seq} {audit.head_hash.hex()}\n")
+                # The audit's ListFlags answer and its as_of, for the restart.
+                flags, head = audit.listed_flags
+                answer = pb.ListFlagsResponse(flags=flags, head_sequence=head)
+                with open(head_file + ".flags", "w") as f:
+                    f.write(f"{audit.flags_as_of.seconds} {answer.SerializeToString().hex()}\n")
     except Mismatch as e:
         print(f"FAIL: {e}", file=sys.stderr)
         print(f"external: {CHECKS[0]} passed, 1 failed")

@@ -35,6 +35,12 @@ pub mod methods {
     pub const GET_BUDGET_STATEMENT: &str = "/phb.ledger.v1.LedgerService/GetBudgetStatement";
     /// GetCarePlan.
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
+    /// ListFlags.
+    pub const LIST_FLAGS: &str = "/phb.ledger.v1.LedgerService/ListFlags";
+    /// GetSpendingSummary.
+    pub const GET_SPENDING_SUMMARY: &str = "/phb.ledger.v1.LedgerService/GetSpendingSummary";
+    /// GetQuarterlyReturn.
+    pub const GET_QUARTERLY_RETURN: &str = "/phb.ledger.v1.LedgerService/GetQuarterlyReturn";
 }
 
 /// Key-file errors.
@@ -232,6 +238,8 @@ pub mod kinds {
             funds_holder_id: funds_holder.into(),
             payroll_provider_id: payroll.into(),
             plan_facilitator_id: String::new(),
+            cohort: pb::Cohort::Unspecified as i32,
+            age_band: pb::AgeBand::Unspecified as i32,
         })
     }
     /// CarePlanApproved with `lines` of (line id, category, annual amount,
@@ -401,6 +409,26 @@ pub mod kinds {
             delta: delta.into(),
             reason: reason.into(),
         })
+    }
+    /// ExternalMatchRecorded.
+    pub fn external_match(source: &str, kind: pb::MatchKind, reference: &str) -> Kind {
+        Kind::ExternalMatchRecorded(pb::ExternalMatchRecorded {
+            source: source.into(),
+            kind: kind as i32,
+            reference: reference.into(),
+        })
+    }
+    /// FlagReviewed (on the flag's budget).
+    pub fn flag_reviewed(flag_id: &str, outcome: pb::FlagOutcome, note: &str) -> Kind {
+        Kind::FlagReviewed(pb::FlagReviewed {
+            flag_id: flag_id.into(),
+            outcome: outcome as i32,
+            note: note.into(),
+        })
+    }
+    /// ControlsConfigured (budget_id empty, signed by a commissioner).
+    pub fn controls(c: pb::ControlsConfigured) -> Kind {
+        Kind::ControlsConfigured(c)
     }
     /// BudgetStopped.
     pub fn stop(reason: &str) -> Kind {

@@ -4,6 +4,7 @@
 //! validated `Event` or a `Reject` naming the field to fix. Everything after
 //! it (authorisation, budget rules, projection) works on these types only.
 
+use crate::controls::Controls;
 use crate::error::{quote, Reject};
 use crate::money::{self, Money};
 use crate::text;
@@ -21,6 +22,10 @@ pub const MAX_REF_LEN: usize = 64;
 /// Longest free-text field (reason, description), in characters (Unicode
 /// scalar values), not bytes: up to 1 KiB of UTF-8.
 pub const MAX_TEXT_LEN: usize = 256;
+/// The longest flag id: a code, a budget id and a key.
+pub const MAX_FLAG_ID_LEN: usize = 200;
+/// The longest review note.
+pub const MAX_NOTE_LEN: usize = 1024;
 /// Longest free-text reference (payment reference, receipt reference), in
 /// characters. Free text, unlike ids: a partner's own numbering may use any
 /// script, so it is checked as text (`text::check`), not as an id.
@@ -205,6 +210,20 @@ impl Date {
     }
 }
 
+impl Date {
+    /// The date `days` after 1970-01-01 (clamped like `from_unix_micros`).
+    pub fn from_days(days: i64) -> Date {
+        Date::from_unix_micros(days.saturating_mul(86_400_000_000))
+    }
+
+    /// The Monday of this date's ISO week, as days since 1970-01-01 (a
+    /// Thursday).
+    pub fn week_start_days(&self) -> i64 {
+        let d = self.days();
+        d - (d + 3).rem_euclid(7)
+    }
+}
+
 impl std::fmt::Display for Date {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
@@ -248,6 +267,10 @@ pub enum EventKind {
         payroll_provider_id: Option<String>,
         /// The plan facilitator, if any.
         plan_facilitator_id: Option<String>,
+        /// Why the person has a budget, for reports.
+        cohort: Cohort,
+        /// Adult or child, for reports.
+        age_band: AgeBand,
     },
     /// Entitlement up.
     Allocation {
@@ -370,6 +393,109 @@ pub enum EventKind {
         /// The outcome.
         outcome: String,
     },
+    /// A data match from outside the ledger.
+    ExternalMatchRecorded {
+        /// Who made it.
+        source: String,
+        /// What was matched.
+        kind: MatchKind,
+        /// The source's reference.
+        reference: String,
+    },
+    /// A commissioner's flag thresholds, from this entry on.
+    ControlsConfigured(Controls),
+    /// A commissioner's review of a flag.
+    FlagReviewed {
+        /// The flag's id.
+        flag_id: String,
+        /// What the review found.
+        outcome: FlagOutcome,
+        /// The note.
+        note: String,
+    },
+}
+
+/// Why a person has a budget (the national collection's groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cohort {
+    /// Not recorded.
+    NotRecorded,
+    /// NHS Continuing Healthcare.
+    ContinuingHealthcare,
+    /// Fast-track CHC.
+    FastTrackChc,
+    /// Personal wheelchair budget.
+    Wheelchair,
+    /// Section 117 aftercare.
+    MentalHealthS117,
+    /// Learning disability, autism or both.
+    LearningDisabilityAutism,
+    /// End of life.
+    EndOfLife,
+    /// Maternity.
+    Maternity,
+    /// Children with an EHC plan.
+    ChildrenEhc,
+    /// Anyone else.
+    Other,
+}
+
+/// Adult or child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AgeBand {
+    /// Not recorded.
+    NotRecorded,
+    /// 18 or over.
+    Adult,
+    /// Under 18.
+    Child,
+}
+
+/// What an external data match found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatchKind {
+    /// The holder appears in a record of deaths.
+    Deceased,
+    /// A payee appears on another payroll.
+    Payroll,
+    /// Anything else.
+    Other,
+}
+
+/// What a flag review found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlagOutcome {
+    /// The concern is real.
+    Confirmed,
+    /// Explained.
+    Dismissed,
+}
+
+/// The flag codes, as `Flag.flag_id` spells them (the proto names without
+/// `FLAG_CODE_`).
+pub const FLAG_CODES: [&str; 10] = [
+    "SURPLUS",
+    "DUPLICATE_PAYMENT",
+    "AFTER_DEATH",
+    "DURING_ADMISSION",
+    "OVERBOOKED_WORKER",
+    "SPIKE",
+    "CASH_WITHOUT_RECEIPT",
+    "REVIEW_OVERDUE",
+    "REPEATED_REFUSALS",
+    "EXTERNAL_MATCH",
+];
+
+/// Splits a flag id `{CODE}:{budget_id}:{key}` into its parts, if it has
+/// that shape with a known code and a non-empty key of `[A-Za-z0-9._-]`.
+pub fn split_flag_id(id: &str) -> Option<(&str, &str, &str)> {
+    let (code, rest) = id.split_once(':')?;
+    let (budget, key) = rest.rsplit_once(':')?;
+    let key_ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    (FLAG_CODES.contains(&code) && !budget.is_empty() && key_ok).then_some((code, budget, key))
 }
 
 /// How a card was used.
@@ -453,10 +579,13 @@ pub const MAX_PLAN_LINES: usize = 100;
 
 impl EventKind {
     /// True for events that are about organisations rather than a budget.
+    /// (`ControlsConfigured` is about its commissioner): they name no budget.
     pub fn is_organisation_event(&self) -> bool {
         matches!(
             self,
-            EventKind::OrganisationRegistered { .. } | EventKind::KeyRotated { .. }
+            EventKind::OrganisationRegistered { .. }
+                | EventKind::KeyRotated { .. }
+                | EventKind::ControlsConfigured(_)
         )
     }
 
@@ -484,6 +613,9 @@ impl EventKind {
             EventKind::HospitalAdmission { .. } => "HospitalAdmission",
             EventKind::HospitalDischarge { .. } => "HospitalDischarge",
             EventKind::ReviewRecorded { .. } => "ReviewRecorded",
+            EventKind::ExternalMatchRecorded { .. } => "ExternalMatchRecorded",
+            EventKind::ControlsConfigured(_) => "ControlsConfigured",
+            EventKind::FlagReviewed { .. } => "FlagReviewed",
         }
     }
 }
@@ -499,6 +631,8 @@ pub enum Subject<'a> {
     Opening(BudgetOpening<'a>),
     /// About an existing budget.
     Budget(BudgetChange<'a>),
+    /// A commissioner's flag thresholds: signed by a commissioner.
+    Controls(&'a Controls),
 }
 
 /// An organisation event.
@@ -635,6 +769,10 @@ pub enum BudgetChange<'a> {
         /// The date.
         date: Date,
     },
+    /// An external data match recorded.
+    ExternalMatch,
+    /// A flag reviewed.
+    FlagReviewed,
     /// A review took place.
     Reviewed {
         /// The date.
@@ -683,6 +821,7 @@ impl EventKind {
                 funds_holder_id,
                 payroll_provider_id,
                 plan_facilitator_id,
+                ..
             } => Subject::Opening(BudgetOpening {
                 holder_ref,
                 commissioner_id,
@@ -764,6 +903,9 @@ impl EventKind {
                 original_sequence: *original_sequence,
                 amount: *amount,
             }),
+            EventKind::ExternalMatchRecorded { .. } => Subject::Budget(BudgetChange::ExternalMatch),
+            EventKind::FlagReviewed { .. } => Subject::Budget(BudgetChange::FlagReviewed),
+            EventKind::ControlsConfigured(c) => Subject::Controls(c),
         }
     }
 }
@@ -1036,6 +1178,14 @@ pub fn decode_event(bytes: &[u8], ctx: DecodeContext<'_>) -> Result<Event, Rejec
         }
     } else {
         check_id("budget_id", &ev.budget_id, MAX_ID_LEN)?;
+    }
+    if let EventKind::FlagReviewed { flag_id, .. } = &kind {
+        if split_flag_id(flag_id).map(|(_, b, _)| b) != Some(ev.budget_id.as_str()) {
+            return Err(Reject::invalid(
+                "kind.flag_reviewed.flag_id",
+                "the flag must be about the event's budget_id: a review is recorded on the flag's budget",
+            ));
+        }
     }
     Ok(Event {
         event_id: ev.event_id,
@@ -1310,6 +1460,38 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
                 funds_holder_id,
                 payroll_provider_id,
                 plan_facilitator_id,
+                cohort: match pb::Cohort::try_from(b.cohort) {
+                    Ok(pb::Cohort::Unspecified) => Cohort::NotRecorded,
+                    Ok(pb::Cohort::ContinuingHealthcare) => Cohort::ContinuingHealthcare,
+                    Ok(pb::Cohort::FastTrackChc) => Cohort::FastTrackChc,
+                    Ok(pb::Cohort::Wheelchair) => Cohort::Wheelchair,
+                    Ok(pb::Cohort::MentalHealthS117) => Cohort::MentalHealthS117,
+                    Ok(pb::Cohort::LearningDisabilityAutism) => Cohort::LearningDisabilityAutism,
+                    Ok(pb::Cohort::EndOfLife) => Cohort::EndOfLife,
+                    Ok(pb::Cohort::Maternity) => Cohort::Maternity,
+                    Ok(pb::Cohort::ChildrenEhc) => Cohort::ChildrenEhc,
+                    Ok(pb::Cohort::Other) => Cohort::Other,
+                    Err(_) => {
+                        return Err(Reject::invalid(
+                            format!("{f}.cohort"),
+                            format!("cohort {} is not a Cohort value (0 to 9)", b.cohort),
+                        ))
+                    }
+                },
+                age_band: match pb::AgeBand::try_from(b.age_band) {
+                    Ok(pb::AgeBand::Unspecified) => AgeBand::NotRecorded,
+                    Ok(pb::AgeBand::Adult) => AgeBand::Adult,
+                    Ok(pb::AgeBand::Child) => AgeBand::Child,
+                    Err(_) => {
+                        return Err(Reject::invalid(
+                            format!("{f}.age_band"),
+                            format!(
+                                "age_band {} is not an AgeBand value (0, 1 AGE_BAND_ADULT or 2 AGE_BAND_CHILD)",
+                                b.age_band
+                            ),
+                        ))
+                    }
+                },
             }
         }
         K::Allocation(a) => EventKind::Allocation {
@@ -1468,6 +1650,52 @@ fn decode_kind(kind: pb::event::Kind) -> Result<EventKind, Reject> {
                     }
                 },
                 outcome: r.outcome,
+            }
+        }
+        K::ExternalMatchRecorded(m) => {
+            let f = "kind.external_match_recorded";
+            check_id(&format!("{f}.source"), &m.source, MAX_REF_LEN)?;
+            check_id(&format!("{f}.reference"), &m.reference, MAX_REF_LEN)?;
+            EventKind::ExternalMatchRecorded {
+                source: m.source,
+                kind: match pb::MatchKind::try_from(m.kind) {
+                    Ok(pb::MatchKind::Deceased) => MatchKind::Deceased,
+                    Ok(pb::MatchKind::Payroll) => MatchKind::Payroll,
+                    Ok(pb::MatchKind::Other) => MatchKind::Other,
+                    _ => {
+                        return Err(Reject::invalid(
+                            format!("{f}.kind"),
+                            "kind must be MATCH_KIND_DECEASED, MATCH_KIND_PAYROLL or MATCH_KIND_OTHER",
+                        ))
+                    }
+                },
+                reference: m.reference,
+            }
+        }
+        K::ControlsConfigured(c) => EventKind::ControlsConfigured(Controls::decode(&c)?),
+        K::FlagReviewed(r) => {
+            let f = "kind.flag_reviewed";
+            check_id(&format!("{f}.flag_id"), &r.flag_id, MAX_FLAG_ID_LEN)?;
+            if split_flag_id(&r.flag_id).is_none() {
+                return Err(Reject::invalid(
+                    format!("{f}.flag_id"),
+                    "flag_id must be a Flag.flag_id as ListFlags gives it: \"{CODE}:{budget_id}:{key}\"",
+                ));
+            }
+            text::check(&format!("{f}.note"), &r.note, MAX_NOTE_LEN, true)?;
+            EventKind::FlagReviewed {
+                flag_id: r.flag_id,
+                outcome: match pb::FlagOutcome::try_from(r.outcome) {
+                    Ok(pb::FlagOutcome::Confirmed) => FlagOutcome::Confirmed,
+                    Ok(pb::FlagOutcome::Dismissed) => FlagOutcome::Dismissed,
+                    _ => {
+                        return Err(Reject::invalid(
+                            format!("{f}.outcome"),
+                            "outcome must be FLAG_OUTCOME_CONFIRMED or FLAG_OUTCOME_DISMISSED",
+                        ))
+                    }
+                },
+                note: r.note,
             }
         }
         K::FacilitatorAppointed(a) => {

@@ -9,6 +9,7 @@
 
 pub mod categories;
 pub mod chain;
+pub mod controls;
 pub mod error;
 pub mod event;
 pub mod ledger;
@@ -24,4 +25,4 @@ pub use ledger::{
     ReplayError, Stored, Undo,
 };
 pub use money::Money;
-pub use projections::{Committed, Projection, ReadModel};
+pub use projections::{Committed, Flags, Projection, ReadModel};

@@ -740,6 +740,7 @@ impl Harness {
                         funds_holder_id: name(cfg.funds_holder),
                         payroll_provider_id: name(cfg.payroll),
                         plan_facilitator_id: String::new(),
+                        ..Default::default()
                     }
                 } else {
                     pb::BudgetOpened {
@@ -751,6 +752,7 @@ impl Harness {
                         funds_holder_id: name(*funds_holder),
                         payroll_provider_id: name(*payroll),
                         plan_facilitator_id: String::new(),
+                        ..Default::default()
                     }
                 };
                 (cfg.id.to_string(), K::BudgetOpened(opened))

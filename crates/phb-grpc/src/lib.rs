@@ -3,8 +3,10 @@
 //! and back; every `Reject` becomes a `tonic::Status` in `status::from_reject`.
 #![deny(missing_docs)]
 
+mod flags;
 mod log_limit;
 mod read_auth;
+mod reports;
 mod server;
 pub mod status;
 
@@ -188,8 +190,16 @@ fn error_pb(r: phb_domain::Reject) -> Option<pb::ErrorStatus> {
     })
 }
 
-fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
+/// The wire result of `o`; a written (or duplicate) event carries the flags
+/// its entry raised, read from `flags` (folded before the answer).
+fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::AppendResult {
     let ok = Some(pb::ErrorStatus::default());
+    let raised = |sequence: u64| {
+        flags
+            .raised_by(sequence)
+            .map(|f| flags::flag_pb(flags, f))
+            .collect()
+    };
     match o {
         Outcome::Written {
             sequence,
@@ -201,6 +211,7 @@ fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
             error: ok,
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: 0,
+            flags: raised(sequence),
         },
         Outcome::Duplicate {
             sequence,
@@ -212,6 +223,7 @@ fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
             error: ok,
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: 0,
+            flags: raised(sequence),
         },
         Outcome::Refused {
             reject,
@@ -225,6 +237,7 @@ fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
             error: error_pb(reject),
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: sequence,
+            flags: raised(sequence),
         },
         Outcome::Rejected(r) => pb::AppendResult {
             sequence: 0,
@@ -233,6 +246,7 @@ fn result_pb(o: Outcome, event_id: String) -> pb::AppendResult {
             error: error_pb(r),
             entry_hash: Vec::new(),
             refusal_sequence: 0,
+            flags: Vec::new(),
         },
     }
 }
@@ -381,6 +395,7 @@ impl LedgerService for LedgerApi {
             })
             .collect();
         let outcomes = self.engine.submit(events, req.atomic).await;
+        let view = self.engine.view();
         let results = outcomes
             .into_iter()
             .zip(ids)
@@ -388,9 +403,10 @@ impl LedgerService for LedgerApi {
                 if let Some(r) = o.reject() {
                     self.log_refusal(&id, r);
                 }
-                result_pb(o, id)
+                result_pb(o, id, view.flags())
             })
             .collect();
+        drop(view);
         Ok(Response::new(pb::AppendResponse { results }))
     }
 
@@ -419,6 +435,83 @@ impl LedgerService for LedgerApi {
             })?;
             Ok(Response::new(care_plan_pb(b, plan)))
         })
+    }
+
+    async fn list_flags(
+        &self,
+        request: Request<pb::ListFlagsRequest>,
+    ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        let reader_id =
+            read_auth::authenticate(&self.engine, &request, phb_client_paths::LIST_FLAGS)?;
+        let req = request.get_ref();
+        let page_size = match req.page_size as usize {
+            0 => flags::MAX_FLAGS_PAGE,
+            n => n.min(flags::MAX_FLAGS_PAGE),
+        };
+        let after = flags::decode_token(&req.page_token)?;
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let on = flags::as_of_date(req.as_of.as_ref(), now_micros)?;
+        let view = self.engine.view();
+        let reader = view
+            .reader(&reader_id)
+            .ok_or_else(|| Status::unauthenticated("caller is no longer registered"))?;
+        let scope = flags::scope(reader, &req.commissioner_id)?;
+        let filter = flags::Filter::of(req, scope)?;
+        let head = view.head().sequence;
+        let all = view.flags().list(view.balances(), on, head);
+        let mut page = Vec::with_capacity(page_size.min(all.len()));
+        let mut more = false;
+        for f in all
+            .iter()
+            .filter(|f| f.id.as_str() > after && filter.keeps(view.flags(), f))
+        {
+            if page.len() == page_size {
+                more = true;
+                break;
+            }
+            page.push(flags::flag_pb(view.flags(), f));
+        }
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => flags::encode_token(&last.flag_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListFlagsResponse {
+            flags: page,
+            next_page_token,
+            head_sequence: head,
+        }))
+    }
+
+    async fn get_spending_summary(
+        &self,
+        request: Request<pb::GetSpendingSummaryRequest>,
+    ) -> Result<Response<pb::GetSpendingSummaryResponse>, Status> {
+        let reader_id = read_auth::authenticate(
+            &self.engine,
+            &request,
+            phb_client_paths::GET_SPENDING_SUMMARY,
+        )?;
+        let view = self.engine.view();
+        reports::spending_summary(&view, &reader_id, request.get_ref()).map(Response::new)
+    }
+
+    async fn get_quarterly_return(
+        &self,
+        request: Request<pb::GetQuarterlyReturnRequest>,
+    ) -> Result<Response<pb::GetQuarterlyReturnResponse>, Status> {
+        let reader_id = read_auth::authenticate(
+            &self.engine,
+            &request,
+            phb_client_paths::GET_QUARTERLY_RETURN,
+        )?;
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let today = phb_domain::event::Date::from_unix_micros(now_micros);
+        let view = self.engine.view();
+        reports::quarterly_return(&view, &reader_id, request.get_ref(), today).map(Response::new)
     }
 
     async fn list_balances(
@@ -686,6 +779,9 @@ mod phb_client_paths {
     pub const GET_HOLDINGS: &str = "/phb.ledger.v1.LedgerService/GetHoldings";
     pub const GET_BUDGET_STATEMENT: &str = "/phb.ledger.v1.LedgerService/GetBudgetStatement";
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
+    pub const LIST_FLAGS: &str = "/phb.ledger.v1.LedgerService/ListFlags";
+    pub const GET_SPENDING_SUMMARY: &str = "/phb.ledger.v1.LedgerService/GetSpendingSummary";
+    pub const GET_QUARTERLY_RETURN: &str = "/phb.ledger.v1.LedgerService/GetQuarterlyReturn";
 }
 
 /// Serves the ledger, health and reflection on `listener`, under `limits`

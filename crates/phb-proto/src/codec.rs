@@ -38,6 +38,9 @@ wire!(true =>
     crate::v1::GetHoldingsRequest,
     crate::v1::GetBudgetStatementRequest,
     crate::v1::GetCarePlanRequest,
+    crate::v1::ListFlagsRequest,
+    crate::v1::GetSpendingSummaryRequest,
+    crate::v1::GetQuarterlyReturnRequest,
 );
 wire!(false =>
     crate::v1::AppendResponse,
@@ -47,6 +50,9 @@ wire!(false =>
     crate::v1::GetHoldingsResponse,
     crate::v1::GetBudgetStatementResponse,
     crate::v1::GetCarePlanResponse,
+    crate::v1::ListFlagsResponse,
+    crate::v1::GetSpendingSummaryResponse,
+    crate::v1::GetQuarterlyReturnResponse,
 );
 
 /// [`ProstCodec`] with decode errors mapped by [`Wire`]: INVALID_ARGUMENT

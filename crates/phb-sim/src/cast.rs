@@ -206,6 +206,7 @@ pub fn open_kind(b: usize) -> pb::event::Kind {
         funds_holder_id: name(cfg.funds_holder),
         payroll_provider_id: name(cfg.payroll),
         plan_facilitator_id: String::new(),
+        ..Default::default()
     })
 }
 

@@ -117,7 +117,9 @@ impl Ledger {
             }
             BudgetChange::Admitted { .. }
             | BudgetChange::Discharged { .. }
-            | BudgetChange::Reviewed { .. } => is_commissioner,
+            | BudgetChange::Reviewed { .. }
+            | BudgetChange::ExternalMatch
+            | BudgetChange::FlagReviewed => is_commissioner,
         };
         if allowed {
             return Ok(());

@@ -222,7 +222,13 @@ impl Ledger {
             ))
         })?;
         self.authorise(signer, budget, kind_name, change)?;
-        if budget.stopped {
+        // A stopped budget still gets its flags reviewed and its data
+        // matches recorded: that is when deaths and overpayments surface.
+        let after_stop_too = matches!(
+            change,
+            BudgetChange::ExternalMatch | BudgetChange::FlagReviewed
+        );
+        if budget.stopped && !after_stop_too {
             return Err(Reject::precondition(format!(
                 "budget {:?} is stopped; nothing more may be recorded against it",
                 budget.id
@@ -374,6 +380,9 @@ impl Ledger {
                 }
                 b.in_hospital_since = None;
             }
+            // Flags' business (the projections): the write model only checks
+            // who signs (`authorise`) and that the budget exists.
+            BudgetChange::ExternalMatch | BudgetChange::FlagReviewed => {}
             BudgetChange::Reviewed { date } => {
                 b.last_review = Some(b.last_review.map_or(date, |d| d.max(date)));
             }

@@ -30,6 +30,9 @@ pub enum Change {
     Budget(Budget),
     /// Nothing but the head: the entry records a refusal.
     Refused,
+    /// Nothing but the head: a commissioner's flag thresholds, which only
+    /// the flags projection reads.
+    Controls,
 }
 
 /// Enough to undo one `apply`.
@@ -255,7 +258,7 @@ impl Ledger {
                 let prev = self.budgets.insert(id.clone(), b);
                 UndoChange::Budget(id, prev)
             }
-            Change::Refused => UndoChange::Nothing,
+            Change::Refused | Change::Controls => UndoChange::Nothing,
         }
     }
 
@@ -625,6 +628,16 @@ impl Ledger {
                 let signer = self.budget_signer(signer_id)?;
                 let on = crate::event::Date::from_unix_micros(event.occurred_at_micros);
                 self.decide_budget(signer, &event.budget_id, event.kind.name(), change, on)
+            }
+            Subject::Controls(_) => {
+                let signer = self.budget_signer(signer_id)?;
+                if !signer.has(crate::event::Role::Commissioner) {
+                    return Err(Reject::denied(format!(
+                        "{:?} may not record ControlsConfigured: only a commissioner sets the flag thresholds of its budgets",
+                        signer.id
+                    )));
+                }
+                Ok(Change::Controls)
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Balances: every budget's figures, folded from committed entries.
 
+use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{plus, Committed, Projection};
 use crate::categories;
 use crate::event::{CardChannel, Date, EventKind};
@@ -30,6 +31,29 @@ impl Balances {
     /// All budgets in id order.
     pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
         self.budgets.values()
+    }
+}
+
+/// `Balances`' snapshot: its header, then every budget in id order (each
+/// carries its id; the layout is `SnapshotWriter::budget`).
+const FORMAT: Format = Format {
+    tag: *b"BALS",
+    version: 1,
+};
+
+impl Balances {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        w.header(FORMAT);
+        w.seq(self.budgets.values(), |w, b| w.budget(b));
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<Balances, SnapshotError> {
+        r.header(FORMAT)?;
+        let budgets = r.map(|r| {
+            let b = r.budget()?;
+            Ok((b.id.clone(), b))
+        })?;
+        Ok(Balances { budgets })
     }
 }
 
@@ -80,6 +104,7 @@ impl Projection for Balances {
             funds_holder_id,
             payroll_provider_id,
             plan_facilitator_id,
+            ..
         } = &c.event.kind
         {
             let opened = Budget {
@@ -177,11 +202,22 @@ impl Projection for Balances {
                 }
                 b.spent = minus(b.spent, *amount);
             }
+            // The flags' business; the budget's last entry moves on.
+            EventKind::ExternalMatchRecorded { .. } | EventKind::FlagReviewed { .. } => {}
             EventKind::BudgetOpened { .. }
             | EventKind::OrganisationRegistered { .. }
-            | EventKind::KeyRotated { .. } => return,
+            | EventKind::KeyRotated { .. }
+            | EventKind::ControlsConfigured(_) => return,
         }
         b.last_sequence = sequence;
         debug_assert!(!b.held().is_negative() && !b.available().is_negative());
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.write(&mut SnapshotWriter::new(out));
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Balances, SnapshotError> {
+        SnapshotReader::read_all(bytes, Balances::read)
     }
 }

@@ -1,6 +1,7 @@
 //! The directory: who may sign and read, folded from registrations and key
 //! rotations.
 
+use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{Committed, Projection};
 use crate::chain::parse_public_key;
 use crate::event::{EventKind, ROOT_SIGNER};
@@ -53,6 +54,44 @@ impl Directory {
     }
 }
 
+/// The `Directory`'s snapshot: its header, the root key, then every
+/// organisation in id order (id, roles, key).
+const FORMAT: Format = Format {
+    tag: *b"DIRS",
+    version: 1,
+};
+
+impl Directory {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        w.header(FORMAT);
+        w.key(&self.root_key);
+        w.seq(self.orgs.values(), |w, o| {
+            w.str(&o.id);
+            w.seq(&o.roles, |w, r| w.role(*r));
+            w.key(&o.key);
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<Directory, SnapshotError> {
+        r.header(FORMAT)?;
+        let root_key = r.any_key()?;
+        let orgs = r.map(|r| {
+            let id = r.string()?;
+            let at = r.position();
+            let roles = r.seq(SnapshotReader::read_role)?;
+            if roles.is_empty() || !roles.windows(2).all(|w| w[0] < w[1]) {
+                return Err(SnapshotReader::bad(
+                    at,
+                    "roles not sorted, repeated or none",
+                ));
+            }
+            let key = r.strong_key()?;
+            Ok((id.clone(), Organisation { id, roles, key }))
+        })?;
+        Ok(Directory { root_key, orgs })
+    }
+}
+
 impl Projection for Directory {
     fn apply(&mut self, c: &Committed<'_>) {
         if !c.applied() {
@@ -86,5 +125,13 @@ impl Projection for Directory {
             }
             _ => {}
         }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.write(&mut SnapshotWriter::new(out));
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Directory, SnapshotError> {
+        SnapshotReader::read_all(bytes, Directory::read)
     }
 }

@@ -7,6 +7,7 @@
 //! appear. The figures are the same sums as `Balances`' (`paid_in`, `spent`,
 //! `held = paid_in − spent`), so totals reconcile to the balances exactly.
 
+use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{plus, Committed, Projection};
 use crate::event::{EventKind, Management};
 use crate::money::Money;
@@ -97,6 +98,73 @@ impl Holdings {
     }
 }
 
+/// `Holdings`' snapshot: its header, then every funds holder in id order
+/// with its holdings in budget id order (each carries its budget id). The
+/// index from budget to holder is rebuilt from them, not written.
+const FORMAT: Format = Format {
+    tag: *b"HOLD",
+    version: 1,
+};
+
+impl Holdings {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        w.header(FORMAT);
+        w.seq(&self.by_holder, |w, (holder, rows)| {
+            w.str(holder);
+            w.seq(rows.values(), |w, h| {
+                w.str(&h.budget_id);
+                w.str(&h.holder_ref);
+                w.str(&h.commissioner_id);
+                w.management(h.management);
+                w.money(h.paid_in);
+                w.money(h.spent);
+                w.bool(h.stopped);
+                w.u64(h.last_movement_sequence);
+                w.i64(h.last_movement_recorded_at_micros);
+            });
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<Holdings, SnapshotError> {
+        r.header(FORMAT)?;
+        let mut holder_of = BTreeMap::new();
+        let by_holder = r.map(|r| {
+            let holder = r.string()?;
+            let at = r.position();
+            let rows = r.map(|r| {
+                let h = Holding {
+                    budget_id: r.string()?,
+                    holder_ref: r.string()?,
+                    commissioner_id: r.string()?,
+                    management: r.read_management()?,
+                    paid_in: r.money()?,
+                    spent: r.money()?,
+                    stopped: r.bool()?,
+                    last_movement_sequence: r.u64()?,
+                    last_movement_recorded_at_micros: r.i64()?,
+                };
+                Ok((h.budget_id.clone(), h))
+            })?;
+            if rows.is_empty() {
+                return Err(SnapshotReader::bad(at, "a funds holder with no holdings"));
+            }
+            for id in rows.keys() {
+                if holder_of.insert(id.clone(), holder.clone()).is_some() {
+                    return Err(SnapshotReader::bad(
+                        at,
+                        "a budget held by two funds holders",
+                    ));
+                }
+            }
+            Ok((holder, rows))
+        })?;
+        Ok(Holdings {
+            by_holder,
+            holder_of,
+        })
+    }
+}
+
 /// `a - b` (the write model keeps figures from going negative).
 fn minus(a: Money, b: Money) -> Money {
     a.checked_sub(b)
@@ -159,5 +227,13 @@ impl Projection for Holdings {
         }
         h.last_movement_sequence = c.head.sequence;
         h.last_movement_recorded_at_micros = c.head.recorded_at_micros;
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.write(&mut SnapshotWriter::new(out));
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Holdings, SnapshotError> {
+        SnapshotReader::read_all(bytes, Holdings::read)
     }
 }

@@ -4,16 +4,23 @@
 //! decided and written, in log order, so they need no undo records and can
 //! be rebuilt from the log at any time with the same result. Each one lives
 //! in its own module behind `Projection`. `ReadModel` is the set the server
-//! answers reads from.
+//! answers reads from. Each also has a snapshot encoding (`snapshot.rs`), so
+//! its state can be stored and loaded instead of folded again.
 
 mod balances;
 mod directory;
+pub mod flags;
 mod holdings;
+pub mod reports;
+mod snapshot;
 mod statements;
 
 pub use balances::Balances;
 pub use directory::Directory;
+pub use flags::Flags;
 pub use holdings::{Holding, HoldingTotals, Holdings};
+pub use reports::Reports;
+pub use snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 pub use statements::{StatementRow, Statements};
 
 use crate::chain::{LogEntry, Refusal};
@@ -68,12 +75,26 @@ pub trait Projection {
     /// sequence order, and were accepted by the write model: a projection
     /// never refuses and never needs to undo.
     fn apply(&mut self, entry: &Committed<'_>);
+
+    /// Appends this projection's snapshot to `out` (the format is in
+    /// `snapshot.rs`): tagged and versioned, and canonical — equal
+    /// projections give equal bytes.
+    fn encode(&self, out: &mut Vec<u8>);
+
+    /// The projection whose snapshot is exactly `bytes`. Corrupt, truncated
+    /// or hostile bytes are an `Err`, never a panic or an allocation out of
+    /// proportion to the input; bytes that decode re-encode to themselves,
+    /// and the projection decoded folds further entries as the original
+    /// would.
+    fn decode(bytes: &[u8]) -> Result<Self, SnapshotError>
+    where
+        Self: Sized;
 }
 
 /// Everything the server answers reads from: the chain head, the directory
 /// of signers, the balances, the funds holders' holdings and the budgets'
 /// statements.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadModel {
     ledger_id: String,
     head: Head,
@@ -81,6 +102,8 @@ pub struct ReadModel {
     balances: Balances,
     holdings: Holdings,
     statements: Statements,
+    flags: Flags,
+    reports: Reports,
 }
 
 impl ReadModel {
@@ -93,6 +116,8 @@ impl ReadModel {
             balances: Balances::default(),
             holdings: Holdings::default(),
             statements: Statements::default(),
+            flags: Flags::default(),
+            reports: Reports::default(),
         }
     }
 
@@ -124,6 +149,16 @@ impl ReadModel {
     /// Every budget's statement.
     pub fn statements(&self) -> &Statements {
         &self.statements
+    }
+
+    /// The flags raised so far, their reviews and the thresholds.
+    pub fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    /// What the commissioners' reports are computed from.
+    pub fn reports(&self) -> &Reports {
+        &self.reports
     }
 
     /// The key `signer_id` signs with now.
@@ -159,8 +194,78 @@ impl Projection for ReadModel {
         self.balances.apply(entry);
         self.holdings.apply(entry);
         self.statements.apply(entry);
+        // Second stage: the flag rules read the budget as just folded.
+        self.flags.apply(entry, &self.balances);
+        self.reports.apply(entry, &self.balances);
         #[cfg(debug_assertions)]
         self.check_budget(&entry.event.budget_id);
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.write(&mut SnapshotWriter::new(out));
+    }
+
+    fn decode(bytes: &[u8]) -> Result<ReadModel, SnapshotError> {
+        SnapshotReader::read_all(bytes, ReadModel::read)
+    }
+}
+
+/// The `ReadModel`'s snapshot: its header, the ledger id and the head, then
+/// the snapshot of each part (with its own header) in field order.
+///
+/// `Flags` has no snapshot encoding yet, so the last byte only says whether
+/// the flags are empty: 0, and they decode as empty; 1, and the snapshot
+/// cannot restore them, so decoding refuses it (the caller folds the log
+/// instead) rather than return a read model without its flags. When `Flags`
+/// gets an encoding, write it in place of that byte and bump the version.
+/// The `Reports` snapshot follows that byte (version 2 added it).
+const FORMAT: Format = Format {
+    tag: *b"RDMD",
+    version: 2,
+};
+
+impl ReadModel {
+    fn write(&self, w: &mut SnapshotWriter<'_>) {
+        w.header(FORMAT);
+        w.str(&self.ledger_id);
+        w.head(&self.head);
+        self.directory.write(w);
+        self.balances.write(w);
+        self.holdings.write(w);
+        self.statements.write(w);
+        w.bool(self.flags != Flags::default());
+        self.reports.write(w);
+    }
+
+    fn read(r: &mut SnapshotReader<'_>) -> Result<ReadModel, SnapshotError> {
+        r.header(FORMAT)?;
+        let ledger_id = r.string()?;
+        let head = r.head()?;
+        let directory = Directory::read(r)?;
+        let balances = Balances::read(r)?;
+        let holdings = Holdings::read(r)?;
+        let statements = Statements::read(r)?;
+        let at = r.position();
+        let had_flags = r.bool()?;
+        // Read to the end first, so a cut snapshot is `Truncated` whatever
+        // that byte says.
+        let reports = Reports::read(r)?;
+        if had_flags {
+            return Err(SnapshotReader::bad(
+                at,
+                "the snapshot lacks the flags it had (Flags has no snapshot encoding yet)",
+            ));
+        }
+        Ok(ReadModel {
+            ledger_id,
+            head,
+            directory,
+            balances,
+            holdings,
+            statements,
+            flags: Flags::default(),
+            reports,
+        })
     }
 }
 
@@ -230,6 +335,8 @@ mod tests {
             funds_holder_id: holder.map(String::from),
             payroll_provider_id: None,
             plan_facilitator_id: None,
+            cohort: crate::event::Cohort::NotRecorded,
+            age_band: crate::event::AgeBand::NotRecorded,
         }
     }
 

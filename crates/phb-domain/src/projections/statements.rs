@@ -13,6 +13,7 @@
 //! memory for the life of the process (ARCHITECTURE.md, "Known limits").
 //! A refusal's message stays in the log: readers fetch it by sequence.
 
+use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{plus, Committed, Projection};
 use crate::event::{EventKind, Management};
 use crate::money::Money;
@@ -113,6 +114,141 @@ impl Statements {
     }
 }
 
+/// Every `kind_field`, in the proto's field order: a snapshot writes a
+/// row's kind as its index here, so new kinds go at the end (anything else
+/// needs a new snapshot version).
+const KINDS: [&str; 24] = [
+    "organisation_registered",
+    "key_rotated",
+    "budget_opened",
+    "allocation",
+    "disbursement",
+    "payment",
+    "purchase",
+    "review_adjustment",
+    "budget_stopped",
+    "care_plan_approved",
+    "facilitator_appointed",
+    "budget_suspended",
+    "budget_resumed",
+    "holder_died",
+    "reclaim",
+    "refund",
+    "service_agreement_approved",
+    "card_transaction",
+    "hospital_admission",
+    "hospital_discharge",
+    "review_recorded",
+    "external_match_recorded",
+    "controls_configured",
+    "flag_reviewed",
+];
+
+/// The `Statements`' snapshot: its header; the signer ids, sorted, each
+/// once; then every budget's statement in id order: id, notional, running
+/// figures, and its rows, each naming its signer by index (`u32`) in that
+/// list and its kind by index (`u8`) in `KINDS`.
+const FORMAT: Format = Format {
+    tag: *b"STMT",
+    version: 1,
+};
+
+impl Statements {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        w.header(FORMAT);
+        let signers: Vec<&str> = self.signers.iter().map(|s| &**s).collect();
+        w.seq(&signers, |w, s| w.str(s));
+        w.seq(&self.budgets, |w, (id, s)| {
+            w.str(id);
+            w.bool(s.notional);
+            w.money(s.allocated);
+            w.money(s.paid_in);
+            w.money(s.spent);
+            w.seq(&s.rows, |w, row| {
+                let kind = KINDS
+                    .iter()
+                    .position(|k| *k == row.kind)
+                    .expect("a row's kind is one of KINDS");
+                let signer = signers
+                    .binary_search(&&*row.signer_id)
+                    .expect("a row's signer is interned in `signers`");
+                w.u64(row.sequence);
+                w.i64(row.recorded_at_micros);
+                w.i64(row.occurred_at_micros);
+                w.u8(u8::try_from(kind).expect("fewer than 256 kinds"));
+                w.len(signer);
+                w.option(row.amount, SnapshotWriter::money);
+                w.money(row.allocated);
+                w.money(row.paid_in);
+                w.money(row.spent);
+                w.money(row.held);
+                w.option(row.refusal_code, SnapshotWriter::u32);
+            });
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<Statements, SnapshotError> {
+        r.header(FORMAT)?;
+        let at = r.position();
+        let signers: Vec<Arc<str>> = r.seq(|r| r.str().map(Arc::from))?;
+        if !signers.windows(2).all(|w| w[0] < w[1]) {
+            return Err(SnapshotReader::bad(at, "signer ids not sorted or repeated"));
+        }
+        let budgets = r.map(|r| {
+            let id = r.string()?;
+            let notional = r.bool()?;
+            let (allocated, paid_in, spent) = (r.money()?, r.money()?, r.money()?);
+            let at = r.position();
+            let rows = r.seq(|r| {
+                let sequence = r.u64()?;
+                let recorded_at_micros = r.i64()?;
+                let occurred_at_micros = r.i64()?;
+                let kind_at = r.position();
+                let kind = KINDS
+                    .get(usize::from(r.u8()?))
+                    .ok_or_else(|| SnapshotReader::bad(kind_at, "unknown event kind"))?;
+                let signer_at = r.position();
+                let signer_id = usize::try_from(r.u32()?)
+                    .ok()
+                    .and_then(|i| signers.get(i))
+                    .ok_or_else(|| SnapshotReader::bad(signer_at, "no such signer id"))?
+                    .clone();
+                Ok(StatementRow {
+                    sequence,
+                    recorded_at_micros,
+                    occurred_at_micros,
+                    kind,
+                    signer_id,
+                    amount: r.option(SnapshotReader::money)?,
+                    allocated: r.money()?,
+                    paid_in: r.money()?,
+                    spent: r.money()?,
+                    held: r.money()?,
+                    refusal_code: r.option(SnapshotReader::u32)?,
+                })
+            })?;
+            if rows.is_empty() || !rows.windows(2).all(|w| w[0].sequence < w[1].sequence) {
+                return Err(SnapshotReader::bad(
+                    at,
+                    "rows missing or out of sequence order",
+                ));
+            }
+            let s = Statement {
+                notional,
+                allocated,
+                paid_in,
+                spent,
+                rows,
+            };
+            Ok((id, s))
+        })?;
+        Ok(Statements {
+            budgets,
+            signers: signers.into_iter().collect(),
+        })
+    }
+}
+
 /// The proto's `Event.kind` field name of a kind.
 fn kind_field(kind: &EventKind) -> &'static str {
     match kind {
@@ -137,6 +273,9 @@ fn kind_field(kind: &EventKind) -> &'static str {
         EventKind::HospitalAdmission { .. } => "hospital_admission",
         EventKind::HospitalDischarge { .. } => "hospital_discharge",
         EventKind::ReviewRecorded { .. } => "review_recorded",
+        EventKind::ExternalMatchRecorded { .. } => "external_match_recorded",
+        EventKind::ControlsConfigured(_) => "controls_configured",
+        EventKind::FlagReviewed { .. } => "flag_reviewed",
     }
 }
 
@@ -198,6 +337,9 @@ impl Projection for Statements {
             | EventKind::BudgetStopped { .. }
             | EventKind::CarePlanApproved(_)
             | EventKind::FacilitatorAppointed { .. }
+            | EventKind::ExternalMatchRecorded { .. }
+            | EventKind::FlagReviewed { .. }
+            | EventKind::ControlsConfigured(_)
             | EventKind::OrganisationRegistered { .. }
             | EventKind::KeyRotated { .. } => None,
         };
@@ -220,6 +362,7 @@ impl Projection for Statements {
             }
         }
         let held = s.held();
+        debug_assert!(KINDS.contains(&kind_field(kind)), "add the kind to KINDS");
         s.rows.push(StatementRow {
             sequence: c.head.sequence,
             recorded_at_micros: c.head.recorded_at_micros,
@@ -233,5 +376,13 @@ impl Projection for Statements {
             held,
             refusal_code: c.refusal.map(|r| r.code),
         });
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.write(&mut SnapshotWriter::new(out));
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Statements, SnapshotError> {
+        SnapshotReader::read_all(bytes, Statements::read)
     }
 }
