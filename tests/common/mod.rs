@@ -576,24 +576,7 @@ pub fn pounds(p: i64) -> String {
 
 /// Every spending category the ledger allows (docs/api.md, "Spending
 /// categories"): the standing plan has a line for each.
-pub const ALLOWED_CATEGORIES: [&str; 16] = [
-    "personal_assistant",
-    "agency_care",
-    "respite",
-    "therapy",
-    "equipment",
-    "it_equipment",
-    "education",
-    "exercise_wellbeing",
-    "transport",
-    "community_activity",
-    "clinical_service",
-    "household_support",
-    "payroll_and_account_fees",
-    "employer_insurance",
-    "tax_and_pension",
-    "cash",
-];
+pub use phb_domain::categories::ALLOWED as ALLOWED_CATEGORIES;
 
 /// The standing care plan the `open_*` helpers approve: a line of
 /// 100,000.00 for every allowed category and no contingency, in force over
