@@ -1082,7 +1082,8 @@ fn optional_org(field: &str, s: &str) -> Result<Option<String>, Reject> {
 }
 
 /// The `event_id` of stored event bytes, without validating the rest
-/// (used to re-index the log).
+/// (used to re-index the log). phb-store reads it the same way
+/// (`stored_event_id`, without depending on this crate): change both.
 pub fn decode_event_id(bytes: &[u8]) -> Option<String> {
     pb::Event::decode(bytes).ok().map(|e| e.event_id)
 }

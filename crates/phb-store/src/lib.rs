@@ -18,7 +18,7 @@ pub mod logfile;
 pub use dirlock::{is_lock_conflict, DataDirLock, LockError};
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};
-use phb_domain::{Hash, LogEntry, Refusal};
+use phb_chain::{Hash, LogEntry, Refusal};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -500,9 +500,16 @@ fn index_entry(batch: &mut sled::Batch, event_id: &str, entry: &LogEntry, offset
     batch.insert(&seq_key(entry.sequence), &offset.to_be_bytes());
 }
 
-/// The event id a stored entry indexes under.
+/// The event id a stored entry indexes under: the `event_id` field of its
+/// event bytes, read as `phb_domain::event::decode_event_id` reads it (the
+/// store does not depend on the domain crate; a stored event was validated
+/// when it was written, so reading this one field is all it needs).
 fn stored_event_id(entry: &LogEntry) -> Result<String, StoreError> {
-    phb_domain::event::decode_event_id(&entry.signed.event).ok_or_else(|| StoreError::Rejected {
+    use prost::Message as _;
+    let id = phb_proto::v1::Event::decode(entry.signed.event.as_slice())
+        .ok()
+        .map(|e| e.event_id);
+    id.ok_or_else(|| StoreError::Rejected {
         sequence: entry.sequence,
         detail: "stored event has no readable event_id".into(),
     })

@@ -6,7 +6,7 @@
 //! and made durable with one `fdatasync` before anyone is told it is stored.
 
 use crate::StoreError;
-use phb_domain::{Hash, LogEntry, Refusal, SignedEvent};
+use phb_chain::{Hash, LogEntry, Refusal, SignedEvent};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -52,7 +52,7 @@ pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
         out.extend_from_slice(part);
     }
     if let Some(r) = &entry.refusal {
-        out.push(phb_domain::chain::REFUSAL_TAG);
+        out.push(phb_chain::entry::REFUSAL_TAG);
         out.extend_from_slice(&r.code.to_be_bytes());
         out.push(r.flags());
         out.extend_from_slice(&(r.message.len() as u32).to_be_bytes());
@@ -100,13 +100,13 @@ pub fn decode_payload(p: &[u8]) -> Option<LogEntry> {
     let refusal = if c.done() {
         None
     } else {
-        if c.take(1)? != [phb_domain::chain::REFUSAL_TAG] {
+        if c.take(1)? != [phb_chain::entry::REFUSAL_TAG] {
             return None;
         }
         let code = c.u32()?;
         let (in_atomic_batch, first_in_batch) = Refusal::from_flags(c.take(1)?[0])?;
         let message = c.part()?;
-        if message.len() > phb_domain::chain::MAX_REFUSAL_MESSAGE_BYTES {
+        if message.len() > phb_chain::entry::MAX_REFUSAL_MESSAGE_BYTES {
             return None;
         }
         Some(Refusal {

@@ -2,7 +2,7 @@
 //! damage in the middle refuses to open with the sequence named, and the
 //! sled index is rebuilt from the log whenever it is missing or wrong.
 
-use phb_domain::{LogEntry, SignedEvent, GENESIS_HASH};
+use phb_chain::{LogEntry, SignedEvent, GENESIS_HASH};
 use phb_proto::v1 as pb;
 use phb_store::{Append, OpenReport, Store, StoreError};
 use prost::Message;
@@ -471,7 +471,7 @@ fn keys_are_per_signer_and_refusals_round_trip() {
         signature: vec![fill; 64],
     };
     let a = LogEntry::next(GENESIS_HASH, 1, 1_764_000_000_000_000, signed("org-a", 1));
-    let refusal = phb_domain::Refusal::new(
+    let refusal = phb_chain::Refusal::new(
         9,
         false,
         "spending 550.00 would overspend: only 400.00 is held",
