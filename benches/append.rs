@@ -108,6 +108,9 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
         ledger_id: LEDGER.into(),
         root_key: root.public_key(),
         allow_index_rebuild: false,
+        ledger_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        checkpoint_origin: "phb-ledger/bench".into(),
+        checkpoint_every: 1000,
     })
     .expect("open engine");
     let setup = vec![

@@ -49,6 +49,11 @@ enum Command {
         /// investigating: docs/operations.md, "The log is shorter than its index".
         #[arg(long, env = "PHB_ALLOW_INDEX_REBUILD")]
         allow_index_rebuild: bool,
+        /// Issue a signed checkpoint after the group commit that takes the
+        /// log this many entries past the latest one (checkpoints are also
+        /// issued every minute the log has grown, and on demand).
+        #[arg(long, env = "PHB_CHECKPOINT_EVERY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        checkpoint_every: u64,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -278,6 +283,7 @@ fn main() -> Result<()> {
                 ledger_id,
                 root_public_key,
                 allow_index_rebuild,
+                checkpoint_every,
                 limits,
             } => {
                 serve(
@@ -286,6 +292,7 @@ fn main() -> Result<()> {
                     ledger_id,
                     root_public_key,
                     allow_index_rebuild,
+                    checkpoint_every,
                     limits.limits()?,
                 )
                 .await
@@ -570,6 +577,46 @@ fn resolve_root_key(data: &Path, given: Option<String>) -> Result<RootKey> {
     Ok(root)
 }
 
+/// The checkpoints' origin line and key name for ledger `ledger_id`.
+fn checkpoint_origin(ledger_id: &str) -> String {
+    format!("phb-ledger/{ledger_id}")
+}
+
+/// The ledger key, which signs checkpoints: `ledger.key` in the data
+/// directory (0600), generated at first start. Unlike the root key it must
+/// stay online; it can sign nothing but checkpoints.
+fn resolve_ledger_key(data: &Path) -> Result<ed25519_dalek::SigningKey> {
+    let path = data.join("ledger.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            warn_if_exposed(&path);
+            let s = Signer::from_secret_hex("ledger", &text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(
+                &hex::decode(s.secret_hex())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .context("ledger key")?,
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = Signer::generate("ledger");
+            write_secret(&path, &s.secret_hex())?;
+            println!(
+                "generated the ledger key (signs checkpoints): secret {}, public {}",
+                path.display(),
+                s.public_key_hex()
+            );
+            let seed: [u8; 32] = hex::decode(s.secret_hex())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("ledger key")?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Files this process creates get no group or other bits, whatever umask
 /// it was started under: sled creates the index files itself, with modes we
 /// cannot pass it.
@@ -649,6 +696,7 @@ async fn serve(
     ledger_id: Option<String>,
     root_public_key: Option<String>,
     allow_index_rebuild: bool,
+    checkpoint_every: u64,
     limits: ServerLimits,
 ) -> Result<()> {
     private_umask();
@@ -665,6 +713,7 @@ async fn serve(
     // entries), so it must be asked before this start writes ledger-id.
     let root = resolve_root_key(&data, root_public_key)?;
     let ledger_id = resolve_ledger_id(&data, ledger_id)?;
+    let ledger_key = resolve_ledger_key(&data)?;
     let started = std::time::Instant::now();
     let (engine, report) = phb_engine::Engine::open_locked(
         phb_engine::EngineConfig {
@@ -672,6 +721,9 @@ async fn serve(
             ledger_id: ledger_id.clone(),
             root_key: root.key,
             allow_index_rebuild,
+            ledger_key,
+            checkpoint_origin: checkpoint_origin(&ledger_id),
+            checkpoint_every,
         },
         lock,
     )
@@ -692,6 +744,33 @@ async fn serve(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "log verified and replayed"
     );
+    // Checkpoints on a schedule: once a minute, if the log has grown.
+    {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let minute = std::time::Duration::from_secs(60);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + minute, minute);
+            loop {
+                tick.tick().await;
+                let grown = {
+                    let v = engine.verifiable();
+                    v.tree().size() > v.latest_size()
+                };
+                if grown {
+                    let e = engine.clone();
+                    match tokio::task::spawn_blocking(move || e.latest_checkpoint()).await {
+                        Ok(Err(err)) => {
+                            tracing::error!(error = %err, "scheduled checkpoint failed")
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "scheduled checkpoint task failed")
+                        }
+                        Ok(Ok(_)) => {}
+                    }
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

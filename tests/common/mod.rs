@@ -1347,26 +1347,7 @@ pub fn auditor_read_model(
     let mut ledger = phb_domain::Ledger::new(LEDGER_ID, *root);
     let mut read = phb_domain::ReadModel::new(LEDGER_ID, *root);
     for e in entries {
-        let ts = e.recorded_at.as_ref().expect("recorded_at");
-        let se = e.signed_event.as_ref().expect("signed_event");
-        let hash = |h: &[u8]| -> [u8; 32] { h.try_into().expect("32-byte hash") };
-        let entry = phb_domain::LogEntry {
-            sequence: e.sequence,
-            recorded_at_micros: ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000),
-            prev_hash: hash(&e.prev_hash),
-            hash: hash(&e.hash),
-            signed: phb_domain::SignedEvent {
-                event: se.event.clone(),
-                signer_id: se.signer_id.clone(),
-                signature: se.signature.clone(),
-            },
-            refusal: e.refusal.as_ref().map(|r| phb_domain::Refusal {
-                code: r.code,
-                in_atomic_batch: r.in_atomic_batch,
-                first_in_batch: r.first_in_batch,
-                message: r.message.clone(),
-            }),
-        };
+        let entry = logfile::entry_from_pb(e);
         let event = ledger
             .replay(&entry)
             .unwrap_or_else(|err| panic!("entry {} does not replay: {err}", e.sequence));

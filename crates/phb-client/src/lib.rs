@@ -37,6 +37,12 @@ pub mod methods {
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
     /// ListFlags.
     pub const LIST_FLAGS: &str = "/phb.ledger.v1.LedgerService/ListFlags";
+    /// GetCheckpoint.
+    pub const GET_CHECKPOINT: &str = "/phb.ledger.v1.LedgerService/GetCheckpoint";
+    /// GetInclusionProof.
+    pub const GET_INCLUSION_PROOF: &str = "/phb.ledger.v1.LedgerService/GetInclusionProof";
+    /// GetConsistencyProof.
+    pub const GET_CONSISTENCY_PROOF: &str = "/phb.ledger.v1.LedgerService/GetConsistencyProof";
     /// GetSpendingSummary.
     pub const GET_SPENDING_SUMMARY: &str = "/phb.ledger.v1.LedgerService/GetSpendingSummary";
     /// GetQuarterlyReturn.

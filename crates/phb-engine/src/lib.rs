@@ -18,6 +18,10 @@ use phb_domain::{
 use phb_store::{
     Append, DataDirLock, LockError, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES,
 };
+mod verifiable;
+
+pub use verifiable::{CheckpointError, Verifiable, CHECKPOINTS_FILE};
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,6 +53,13 @@ pub struct EngineConfig {
     /// Rebuild an index that records more entries than the log holds
     /// instead of refusing to start (`phb_store::OpenOptions`).
     pub allow_index_rebuild: bool,
+    /// The ledger key: signs checkpoints (never events; not the root key).
+    pub ledger_key: ed25519_dalek::SigningKey,
+    /// The checkpoints' origin line and key name.
+    pub checkpoint_origin: String,
+    /// A checkpoint is issued after the group commit that takes the log
+    /// this many entries past the latest one.
+    pub checkpoint_every: u64,
 }
 
 /// Why the engine could not open.
@@ -67,6 +78,10 @@ pub enum OpenError {
     /// Another process has the data directory, or it could not be locked.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The kept checkpoints do not fit the log: entries were removed or
+    /// rewritten after the ledger signed for them.
+    #[error(transparent)]
+    Checkpoints(#[from] CheckpointError),
     /// `open_locked` was given a lock on another directory.
     #[error("the lock held ({}) is not the lock of data directory {}", held.display(), dir.display())]
     WrongLock {
@@ -160,6 +175,7 @@ pub struct Engine {
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
+    verifiable: Arc<RwLock<Verifiable>>,
     // Shared with the writer thread: the directory stays locked until the
     // last handle and the writer (which owns the store) are gone. Last, so
     // it is released after the reader's files are closed.
@@ -211,9 +227,11 @@ impl Engine {
         // The read model is folded from the same entries as they are
         // replayed: it is, by construction, what a rebuild gives.
         let mut read = ReadModel::new(config.ledger_id.clone(), config.root_key);
+        let mut tree = phb_chain::merkle::MemoryTree::new();
         let (store, report) = Store::open(&config.data_dir, options, &mut |entry| {
             let event = ledger.replay(entry).map_err(|e| e.to_string())?;
             read.apply(&Committed::of(entry, &event));
+            tree.append(&entry.hash).map_err(|e| e.to_string())?;
             if !ids.insert((entry.signed.signer_id.clone(), event.event_id)) {
                 return Err("the signer already used this event_id earlier in the log".into());
             }
@@ -222,6 +240,13 @@ impl Engine {
         drop(ids);
         ledger.finish_replay();
         check_projections(&ledger, &read)?;
+        let verifiable = Arc::new(RwLock::new(Verifiable::open(
+            &config.data_dir,
+            tree,
+            config.checkpoint_origin.clone(),
+            config.ledger_key.clone(),
+            config.checkpoint_every,
+        )?));
         let reader = Arc::new(store.reader()?);
         let view = Arc::new(RwLock::new(read));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
@@ -231,6 +256,7 @@ impl Engine {
             store,
             ledger,
             view: view.clone(),
+            verifiable: verifiable.clone(),
             committed: committed_tx,
             writable: writable_tx,
             _lock: lock.clone(),
@@ -246,6 +272,7 @@ impl Engine {
                 committed,
                 writable,
                 reader,
+                verifiable,
                 _lock: lock,
             },
             report,
@@ -258,6 +285,21 @@ impl Engine {
         // A poisoned lock means a panic while applying a committed group; the
         // data is still the last fully applied state, so keep serving reads.
         self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Merkle tree and the checkpoints. Hold the guard briefly: the
+    /// writer appends to it after every group.
+    pub fn verifiable(&self) -> RwLockReadGuard<'_, Verifiable> {
+        self.verifiable.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest checkpoint, issued at the current head if the latest is
+    /// older; None for an empty log.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, CheckpointError> {
+        self.verifiable
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest()
     }
 
     /// The highest committed sequence, updated after every group.
@@ -448,6 +490,7 @@ struct Writer {
     store: Store,
     ledger: Ledger,
     view: Arc<RwLock<ReadModel>>,
+    verifiable: Arc<RwLock<Verifiable>>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     // Dropped after the store (fields drop in order): the directory stays
@@ -779,6 +822,20 @@ impl Writer {
                 debug_assert_eq!(view.head(), self.ledger.head());
                 let head = view.head().sequence;
                 drop(view);
+                let mut v = self.verifiable.write().unwrap_or_else(|p| p.into_inner());
+                for s in &group.staged {
+                    v.append(&s.entry.hash);
+                }
+                debug_assert_eq!(v.tree().size(), head);
+                if v.due() {
+                    // The entries are durable whether or not this works:
+                    // a checkpoint is issued on demand and at the next due
+                    // group too.
+                    if let Err(e) = v.issue() {
+                        tracing::error!(error = %e, head, "could not keep a checkpoint");
+                    }
+                }
+                drop(v);
                 self.committed.send_replace(head);
                 tracing::debug!(entries, head, "group committed");
             }

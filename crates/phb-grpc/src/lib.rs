@@ -5,6 +5,7 @@
 
 mod flags;
 mod log_limit;
+mod proofs;
 mod read_auth;
 mod reports;
 mod server;
@@ -212,6 +213,7 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: 0,
             flags: raised(sequence),
+            tree_size: sequence,
         },
         Outcome::Duplicate {
             sequence,
@@ -224,6 +226,7 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: 0,
             flags: raised(sequence),
+            tree_size: sequence,
         },
         Outcome::Refused {
             reject,
@@ -238,6 +241,7 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             entry_hash: entry_hash.to_vec(),
             refusal_sequence: sequence,
             flags: raised(sequence),
+            tree_size: sequence,
         },
         Outcome::Rejected(r) => pb::AppendResult {
             sequence: 0,
@@ -247,6 +251,7 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             entry_hash: Vec::new(),
             refusal_sequence: 0,
             flags: Vec::new(),
+            tree_size: 0,
         },
     }
 }
@@ -327,6 +332,16 @@ impl LedgerApi {
             )));
         }
         f(budget)
+    }
+
+    /// Authenticates a read call for `method` by any registered organisation
+    /// (or root).
+    fn registered_reader<T>(&self, request: &Request<T>, method: &str) -> Result<(), Status> {
+        let reader_id = read_auth::authenticate(&self.engine, request, method)?;
+        if self.engine.view().reader(&reader_id).is_none() {
+            return Err(Status::unauthenticated("caller is no longer registered"));
+        }
+        Ok(())
     }
 
     /// One bounded, escaped line per refusal (see `log_limit`).
@@ -435,6 +450,36 @@ impl LedgerService for LedgerApi {
             })?;
             Ok(Response::new(care_plan_pb(b, plan)))
         })
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        self.registered_reader(&request, phb_client_paths::GET_CHECKPOINT)?;
+        let engine = self.engine.clone();
+        let req = request.into_inner();
+        // Issuing a checkpoint fsyncs: not on the async workers.
+        tokio::task::spawn_blocking(move || proofs::checkpoint(&engine, &req))
+            .await
+            .map_err(|e| Status::internal(format!("checkpoint task failed: {e}")))?
+            .map(Response::new)
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
+        self.registered_reader(&request, phb_client_paths::GET_INCLUSION_PROOF)?;
+        proofs::inclusion(&self.engine, request.get_ref()).map(Response::new)
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
+        self.registered_reader(&request, phb_client_paths::GET_CONSISTENCY_PROOF)?;
+        proofs::consistency(&self.engine, request.get_ref()).map(Response::new)
     }
 
     async fn list_flags(
@@ -780,6 +825,9 @@ mod phb_client_paths {
     pub const GET_BUDGET_STATEMENT: &str = "/phb.ledger.v1.LedgerService/GetBudgetStatement";
     pub const GET_CARE_PLAN: &str = "/phb.ledger.v1.LedgerService/GetCarePlan";
     pub const LIST_FLAGS: &str = "/phb.ledger.v1.LedgerService/ListFlags";
+    pub const GET_CHECKPOINT: &str = "/phb.ledger.v1.LedgerService/GetCheckpoint";
+    pub const GET_INCLUSION_PROOF: &str = "/phb.ledger.v1.LedgerService/GetInclusionProof";
+    pub const GET_CONSISTENCY_PROOF: &str = "/phb.ledger.v1.LedgerService/GetConsistencyProof";
     pub const GET_SPENDING_SUMMARY: &str = "/phb.ledger.v1.LedgerService/GetSpendingSummary";
     pub const GET_QUARTERLY_RETURN: &str = "/phb.ledger.v1.LedgerService/GetQuarterlyReturn";
 }

@@ -41,6 +41,9 @@ wire!(true =>
     crate::v1::ListFlagsRequest,
     crate::v1::GetSpendingSummaryRequest,
     crate::v1::GetQuarterlyReturnRequest,
+    crate::v1::GetCheckpointRequest,
+    crate::v1::GetInclusionProofRequest,
+    crate::v1::GetConsistencyProofRequest,
 );
 wire!(false =>
     crate::v1::AppendResponse,
@@ -53,6 +56,9 @@ wire!(false =>
     crate::v1::ListFlagsResponse,
     crate::v1::GetSpendingSummaryResponse,
     crate::v1::GetQuarterlyReturnResponse,
+    crate::v1::GetCheckpointResponse,
+    crate::v1::GetInclusionProofResponse,
+    crate::v1::GetConsistencyProofResponse,
 );
 
 /// [`ProstCodec`] with decode errors mapped by [`Wire`]: INVALID_ARGUMENT
