@@ -11,6 +11,15 @@
 //! * peer `file write+fdatasync`: append each event to a file and fdatasync it:
 //!   the floor for one-sync-per-event designs.
 //!
+//! Then the auditor's side, on the log the C=64 run wrote:
+//!
+//! * `restart: verify + replay`: `Engine::open` on that data directory —
+//!   every CRC, the hash chain, every signature re-verified, every rule
+//!   re-decided, every projection and the Merkle tree rebuilt, the kept
+//!   checkpoints checked: what an auditor's full replay costs per entry.
+//! * peers `ed25519 verify, one by one` and `ed25519 verify_batch`: the
+//!   signatures alone, the two ways a verifier can check them.
+//!
 //! Run: `cargo bench --bench append` (EVENTS=N to change the count).
 
 use phb_client::{event, kinds, Kind, Signer};
@@ -39,6 +48,17 @@ struct Figures {
 }
 
 impl Figures {
+    /// A one-shot measurement: the count, the rate and the total time.
+    fn print_total(&self) {
+        println!(
+            "{:<34} {:>8} {:>12.0} {:>10.1}",
+            self.name,
+            self.events,
+            self.events as f64 / self.elapsed.as_secs_f64(),
+            self.elapsed.as_secs_f64() * 1e3
+        );
+    }
+
     fn print(&mut self) {
         self.latencies.sort();
         let pct = |p: f64| {
@@ -100,7 +120,7 @@ fn bench_payment() -> Kind {
 }
 
 async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, usize) {
-    let root = Signer::generate("root");
+    let root = bench_root();
     let icb = Signer::generate("icb");
     let tp = Signer::generate("tp");
     let (engine, _) = Engine::open(EngineConfig {
@@ -168,7 +188,12 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
     (engine, tp, events, n)
 }
 
-async fn run_engine(concurrency: usize) -> Figures {
+/// The root key of every run (fixed, so a run's log can be reopened).
+fn bench_root() -> Signer {
+    Signer::from_secret("root", [1; 32])
+}
+
+async fn run_engine(concurrency: usize) -> (Figures, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, _tp, events, n) = setup(dir.path()).await;
     let queue = Arc::new(std::sync::Mutex::new(events));
@@ -200,12 +225,80 @@ async fn run_engine(concurrency: usize) -> Figures {
         engine.view().budget("b").expect("budget").spent.to_string(),
         format!("{}.{:02}", n / 100, n % 100)
     );
-    Figures {
-        name: format!("phb-engine, C={concurrency}"),
-        events: n,
-        elapsed,
-        latencies,
+    (
+        Figures {
+            name: format!("phb-engine, C={concurrency}"),
+            events: n,
+            elapsed,
+            latencies,
+        },
+        dir,
+    )
+}
+
+/// `Engine::open` on a data directory a run wrote (and has let go of).
+fn run_restart(dir: &std::path::Path, root: ed25519_dalek::VerifyingKey) -> Figures {
+    let config = || EngineConfig {
+        data_dir: dir.to_path_buf(),
+        ledger_id: LEDGER.into(),
+        root_key: root,
+        allow_index_rebuild: false,
+        ledger_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        checkpoint_origin: "phb-ledger/bench".into(),
+        checkpoint_every: 1000,
+    };
+    // The writer thread of the run lets the directory's lock go when it
+    // ends, a moment after its last handle is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let start = Instant::now();
+        match Engine::open(config()) {
+            Ok((_engine, report)) => {
+                let elapsed = start.elapsed();
+                return Figures {
+                    name: "restart: verify + replay".into(),
+                    events: report.entries as usize,
+                    elapsed,
+                    latencies: vec![elapsed],
+                };
+            }
+            Err(phb_engine::OpenError::Lock(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
     }
+}
+
+/// The events' signatures checked one by one, and as one batch.
+fn run_signature_peers(
+    events: &[pb::SignedEvent],
+    key: &ed25519_dalek::VerifyingKey,
+) -> [Figures; 2] {
+    let sigs: Vec<ed25519_dalek::Signature> = events
+        .iter()
+        .map(|e| ed25519_dalek::Signature::from_slice(&e.signature).expect("64 bytes"))
+        .collect();
+    let start = Instant::now();
+    for (e, sig) in events.iter().zip(&sigs) {
+        key.verify_strict(&e.event, sig).expect("valid");
+    }
+    let one = start.elapsed();
+    let msgs: Vec<&[u8]> = events.iter().map(|e| e.event.as_slice()).collect();
+    let keys = vec![*key; events.len()];
+    let start = Instant::now();
+    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).expect("valid");
+    let batch = start.elapsed();
+    let f = |name: &str, elapsed| Figures {
+        name: name.into(),
+        events: events.len(),
+        elapsed,
+        latencies: vec![elapsed],
+    };
+    [
+        f("peer: ed25519 verify, one by one", one),
+        f("peer: ed25519 verify_batch", batch),
+    ]
 }
 
 fn run_sled_peer(events: &[pb::SignedEvent]) -> Figures {
@@ -261,14 +354,22 @@ fn main() {
         "{:<34} {:>8} {:>12} {:>10} {:>10} {:>10}",
         "write path", "events", "events/s", "p50 ms", "p99 ms", "max ms"
     );
-    let mut one = rt.block_on(run_engine(1));
+    let (mut one, _) = rt.block_on(run_engine(1));
     one.print();
-    let mut many = rt.block_on(run_engine(64));
+    let (mut many, written) = rt.block_on(run_engine(64));
     many.print();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_engine, _tp, events, _) = rt.block_on(setup(dir.path()));
+    let (_engine, tp, events, _) = rt.block_on(setup(dir.path()));
     run_sled_peer(&events).print();
     run_file_peer(&events).print();
+    println!(
+        "\n{:<34} {:>8} {:>12} {:>10}",
+        "verification", "entries", "entries/s", "total ms"
+    );
+    run_restart(written.path(), bench_root().public_key()).print_total();
+    for f in run_signature_peers(&events, &tp.public_key()) {
+        f.print_total();
+    }
     println!(
         "group commit speed-up over one fsync per event: {:.1}x",
         (many.events as f64 / many.elapsed.as_secs_f64())

@@ -371,6 +371,15 @@ pub fn result_json(r: &pb::AppendResult) -> String {
         "field": e.field,
         "entry_hash": hex::encode(&r.entry_hash),
         "refusal_sequence": r.refusal_sequence,
+        "tree_size": r.tree_size,
+        "flags": r
+            .flags
+            .iter()
+            .map(|f| json!({
+                "flag_id": f.flag_id,
+                "explanation": f.explanation,
+            }))
+            .collect::<Vec<_>>(),
     })
     .to_string()
 }

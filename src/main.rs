@@ -5,9 +5,11 @@
 //! `phb-domain`, storage in `phb-store`, the write path in `phb-engine` and
 //! the gRPC surface in `phb-grpc`.
 
+mod audit_export;
 mod demo;
 mod json_event;
 mod report;
+mod witness;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -144,6 +146,14 @@ enum Command {
         #[command(subcommand)]
         report: report::Report,
     },
+    /// Write a portable copy of the ledger (every log entry and checkpoint),
+    /// from a data directory or a running server, for `audit verify` (docs/audit.md).
+    Export(audit_export::ExportArgs),
+    /// Check the verifiable log: proofs, witnessing, and exports verified offline (docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        audit: Audit,
+    },
     /// Drive a running server through a realistic scenario and print the balances.
     Demo {
         /// Server URL.
@@ -156,6 +166,23 @@ enum Command {
         #[arg(long, default_value = "phb-local")]
         ledger_id: String,
     },
+}
+
+/// The auditors' and partners' commands (docs/audit.md): proofs and the
+/// witness against a running server (src/witness.rs), and `verify` offline.
+#[derive(Subcommand)]
+enum Audit {
+    /// Prove an entry is in a checkpoint signed by the ledger key (the latest,
+    /// or one you kept), and optionally that it is the entry you kept a receipt for.
+    Prove(witness::ProveArgs),
+    /// Prove the latest checkpoint extends one you kept (nothing removed or rewritten).
+    Consistency(witness::ConsistencyArgs),
+    /// Keep the last checkpoint accepted and refuse any later one that does
+    /// not extend it (a fork or rollback): run by any partner.
+    Witness(witness::WitnessArgs),
+    /// Verify an export from scratch: chain, signatures, every rule replayed,
+    /// checkpoints, projections; optionally against a live server and receipts.
+    Verify(audit_export::VerifyArgs),
 }
 
 /// The transport limits of `serve` (docs/operations.md, "Limits").
@@ -340,6 +367,13 @@ fn main() -> Result<()> {
                 budget_id,
             } => plan(server, load_signer(&signer, &key)?, budget_id).await,
             Command::Report { report } => report::run(report).await,
+            Command::Audit { audit } => match audit {
+                Audit::Prove(args) => witness::prove(args).await,
+                Audit::Consistency(args) => witness::consistency(args).await,
+                Audit::Witness(args) => witness::witness(args).await,
+                Audit::Verify(args) => audit_export::verify(args).await,
+            },
+            Command::Export(args) => audit_export::export(args).await,
             Command::Demo {
                 server,
                 root_key,

@@ -2,24 +2,31 @@
 """An independent external client and auditor for phb-ledger.
 
 Written from proto/phb/ledger/v1/ledger.proto, docs/api.md,
-docs/log-format.md and docs/flags.md alone, the way a partner organisation
-would. It drives a running server through a realistic scenario (and the
-documented refusals), then reads the whole log as an auditor and verifies it
-independently: hash chain, signatures under the keys the log itself
-registered, the budget rules, the balances and the flags the server reports.
+docs/log-format.md, docs/flags.md and docs/audit.md alone, the way a partner
+organisation would. It drives a running server through a realistic scenario
+(and the documented refusals), then reads the whole log as an auditor and
+verifies it independently: hash chain, signatures under the keys the log
+itself registered, the budget rules, the balances and the flags the server
+reports; and the verifiable log (docs/audit.md): the RFC 9162 Merkle roots of
+the log it read, the C2SP signed checkpoints (verified with the ledger key),
+inclusion and consistency proofs (RFC 9162 §2.1.3.2, §2.1.4.2).
 
 usage: check.py ADDR DATADIR [--write-head FILE | --audit-only FILE]
 
---write-head FILE keeps the verified head (sequence and hash) in FILE, and
-the audit's ListFlags answer with its as_of in FILE.flags; --audit-only FILE
-only audits (as root), e.g. after a restart, and checks the log still holds
-the head pinned in FILE and ListFlags at that as_of gives the same answer.
+--write-head FILE keeps the verified head (sequence and hash) in FILE, the
+audit's ListFlags answer with its as_of in FILE.flags, and the ledger public
+key and the checkpoints kept in FILE.checkpoints; --audit-only FILE only
+audits (as root), e.g. after a restart, and checks the log still holds the
+head pinned in FILE, ListFlags at that as_of gives the same answer, and
+GetCheckpoint gives every kept checkpoint again byte for byte.
 
 ADDR is host:port of a running `phb-ledger serve`; DATADIR is its data
 directory, from which only what an operator hands out of band is taken:
 `root.key` (the root's hex seed, because this script acts as the operator
-too), `root.pub` and `ledger-id`, plus `log/ledger.log`, which is compared
-byte for byte with what ReadLog streams. The Python stubs for the ledger
+too), `root.pub`, `ledger-id` and `ledger.key` (the ledger key's hex seed,
+from which only its public half is used, as the operator would hand it to
+partners), plus `log/ledger.log`, which is compared byte for byte with what
+ReadLog streams. The Python stubs for the ledger
 proto must be importable (run.sh generates them with grpc_tools.protoc).
 """
 
@@ -204,6 +211,298 @@ def self_test():
                + bytes.fromhex("bdb53223c3b721470481a23fd93eab490d4a717baac36bc56ba39f024ac1e86e")
                + lp(b"root") + lp(sig) + lp(ev_bytes))
     check(len(payload) == 0xA5 and crc32c(payload) == 0x2BCF5A8C, "log-format.md §4 record CRC")
+    vlog_self_test()
+
+
+# ---------------------------------------------------------------------------
+# The verifiable log (docs/audit.md): RFC 9162 §2.1 Merkle tree hashing,
+# proofs and their verification, C2SP signed notes and tlog-checkpoints
+# ---------------------------------------------------------------------------
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()  # MTH({})
+EM_DASH = "\u2014"  # begins a signature line of a C2SP signed note
+
+
+def leaf_hash(data):
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def split_point(n):
+    """The largest power of two smaller than n (n >= 2): RFC 9162's k."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+class MerkleTree:
+    """RFC 9162 §2.1.1 over the leaf inputs D[0:n] (here the entry hashes),
+    with PATH (§2.1.3.1) and PROOF (§2.1.4.1) computed from the definitions,
+    so each proof the server gives can be compared node for node."""
+
+    def __init__(self, leaf_inputs):
+        self.leaves = [leaf_hash(d) for d in leaf_inputs]
+        self.memo = {}
+
+    def mth(self, lo, hi):  # MTH(D[lo:hi])
+        n = hi - lo
+        if n == 0:
+            return EMPTY_ROOT
+        if n == 1:
+            return self.leaves[lo]
+        if (lo, hi) not in self.memo:
+            k = split_point(n)
+            self.memo[(lo, hi)] = node_hash(self.mth(lo, lo + k), self.mth(lo + k, hi))
+        return self.memo[(lo, hi)]
+
+    def root(self, n):
+        assert 0 <= n <= len(self.leaves)
+        return self.mth(0, n)
+
+    def _path(self, m, lo, hi):  # PATH(m, D[lo:hi])
+        if hi - lo == 1:
+            return []
+        k = split_point(hi - lo)
+        if m < k:
+            return self._path(m, lo, lo + k) + [self.mth(lo + k, hi)]
+        return self._path(m - k, lo + k, hi) + [self.mth(lo, lo + k)]
+
+    def inclusion(self, index, n):
+        assert 0 <= index < n <= len(self.leaves)
+        return self._path(index, 0, n)
+
+    def _subproof(self, m, lo, hi, b):  # SUBPROOF(m, D[lo:hi], b)
+        n = hi - lo
+        if m == n:
+            return [] if b else [self.mth(lo, hi)]
+        k = split_point(n)
+        if m <= k:
+            return self._subproof(m, lo, lo + k, b) + [self.mth(lo + k, hi)]
+        return self._subproof(m - k, lo + k, hi, False) + [self.mth(lo, lo + k)]
+
+    def consistency(self, m, n):  # PROOF(m, D[n])
+        assert 0 < m <= n <= len(self.leaves)
+        return self._subproof(m, 0, n, True)
+
+
+def verify_inclusion(leaf_index, tree_size, leaf, proof, root):
+    """RFC 9162 §2.1.3.2, step by step; `leaf` is the leaf hash. Every node
+    is used, and the path must end exactly at the root (sn == 0)."""
+    if leaf_index >= tree_size or any(len(p) != 32 for p in proof):
+        return False
+    fn, sn, r = leaf_index, tree_size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(first, second, first_hash, second_hash, proof):
+    """RFC 9162 §2.1.4.2, step by step. Equal sizes are the case the
+    algorithm leaves out (its step 1 fails an empty path, and PROOF(m, D[m])
+    is empty, proto GetConsistencyProofResponse): the proof must be empty
+    and the roots equal."""
+    if first == 0 or first > second or any(len(p) != 32 for p in proof):
+        return False
+    if first == second:
+        return not proof and first_hash == second_hash
+    if not proof:  # step 1
+        return False
+    path = list(proof)
+    if first & (first - 1) == 0:  # step 2: first is an exact power of 2
+        path = [first_hash] + path
+    fn, sn = first - 1, second - 1  # step 3
+    while fn & 1:  # step 4
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]  # step 5
+    for c in path[1:]:  # step 6
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == first_hash and sr == second_hash and sn == 0  # step 7
+
+
+def flipped(node, bit=0):
+    b = bytearray(node)
+    b[(bit // 8) % len(b)] ^= 1 << (bit % 8)
+    return bytes(b)
+
+
+def note_key_hash(name, public):
+    """docs/audit.md: the first 4 bytes of SHA-256(key name || 0x0A || 0x01
+    || 32-byte public key) (C2SP signed-note, Ed25519)."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + b"\x01" + public).digest()[:4]
+
+
+def verifier_key_text(name, public):
+    """docs/audit.md / proto GetCheckpointResponse.verifier_key."""
+    typed = base64.b64encode(b"\x01" + public).decode("ascii")
+    return f"{name}+{note_key_hash(name, public).hex()}+{typed}"
+
+
+def b64_strict(s, size):
+    """Standard base64 with padding, canonical (it re-encodes to `s`), of
+    exactly `size` bytes; None otherwise."""
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != size or base64.b64encode(raw).decode("ascii") != s:
+        return None
+    return raw
+
+
+def open_note(text, name, public):
+    """A C2SP signed note as docs/audit.md gives it: the body (text up to and
+    including the newline before the last blank line), a blank line, then
+    exactly one signature line "— {name} {base64(key hash || signature)}\\n"
+    by `name` with `public`, the ed25519 signature over exactly the body.
+    Returns (body bytes, None), or (None, why not)."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    cut = data.rfind(b"\n\n")
+    if cut < 0:
+        return None, "no blank line before the signatures"
+    body, sigs = data[:cut + 1], data[cut + 2:]
+    if not sigs.endswith(b"\n"):
+        return None, "the signature block does not end with a newline"
+    lines = sigs[:-1].split(b"\n")
+    if len(lines) != 1:
+        return None, f"{len(lines)} signature lines, docs/audit.md gives one"
+    prefix = (EM_DASH + " ").encode("utf-8")
+    if not lines[0].startswith(prefix):
+        return None, f"the signature line does not begin with U+2014 and a space: {lines[0][:8]!r}"
+    parts = lines[0][len(prefix):].decode("utf-8", "replace").split(" ")
+    if len(parts) != 2:
+        return None, f"the signature line is not \"— name signature\": {parts}"
+    if parts[0] != name:
+        return None, f"signed by key name {parts[0]!r}, expected {name!r}"
+    blob = b64_strict(parts[1], 4 + 64)
+    if blob is None:
+        return None, f"the signature {parts[1]!r} is not canonical base64 of 68 bytes"
+    if blob[:4] != note_key_hash(name, public):
+        return None, f"key hash {blob[:4].hex()}, expected {note_key_hash(name, public).hex()}"
+    try:
+        VerifyKey(public).verify(body, blob[4:])
+    except BadSignatureError:
+        return None, "the ed25519 signature does not verify over the body"
+    return body, None
+
+
+def checkpoint_body(body, origin):
+    """C2SP tlog-checkpoint as docs/audit.md gives it: exactly three lines,
+    the origin, the size in decimal without leading zeros, the root in
+    standard base64 with padding. Returns ((size, root), None) or (None, why)."""
+    try:
+        lines = body.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None, "the body is not UTF-8"
+    if len(lines) != 4 or lines[3] != "":
+        return None, f"the body has {len(lines) - 1} lines, docs/audit.md gives three"
+    if lines[0] != origin:
+        return None, f"origin {lines[0]!r}, expected {origin!r}"
+    if not re.fullmatch(r"0|[1-9][0-9]*", lines[1]):
+        return None, f"tree size {lines[1]!r} is not decimal without leading zeros"
+    root = b64_strict(lines[2], 32)
+    if root is None:
+        return None, f"root {lines[2]!r} is not canonical standard base64 of 32 bytes"
+    return (int(lines[1]), root), None
+
+
+def vlog_self_test():
+    """Known answers from outside this repository: the RFC 6962 / RFC 9162
+    reference tree of Certificate Transparency (8 leaves; roots, inclusion
+    and consistency proofs, as transparency-dev/merkle tests them) and the
+    Go sumdb/note and C2SP signed-note examples."""
+    inputs = [bytes.fromhex(h) for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+                                         "606162636465666768696a6b6c6d6e6f")]
+    roots = ["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+             "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+             "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+             "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+             "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+             "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+             "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"]
+    t = MerkleTree(inputs)
+    for n, want in enumerate(roots):
+        check(t.root(n).hex() == want, f"RFC 9162 reference tree: MTH of {n} leaves")
+    h = {k: bytes.fromhex(v) for k, v in {
+        "96a2": "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "5f08": "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "6b47": "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        "bc1a": "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        "ca85": "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+        "d37e": "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "6e34": "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "fac5": "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "0298": "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
+        "0750": "07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7"}.items()}
+    for index, size, proof in [(0, 1, []), (0, 8, ["96a2", "5f08", "6b47"]), (5, 8, ["bc1a", "ca85", "d37e"]),
+                               (2, 3, ["fac5"]), (1, 5, ["6e34", "5f08", "bc1a"])]:
+        nodes = [h[p] for p in proof]
+        check(t.inclusion(index, size) == nodes, f"RFC 9162 reference tree: PATH({index}, D[{size}])")
+        check(verify_inclusion(index, size, t.leaves[index], nodes, t.root(size)),
+              f"RFC 9162 reference tree: the inclusion proof of leaf {index} in {size} does not verify")
+        for i in range(len(nodes)):
+            check(not verify_inclusion(index, size, t.leaves[index], nodes[:i] + [flipped(nodes[i])] + nodes[i + 1:],
+                                       t.root(size)), "the inclusion verifier accepts a flipped node")
+    for m, n, proof in [(1, 8, ["96a2", "5f08", "6b47"]), (3, 8, ["0298", "0750", "fac5", "6b47"])]:
+        nodes = [h[p] for p in proof]
+        check(t.consistency(m, n) == nodes, f"RFC 9162 reference tree: PROOF({m}, D[{n}])")
+        check(verify_consistency(m, n, t.root(m), t.root(n), nodes),
+              f"RFC 9162 reference tree: the consistency proof {m} -> {n} does not verify")
+    # Every proof of every size of a 20-leaf tree, from the definitions,
+    # verifies, and fails with any node flipped.
+    t = MerkleTree([bytes([i]) * 32 for i in range(20)])
+    for n in range(1, 21):
+        for i in range(n):
+            p = t.inclusion(i, n)
+            check(verify_inclusion(i, n, t.leaves[i], p, t.root(n)), f"self-test: PATH({i}, D[{n}])")
+            check(not any(verify_inclusion(i, n, t.leaves[i], p[:j] + [flipped(p[j])] + p[j + 1:], t.root(n))
+                          for j in range(len(p))), f"self-test: PATH({i}, D[{n}]) with a flipped node")
+        for m in range(1, n + 1):
+            p = t.consistency(m, n)
+            check(verify_consistency(m, n, t.root(m), t.root(n), p), f"self-test: PROOF({m}, D[{n}])")
+            check(not any(verify_consistency(m, n, t.root(m), t.root(n), p[:j] + [flipped(p[j])] + p[j + 1:])
+                          for j in range(len(p))), f"self-test: PROOF({m}, D[{n}]) with a flipped node")
+            check(m == n or not verify_consistency(m, n, t.root(m), t.root(n), p[:-1]),
+                  f"self-test: PROOF({m}, D[{n}]) truncated")
+    # golang.org/x/mod/sumdb/note's example, and C2SP signed-note's.
+    for vkey, note in [
+        ("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+         "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n"
+         f"{EM_DASH} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6"
+         "RyyBwJnAM=\n"),
+        ("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k",
+         f"This is an example message.\n\n{EM_DASH} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTg"
+         "K7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n")]:
+        name, _, typed = vkey.split("+", 2)
+        public = base64.b64decode(typed)[1:]
+        check(verifier_key_text(name, public) == vkey, f"signed-note key hash / verifier key of {name}")
+        body, why = open_note(note, name, public)
+        check(why is None and note.encode("utf-8").startswith(body), f"signed-note example of {name}: {why}")
+        check(open_note(note.replace("problem", "Problem", 1).replace("example", "Example", 1), name, public)[0]
+              is None, f"signed-note example of {name}: a changed body verifies")
 
 
 # ---------------------------------------------------------------------------
@@ -1128,6 +1427,8 @@ class Client:
         # flag id -> Flag, as AppendResult.flags answered it when the entry
         # that raised it was written (docs/flags.md "How flags reach people").
         self.raised = {}
+        # AppendResult.tree_size checked: [naming an entry, nothing written].
+        self.tree_sizes = [0, 0]
 
     def event(self, name, budget_id="", occurred_at=None, **kind):
         self.n += 1
@@ -1137,6 +1438,17 @@ class Client:
     def append(self, signed, atomic=False):
         resp = self.stub.Append(pb.AppendRequest(events=signed, atomic=atomic), timeout=RPC_TIMEOUT)
         check(len(resp.results) == len(signed), f"Append: {len(resp.results)} results for {len(signed)} events")
+        for r in resp.results:
+            # proto AppendResult.tree_size, docs/audit.md "Receipts": the
+            # smallest tree that includes the entry named, i.e. its sequence
+            # (written or recorded refusal, duplicates too); 0 if none.
+            named = r.sequence or r.refusal_sequence
+            check(not (r.sequence and r.refusal_sequence),
+                  f"Append {r.event_id!r}: both sequence {r.sequence} and refusal_sequence {r.refusal_sequence}")
+            check(r.tree_size == named, f"Append {r.event_id!r}: tree_size {r.tree_size}, expected {named} "
+                  f"(sequence {r.sequence}, refusal_sequence {r.refusal_sequence}, code {r.error.code}, "
+                  f"duplicate {r.duplicate})")
+            self.tree_sizes[named == 0] += 1
         return list(resp.results)
 
     def written(self, result, signed, what):
@@ -1325,7 +1637,8 @@ def health_and_reflection(channel):
     # the schema comparison below, not refused here).
     served = {m.name for m in svc.methods}
     documented = {"Append", "GetBalance", "ListBalances", "ReadLog", "GetHoldings", "GetBudgetStatement", "GetCarePlan",
-                  "ListFlags"}
+                  "ListFlags", "GetSpendingSummary", "GetQuarterlyReturn",
+                  "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof"}
     declared = {m.name for m in pb.DESCRIPTOR.services_by_name["LedgerService"].methods}
     check(documented <= served and served == declared,
           f"reflection v1alpha: methods {sorted(served)}; documented {sorted(documented)}, proto/ {sorted(declared)}")
@@ -1334,6 +1647,11 @@ def health_and_reflection(channel):
     check((lf.input_type.full_name, lf.output_type.full_name, lf.server_streaming)
           == ("phb.ledger.v1.ListFlagsRequest", "phb.ledger.v1.ListFlagsResponse", False),
           f"reflection: ListFlags is {lf.input_type.full_name} -> {lf.output_type.full_name}")
+    for name in ("GetCheckpoint", "GetInclusionProof", "GetConsistencyProof"):  # docs/audit.md, unary
+        m = svc.methods_by_name[name]
+        check((m.input_type.full_name, m.output_type.full_name, m.client_streaming, m.server_streaming)
+              == (f"phb.ledger.v1.{name}Request", f"phb.ledger.v1.{name}Response", False, False),
+              f"reflection: {name} is {m.input_type.full_name} -> {m.output_type.full_name}")
     Dyn = message_factory.GetMessageClass(pool.FindMessageTypeByName("phb.ledger.v1.Event"))
     dyn = Dyn(event_id="e-1", ledger_id="phb-local", budget_id="b-1")
     dyn.occurred_at.seconds = 1764000000
@@ -1561,6 +1879,8 @@ def run(addr, datadir):
     with open(os.path.join(datadir, "root.pub")) as f:
         root_pub = bytes.fromhex(f.read().strip())
     check(root.public == root_pub, "root.key and root.pub do not match")
+    ledger_pub = ledger_public_key(datadir)
+    check(ledger_pub != root_pub, "the ledger key is the root key (docs/audit.md: it is not)")
 
     channel = grpc.insecure_channel(addr)
     grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
@@ -1572,6 +1892,9 @@ def run(addr, datadir):
     # history; the audit then covers that history too.
     history = c.read_log(root)
     c.head = history[-1].sequence if history else 0
+    if not history:  # docs/api.md: GetCheckpoint(0) on an empty log is 5
+        got = rpc_code(lambda: get_checkpoint(c, root, 0))
+        check(got == grpc.StatusCode.NOT_FOUND, f"GetCheckpoint(0) on an empty log: {got}, docs/api.md says NOT_FOUND")
 
     # -- organisations -------------------------------------------------------
     step("root registers organisations")
@@ -1586,6 +1909,11 @@ def run(addr, datadir):
         organisation_id=o.id, roles=roles, public_key=o.public))) for o, roles in regs]
     for r, s in zip(c.append(signed), signed):
         c.written(r, s, "OrganisationRegistered")
+    # docs/audit.md "Receipts": a partner keeps a checkpoint now; at the end
+    # the ledger must prove it extends this one.
+    early = get_checkpoint(c, tp, 0)
+    m, _ = verified_checkpoint(early, ledger_id, ledger_pub, "GetCheckpoint(0) as a third party, early")
+    check(m == c.head, f"GetCheckpoint(0) early: size {m}, the head is {c.head}")
     c.refuse(root, c.event("reg-again", organisation_registered=pb.OrganisationRegistered(
         organisation_id=icb.id, roles=[pb.ROLE_AUDITOR], public_key=SigningKey.generate().verify_key.encode())),
         ALREADY_EXISTS, "re-registering an organisation (a decision: recorded)", recorded=True)
@@ -2169,6 +2497,11 @@ def run(addr, datadir):
     check([e.SerializeToString() for e in c.read_log(auditor, 5)]
           == [e.SerializeToString() for e in c.read_log(root)[4:]], "ReadLog from_sequence=5 is not the log's suffix")
     audit, entries = audit_ledger(c, auditor, datadir, root_pub, ledger_id, flags_as_of())
+    final = verify_log_tree(c, auditor, tp, entries, ledger_id, ledger_pub, kept=[early], receipts=c.receipts)
+    verifiable_log_refusals(c, acct, len(entries))
+    audit.checkpoints, audit.ledger_pub = [early, final], ledger_pub
+    print(f"   {c.tree_sizes[0]} AppendResults named an entry with tree_size == its sequence, {c.tree_sizes[1]} "
+          "wrote nothing with tree_size 0")
     # Receipts: every acknowledgement matches the log, byte for byte.
     for seq, (signed, h, refusal) in c.receipts.items():
         e = entries[seq - 1]
@@ -2209,6 +2542,235 @@ def run(addr, datadir):
               f"held {bal.held} available {bal.available}")
     tamper_test(entries, {seq: h for seq, (_, h, _) in c.receipts.items()}, root_pub, ledger_id)
     return audit
+
+
+# ---------------------------------------------------------------------------
+# The verifiable log, over the wire (docs/audit.md; proto GetCheckpoint,
+# GetInclusionProof, GetConsistencyProof)
+# ---------------------------------------------------------------------------
+
+
+def ledger_public_key(datadir):
+    """The ledger key's public half, taken out of band as a partner gets it
+    from the operator: DATADIR/ledger.key holds the secret seed in hex, like
+    root.key (docs/operations.md; its encoding is not documented)."""
+    with open(os.path.join(datadir, "ledger.key")) as f:
+        return SigningKey(bytes.fromhex(f.read().strip())).verify_key.encode()
+
+
+def get_checkpoint(c, reader, size):
+    return c.stub.GetCheckpoint(pb.GetCheckpointRequest(tree_size=size), metadata=reader.md("GetCheckpoint"),
+                                timeout=RPC_TIMEOUT)
+
+
+def verified_checkpoint(resp, ledger_id, ledger_pub, what):
+    """docs/audit.md "Checkpoints": the note verifies with the ledger key
+    (got out of band, never from the response), its body is a
+    tlog-checkpoint of this ledger, and the response's fields repeat it.
+    Returns (tree size, root hash)."""
+    origin = f"phb-ledger/{ledger_id}"
+    body, why = open_note(resp.checkpoint, origin, ledger_pub)
+    check(why is None, f"{what}: the signed note does not verify with the ledger key: {why}\n{resp.checkpoint}")
+    parsed, why = checkpoint_body(body, origin)
+    check(why is None, f"{what}: not a tlog-checkpoint as docs/audit.md gives it: {why}\n{resp.checkpoint}")
+    size, root = parsed
+    check(resp.tree_size == size and resp.root_hash == root,
+          f"{what}: fields tree_size {resp.tree_size} root {resp.root_hash.hex()}, the note states {size} {root.hex()}")
+    check(resp.verifier_key == verifier_key_text(origin, ledger_pub),
+          f"{what}: verifier_key {resp.verifier_key!r}, the ledger key gives {verifier_key_text(origin, ledger_pub)!r}")
+    # The same verifier refuses the note changed in any stated byte, or
+    # checked with another key.
+    root_b64, other_root = (base64.b64encode(x).decode("ascii") for x in (root, flipped(root)))
+    for bad, how in [(resp.checkpoint.replace(f"\n{size}\n", f"\n{size + 1}\n", 1), "its size changed"),
+                     (resp.checkpoint.replace(root_b64, other_root, 1), "its root changed"),
+                     (resp.checkpoint.replace(origin, origin + "x", 1), "its origin changed")]:
+        check(bad != resp.checkpoint and open_note(bad, origin, ledger_pub)[0] is None,
+              f"{what}: the note still verifies with {how}")
+    check(open_note(resp.checkpoint, origin, SigningKey.generate().verify_key.encode())[0] is None,
+          f"{what}: the note verifies with another key")
+    return size, root
+
+
+def check_inclusion(c, reader, tree, entries, seq, size, root, receipt=None):
+    """GetInclusionProof(seq, size): the entry's hash, the RFC 9162 PATH node
+    for node, verified (§2.1.3.2) against `root`, and refused with any node
+    flipped, a node missing or added, another leaf or another index."""
+    n = size or len(entries)
+    what = f"GetInclusionProof({seq}, {size})"
+    r = c.stub.GetInclusionProof(pb.GetInclusionProofRequest(sequence=seq, tree_size=size),
+                                 metadata=reader.md("GetInclusionProof"), timeout=RPC_TIMEOUT)
+    check(r.leaf_index == seq - 1 and r.tree_size == n,
+          f"{what}: leaf_index {r.leaf_index} tree_size {r.tree_size}, expected {seq - 1} {n}")
+    check(r.entry_hash == entries[seq - 1].hash, f"{what}: entry_hash {r.entry_hash.hex()} is not the log's "
+          f"{entries[seq - 1].hash.hex()}")
+    check(receipt is None or r.entry_hash == receipt, f"{what}: entry_hash is not the one the Append receipt kept")
+    check(r.root_hash == root, f"{what}: root_hash {r.root_hash.hex()}, the root of {n} entries is {root.hex()}")
+    proof = list(r.hashes)
+    check(proof == tree.inclusion(seq - 1, n), f"{what}: the proof {[p.hex()[:8] for p in proof]} is not RFC 9162 "
+          f"PATH({seq - 1}, D[{n}]) {[p.hex()[:8] for p in tree.inclusion(seq - 1, n)]}")
+    leaf = leaf_hash(r.entry_hash)
+    check(verify_inclusion(seq - 1, n, leaf, proof, root), f"{what}: does not verify (RFC 9162 §2.1.3.2)")
+    for i in range(len(proof)):
+        for bit in (0, 255):
+            check(not verify_inclusion(seq - 1, n, leaf, proof[:i] + [flipped(proof[i], bit)] + proof[i + 1:], root),
+                  f"{what}: still verifies with node {i} flipped")
+    check(not verify_inclusion(seq - 1, n, leaf, proof + [root], root), f"{what}: verifies with a node added")
+    check(not proof or not verify_inclusion(seq - 1, n, leaf, proof[:-1], root),
+          f"{what}: verifies with its last node removed")
+    check(not verify_inclusion(seq - 1, n, leaf_hash(flipped(r.entry_hash)), proof, root),
+          f"{what}: verifies for another entry hash")
+    check(not verify_inclusion(seq - 1, n, r.entry_hash, proof, root),
+          f"{what}: verifies with the entry hash itself as the leaf (no 0x00 prefix)")
+    for other in (seq - 2, seq):
+        check(not (0 <= other < n) or not verify_inclusion(other, n, leaf, proof, root),
+              f"{what}: verifies at leaf index {other}")
+    return r
+
+
+def check_consistency(c, reader, tree, m, size, head, roots=None):
+    """GetConsistencyProof(m, size): both roots, the RFC 9162 PROOF node for
+    node, verified (§2.1.4.2) against both roots (`roots`, e.g. of kept
+    checkpoints, else the ones computed from ReadLog), and refused with any
+    node flipped, missing or added, or the roots swapped."""
+    n = size or head
+    what = f"GetConsistencyProof({m}, {size})"
+    r = c.stub.GetConsistencyProof(pb.GetConsistencyProofRequest(from_size=m, to_size=size),
+                                   metadata=reader.md("GetConsistencyProof"), timeout=RPC_TIMEOUT)
+    first, second = roots or (tree.root(m), tree.root(n))
+    check(r.from_size == m and r.to_size == n, f"{what}: proves {r.from_size} -> {r.to_size}")
+    check(r.from_root_hash == first and r.to_root_hash == second,
+          f"{what}: roots {r.from_root_hash.hex()[:16]} {r.to_root_hash.hex()[:16]}, expected {first.hex()[:16]} "
+          f"{second.hex()[:16]}")
+    proof = list(r.hashes)
+    check(proof == tree.consistency(m, n), f"{what}: the proof {[p.hex()[:8] for p in proof]} is not RFC 9162 "
+          f"PROOF({m}, D[{n}]) {[p.hex()[:8] for p in tree.consistency(m, n)]}")
+    check(m != n or not proof, f"{what}: equal sizes, yet {len(proof)} nodes")
+    check(verify_consistency(m, n, first, second, proof), f"{what}: does not verify (RFC 9162 §2.1.4.2)")
+    for i in range(len(proof)):
+        for bit in (0, 255):
+            check(not verify_consistency(m, n, first, second, proof[:i] + [flipped(proof[i], bit)] + proof[i + 1:]),
+                  f"{what}: still verifies with node {i} flipped")
+    check(not verify_consistency(m, n, first, second, proof + [second]), f"{what}: verifies with a node added")
+    if m < n:
+        check(not verify_consistency(m, n, first, second, proof[:-1]), f"{what}: verifies with its last node removed")
+        check(not verify_consistency(m, n, second, first, proof), f"{what}: verifies with the roots swapped")
+        check(not verify_consistency(m, n, flipped(first), second, proof), f"{what}: verifies for another first root")
+        check(not verify_consistency(m, n, first, flipped(second), proof), f"{what}: verifies for another second root")
+    return r
+
+
+def tree_sizes(head, *extra):
+    """A few sizes up to `head`: the small ones, either side of powers of
+    two, the middle, the kept checkpoints' and the head."""
+    sizes = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129,
+             head // 2, head - 1, head, *extra}
+    return sorted(s for s in sizes if 1 <= s <= head)
+
+
+def verify_log_tree(c, reader, partner, entries, ledger_id, ledger_pub, kept=(), receipts=None):
+    """docs/audit.md, from the log read over ReadLog: the Merkle root of every
+    size computed here; GetCheckpoint(0) verified with the ledger key, at the
+    head, with the root computed here; every kept checkpoint given again byte
+    for byte by its size, with the root of its size here too; the inclusion
+    proof of every entry at the head and at smaller sizes, the consistency
+    proof of every size to the head and of pairs of smaller sizes, each also
+    shown to fail damaged; the partner flow of "Receipts" (a kept checkpoint
+    proved to be extended by the latest). `reader` and `partner` are two
+    registered organisations (the methods are open to any). Returns the
+    checkpoint GetCheckpoint(0) answered."""
+    step(f"verifiable log as {reader.id} and {partner.id}: Merkle roots, the signed checkpoint, inclusion and "
+         "consistency proofs (docs/audit.md)")
+    head = len(entries)
+    tree = MerkleTree([e.hash for e in entries])
+    roots = [tree.root(s) for s in range(head + 1)]  # every size, from the log as read
+    check(roots[0] == EMPTY_ROOT and (head == 0 or roots[1] == leaf_hash(entries[0].hash)),
+          "the tree of 0 and 1 entries")
+
+    cp = get_checkpoint(c, partner, 0)
+    n, root = verified_checkpoint(cp, ledger_id, ledger_pub, f"GetCheckpoint(0) as {partner.id}")
+    check(n == head, f"GetCheckpoint(0): size {n}, the log's head is {head} (docs/audit.md: the server issues one at "
+          "the head if the latest is older)")
+    check(root == roots[n],
+          f"GetCheckpoint(0): root {root.hex()}, the root of the {n} entries read is {roots[n].hex()}")
+    again = get_checkpoint(c, reader, n)
+    check(again.SerializeToString() == cp.SerializeToString(),
+          f"GetCheckpoint({n}) is not the checkpoint GetCheckpoint(0) answered:\n{again.checkpoint}\n{cp.checkpoint}")
+    kept_sizes = []
+    for k in kept:
+        got = get_checkpoint(c, reader, k.tree_size)
+        check(got.checkpoint == k.checkpoint and got.SerializeToString() == k.SerializeToString(),
+              f"GetCheckpoint({k.tree_size}) is not the checkpoint kept at that size:\n{got.checkpoint}\n"
+              f"kept:\n{k.checkpoint}")
+        m, mroot = verified_checkpoint(got, ledger_id, ledger_pub, f"GetCheckpoint({k.tree_size})")
+        check(m <= head and mroot == roots[m], f"kept checkpoint {m}: root {mroot.hex()}, the root of the first {m} "
+              f"entries read is {roots[m].hex() if m <= head else '(beyond the head)'}")
+        kept_sizes.append(m)
+    # Partner flow (docs/audit.md "Receipts" 3): the ledger seen now extends
+    # each kept checkpoint, proved between the two signed roots.
+    for k, m in zip(kept, kept_sizes):
+        check_consistency(c, partner, tree, m, n, head, roots=(k.root_hash, root))
+
+    sizes = tree_sizes(head, *kept_sizes)
+    inclusion = 0
+    for s in sizes:
+        for seq in range(1, s + 1):
+            who = (reader, partner)[seq % 2]
+            check_inclusion(c, who, tree, entries, seq, s, roots[s] if s < n else root,
+                            receipt=receipts[seq][1] if receipts and seq in receipts and s == n else None)
+            inclusion += 1
+    for seq in (1, head // 2 + 1, head):
+        check_inclusion(c, reader, tree, entries, seq, 0, root)  # tree_size 0: the head
+        inclusion += 1
+    pairs = {(m, n) for m in range(1, n + 1)} | {(a, b) for a in sizes for b in sizes if a <= b}
+    for m, s in sorted(pairs):
+        check_consistency(c, (reader, partner)[(m + s) % 2], tree, m, s, head)
+    for m in (1, n // 2 + 1, n):
+        check_consistency(c, reader, tree, m, 0, head)  # to_size 0: the head
+    print(f"   Merkle roots of all {head + 1} sizes computed from ReadLog; GetCheckpoint(0) = {n} entries, signed by "
+          f"the ledger key (key hash {note_key_hash(f'phb-ledger/{ledger_id}', ledger_pub).hex()}), its root == ours; "
+          f"{len(kept)} kept checkpoint(s) {kept_sizes} given again byte for byte, each extended by it")
+    print(f"   {inclusion} inclusion proofs (every entry at sizes {sizes}) and {len(pairs) + 3 + len(kept)} "
+          "consistency proofs == RFC 9162 PATH / PROOF, verified by §2.1.3.2 / §2.1.4.2, every one failing with any node flipped")
+    return cp
+
+
+def verifiable_log_refusals(c, reader, head):
+    """docs/api.md "GetCheckpoint, GetInclusionProof, GetConsistencyProof":
+    the documented codes, and read-call authentication (§8)."""
+    step("verifiable log: documented refusals (docs/api.md)")
+    stub = c.stub
+
+    def code(fn, req, method, md=True):
+        return rpc_code(lambda: fn(req, metadata=reader.md(method) if md else None, timeout=RPC_TIMEOUT))
+
+    cases = [
+        (stub.GetCheckpoint, pb.GetCheckpointRequest(tree_size=head + 1000), "GetCheckpoint", grpc.StatusCode.NOT_FOUND,
+         "a size no checkpoint was issued at"),
+        (stub.GetInclusionProof, pb.GetInclusionProofRequest(sequence=0, tree_size=head), "GetInclusionProof",
+         grpc.StatusCode.INVALID_ARGUMENT, "sequence 0"),
+        (stub.GetInclusionProof, pb.GetInclusionProofRequest(sequence=head, tree_size=head - 1), "GetInclusionProof",
+         grpc.StatusCode.INVALID_ARGUMENT, "sequence beyond tree_size"),
+        (stub.GetInclusionProof, pb.GetInclusionProofRequest(sequence=1, tree_size=head + 1), "GetInclusionProof",
+         grpc.StatusCode.FAILED_PRECONDITION, "tree_size beyond the head"),
+        (stub.GetConsistencyProof, pb.GetConsistencyProofRequest(from_size=0, to_size=head), "GetConsistencyProof",
+         grpc.StatusCode.INVALID_ARGUMENT, "from_size 0"),
+        (stub.GetConsistencyProof, pb.GetConsistencyProofRequest(from_size=head, to_size=head - 1),
+         "GetConsistencyProof", grpc.StatusCode.INVALID_ARGUMENT, "from_size above to_size"),
+        (stub.GetConsistencyProof, pb.GetConsistencyProofRequest(from_size=1, to_size=head + 1), "GetConsistencyProof",
+         grpc.StatusCode.FAILED_PRECONDITION, "to_size beyond the head"),
+    ]
+    for fn, req, method, want, what in cases:
+        got = code(fn, req, method)
+        check(got == want, f"{method} with {what}: {got}, docs/api.md says {want}")
+    for fn, req, method in [
+            (stub.GetCheckpoint, pb.GetCheckpointRequest(), "GetCheckpoint"),
+            (stub.GetInclusionProof, pb.GetInclusionProofRequest(sequence=1), "GetInclusionProof"),
+            (stub.GetConsistencyProof, pb.GetConsistencyProofRequest(from_size=1), "GetConsistencyProof")]:
+        got = code(fn, req, method, md=False)
+        check(got == grpc.StatusCode.UNAUTHENTICATED, f"{method} unsigned: {got}, expected UNAUTHENTICATED")
+        got = rpc_code(lambda: fn(req, metadata=reader.md("GetBalance"), timeout=RPC_TIMEOUT))
+        check(got == grpc.StatusCode.UNAUTHENTICATED, f"{method} signed for another method: {got}")
+    print(f"   {len(cases)} documented refusals (5, 3, 9); unsigned and wrong-method reads UNAUTHENTICATED")
 
 
 def audit_ledger(c, reader, datadir, root_pub, ledger_id, as_of):
@@ -2613,6 +3175,21 @@ def audit_only(addr, datadir, head_file):
     check(len(entries) >= seq and entries[seq - 1].hash.hex() == h,
           f"after the restart the log no longer holds the pinned head {seq} {h}")
     print(f"   the pinned head {seq} {h[:16]}... is still in the log")
+    # docs/audit.md "Checkpoints": every checkpoint is kept and fetched again
+    # by its size, byte for byte, with the same ledger key; the latest is
+    # still the one at the (unmoved) head.
+    with open(head_file + ".checkpoints") as f:
+        lines = f.read().split()
+    pinned_pub, kept = bytes.fromhex(lines[0]), [pb.GetCheckpointResponse.FromString(bytes.fromhex(x))
+                                                 for x in lines[1:]]
+    ledger_pub = ledger_public_key(datadir)
+    check(ledger_pub == pinned_pub, "after the restart ledger.key holds another key")
+    latest = verify_log_tree(c, root, root, entries, ledger_id, pinned_pub, kept=kept)
+    check(latest.SerializeToString() == kept[-1].SerializeToString(),
+          f"after the restart GetCheckpoint(0) at the same head is\n{latest.checkpoint}\nbefore it was\n"
+          f"{kept[-1].checkpoint}")
+    print(f"   the checkpoints kept before the restart ({[k.tree_size for k in kept]}) are given again byte for byte; "
+          "GetCheckpoint(0) is still the one at the head")
     # docs/flags.md: a pure function of the log and as_of, so the same after
     # a restart (the log did not move: same head, same flags, same ids).
     flags, head = audit.listed_flags
@@ -2651,6 +3228,10 @@ def main():
                 answer = pb.ListFlagsResponse(flags=flags, head_sequence=head)
                 with open(head_file + ".flags", "w") as f:
                     f.write(f"{audit.flags_as_of.seconds} {answer.SerializeToString().hex()}\n")
+                # The ledger key and the checkpoints kept, for the restart.
+                with open(head_file + ".checkpoints", "w") as f:
+                    f.write(audit.ledger_pub.hex() + "\n")
+                    f.writelines(cp.SerializeToString().hex() + "\n" for cp in audit.checkpoints)
     except Mismatch as e:
         print(f"FAIL: {e}", file=sys.stderr)
         print(f"external: {CHECKS[0]} passed, 1 failed")

@@ -183,10 +183,10 @@ pub fn parse_vkey(text: &str) -> Result<(String, VerifyingKey), NoteError> {
     if text.len() > MAX_NAME_BYTES + 64 {
         return Err(bad("too long"));
     }
-    let mut parts = text.split('+');
-    let (Some(name), Some(id_hex), Some(b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // Three parts: the name and key ID cannot contain '+', but the base64
+    // key often does (Go's note.NewVerifier splits the same way).
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id_hex), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad("not three parts separated by '+'"));
     };
     check_name(name)?;

@@ -329,3 +329,21 @@ fn verifier_keys_are_strict() {
         assert!(parse_vkey(&GO_VKEY[..i]).is_err(), "{i}");
     }
 }
+
+#[test]
+fn verifier_keys_whose_base64_holds_a_plus_round_trip() {
+    // About half of all keys have a '+' in their base64; the key part is
+    // everything after the second '+'.
+    let mut seen_plus = 0;
+    for i in 0u8..64 {
+        let key = SigningKey::from_bytes(&[i; 32]).verifying_key();
+        let text = vkey(ORIGIN, &key).unwrap();
+        seen_plus += usize::from(text.matches('+').count() > 2);
+        assert_eq!(
+            parse_vkey(&text).unwrap(),
+            (ORIGIN.to_string(), key),
+            "{text}"
+        );
+    }
+    assert!(seen_plus > 0);
+}

@@ -14,8 +14,42 @@ use std::collections::BTreeMap;
 
 /// (payee, amount, service from, service to).
 type Claim = (String, Money, Date, Date);
-/// (budget, sequence) of a spending.
-type Seen = Vec<(String, u64)>;
+/// The earliest spending with a key and the latest ones (at most
+/// `MAX_LISTED`, oldest first), each (budget, sequence), and how many there
+/// were in all: a flag names a bounded list, so a payee paid the same claim
+/// a thousand times costs each fold no more than the tenth time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Seen {
+    first: Option<(String, u64)>,
+    latest: std::collections::VecDeque<(String, u64)>,
+    count: u64,
+}
+
+/// The most earlier spendings a flag lists besides the first.
+const MAX_LISTED: usize = 8;
+
+impl Seen {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The spendings listed: the first, then the latest.
+    fn listed(&self) -> impl Iterator<Item = &(String, u64)> {
+        self.first.iter().chain(self.latest.iter())
+    }
+
+    fn push(&mut self, s: (String, u64)) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(s);
+            return;
+        }
+        if self.latest.len() == MAX_LISTED {
+            self.latest.pop_front();
+        }
+        self.latest.push_back(s);
+    }
+}
 
 /// Earlier spending by what makes two of them the same.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +89,7 @@ impl Rule for DuplicatePayment {
         };
         let mut earlier: Vec<(String, u64)> = Vec::new();
         let mut why = Vec::new();
+        let mut matches = 0u64;
         if let Some((from, to)) = claim {
             let seen = self
                 .by_claim
@@ -64,7 +99,8 @@ impl Rule for DuplicatePayment {
                 why.push(format!(
                     "the same payee, amount ({amount}) and service period ({from} to {to})"
                 ));
-                earlier.extend(seen.iter().cloned());
+                earlier.extend(seen.listed().cloned());
+                matches = matches.max(seen.count);
             }
             seen.push((b.id.clone(), sequence));
         }
@@ -75,7 +111,8 @@ impl Rule for DuplicatePayment {
                 .or_default();
             if !seen.is_empty() {
                 why.push(format!("the same payee and reference {reference:?}"));
-                earlier.extend(seen.iter().cloned());
+                earlier.extend(seen.listed().cloned());
+                matches = matches.max(seen.count);
             }
             seen.push((b.id.clone(), sequence));
         }
@@ -102,11 +139,33 @@ impl Rule for DuplicatePayment {
         );
         f.sequences = earlier.iter().map(|(_, s)| *s).collect();
         f.sequences.push(sequence);
+        let more = match matches.saturating_sub(earlier.len() as u64) {
+            0 => String::new(),
+            n => format!(" (and {n} more between them)"),
+        };
         f.explanation = format!(
-            "{amount} to {payee} at #{sequence} has {} as {}: check it is not paid twice",
+            "{amount} to {payee} at #{sequence} has {} as {}{more}: check it is not paid twice",
             why.join(" and "),
             list.join(", ")
         );
         out.push(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_of_earlier_spendings_is_bounded() {
+        let mut seen = Seen::default();
+        for s in 1..=1000u64 {
+            seen.push(("b".into(), s));
+        }
+        let listed: Vec<u64> = seen.listed().map(|(_, s)| *s).collect();
+        assert_eq!(listed.len(), 1 + MAX_LISTED);
+        assert_eq!(listed[0], 1);
+        assert_eq!(*listed.last().unwrap(), 1000);
+        assert_eq!(seen.count, 1000);
     }
 }
