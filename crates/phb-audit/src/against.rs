@@ -13,9 +13,7 @@
 
 use crate::verify::{time_based, Verified};
 use crate::{Failure, Location};
-use phb_domain::event::{Date, FlagOutcome, Management};
-use phb_domain::projections::flags::{Flag, Flags, Severity};
-use phb_domain::Budget;
+use phb_domain::event::Date;
 use phb_proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -54,72 +52,7 @@ pub fn as_of_timestamp(d: Date) -> prost_types::Timestamp {
     }
 }
 
-fn management_pb(m: Management) -> i32 {
-    (match m {
-        Management::DirectPayment => pb::Management::DirectPayment,
-        Management::ThirdParty => pb::Management::ThirdParty,
-        Management::Notional => pb::Management::Notional,
-    }) as i32
-}
-
-/// A budget as `GetBalance` / `ListBalances` answer it.
-pub fn balance_pb(b: &Budget) -> pb::Balance {
-    pb::Balance {
-        budget_id: b.id.clone(),
-        holder_ref: b.holder_ref.clone(),
-        commissioner_id: b.commissioner_id.clone(),
-        management: management_pb(b.management),
-        funds_holder_id: b.funds_holder_id.clone().unwrap_or_default(),
-        payroll_provider_id: b.payroll_provider_id.clone().unwrap_or_default(),
-        allocated: b.allocated.to_string(),
-        paid_in: b.paid_in.to_string(),
-        spent: b.spent.to_string(),
-        held: b.held().to_string(),
-        available: b.available().to_string(),
-        stopped: b.stopped,
-        last_sequence: b.last_sequence,
-        period_start: b.period_start.to_string(),
-        period_end: b.period_end.to_string(),
-        plan_facilitator_id: b.plan_facilitator_id.clone().unwrap_or_default(),
-    }
-}
-
-/// A flag as `ListFlags` answers it.
-pub fn flag_pb(flags: &Flags, f: &Flag) -> pb::Flag {
-    let review = flags.review(&f.id);
-    let code = pb::FlagCode::from_str_name(&format!("FLAG_CODE_{}", f.code.as_str()))
-        .unwrap_or(pb::FlagCode::Unspecified);
-    pb::Flag {
-        flag_id: f.id.clone(),
-        code: code as i32,
-        severity: match f.severity {
-            Severity::Low => pb::FlagSeverity::Low,
-            Severity::Medium => pb::FlagSeverity::Medium,
-            Severity::High => pb::FlagSeverity::High,
-        } as i32,
-        budget_id: f.budget_id.clone(),
-        commissioner_id: f.commissioner_id.clone(),
-        sequences: f.sequences.clone(),
-        raised_at_sequence: f.raised_at,
-        thresholds: f
-            .thresholds
-            .iter()
-            .map(|(name, value)| pb::Threshold {
-                name: (*name).to_string(),
-                value: value.clone(),
-            })
-            .collect(),
-        explanation: f.explanation.clone(),
-        status: match review.map(|r| r.outcome) {
-            None => pb::FlagStatus::Open,
-            Some(FlagOutcome::Confirmed) => pb::FlagStatus::Confirmed,
-            Some(FlagOutcome::Dismissed) => pb::FlagStatus::Dismissed,
-        } as i32,
-        reviewed_by: review.map(|r| r.by.clone()).unwrap_or_default(),
-        review_sequence: review.map_or(0, |r| r.sequence),
-        review_note: review.map(|r| r.note.clone()).unwrap_or_default(),
-    }
-}
+pub use phb_domain::wire::{balance_pb, flag_pb};
 
 fn balance_fields(b: &pb::Balance) -> Vec<(&'static str, String)> {
     vec![

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod money;
 pub mod projections;
 pub mod text;
+pub mod wire;
 
 pub use chain::{entry_hash, entry_hash_with, Hash, LogEntry, Refusal, SignedEvent, GENESIS_HASH};
 pub use error::{Reject, RejectCode};

@@ -2,8 +2,8 @@
 //! `ListFlags`) and the ListFlags filters, scope and paging.
 
 use crate::status;
-use phb_domain::event::{Date, FlagOutcome};
-use phb_domain::projections::flags::{Flag, FlagCode, Flags, Severity};
+use phb_domain::event::Date;
+use phb_domain::projections::flags::{Flag, Flags};
 use phb_domain::{Reader, Role};
 use phb_proto::v1 as pb;
 use tonic::Status;
@@ -11,59 +11,8 @@ use tonic::Status;
 /// Default and largest ListFlags page.
 pub const MAX_FLAGS_PAGE: usize = 500;
 
-fn code_pb(c: FlagCode) -> pb::FlagCode {
-    match c {
-        FlagCode::Surplus => pb::FlagCode::Surplus,
-        FlagCode::DuplicatePayment => pb::FlagCode::DuplicatePayment,
-        FlagCode::AfterDeath => pb::FlagCode::AfterDeath,
-        FlagCode::DuringAdmission => pb::FlagCode::DuringAdmission,
-        FlagCode::OverbookedWorker => pb::FlagCode::OverbookedWorker,
-        FlagCode::Spike => pb::FlagCode::Spike,
-        FlagCode::CashWithoutReceipt => pb::FlagCode::CashWithoutReceipt,
-        FlagCode::ReviewOverdue => pb::FlagCode::ReviewOverdue,
-        FlagCode::RepeatedRefusals => pb::FlagCode::RepeatedRefusals,
-        FlagCode::ExternalMatch => pb::FlagCode::ExternalMatch,
-    }
-}
-
-fn status_of(flags: &Flags, id: &str) -> pb::FlagStatus {
-    match flags.review(id).map(|r| r.outcome) {
-        None => pb::FlagStatus::Open,
-        Some(FlagOutcome::Confirmed) => pb::FlagStatus::Confirmed,
-        Some(FlagOutcome::Dismissed) => pb::FlagStatus::Dismissed,
-    }
-}
-
-/// A flag with its review, as the wire has it.
-pub fn flag_pb(flags: &Flags, f: &Flag) -> pb::Flag {
-    let review = flags.review(&f.id);
-    pb::Flag {
-        flag_id: f.id.clone(),
-        code: code_pb(f.code) as i32,
-        severity: match f.severity {
-            Severity::Low => pb::FlagSeverity::Low,
-            Severity::Medium => pb::FlagSeverity::Medium,
-            Severity::High => pb::FlagSeverity::High,
-        } as i32,
-        budget_id: f.budget_id.clone(),
-        commissioner_id: f.commissioner_id.clone(),
-        sequences: f.sequences.clone(),
-        raised_at_sequence: f.raised_at,
-        thresholds: f
-            .thresholds
-            .iter()
-            .map(|(name, value)| pb::Threshold {
-                name: (*name).to_string(),
-                value: value.clone(),
-            })
-            .collect(),
-        explanation: f.explanation.clone(),
-        status: status_of(flags, &f.id) as i32,
-        reviewed_by: review.map(|r| r.by.clone()).unwrap_or_default(),
-        review_sequence: review.map_or(0, |r| r.sequence),
-        review_note: review.map(|r| r.note.clone()).unwrap_or_default(),
-    }
-}
+pub use phb_domain::wire::flag_pb;
+use phb_domain::wire::{flag_code_pb as code_pb, flag_status_pb as status_of};
 
 /// Who may list which flags: root and auditors every flag; a commissioner
 /// the flags of its own budgets (and may filter only by itself); anyone

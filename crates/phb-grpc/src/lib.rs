@@ -14,7 +14,7 @@ pub mod status;
 use pb::ledger_service_server::{LedgerService, LedgerServiceServer};
 use phb_domain::chain::SignedEvent;
 use phb_domain::projections::{Holding, HoldingTotals, StatementRow};
-use phb_domain::{Budget, HoldingsScope, Ledger, LogEntry, Management, Role};
+use phb_domain::{Budget, HoldingsScope, Ledger, LogEntry, Role};
 use phb_engine::{Engine, Outcome, MAX_EVENTS_PER_REQUEST};
 use phb_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -60,14 +60,7 @@ impl LedgerApi {
     }
 }
 
-fn management_pb(m: Management) -> i32 {
-    let m = match m {
-        Management::DirectPayment => pb::Management::DirectPayment,
-        Management::ThirdParty => pb::Management::ThirdParty,
-        Management::Notional => pb::Management::Notional,
-    };
-    m as i32
-}
+use phb_domain::wire::{balance_pb as money_pb, management_pb};
 
 /// A timestamp from microseconds since the epoch.
 fn timestamp_pb(micros: i64) -> prost_types::Timestamp {
@@ -109,27 +102,6 @@ fn statement_row_pb(r: &StatementRow) -> pb::StatementRow {
         refusal_code: r.refusal_code.unwrap_or(0),
         // Filled in from the log by the caller: rows keep no text.
         refusal_message: String::new(),
-    }
-}
-
-fn money_pb(b: &Budget) -> pb::Balance {
-    pb::Balance {
-        budget_id: b.id.clone(),
-        holder_ref: b.holder_ref.clone(),
-        commissioner_id: b.commissioner_id.clone(),
-        management: management_pb(b.management),
-        funds_holder_id: b.funds_holder_id.clone().unwrap_or_default(),
-        payroll_provider_id: b.payroll_provider_id.clone().unwrap_or_default(),
-        plan_facilitator_id: b.plan_facilitator_id.clone().unwrap_or_default(),
-        allocated: b.allocated.to_string(),
-        paid_in: b.paid_in.to_string(),
-        spent: b.spent.to_string(),
-        held: b.held().to_string(),
-        available: b.available().to_string(),
-        stopped: b.stopped,
-        last_sequence: b.last_sequence,
-        period_start: b.period_start.to_string(),
-        period_end: b.period_end.to_string(),
     }
 }
 

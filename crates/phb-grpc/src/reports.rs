@@ -6,7 +6,6 @@
 
 use crate::status;
 use phb_domain::event::{parse_date, Date};
-use phb_domain::projections::flags::FlagCode;
 use phb_domain::projections::reports::{Quarter, QuarterlyReturn, SpendLine, SpendingSummary};
 use phb_domain::{ReadModel, Reader, Role};
 use phb_proto::v1 as pb;
@@ -46,20 +45,7 @@ fn date(field: &str, s: &str) -> Result<Date, Status> {
     parse_date(field, s).map_err(|r| status::from_reject(&r))
 }
 
-fn code_pb(c: FlagCode) -> pb::FlagCode {
-    match c {
-        FlagCode::Surplus => pb::FlagCode::Surplus,
-        FlagCode::DuplicatePayment => pb::FlagCode::DuplicatePayment,
-        FlagCode::AfterDeath => pb::FlagCode::AfterDeath,
-        FlagCode::DuringAdmission => pb::FlagCode::DuringAdmission,
-        FlagCode::OverbookedWorker => pb::FlagCode::OverbookedWorker,
-        FlagCode::Spike => pb::FlagCode::Spike,
-        FlagCode::CashWithoutReceipt => pb::FlagCode::CashWithoutReceipt,
-        FlagCode::ReviewOverdue => pb::FlagCode::ReviewOverdue,
-        FlagCode::RepeatedRefusals => pb::FlagCode::RepeatedRefusals,
-        FlagCode::ExternalMatch => pb::FlagCode::ExternalMatch,
-    }
-}
+use phb_domain::wire::flag_code_pb as code_pb;
 
 fn lines_pb(lines: Vec<SpendLine>) -> Vec<pb::SpendLine> {
     lines
