@@ -2,6 +2,7 @@
 
 use super::agreements;
 use super::plans::{self, CarePlan, Charge, Uncovered};
+use super::spendings::Spendings;
 use super::{Change, Ledger, Organisation};
 use crate::categories::{self, Category};
 use crate::error::Reject;
@@ -63,7 +64,7 @@ pub struct Budget {
     pub died_on: Option<Date>,
     /// Every Payment and Purchase by sequence, for refunds: who recorded it,
     /// how much, how much is refunded.
-    pub spendings: BTreeMap<u64, Spending>,
+    pub spendings: Spendings,
     /// Approved service agreements by id.
     pub agreements: BTreeMap<String, AgreementSpec>,
     /// In hospital since, if admitted and not discharged.
@@ -193,7 +194,7 @@ impl Ledger {
             plan: None,
             suspended: false,
             died_on: None,
-            spendings: BTreeMap::new(),
+            spendings: Spendings::default(),
             agreements: BTreeMap::new(),
             in_hospital_since: None,
             last_review: None,

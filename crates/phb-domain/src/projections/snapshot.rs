@@ -569,10 +569,13 @@ impl SnapshotWriter<'_> {
         self.option(b.plan.as_ref(), Self::care_plan);
         self.bool(b.suspended);
         self.option(b.died_on, Self::date);
-        self.seq(&b.spendings, |w, (sequence, s)| {
-            w.u64(*sequence);
-            w.spending(s);
-        });
+        self.seq(
+            b.spendings.iter().collect::<Vec<_>>(),
+            |w, (sequence, s)| {
+                w.u64(*sequence);
+                w.spending(s);
+            },
+        );
         self.seq(b.agreements.values(), Self::agreement);
         self.option(b.in_hospital_since, Self::date);
         self.option(b.last_review, Self::date);
@@ -677,7 +680,10 @@ impl SnapshotReader<'_> {
             plan: self.option(Self::care_plan)?,
             suspended: self.bool()?,
             died_on: self.option(Self::date)?,
-            spendings: self.map(|r| Ok((r.u64()?, r.spending()?)))?,
+            spendings: self
+                .map(|r| Ok((r.u64()?, r.spending()?)))?
+                .into_iter()
+                .collect(),
             agreements: self.map(|r| {
                 let a = r.agreement()?;
                 Ok((a.agreement_id.clone(), a))
