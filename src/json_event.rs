@@ -277,39 +277,12 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
     })
 }
 
-const KINDS: [&str; 24] = [
-    "organisation_registered",
-    "key_rotated",
-    "budget_opened",
-    "allocation",
-    "disbursement",
-    "payment",
-    "purchase",
-    "review_adjustment",
-    "budget_stopped",
-    "care_plan_approved",
-    "facilitator_appointed",
-    "budget_suspended",
-    "budget_resumed",
-    "holder_died",
-    "reclaim",
-    "refund",
-    "service_agreement_approved",
-    "card_transaction",
-    "hospital_admission",
-    "hospital_discharge",
-    "review_recorded",
-    "external_match_recorded",
-    "controls_configured",
-    "flag_reviewed",
-];
-
 /// One JSON object to an `Event`.
 pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
     let o = v
         .as_object()
         .ok_or_else(|| anyhow!("each event must be a JSON object"))?;
-    let present: Vec<&str> = KINDS
+    let present: Vec<&str> = phb_domain::event::KIND_FIELDS
         .iter()
         .copied()
         .filter(|k| o.contains_key(*k))
@@ -317,7 +290,7 @@ pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
     let [name] = present.as_slice() else {
         bail!(
             "exactly one of {} must be present; found {}",
-            KINDS.join(", "),
+            phb_domain::event::KIND_FIELDS.join(", "),
             present.len()
         );
     };

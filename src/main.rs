@@ -621,17 +621,10 @@ fn checkpoint_origin(ledger_id: &str) -> String {
 /// stay online; it can sign nothing but checkpoints.
 fn resolve_ledger_key(data: &Path) -> Result<ed25519_dalek::SigningKey> {
     let path = data.join("ledger.key");
-    match std::fs::read_to_string(&path) {
+    let secret_hex = match std::fs::read_to_string(&path) {
         Ok(text) => {
             warn_if_exposed(&path);
-            let s = Signer::from_secret_hex("ledger", &text)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Ok(ed25519_dalek::SigningKey::from_bytes(
-                &hex::decode(s.secret_hex())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .context("ledger key")?,
-            ))
+            text
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let s = Signer::generate("ledger");
@@ -641,14 +634,13 @@ fn resolve_ledger_key(data: &Path) -> Result<ed25519_dalek::SigningKey> {
                 path.display(),
                 s.public_key_hex()
             );
-            let seed: [u8; 32] = hex::decode(s.secret_hex())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .context("ledger key")?;
-            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+            s.secret_hex()
         }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let seed = phb_client::parse_hex32(&secret_hex)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 
 /// Files this process creates get no group or other bits, whatever umask

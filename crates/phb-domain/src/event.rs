@@ -589,6 +589,36 @@ impl EventKind {
         )
     }
 
+    /// The proto's `Event.kind` field name of this kind (`KIND_FIELDS`).
+    pub fn field_name(&self) -> &'static str {
+        match self {
+            EventKind::OrganisationRegistered { .. } => "organisation_registered",
+            EventKind::KeyRotated { .. } => "key_rotated",
+            EventKind::BudgetOpened { .. } => "budget_opened",
+            EventKind::Allocation { .. } => "allocation",
+            EventKind::Disbursement { .. } => "disbursement",
+            EventKind::Payment { .. } => "payment",
+            EventKind::Purchase { .. } => "purchase",
+            EventKind::ReviewAdjustment { .. } => "review_adjustment",
+            EventKind::BudgetStopped { .. } => "budget_stopped",
+            EventKind::CarePlanApproved(_) => "care_plan_approved",
+            EventKind::FacilitatorAppointed { .. } => "facilitator_appointed",
+            EventKind::BudgetSuspended { .. } => "budget_suspended",
+            EventKind::BudgetResumed => "budget_resumed",
+            EventKind::HolderDied { .. } => "holder_died",
+            EventKind::Reclaim { .. } => "reclaim",
+            EventKind::Refund { .. } => "refund",
+            EventKind::ServiceAgreementApproved(_) => "service_agreement_approved",
+            EventKind::CardTransaction { .. } => "card_transaction",
+            EventKind::HospitalAdmission { .. } => "hospital_admission",
+            EventKind::HospitalDischarge { .. } => "hospital_discharge",
+            EventKind::ReviewRecorded { .. } => "review_recorded",
+            EventKind::ExternalMatchRecorded { .. } => "external_match_recorded",
+            EventKind::ControlsConfigured(_) => "controls_configured",
+            EventKind::FlagReviewed { .. } => "flag_reviewed",
+        }
+    }
+
     /// A short name for logs and messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -619,6 +649,37 @@ impl EventKind {
         }
     }
 }
+
+/// The proto's `Event.kind` field names (`EventKind::field_name`), in the
+/// proto's field order: the JSON form of events uses them as kind names, and
+/// a statement snapshot writes a row's kind as its index here, so new kinds
+/// go at the end (anything else needs a new snapshot version).
+pub const KIND_FIELDS: [&str; 24] = [
+    "organisation_registered",
+    "key_rotated",
+    "budget_opened",
+    "allocation",
+    "disbursement",
+    "payment",
+    "purchase",
+    "review_adjustment",
+    "budget_stopped",
+    "care_plan_approved",
+    "facilitator_appointed",
+    "budget_suspended",
+    "budget_resumed",
+    "holder_died",
+    "reclaim",
+    "refund",
+    "service_agreement_approved",
+    "card_transaction",
+    "hospital_admission",
+    "hospital_discharge",
+    "review_recorded",
+    "external_match_recorded",
+    "controls_configured",
+    "flag_reviewed",
+];
 
 /// An event by what it is about: the write model dispatches on this, so
 /// each part (registry, budgets) sees only the kinds it owns and needs no

@@ -15,7 +15,7 @@
 
 use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{plus, Committed, Projection};
-use crate::event::{EventKind, Management};
+use crate::event::{EventKind, Management, KIND_FIELDS};
 use crate::money::Money;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -114,40 +114,10 @@ impl Statements {
     }
 }
 
-/// Every `kind_field`, in the proto's field order: a snapshot writes a
-/// row's kind as its index here, so new kinds go at the end (anything else
-/// needs a new snapshot version).
-const KINDS: [&str; 24] = [
-    "organisation_registered",
-    "key_rotated",
-    "budget_opened",
-    "allocation",
-    "disbursement",
-    "payment",
-    "purchase",
-    "review_adjustment",
-    "budget_stopped",
-    "care_plan_approved",
-    "facilitator_appointed",
-    "budget_suspended",
-    "budget_resumed",
-    "holder_died",
-    "reclaim",
-    "refund",
-    "service_agreement_approved",
-    "card_transaction",
-    "hospital_admission",
-    "hospital_discharge",
-    "review_recorded",
-    "external_match_recorded",
-    "controls_configured",
-    "flag_reviewed",
-];
-
 /// The `Statements`' snapshot: its header; the signer ids, sorted, each
 /// once; then every budget's statement in id order: id, notional, running
 /// figures, and its rows, each naming its signer by index (`u32`) in that
-/// list and its kind by index (`u8`) in `KINDS`.
+/// list and its kind by index (`u8`) in `KIND_FIELDS`.
 const FORMAT: Format = Format {
     tag: *b"STMT",
     version: 1,
@@ -165,10 +135,10 @@ impl Statements {
             w.money(s.paid_in);
             w.money(s.spent);
             w.seq(&s.rows, |w, row| {
-                let kind = KINDS
+                let kind = KIND_FIELDS
                     .iter()
                     .position(|k| *k == row.kind)
-                    .expect("a row's kind is one of KINDS");
+                    .expect("a row's kind is one of KIND_FIELDS");
                 let signer = signers
                     .binary_search(&&*row.signer_id)
                     .expect("a row's signer is interned in `signers`");
@@ -204,7 +174,7 @@ impl Statements {
                 let recorded_at_micros = r.i64()?;
                 let occurred_at_micros = r.i64()?;
                 let kind_at = r.position();
-                let kind = KINDS
+                let kind = KIND_FIELDS
                     .get(usize::from(r.u8()?))
                     .ok_or_else(|| SnapshotReader::bad(kind_at, "unknown event kind"))?;
                 let signer_at = r.position();
@@ -246,36 +216,6 @@ impl Statements {
             budgets,
             signers: signers.into_iter().collect(),
         })
-    }
-}
-
-/// The proto's `Event.kind` field name of a kind.
-fn kind_field(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::OrganisationRegistered { .. } => "organisation_registered",
-        EventKind::KeyRotated { .. } => "key_rotated",
-        EventKind::BudgetOpened { .. } => "budget_opened",
-        EventKind::Allocation { .. } => "allocation",
-        EventKind::Disbursement { .. } => "disbursement",
-        EventKind::Payment { .. } => "payment",
-        EventKind::Purchase { .. } => "purchase",
-        EventKind::ReviewAdjustment { .. } => "review_adjustment",
-        EventKind::BudgetStopped { .. } => "budget_stopped",
-        EventKind::CarePlanApproved(_) => "care_plan_approved",
-        EventKind::FacilitatorAppointed { .. } => "facilitator_appointed",
-        EventKind::BudgetSuspended { .. } => "budget_suspended",
-        EventKind::BudgetResumed => "budget_resumed",
-        EventKind::HolderDied { .. } => "holder_died",
-        EventKind::Reclaim { .. } => "reclaim",
-        EventKind::Refund { .. } => "refund",
-        EventKind::ServiceAgreementApproved(_) => "service_agreement_approved",
-        EventKind::CardTransaction { .. } => "card_transaction",
-        EventKind::HospitalAdmission { .. } => "hospital_admission",
-        EventKind::HospitalDischarge { .. } => "hospital_discharge",
-        EventKind::ReviewRecorded { .. } => "review_recorded",
-        EventKind::ExternalMatchRecorded { .. } => "external_match_recorded",
-        EventKind::ControlsConfigured(_) => "controls_configured",
-        EventKind::FlagReviewed { .. } => "flag_reviewed",
     }
 }
 
@@ -362,12 +302,15 @@ impl Projection for Statements {
             }
         }
         let held = s.held();
-        debug_assert!(KINDS.contains(&kind_field(kind)), "add the kind to KINDS");
+        debug_assert!(
+            KIND_FIELDS.contains(&kind.field_name()),
+            "add the kind to KIND_FIELDS"
+        );
         s.rows.push(StatementRow {
             sequence: c.head.sequence,
             recorded_at_micros: c.head.recorded_at_micros,
             occurred_at_micros: c.event.occurred_at_micros,
-            kind: kind_field(kind),
+            kind: kind.field_name(),
             signer_id,
             amount,
             allocated: s.allocated,
