@@ -187,6 +187,13 @@ pub struct Flags {
     by_sequence: BTreeMap<u64, Vec<String>>,
     reviews: BTreeMap<String, Review>,
     default_controls: Controls,
+    rules: Rules,
+}
+
+/// Every rule's state, apart from what `Flags` keeps for all of them, so a
+/// fold can lend the rules out while it reads the thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rules {
     external_match: external_match::ExternalMatch,
     after_death: after_death::AfterDeath,
     duplicate_payment: duplicate_payment::DuplicatePayment,
@@ -199,10 +206,10 @@ pub struct Flags {
     repeated_refusals: repeated_refusals::RepeatedRefusals,
 }
 
-impl Flags {
+impl Rules {
     /// The rules, in the order they fold an entry (one line per rule).
-    fn rules_mut(&mut self) -> Vec<&mut dyn Rule> {
-        vec![
+    fn all_mut(&mut self) -> [&mut dyn Rule; 10] {
+        [
             &mut self.external_match,
             &mut self.after_death,
             &mut self.duplicate_payment,
@@ -216,9 +223,9 @@ impl Flags {
         ]
     }
 
-    /// The rules, for listing (one line per rule, as in `rules_mut`).
-    fn rules(&self) -> Vec<&dyn Rule> {
-        vec![
+    /// The rules, for listing (one line per rule, as in `all_mut`).
+    fn all(&self) -> [&dyn Rule; 10] {
+        [
             &self.external_match,
             &self.after_death,
             &self.duplicate_payment,
@@ -231,7 +238,9 @@ impl Flags {
             &self.repeated_refusals,
         ]
     }
+}
 
+impl Flags {
     /// The thresholds in force for `commissioner`'s budgets.
     pub fn controls(&self, commissioner: &str) -> &Controls {
         self.controls
@@ -267,17 +276,16 @@ impl Flags {
             }
         }
         let budget = balances.budget(&c.event.budget_id);
-        let controls = match budget {
-            Some(b) => self.controls(&b.commissioner_id).clone(),
-            None => self.default_controls.clone(),
-        };
+        let controls = budget
+            .and_then(|b| self.controls.get(&b.commissioner_id))
+            .unwrap_or(&self.default_controls);
         let cx = Context {
             budget,
             balances,
-            controls: &controls,
+            controls,
         };
         let mut out = Vec::new();
-        for rule in self.rules_mut() {
+        for rule in self.rules.all_mut() {
             rule.apply(c, &cx, &mut out);
         }
         for mut f in out {
@@ -314,7 +322,7 @@ impl Flags {
             flags: self,
         };
         let mut derived = Vec::new();
-        for rule in self.rules() {
+        for rule in self.rules.all() {
             rule.as_of(&at, &mut derived);
         }
         for f in &mut derived {
