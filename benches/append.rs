@@ -131,6 +131,8 @@ async fn setup(dir: &std::path::Path) -> (Engine, Signer, Vec<pb::SignedEvent>, 
         ledger_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
         checkpoint_origin: "phb-ledger/bench".into(),
         checkpoint_every: 1000,
+        snapshot_every: phb_engine::DEFAULT_SNAPSHOT_EVERY,
+        verify_full: true,
     })
     .expect("open engine");
     let setup = vec![
@@ -246,6 +248,8 @@ fn run_restart(dir: &std::path::Path, root: ed25519_dalek::VerifyingKey) -> Figu
         ledger_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
         checkpoint_origin: "phb-ledger/bench".into(),
         checkpoint_every: 1000,
+        snapshot_every: phb_engine::DEFAULT_SNAPSHOT_EVERY,
+        verify_full: true,
     };
     // The writer thread of the run lets the directory's lock go when it
     // ends, a moment after its last handle is dropped.

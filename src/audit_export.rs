@@ -258,14 +258,7 @@ fn export_data(dir: &Path, out: &Path, format: Format) -> Result<(u64, usize)> {
 }
 
 async fn connect(server: &str) -> Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("server URL {server}"))?
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
-    // Entries are at most ~70 KiB; leave room.
-    Ok(Client::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+    Ok(crate::connect::connect(server, None, crate::connect::MAX_ANSWER_BYTES).await?)
 }
 
 async fn export_server(server: &str, signer: &Signer, args: &ExportArgs) -> Result<(u64, usize)> {

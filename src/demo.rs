@@ -36,8 +36,8 @@ struct Demo {
     occurred_at: i64,
 }
 
-fn code_name(code: i32) -> String {
-    format!("{:?}", tonic::Code::from_i32(code))
+fn code_name(code: i32) -> &'static str {
+    crate::json_event::code_name(code)
 }
 
 impl Demo {
@@ -71,7 +71,13 @@ impl Demo {
             .client
             .append(pb::AppendRequest { events, atomic })
             .await
-            .map_err(|s| anyhow!("append failed: {:?}: {}", s.code(), s.message()))?
+            .map_err(|s| {
+                anyhow!(
+                    "append failed: {}: {}",
+                    code_name(s.code() as i32),
+                    s.message()
+                )
+            })?
             .into_inner()
             .results;
         if results.len() != want {
@@ -99,11 +105,9 @@ impl Demo {
     async fn ok(&mut self, signer: &Signer, budget: &str, kind: Kind, what: &str) -> Result<()> {
         let r = self.submit(signer, budget, kind).await?;
         match r.error {
-            Some(e) if e.code != 0 => bail!(
-                "{what}: refused ({:?}): {}",
-                tonic::Code::from_i32(e.code),
-                e.message
-            ),
+            Some(e) if e.code != 0 => {
+                bail!("{what}: refused ({}): {}", code_name(e.code), e.message)
+            }
             _ => {
                 println!("  #{:<4} {what}", r.sequence);
                 Ok(())
@@ -121,11 +125,7 @@ impl Demo {
         let r = self.submit(signer, budget, kind).await?;
         match r.error {
             Some(e) if e.code != 0 => {
-                println!(
-                    "  refused {what}: {:?} — {}",
-                    tonic::Code::from_i32(e.code),
-                    e.message
-                );
+                println!("  refused {what}: {} — {}", code_name(e.code), e.message);
                 Ok(())
             }
             _ => bail!(
@@ -196,7 +196,13 @@ pub async fn list_all(client: &mut Client, reader: &Signer) -> Result<Vec<pb::Ba
         let page = client
             .list_balances(req)
             .await
-            .map_err(|s| anyhow!("ListBalances: {:?}: {}", s.code(), s.message()))?
+            .map_err(|s| {
+                anyhow!(
+                    "ListBalances: {}: {}",
+                    code_name(s.code() as i32),
+                    s.message()
+                )
+            })?
             .into_inner();
         out.extend(page.balances);
         if page.next_page_token.is_empty() {
@@ -808,7 +814,13 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         .client
         .get_care_plan(req)
         .await
-        .map_err(|s| anyhow!("GetCarePlan: {:?}: {}", s.code(), s.message()))?
+        .map_err(|s| {
+            anyhow!(
+                "GetCarePlan: {}: {}",
+                code_name(s.code() as i32),
+                s.message()
+            )
+        })?
         .into_inner();
     println!(
         "\nCare plan {} on {} (approved by {} at #{}; {}..{}, review due {}):",

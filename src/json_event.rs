@@ -277,11 +277,116 @@ fn kind(name: &str, o: &Map<String, Value>) -> Result<Kind> {
     })
 }
 
+/// The proto messages, by full name (`.phb.ledger.v1.Event`), from the
+/// descriptor set compiled into phb-proto: the one source of the field
+/// names a JSON event may use.
+fn messages() -> &'static std::collections::HashMap<String, prost_types::DescriptorProto> {
+    static MESSAGES: std::sync::OnceLock<
+        std::collections::HashMap<String, prost_types::DescriptorProto>,
+    > = std::sync::OnceLock::new();
+    MESSAGES.get_or_init(|| {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(phb_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        let mut out = std::collections::HashMap::new();
+        fn walk(
+            prefix: &str,
+            m: &prost_types::DescriptorProto,
+            out: &mut std::collections::HashMap<String, prost_types::DescriptorProto>,
+        ) {
+            let name = format!("{prefix}.{}", m.name());
+            for nested in &m.nested_type {
+                walk(&name, nested, out);
+            }
+            out.insert(name, m.clone());
+        }
+        for f in &set.file {
+            for m in &f.message_type {
+                walk(&format!(".{}", f.package()), m, &mut out);
+            }
+        }
+        out
+    })
+}
+
+/// The edit distance between two short names (for "did you mean").
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Refuses any key of `obj` that is not a field of the proto message
+/// `message` (recursively, into message-typed fields), naming the key, where
+/// it is, and the nearest valid name: a misspelt key must never be dropped
+/// silently (a misspelt `occurred_at` would stamp the event "now", and the
+/// identical retry would then be refused as a reused event id).
+fn check_keys(obj: &Map<String, Value>, message: &str, path: &str) -> Result<()> {
+    let Some(m) = messages().get(message) else {
+        return Ok(());
+    };
+    for (key, value) in obj {
+        let Some(field) = m.field.iter().find(|f| f.name() == key) else {
+            let nearest = m
+                .field
+                .iter()
+                .map(|f| f.name())
+                .min_by_key(|n| distance(key, n));
+            let at = if path.is_empty() {
+                "an event".to_string()
+            } else {
+                format!("{path:?}")
+            };
+            let hint = match nearest {
+                Some(n) if distance(key, n) <= 3.max(key.len() / 3) => {
+                    format!("; did you mean {n:?}?")
+                }
+                _ => String::new(),
+            };
+            let valid: Vec<&str> = m.field.iter().map(|f| f.name()).collect();
+            bail!(
+                "unknown key {key:?} in {at}{hint} (valid keys: {}; docs/cli.md)",
+                valid.join(", ")
+            );
+        };
+        if field.r#type() == prost_types::field_descriptor_proto::Type::Message {
+            let child = |v: &Value, p: String| match v {
+                Value::Object(o) => check_keys(o, field.type_name(), &p),
+                _ => Ok(()),
+            };
+            let here = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            match value {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        child(item, format!("{here}[{i}]"))?;
+                    }
+                }
+                v => child(v, here)?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One JSON object to an `Event`.
 pub fn parse_event(v: &Value, default_ledger_id: &str) -> Result<pb::Event> {
     let o = v
         .as_object()
         .ok_or_else(|| anyhow!("each event must be a JSON object"))?;
+    check_keys(o, ".phb.ledger.v1.Event", "")?;
     let present: Vec<&str> = phb_domain::event::KIND_FIELDS
         .iter()
         .copied()
@@ -332,6 +437,31 @@ pub fn parse_events(text: &str, default_ledger_id: &str) -> Result<Vec<pb::Event
     }
 }
 
+/// A gRPC status code as the docs and every gRPC tool spell it
+/// (`ALREADY_EXISTS`), not as a Rust enum prints (`AlreadyExists`).
+pub fn code_name(code: i32) -> &'static str {
+    use tonic::Code::*;
+    match tonic::Code::from_i32(code) {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// An `AppendResult` as one line of JSON.
 pub fn result_json(r: &pb::AppendResult) -> String {
     let e = r.error.clone().unwrap_or_default();
@@ -339,7 +469,7 @@ pub fn result_json(r: &pb::AppendResult) -> String {
         "event_id": r.event_id,
         "sequence": r.sequence,
         "duplicate": r.duplicate,
-        "code": format!("{:?}", tonic::Code::from_i32(e.code)),
+        "code": code_name(e.code),
         "message": e.message,
         "field": e.field,
         "entry_hash": hex::encode(&r.entry_hash),
@@ -396,6 +526,11 @@ pub fn balance_json(b: &pb::Balance) -> String {
         "holder_ref": b.holder_ref,
         "commissioner_id": b.commissioner_id,
         "management": pb::Management::try_from(b.management).map(|m| m.as_str_name()).unwrap_or("?"),
+        "funds_holder_id": b.funds_holder_id,
+        "payroll_provider_id": b.payroll_provider_id,
+        "plan_facilitator_id": b.plan_facilitator_id,
+        "period_start": b.period_start,
+        "period_end": b.period_end,
         "allocated": b.allocated,
         "paid_in": b.paid_in,
         "spent": b.spent,

@@ -28,8 +28,6 @@ const ORIGIN_PREFIX: &str = "phb-ledger/";
 /// The largest answer read from the server: a checkpoint note is at most
 /// 8 KiB and a proof at most 64 hashes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// How long to wait for a connection, and for one call.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The witness's state file in its state directory: the last checkpoint it
 /// accepted, exactly as signed.
@@ -392,36 +390,19 @@ fn read_required_note(path: &Path) -> Result<String, AuditError> {
 }
 
 async fn connect(server: &str) -> Result<Client, AuditError> {
-    let unreachable = |e: tonic::transport::Error| {
-        // The transport error's own text is only "transport error": the
-        // reason (refused, no route, bad URL) is in its sources.
-        let mut text = format!("connecting to {server}: {e}");
-        let mut source = std::error::Error::source(&e);
-        let mut last = e.to_string();
-        while let Some(s) = source {
-            let part = s.to_string();
-            if part != last {
-                text.push_str(&format!(": {part}"));
-            }
-            last = part;
-            source = s.source();
-        }
-        AuditError::Unreachable(text)
-    };
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(unreachable)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect()
+    crate::connect::connect(server, Some(CALL_TIMEOUT), MAX_ANSWER_BYTES)
         .await
-        .map_err(unreachable)?;
-    Ok(Client::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES))
+        .map_err(|e| AuditError::Unreachable(e.to_string()))
 }
 
 /// A failed call: unreachable (try again later) or refused.
 fn call_error(call: &'static str) -> impl Fn(tonic::Status) -> AuditError {
     move |s| {
-        let text = format!("{call}: {:?}: {}", s.code(), s.message());
+        let text = format!(
+            "{call}: {}: {}",
+            crate::json_event::code_name(s.code() as i32),
+            s.message()
+        );
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                 AuditError::Unreachable(text)

@@ -411,7 +411,7 @@ async fn prove_receipts_and_consistency_from_an_early_checkpoint() {
     // A stranger's read calls are refused.
     let stranger = Partner::new(&w, &Signer::generate("stranger"));
     let err = stranger.fails("prove", &["--ledger-key", &vkey, "--sequence", "1"]);
-    assert!(err.contains("Unauthenticated"), "{err}");
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
 }
 
 /// The note of the server's checkpoint at `size`.

@@ -256,18 +256,18 @@ fn readme_tour() {
             "the Northamptonshire plan by June: everything but the personal assistants' later weeks spent: {dp}"
         );
         assert!(
-            out.contains("FailedPrecondition"),
+            out.contains("FAILED_PRECONDITION"),
             "overspend refused:\n{out}"
         );
         assert!(
-            out.contains("PermissionDenied"),
+            out.contains("PERMISSION_DENIED"),
             "wrong role refused:\n{out}"
         );
         // The plan facilitator approved the plan; more than 15 % above the
         // allocation was refused to it.
         assert!(
             out.lines()
-                .any(|l| l.contains("refused a 5520.01 plan") && l.contains("PermissionDenied")),
+                .any(|l| l.contains("refused a 5520.01 plan") && l.contains("PERMISSION_DENIED")),
             "15 % rule:\n{out}"
         );
         assert!(
@@ -310,7 +310,7 @@ fn readme_tour() {
             .unwrap_or_else(|| panic!("no alcohol refusal:\n{out}"));
         let lines: Vec<&str> = out.lines().collect();
         assert!(
-            lines[alcohol].contains("FailedPrecondition"),
+            lines[alcohol].contains("FAILED_PRECONDITION"),
             "{}",
             lines[alcohol]
         );
@@ -325,7 +325,7 @@ fn readme_tour() {
         let recorded = seq(lines[alcohol + 1]);
         assert!(recorded > 0);
         assert!(
-            lines[alcohol + 2].contains("retry of the same bytes: duplicate, FailedPrecondition")
+            lines[alcohol + 2].contains("retry of the same bytes: duplicate, FAILED_PRECONDITION")
         );
         assert_eq!(seq(lines[alcohol + 2]), recorded);
         // The card payment at a betting shop: declined (merchant category
@@ -334,9 +334,9 @@ fn readme_tour() {
             .lines()
             .position(|l| l.contains("refused a 25.00 card payment at a betting shop"))
             .unwrap_or_else(|| panic!("no card refusal:\n{out}"));
-        assert!(lines[card].contains("FailedPrecondition") && lines[card].contains("7995"));
+        assert!(lines[card].contains("FAILED_PRECONDITION") && lines[card].contains("7995"));
         assert!(seq(lines[card + 1]) > 0);
-        assert!(lines[card + 2].contains("retry of the same bytes: duplicate, FailedPrecondition"));
+        assert!(lines[card + 2].contains("retry of the same bytes: duplicate, FAILED_PRECONDITION"));
         // The service agreement: paid at its rate, not above it.
         assert!(
             out.contains("service agreement: respite at 120.00 a day"),
@@ -380,7 +380,7 @@ fn readme_tour() {
     // keygen never overwrites a secret.
     assert!(!run(dir, &strs(&step(2, ""))).status.success());
     let r = json_lines(&ok(dir, &strs(&step(3, &public))));
-    assert_eq!(r[0]["code"], "Ok", "{r:?}");
+    assert_eq!(r[0]["code"], "OK", "{r:?}");
 
     // 4. Open and fund a budget atomically.
     let submit = step(4, &public);
@@ -388,7 +388,7 @@ fn readme_tour() {
     let first = json_lines(&ok(dir, &strs(&submit)));
     assert_eq!(first.len(), 2);
     for r in &first {
-        assert_eq!(r["code"], "Ok", "{r}");
+        assert_eq!(r["code"], "OK", "{r}");
         assert_eq!(r["duplicate"], false, "{r}");
     }
     let b1 = json_lines(&ok(dir, &strs(&step(5, &public))));
@@ -410,7 +410,7 @@ fn readme_tour() {
         let r = json_lines(&ok(dir, &strs(&step(i, &public))));
         assert_eq!(r.len(), n, "{r:?}");
         for r in &r {
-            assert_eq!(r["code"], "Ok", "{r:?}");
+            assert_eq!(r["code"], "OK", "{r:?}");
         }
     }
     let plan = json_lines(&ok(dir, &strs(&step(8, &public))));
@@ -432,7 +432,7 @@ fn readme_tour() {
     let wine = run(dir, &strs(&step(9, &public)));
     assert!(!wine.status.success(), "{wine:?}");
     let w = json_lines(&String::from_utf8_lossy(&wine.stdout));
-    assert_eq!(w[0]["code"], "FailedPrecondition", "{w:?}");
+    assert_eq!(w[0]["code"], "FAILED_PRECONDITION", "{w:?}");
     assert!(
         w[0]["message"].as_str().unwrap().contains("alcohol"),
         "{w:?}"
@@ -465,7 +465,7 @@ fn readme_tour() {
     );
     assert!(!over.status.success());
     let r = json_lines(&String::from_utf8_lossy(&over.stdout));
-    assert_eq!(r[0]["code"], "FailedPrecondition", "{r:?}");
+    assert_eq!(r[0]["code"], "FAILED_PRECONDITION", "{r:?}");
     assert!(
         r[0]["message"]
             .as_str()
@@ -500,7 +500,7 @@ fn readme_tour() {
     );
     assert!(!h.status.success());
     assert!(
-        String::from_utf8_lossy(&h.stderr).contains("FailedPrecondition"),
+        String::from_utf8_lossy(&h.stderr).contains("FAILED_PRECONDITION"),
         "{h:?}"
     );
     // A JSON number as an amount never reaches the server.
@@ -518,5 +518,142 @@ fn readme_tour() {
     );
     assert!(!float.status.success());
     assert!(String::from_utf8_lossy(&float.stderr).contains("JSON string"));
+    drop(server);
+}
+
+/// The mistakes a new user makes (issue 11), each with the message that
+/// says what to do: a misspelt key or event kind is named with the nearest
+/// valid one instead of being dropped; a server that is not there is named
+/// with the question to ask; `--server` without a scheme and the
+/// `PHB_LEDGER_SERVER` / `PHB_LEDGER_ID` variables work; result codes print
+/// as the docs spell them; `balance` prints the funds holder, payroll
+/// provider and period; a refusal never prints a backtrace.
+#[test]
+fn mistakes_a_new_user_makes_get_messages_that_say_what_to_do() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let server = serve(dir);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let key = "phb-data/root.key";
+    let submit = |server: &str, event: &str| -> Output {
+        Command::new(BIN)
+            .current_dir(dir)
+            .args([
+                "submit", "--server", server, "--signer", "root", "--key", key, event,
+            ])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("running phb-ledger")
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // A misspelt key: refused before anything is sent, naming it.
+    let typo = submit(
+        &addr,
+        r#"{"event_id":"t-1","occured_at":1775001600,"organisation_registered":{"organisation_id":"x","roles":["AUDITOR"],"public_key":"00"}}"#,
+    );
+    assert!(!typo.status.success());
+    let text = stderr(&typo);
+    assert!(text.contains(r#"unknown key "occured_at""#), "{text}");
+    assert!(text.contains(r#"did you mean "occurred_at"?"#), "{text}");
+    // A misspelt key inside the event kind, and a misspelt kind.
+    let inner = stderr(&submit(
+        &addr,
+        r#"{"event_id":"t-2","organisation_registered":{"organisation":"x","roles":["AUDITOR"]}}"#,
+    ));
+    assert!(
+        inner.contains(r#"unknown key "organisation" in "organisation_registered""#),
+        "{inner}"
+    );
+    assert!(
+        inner.contains(r#"did you mean "organisation_id"?"#),
+        "{inner}"
+    );
+    let kind = stderr(&submit(
+        &addr,
+        r#"{"event_id":"t-3","alocation":{"amount":"1.00"}}"#,
+    ));
+    assert!(kind.contains(r#"unknown key "alocation""#), "{kind}");
+    assert!(kind.contains(r#"did you mean "allocation"?"#), "{kind}");
+    for text in [&text, &inner, &kind] {
+        assert!(!text.to_lowercase().contains("backtrace"), "{text}");
+    }
+
+    // No server there: the address, the reason, and the question to ask.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = submit(
+        &format!("127.0.0.1:{port}"),
+        r#"{"event_id":"t-4","budget_resumed":{}}"#,
+    );
+    assert!(!gone.status.success());
+    let text = stderr(&gone);
+    assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("Is `phb-ledger serve` running there?"),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(!text.to_lowercase().contains("backtrace"), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one line, not a cause chain: {text}"
+    );
+
+    // `--server` without a scheme reaches the server; a reused event id
+    // with other content is refused and printed as the docs spell it.
+    let public = ok(dir, &["keygen", "--out", "new-org.key"]);
+    let public = public.split_whitespace().last().unwrap().to_string();
+    let reg = format!(
+        r#"{{"event_id":"reg-new","organisation_registered":{{"organisation_id":"new-icb","roles":["COMMISSIONER","ACCOUNT_PROVIDER","PAYROLL_PROVIDER"],"public_key":"{public}"}}}}"#
+    );
+    let first = submit(&addr, &reg);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = submit(&addr, &reg.replace("\"COMMISSIONER\",", ""));
+    assert!(!again.status.success());
+    let r = json_lines(&String::from_utf8_lossy(&again.stdout));
+    assert_eq!(r[0]["code"], "ALREADY_EXISTS", "{r:?}");
+    assert!(!stderr(&again).to_lowercase().contains("backtrace"));
+
+    // PHB_LEDGER_SERVER and PHB_LEDGER_ID stand in for the flags; balance
+    // prints who holds the money, who runs payroll, and the period.
+    let open = r#"{"event_id":"open-env","budget_id":"env-1","budget_opened":{"holder_ref":"h-env","commissioner_id":"new-icb","period_start":"2026-04-01","period_end":"2027-03-31","management":"DIRECT_PAYMENT","funds_holder_id":"new-icb","payroll_provider_id":"new-icb"}}"#;
+    let opened = Command::new(BIN)
+        .current_dir(dir)
+        .args([
+            "submit",
+            "--signer",
+            "new-icb",
+            "--key",
+            "new-org.key",
+            open,
+        ])
+        .env("PHB_LEDGER_SERVER", &addr)
+        .env("PHB_LEDGER_ID", "phb-local")
+        .output()
+        .unwrap();
+    let r = json_lines(&String::from_utf8_lossy(&opened.stdout));
+    assert_eq!(r.len(), 1, "{}", stderr(&opened));
+    assert_eq!(r[0]["code"], "OK", "{r:?}");
+    let balance = Command::new(BIN)
+        .current_dir(dir)
+        .args(["balance", "--signer", "root", "--key", key])
+        .env("PHB_LEDGER_SERVER", &addr)
+        .output()
+        .unwrap();
+    assert!(balance.status.success(), "{}", stderr(&balance));
+    let rows = json_lines(&String::from_utf8_lossy(&balance.stdout));
+    let row = rows
+        .iter()
+        .find(|b| b["budget_id"] == "env-1")
+        .expect("the opened budget is listed");
+    assert_eq!(row["funds_holder_id"], "new-icb", "{row}");
+    assert_eq!(row["payroll_provider_id"], "new-icb", "{row}");
+    assert_eq!(row["period_start"], "2026-04-01", "{row}");
+    assert_eq!(row["period_end"], "2027-03-31", "{row}");
     drop(server);
 }

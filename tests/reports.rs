@@ -724,7 +724,7 @@ async fn a_seeded_ledger_reports_the_figures_computed_by_hand() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
     assert!(out.stdout.is_empty());
 
     // A restart folds the log again: the same answers.

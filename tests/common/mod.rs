@@ -145,6 +145,17 @@ impl Server {
         }
     }
 
+    /// Sets (or replaces) an environment variable for the next starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// Removes an environment variable for the next starts.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// The data directory the server runs on.
     pub fn data_dir(&self) -> PathBuf {
         self.data.clone()

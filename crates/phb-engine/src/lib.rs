@@ -16,11 +16,14 @@ use phb_domain::{
     Admission, Admitted, Committed, Event, Ledger, Projection, ReadModel, Reject, Stored, Undo,
 };
 use phb_store::{
-    Append, DataDirLock, LockError, LogReader, OpenReport, Store, StoreError, MAX_GROUP_ENTRIES,
+    Append, DataDirLock, LockError, LogReader, OpenReport, Replay, Resume, Snapshots, Store,
+    StoreError, MAX_GROUP_ENTRIES,
 };
+mod snapshot;
 mod verifiable;
 
-pub use verifiable::{CheckpointError, Verifiable, CHECKPOINTS_FILE};
+pub use snapshot::DEFAULT_SNAPSHOT_EVERY;
+pub use verifiable::{CheckpointError, TreeError, Verifiable, CHECKPOINTS_FILE};
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -60,6 +63,15 @@ pub struct EngineConfig {
     /// A checkpoint is issued after the group commit that takes the log
     /// this many entries past the latest one.
     pub checkpoint_every: u64,
+    /// A snapshot of the projections is taken in the background after the
+    /// group that takes the log this many entries past the latest one (and
+    /// on a clean stop, `Engine::snapshot`): a start replays at most about
+    /// this many entries after a crash.
+    pub snapshot_every: u64,
+    /// Ignore the snapshots: read, verify and replay the whole log (every
+    /// record's checksum, the chain, every signature and rule, every
+    /// Merkle node and index record checked against the log).
+    pub verify_full: bool,
 }
 
 /// Why the engine could not open.
@@ -176,6 +188,7 @@ pub struct Engine {
     writable: watch::Receiver<bool>,
     reader: Arc<LogReader>,
     verifiable: Arc<RwLock<Verifiable>>,
+    snapshots: Arc<snapshot::Taker>,
     // Shared with the writer thread: the directory stays locked until the
     // last handle and the writer (which owns the store) are gone. Last, so
     // it is released after the reader's files are closed.
@@ -216,39 +229,26 @@ impl Engine {
             });
         }
         let lock = Arc::new(lock);
-        let mut ledger = Ledger::new(config.ledger_id.clone(), config.root_key);
-        // Idempotency keys (signer, event id) are unique in a valid log; the
-        // writer guarantees it, and replay checks it so a doctored log
-        // cannot pass.
-        let mut ids = std::collections::HashSet::new();
         let options = phb_store::OpenOptions {
             allow_index_rebuild: config.allow_index_rebuild,
         };
-        // The read model is folded from the same entries as they are
-        // replayed: it is, by construction, what a rebuild gives.
-        let mut read = ReadModel::new(config.ledger_id.clone(), config.root_key);
-        let mut tree = phb_chain::merkle::MemoryTree::new();
-        let (store, report) = Store::open(&config.data_dir, options, &mut |entry| {
-            let event = ledger.replay(entry).map_err(|e| e.to_string())?;
-            read.apply(&Committed::of(entry, &event));
-            tree.append(&entry.hash).map_err(|e| e.to_string())?;
-            if !ids.insert((entry.signed.signer_id.clone(), event.event_id)) {
-                return Err("the signer already used this event_id earlier in the log".into());
-            }
-            Ok(())
-        })?;
-        drop(ids);
-        ledger.finish_replay();
-        check_projections(&ledger, &read)?;
+        let (store, report, ledger, read) = open_store(&config, options)?;
+        let reader = Arc::new(store.reader()?);
         let verifiable = Arc::new(RwLock::new(Verifiable::open(
             &config.data_dir,
-            tree,
+            store.frontier().clone(),
+            reader.clone(),
             config.checkpoint_origin.clone(),
             config.ledger_key.clone(),
             config.checkpoint_every,
         )?));
-        let reader = Arc::new(store.reader()?);
         let view = Arc::new(RwLock::new(read));
+        let snapshots = Arc::new(snapshot::Taker::new(
+            store.snapshots(),
+            view.clone(),
+            config.snapshot_every,
+            report.resumed_at.unwrap_or(0),
+        ));
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (writable_tx, writable) = watch::channel(true);
@@ -257,6 +257,7 @@ impl Engine {
             ledger,
             view: view.clone(),
             verifiable: verifiable.clone(),
+            snapshots: snapshots.clone(),
             committed: committed_tx,
             writable: writable_tx,
             _lock: lock.clone(),
@@ -273,10 +274,18 @@ impl Engine {
                 writable,
                 reader,
                 verifiable,
+                snapshots,
                 _lock: lock,
             },
             report,
         ))
+    }
+
+    /// Takes a snapshot of the projections at the committed head now and
+    /// keeps it (beside the index), unless one is kept there already. Call
+    /// on a clean stop, so the next start loads it instead of replaying.
+    pub fn snapshot(&self) -> Result<Option<u64>, StoreError> {
+        self.snapshots.take_now()
     }
 
     /// The committed state. Hold the guard briefly: the writer waits for it
@@ -491,6 +500,7 @@ struct Writer {
     ledger: Ledger,
     view: Arc<RwLock<ReadModel>>,
     verifiable: Arc<RwLock<Verifiable>>,
+    snapshots: Arc<snapshot::Taker>,
     committed: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     // Dropped after the store (fields drop in order): the directory stays
@@ -823,10 +833,8 @@ impl Writer {
                 let head = view.head().sequence;
                 drop(view);
                 let mut v = self.verifiable.write().unwrap_or_else(|p| p.into_inner());
-                for s in &group.staged {
-                    v.append(&s.entry.hash);
-                }
-                debug_assert_eq!(v.tree().size(), head);
+                v.advance(self.store.frontier());
+                assert_eq!(v.size(), head, "the tree covers exactly the log");
                 if v.due() {
                     // The entries are durable whether or not this works:
                     // a checkpoint is issued on demand and at the next due
@@ -836,6 +844,7 @@ impl Writer {
                     }
                 }
                 drop(v);
+                self.snapshots.after_commit(head);
                 self.committed.send_replace(head);
                 tracing::debug!(entries, head, "group committed");
             }
@@ -870,6 +879,97 @@ impl Writer {
             }
         }
     }
+}
+
+/// The state a start rebuilds, as the store reads the log to it: from a
+/// snapshot of the projections if one fits, else from the first entry.
+struct Opening<'a> {
+    config: &'a EngineConfig,
+    ledger: Ledger,
+    read: ReadModel,
+    /// Idempotency keys (signer, event id) are unique in a valid log; the
+    /// writer guarantees it, and replay checks it (over the entries it
+    /// replays) so a doctored log cannot pass.
+    ids: std::collections::HashSet<(String, String)>,
+}
+
+impl<'a> Opening<'a> {
+    fn new(config: &'a EngineConfig) -> Opening<'a> {
+        Opening {
+            config,
+            ledger: Ledger::new(config.ledger_id.clone(), config.root_key),
+            read: ReadModel::new(config.ledger_id.clone(), config.root_key),
+            ids: Default::default(),
+        }
+    }
+}
+
+impl Replay for Opening<'_> {
+    fn resume(&mut self, snapshots: &Snapshots) -> Option<Resume> {
+        if self.config.verify_full {
+            return None;
+        }
+        let (read, resume) = snapshot::load(snapshots, self.config)?;
+        self.ledger = Ledger::restore(&read, self.config.root_key);
+        self.read = read;
+        Some(resume)
+    }
+
+    fn resume_refused(&mut self, _why: &str) {
+        let config = self.config;
+        *self = Opening::new(config);
+    }
+
+    fn visit(&mut self, entry: &LogEntry) -> Result<(), String> {
+        let event = self.ledger.replay(entry).map_err(|e| e.to_string())?;
+        // The read model is folded from the same entries as they are
+        // replayed: it is, by construction, what a rebuild gives.
+        self.read.apply(&Committed::of(entry, &event));
+        if !self
+            .ids
+            .insert((entry.signed.signer_id.clone(), event.event_id))
+        {
+            return Err("the signer already used this event_id earlier in the log".into());
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store and rebuilds the state: from the latest snapshot that
+/// fits plus the log after it, or (`verify_full`, no snapshot, or one
+/// that does not fit) by replaying the whole log.
+fn open_store(
+    config: &EngineConfig,
+    options: phb_store::OpenOptions,
+) -> Result<(Store, OpenReport, Ledger, ReadModel), OpenError> {
+    let mut opening = Opening::new(config);
+    let opened = match Store::open_resuming(&config.data_dir, options, &mut opening) {
+        Err(StoreError::Resume(why)) => {
+            tracing::warn!(problem = %why, "the snapshot cannot be used; replaying the whole log");
+            opening = Opening::new(config);
+            // sled's background threads may hold the index's lock for a
+            // moment after it was closed.
+            let mut tries = 0;
+            loop {
+                match Store::open(&config.data_dir, options, &mut |e| opening.visit(e)) {
+                    Err(StoreError::Index(e)) if phb_store::is_lock_conflict(&e) && tries < 100 => {
+                        tries += 1;
+                        opening = Opening::new(config);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => break other,
+                }
+            }
+        }
+        other => other,
+    };
+    let (store, report) = opened?;
+    let Opening {
+        mut ledger, read, ..
+    } = opening;
+    ledger.finish_replay();
+    check_projections(&ledger, &read)?;
+    Ok((store, report, ledger, read))
 }
 
 /// The read model folded during replay must agree with the write model's

@@ -1,19 +1,24 @@
 //! The verifiable log: the RFC 9162 Merkle tree over the log's entry hashes
 //! and the signed checkpoints (C2SP tlog-checkpoint) the ledger key issues
-//! (docs/audit.md). Both are derived from the log and rebuilt at every
-//! start; the checkpoints are also kept, in `checkpoints.notes`, because a
-//! partner who holds one can prove the log was never rewritten — and so can
-//! the server itself: at start every kept checkpoint must match the tree
-//! rebuilt from the log, or the start is refused (entries were removed or
-//! rewritten).
+//! (docs/audit.md). The tree's nodes are kept by the store beside the index
+//! (derived data, written with each group, rebuilt from the log if lost);
+//! this holds its right edge and reads proofs from the stored nodes. The
+//! checkpoints are kept, in `checkpoints.notes`, because a partner who
+//! holds one can prove the log was never rewritten — and so can the server
+//! itself: at start every kept checkpoint must match the tree, or the start
+//! is refused (entries were removed or rewritten).
 
-use phb_chain::merkle::MemoryTree;
+use phb_chain::merkle::{
+    consistency_plan, fold_right, inclusion_plan, root_nodes, Frontier, NodeId, ProofError,
+};
 use phb_chain::note::{self, Checkpoint};
 use phb_domain::Hash;
+use phb_store::{LogReader, StoreError};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file the checkpoints are kept in, in the data directory: each note
 /// as a 4-byte big-endian length and its UTF-8 bytes.
@@ -67,9 +72,33 @@ pub enum CheckpointError {
     Sign(String),
 }
 
+/// Why a root or proof could not be read from the stored tree.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The sizes asked for do not make a proof.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// Reading a node failed.
+    #[error("reading the tree: {0}")]
+    Store(#[from] StoreError),
+    /// A size beyond the log.
+    #[error("tree size {size} is beyond the log's {held} entries")]
+    Beyond {
+        /// The size asked for.
+        size: u64,
+        /// The log's length.
+        held: u64,
+    },
+    /// A node the tree must hold is not stored (the index failed after a
+    /// write; the server refuses writes until a restart rebuilds it).
+    #[error("Merkle node (level {}, index {}) is not stored", .0.level, .0.index)]
+    Missing(NodeId),
+}
+
 /// The tree and the checkpoints, as one unit the writer appends to.
 pub struct Verifiable {
-    tree: MemoryTree,
+    frontier: Frontier,
+    nodes: Arc<LogReader>,
     key: ed25519_dalek::SigningKey,
     origin: String,
     path: PathBuf,
@@ -83,12 +112,14 @@ fn hex(h: &Hash) -> String {
 }
 
 impl Verifiable {
-    /// The tree `tree` (of the whole log) and the checkpoints kept in
-    /// `data_dir`, each checked against it. A torn last record (a crash
-    /// while appending) is cut off.
+    /// The tree whose right edge is `frontier` (of the whole log) and whose
+    /// nodes `nodes` reads, and the checkpoints kept in `data_dir`, each
+    /// checked against it. A torn last record (a crash while appending) is
+    /// cut off.
     pub fn open(
         data_dir: &Path,
-        tree: MemoryTree,
+        frontier: Frontier,
+        nodes: Arc<LogReader>,
         origin: String,
         key: ed25519_dalek::SigningKey,
         every: u64,
@@ -108,7 +139,18 @@ impl Verifiable {
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut notes = BTreeMap::new();
         let mut at = 0usize;
-        let verifying = key.verifying_key();
+        let mut v = Verifiable {
+            frontier,
+            nodes,
+            key,
+            origin,
+            path: path.clone(),
+            file,
+            notes: BTreeMap::new(),
+            every: every.max(1),
+        };
+        let origin = v.origin.clone();
+        let verifying = v.key.verifying_key();
         while at + 4 <= bytes.len() {
             let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
             let end = at + 4 + len as usize;
@@ -125,13 +167,13 @@ impl Verifiable {
                 .to_string();
             let c = note::parse_and_verify(&text, &origin, &verifying, &origin)
                 .map_err(|e| bad(e.to_string()))?;
-            if c.size > tree.size() {
+            if c.size > v.size() {
                 return Err(CheckpointError::LogShorter {
                     size: c.size,
-                    held: tree.size(),
+                    held: v.size(),
                 });
             }
-            let actual = tree.root_at(c.size).map_err(|e| bad(e.to_string()))?;
+            let actual = v.root_at(c.size).map_err(|e| bad(e.to_string()))?;
             if actual != c.root {
                 return Err(CheckpointError::RootMismatch {
                     size: c.size,
@@ -144,30 +186,70 @@ impl Verifiable {
         }
         if at != bytes.len() {
             tracing::warn!(path = %path.display(), kept = at, dropped = bytes.len() - at, "cutting a torn checkpoint record off the end");
-            file.set_len(at as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
+            v.file.set_len(at as u64).map_err(io)?;
+            v.file.sync_all().map_err(io)?;
         }
-        Ok(Verifiable {
-            tree,
-            key,
-            origin,
-            path,
-            file,
-            notes,
-            every: every.max(1),
-        })
+        v.notes = notes;
+        Ok(v)
     }
 
-    /// The tree.
-    pub fn tree(&self) -> &MemoryTree {
-        &self.tree
+    /// The number of entries in the tree (the committed head).
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
     }
 
-    /// Appends the next entry's hash.
-    pub fn append(&mut self, entry_hash: &Hash) {
-        self.tree
-            .append(entry_hash)
-            .expect("the log holds fewer than 2^63 entries");
+    /// Moves the tree on to the store's frontier after a committed group.
+    pub fn advance(&mut self, frontier: &Frontier) {
+        assert!(
+            frontier.size() >= self.frontier.size(),
+            "the tree never shrinks"
+        );
+        self.frontier.clone_from(frontier);
+    }
+
+    fn node(&self, id: NodeId) -> Result<Hash, TreeError> {
+        self.nodes.node(id)?.ok_or(TreeError::Missing(id))
+    }
+
+    /// The root of the tree of the first `size` entries (RFC 9162 MTH).
+    pub fn root_at(&self, size: u64) -> Result<Hash, TreeError> {
+        if size == self.size() {
+            return Ok(self.frontier.root());
+        }
+        if size > self.size() {
+            return Err(TreeError::Beyond {
+                size,
+                held: self.size(),
+            });
+        }
+        let nodes = root_nodes(size)?
+            .into_iter()
+            .map(|id| self.node(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(fold_right(&nodes))
+    }
+
+    /// The inclusion proof of leaf `index` (entry `index + 1`) in the tree
+    /// of `size` entries, from the stored nodes.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(size)?;
+        inclusion_plan(index, size)?.resolve(|id| self.node(id))
+    }
+
+    /// The consistency proof between the trees of `m` and `n` entries.
+    pub fn consistency_proof(&self, m: u64, n: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(n)?;
+        consistency_plan(m, n)?.resolve(|id| self.node(id))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), TreeError> {
+        if size > self.size() {
+            return Err(TreeError::Beyond {
+                size,
+                held: self.size(),
+            });
+        }
+        Ok(())
     }
 
     /// The size of the latest checkpoint (0 if none).
@@ -178,7 +260,7 @@ impl Verifiable {
     /// True if `every` entries have been appended since the latest
     /// checkpoint.
     pub fn due(&self) -> bool {
-        self.tree.size() >= self.latest_size() + self.every
+        self.size() >= self.latest_size() + self.every
     }
 
     /// The checkpoint issued at `size`, if any.
@@ -190,7 +272,7 @@ impl Verifiable {
     /// is older (or there is none): signed, appended to the file and
     /// fsync'd before it is returned. An empty log has no checkpoint.
     pub fn latest(&mut self) -> Result<Option<(u64, String)>, CheckpointError> {
-        let size = self.tree.size();
+        let size = self.size();
         if size == 0 {
             return Ok(None);
         }
@@ -202,14 +284,14 @@ impl Verifiable {
 
     /// Signs and keeps a checkpoint at the current size.
     pub fn issue(&mut self) -> Result<(), CheckpointError> {
-        let size = self.tree.size();
+        let size = self.size();
         if size == 0 || self.notes.contains_key(&size) {
             return Ok(());
         }
         let c = Checkpoint {
             origin: self.origin.clone(),
             size,
-            root: self.tree.root(),
+            root: self.frontier.root(),
         };
         let text = note::sign_checkpoint(&self.key, &self.origin, &c)
             .map_err(|e| CheckpointError::Sign(e.to_string()))?;

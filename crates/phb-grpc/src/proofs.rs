@@ -37,7 +37,6 @@ pub fn checkpoint(
     };
     let v = engine.verifiable();
     let root = v
-        .tree()
         .root_at(size)
         .map_err(|e| internal("reading the tree", e))?;
     Ok(pb::GetCheckpointResponse {
@@ -54,7 +53,7 @@ pub fn inclusion(
     req: &pb::GetInclusionProofRequest,
 ) -> Result<pb::GetInclusionProofResponse, Status> {
     let v = engine.verifiable();
-    let head = v.tree().size();
+    let head = v.size();
     let size = if req.tree_size == 0 {
         head
     } else {
@@ -81,11 +80,9 @@ pub fn inclusion(
         ));
     }
     let hashes = v
-        .tree()
         .inclusion_proof(req.sequence - 1, size)
         .map_err(|e| internal("building an inclusion proof", e))?;
     let root = v
-        .tree()
         .root_at(size)
         .map_err(|e| internal("reading the tree", e))?;
     drop(v);
@@ -110,7 +107,7 @@ pub fn consistency(
     req: &pb::GetConsistencyProofRequest,
 ) -> Result<pb::GetConsistencyProofResponse, Status> {
     let v = engine.verifiable();
-    let head = v.tree().size();
+    let head = v.size();
     let to = if req.to_size == 0 { head } else { req.to_size };
     if req.from_size == 0 {
         return Err(status::invalid("from_size", "from_size must be at least 1"));
@@ -127,17 +124,12 @@ pub fn consistency(
         ));
     }
     let hashes = v
-        .tree()
         .consistency_proof(req.from_size, to)
         .map_err(|e| internal("building a consistency proof", e))?;
     let from_root = v
-        .tree()
         .root_at(req.from_size)
         .map_err(|e| internal("reading the tree", e))?;
-    let to_root = v
-        .tree()
-        .root_at(to)
-        .map_err(|e| internal("reading the tree", e))?;
+    let to_root = v.root_at(to).map_err(|e| internal("reading the tree", e))?;
     Ok(pb::GetConsistencyProofResponse {
         from_size: req.from_size,
         to_size: to,

@@ -14,10 +14,13 @@
 
 pub mod dirlock;
 pub mod logfile;
+pub mod snapshots;
 
 pub use dirlock::{is_lock_conflict, DataDirLock, LockError};
+pub use snapshots::{Snapshots, StoredSnapshot};
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};
+use phb_chain::merkle::{root_nodes, Frontier, NodeId};
 use phb_chain::{Hash, LogEntry, Refusal};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,10 @@ const INDEX_TREE: &str = "v2";
 const OLD_INDEX_TREES: &[&str] = &["v1"];
 const KEY_EVENT: u8 = b'e';
 const KEY_SEQ: u8 = b's';
+/// A Merkle tree node (a complete subtree): `n ‖ u8(level) ‖ u64be(index)`
+/// → its 32-byte hash. Written in the same batch as the entries' index
+/// records, so the index's watermark covers the tree's nodes too.
+const KEY_NODE: u8 = b'n';
 const KEY_INDEXED_THROUGH: &[u8] = b"m/indexed_through";
 
 /// Storage failures.
@@ -61,6 +68,10 @@ pub enum StoreError {
         "the log refuses writes after a storage failure it cannot undo (a failed fsync, cut-back of a failed write, or index operation); restart the server to recover"
     )]
     Poisoned,
+    /// A snapshot's resume point does not fit this log and index; nothing
+    /// was changed. The caller opens again without it.
+    #[error("cannot resume at the snapshot: {0}")]
+    Resume(String),
     /// The caller's visitor refused an entry during open.
     #[error("entry at sequence {sequence}: {detail}")]
     Rejected {
@@ -94,9 +105,36 @@ pub struct OpenOptions {
     pub allow_index_rebuild: bool,
 }
 
+/// Where a start resumes instead of reading the log from its start: the
+/// last entry a snapshot of the caller's state includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its entry hash, as the snapshot recorded it: the log must hold the
+    /// same entry there.
+    pub entry_hash: Hash,
+}
+
+/// What `Store::open_resuming` calls while it opens.
+pub trait Replay {
+    /// Offered the kept snapshots before the log is read: the resume point
+    /// of the one loaded, or `None` to read the whole log.
+    fn resume(&mut self, snapshots: &Snapshots) -> Option<Resume>;
+    /// The resume point did not fit the log (why): forget the state loaded
+    /// from the snapshot; every entry is visited from the first.
+    fn resume_refused(&mut self, why: &str);
+    /// Each entry after the resume point, in order; an `Err` refuses the
+    /// open.
+    fn visit(&mut self, entry: &LogEntry) -> Result<(), String>;
+}
+
 /// What `open` found.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
+    /// The sequence the open resumed after (entries up to it were neither
+    /// read nor visited), if it resumed at a snapshot.
+    pub resumed_at: Option<u64>,
     /// Entries in the log.
     pub entries: u64,
     /// Bytes of torn tail cut off (an unacknowledged, partly written group).
@@ -111,6 +149,9 @@ pub struct OpenReport {
 pub struct Store {
     log: LogFile,
     index: sled::Tree,
+    /// The Merkle tree's right edge at `head_sequence`.
+    frontier: Frontier,
+    snapshots: Snapshots,
     _db: sled::Db,
     log_path: PathBuf,
     head_sequence: u64,
@@ -141,6 +182,26 @@ fn seq_key(seq: u64) -> [u8; 9] {
 /// `'e' ‖ signer_id ‖ 0x00 ‖ event_id`. Ids never contain 0x00 (signer
 /// ids are registered organisation ids or "root"; event ids are checked),
 /// so the key names one (signer, event id) pair.
+fn node_key(id: NodeId) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = KEY_NODE;
+    k[1] = id.level;
+    k[2..].copy_from_slice(&id.index.to_be_bytes());
+    k
+}
+
+/// The number of complete subtrees (stored nodes) in a tree of `size`
+/// leaves: `size` leaves, `size / 2` pairs, and so on.
+fn node_count(size: u64) -> u64 {
+    (0..64).map(|level| size >> level).sum()
+}
+
+fn put_nodes(batch: &mut sled::Batch, nodes: &[(NodeId, Hash)]) {
+    for (id, hash) in nodes {
+        batch.insert(&node_key(*id), &hash[..]);
+    }
+}
+
 fn event_key(signer_id: &str, event_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(signer_id.len() + event_id.len() + 2);
     k.push(KEY_EVENT);
@@ -171,6 +232,34 @@ impl Store {
         dir: &Path,
         options: OpenOptions,
         visit: &mut dyn FnMut(&LogEntry) -> Result<(), String>,
+    ) -> Result<(Store, OpenReport), StoreError> {
+        struct Visit<'a>(&'a mut dyn FnMut(&LogEntry) -> Result<(), String>);
+        impl Replay for Visit<'_> {
+            fn resume(&mut self, _: &Snapshots) -> Option<Resume> {
+                None
+            }
+            fn resume_refused(&mut self, _: &str) {}
+            fn visit(&mut self, entry: &LogEntry) -> Result<(), String> {
+                (self.0)(entry)
+            }
+        }
+        Store::open_resuming(dir, options, &mut Visit(visit))
+    }
+
+    /// As `open`, but first offers the kept snapshots to `replay.resume`:
+    /// if it names a resume point (a snapshot it loaded), the log is read
+    /// from the entry after it. The resume point must be an indexed entry
+    /// whose hash is the one the snapshot recorded, and the Merkle tree's
+    /// nodes up to it must be stored; otherwise `replay.resume_refused` is
+    /// called and the whole log is read. Entries before the resume point
+    /// are not read (their checksums are checked when they are read, and
+    /// by a full open). If the index turns out to need a rebuild after a
+    /// resume, `StoreError::Resume` is returned (a rebuild needs the whole
+    /// log) and the caller opens again without a snapshot.
+    pub fn open_resuming(
+        dir: &Path,
+        options: OpenOptions,
+        replay: &mut dyn Replay,
     ) -> Result<(Store, OpenReport), StoreError> {
         let io = |what: &str, e| StoreError::Io(format!("{what} {}", dir.display()), e);
         if !dir.join("log").is_dir() {
@@ -203,6 +292,27 @@ impl Store {
         let len = log.len_on_disk()?;
         let mut offset = HEADER_LEN;
         let mut expected = 1u64;
+        let mut frontier = Frontier::new();
+        if let Some(ix) = &index {
+            let snapshots = Snapshots::open(&ix.db).map_err(StoreError::Index)?;
+            if let Some(r) = replay.resume(&snapshots) {
+                match ix.resume_point(&log, len, r) {
+                    Ok((at, next, f)) => {
+                        tracing::info!(
+                            sequence = r.sequence,
+                            offset = at,
+                            "resuming after a snapshot"
+                        );
+                        report.resumed_at = Some(r.sequence);
+                        (offset, expected, frontier) = (next, r.sequence + 1, f);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not resuming at the snapshot; reading the whole log");
+                        replay.resume_refused(&e.to_string());
+                    }
+                }
+            }
+        }
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
         loop {
@@ -257,16 +367,25 @@ impl Store {
                             detail: format!("found sequence {} in its place", entry.sequence),
                         });
                     }
-                    visit(&entry).map_err(|detail| StoreError::Rejected {
-                        sequence: entry.sequence,
-                        detail,
-                    })?;
+                    replay
+                        .visit(&entry)
+                        .map_err(|detail| StoreError::Rejected {
+                            sequence: entry.sequence,
+                            detail,
+                        })?;
                     let id = stored_event_id(&entry)?;
+                    let made = frontier
+                        .append(&entry.hash)
+                        .map_err(|e| StoreError::Rejected {
+                            sequence: entry.sequence,
+                            detail: e.to_string(),
+                        })?;
                     if let Some(ix) = &index {
                         let checked = if entry.sequence <= ix.indexed_through {
-                            ix.agrees(&entry, &id, offset)
+                            ix.agrees(&entry, &id, offset, &made)
                         } else {
                             index_entry(&mut batch, &id, &entry, offset);
+                            put_nodes(&mut batch, &made);
                             pending += 1;
                             report.reindexed += 1;
                             if pending >= MAX_GROUP_ENTRIES {
@@ -318,7 +437,7 @@ impl Store {
             } else {
                 Ok(())
             }
-            .and_then(|()| ix.holds_only(head_sequence));
+            .and_then(|()| ix.holds_only(head_sequence, report.resumed_at.is_none()));
             if let Err(why) = finished {
                 tracing::warn!(problem = %why, "the index disagrees with the log; rebuilding it from the log");
                 index = None;
@@ -329,9 +448,17 @@ impl Store {
             None => {
                 report.index_rebuilt = true;
                 report.reindexed = head_sequence;
+                if report.resumed_at.is_some() {
+                    // The entries before the resume point were not read, so
+                    // they cannot be re-indexed from here: open in full.
+                    return Err(StoreError::Resume(
+                        "the index must be rebuilt, which needs the whole log".into(),
+                    ));
+                }
                 rebuild_index(&index_path, &log, offset, head_sequence)?
             }
         };
+        let snapshots = Snapshots::open(&index.db)?;
         index.tree.flush()?;
         log.set_committed_len(offset);
         report.entries = head_sequence;
@@ -339,6 +466,8 @@ impl Store {
             Store {
                 log,
                 index: index.tree,
+                frontier,
+                snapshots,
                 _db: index.db,
                 log_path,
                 head_sequence,
@@ -377,14 +506,26 @@ impl Store {
             );
             encode_record(a.entry, &mut buf);
         }
+        let mut frontier = self.frontier.clone();
+        let mut nodes = Vec::with_capacity(2 * group.len() + 64);
+        for a in group {
+            nodes.extend(
+                frontier
+                    .append(&a.entry.hash)
+                    .expect("the log holds fewer than 2^63 entries"),
+            );
+        }
         let start = self.log.append_durable(&buf)?;
         self.head_sequence += group.len() as u64;
+        self.frontier = frontier;
+        debug_assert_eq!(self.frontier.size(), self.head_sequence);
         // Index after durability. If this fails, the log still holds the
         // entries and the next open re-indexes them.
         let mut batch = sled::Batch::default();
         for (a, rel) in group.iter().zip(relative) {
             index_entry(&mut batch, a.event_id, a.entry, start + rel);
         }
+        put_nodes(&mut batch, &nodes);
         batch.insert(KEY_INDEXED_THROUGH, &self.head_sequence.to_be_bytes());
         if let Err(e) = self.index.apply_batch(batch) {
             // The entries are durable and will be acknowledged; refuse later
@@ -393,6 +534,17 @@ impl Store {
             self.index_behind = true;
         }
         Ok(())
+    }
+
+    /// The Merkle tree's right edge over the whole log (its size is the
+    /// head sequence).
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// The snapshots kept beside the index.
+    pub fn snapshots(&self) -> Snapshots {
+        self.snapshots.clone()
     }
 
     /// Writes the index out to its files (sled's `flush`: not an fsync, see
@@ -571,8 +723,26 @@ impl OpenedIndex {
     }
 
     /// True if the index holds exactly what the log says for `entry`.
-    fn agrees(&self, entry: &LogEntry, id: &str, offset: u64) -> Result<(), String> {
+    fn agrees(
+        &self,
+        entry: &LogEntry,
+        id: &str,
+        offset: u64,
+        nodes: &[(NodeId, Hash)],
+    ) -> Result<(), String> {
         let seq = entry.sequence;
+        for (node, hash) in nodes {
+            let stored = self
+                .tree
+                .get(node_key(*node))
+                .map_err(|e| format!("reading: {e}"))?;
+            if stored.as_deref() != Some(&hash[..]) {
+                return Err(format!(
+                    "wrong or missing Merkle node (level {}, index {}) at sequence {seq}",
+                    node.level, node.index
+                ));
+            }
+        }
         let at = self
             .tree
             .get(seq_key(seq))
@@ -592,22 +762,87 @@ impl OpenedIndex {
         Ok(())
     }
 
-    /// True if the index holds nothing but the entries 1..=head.
-    fn holds_only(&self, head: u64) -> Result<(), String> {
-        for prefix in [KEY_EVENT, KEY_SEQ] {
+    /// True if the index holds nothing but the entries 1..=head: no
+    /// offset past the head, and (if `count`, a full open) exactly one
+    /// event key and offset per entry and the tree's nodes.
+    fn holds_only(&self, head: u64, count: bool) -> Result<(), String> {
+        if let Some(item) = self
+            .tree
+            .range(seq_key(head.saturating_add(1))..=seq_key(u64::MAX))
+            .next()
+        {
+            let (k, _) = item.map_err(|e| format!("reading: {e}"))?;
+            return Err(format!(
+                "an offset for sequence {:?}, past the log's head {head}",
+                be_u64(&k[1..])
+            ));
+        }
+        if !count {
+            return Ok(());
+        }
+        for (prefix, expected) in [
+            (KEY_EVENT, head),
+            (KEY_SEQ, head),
+            (KEY_NODE, node_count(head)),
+        ] {
             let mut n = 0u64;
             for item in self.tree.scan_prefix([prefix]) {
                 item.map_err(|e| format!("reading: {e}"))?;
                 n += 1;
             }
-            if n != head {
+            if n != expected {
                 return Err(format!(
-                    "{n} '{}' keys for {head} log entries",
+                    "{n} '{}' keys for {head} log entries ({expected} expected)",
                     prefix as char
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Checks a resume point and finds where reading continues: the offset
+    /// of its record, the offset after it, and the Merkle frontier there.
+    fn resume_point(
+        &self,
+        log: &LogFile,
+        len: u64,
+        r: Resume,
+    ) -> Result<(u64, u64, Frontier), StoreError> {
+        let refuse = |why: String| StoreError::Resume(why);
+        let seq = r.sequence;
+        if seq == 0 || seq > self.indexed_through {
+            return Err(refuse(format!(
+                "sequence {seq} is not indexed (indexed through {})",
+                self.indexed_through
+            )));
+        }
+        let at = self
+            .tree
+            .get(seq_key(seq))?
+            .as_deref()
+            .and_then(be_u64)
+            .ok_or_else(|| refuse(format!("no offset for sequence {seq}")))?;
+        let outcome = read_record(log.file(), at, len)
+            .map_err(|e| StoreError::Io("reading the log".into(), e))?;
+        let ReadOutcome::Entry(entry, next) = outcome else {
+            return Err(refuse(format!("no whole record at sequence {seq}")));
+        };
+        if entry.sequence != seq || entry.hash != r.entry_hash || !entry.hash_is_valid() {
+            return Err(refuse(format!(
+                "the log's entry {seq} is not the one the snapshot was taken after"
+            )));
+        }
+        let mut hashes = Vec::new();
+        for id in root_nodes(seq).map_err(|e| refuse(e.to_string()))? {
+            let stored = self.tree.get(node_key(id))?;
+            let hash = stored
+                .as_deref()
+                .and_then(|h| Hash::try_from(h).ok())
+                .ok_or_else(|| refuse(format!("Merkle node {id:?} is missing")))?;
+            hashes.push(hash);
+        }
+        let frontier = Frontier::from_nodes(seq, hashes).map_err(|e| refuse(e.to_string()))?;
+        Ok((at, next, frontier))
     }
 }
 
@@ -632,6 +867,7 @@ fn rebuild_index(
     let mut pending = 0usize;
     let mut offset = HEADER_LEN;
     let mut seq = 0u64;
+    let mut frontier = Frontier::new();
     while offset < end {
         let outcome = read_record(log.file(), offset, end)
             .map_err(|e| StoreError::Io("re-reading the log to rebuild the index".into(), e))?;
@@ -644,6 +880,13 @@ fn rebuild_index(
         };
         seq = entry.sequence;
         index_entry(&mut batch, &stored_event_id(&entry)?, &entry, offset);
+        let made = frontier
+            .append(&entry.hash)
+            .map_err(|e| StoreError::Rejected {
+                sequence: seq,
+                detail: e.to_string(),
+            })?;
+        put_nodes(&mut batch, &made);
         pending += 1;
         if pending >= MAX_GROUP_ENTRIES {
             batch.insert(KEY_INDEXED_THROUGH, &seq.to_be_bytes());
@@ -761,6 +1004,15 @@ impl LogReader {
     pub fn find_event(&self, signer_id: &str, event_id: &str) -> Option<IndexedEvent> {
         let v = self.index.get(event_key(signer_id, event_id)).ok()??;
         parse_index_value(&v)
+    }
+
+    /// A stored Merkle tree node (a complete subtree), if the index has it:
+    /// nodes are written with the index, after their entries are durable.
+    pub fn node(&self, id: NodeId) -> Result<Option<Hash>, StoreError> {
+        Ok(self
+            .index
+            .get(node_key(id))?
+            .and_then(|h| Hash::try_from(&h[..]).ok()))
     }
 
     /// The offset the index gives for `seq`, if it can.

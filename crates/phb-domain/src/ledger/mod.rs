@@ -200,6 +200,30 @@ impl Ledger {
         }
     }
 
+    /// The write model a read model implies: its organisations, budgets and
+    /// head, which the two halves share by construction (the engine checks
+    /// at every full replay that they agree). This is how a start from a
+    /// projection snapshot gets the writer's state without replaying the
+    /// log up to the snapshot.
+    pub fn restore(read: &crate::ReadModel, root_key: VerifyingKey) -> Ledger {
+        Ledger {
+            ledger_id: read.ledger_id().to_string(),
+            root_key,
+            orgs: read
+                .directory()
+                .organisations()
+                .map(|o| (o.id.clone(), o.clone()))
+                .collect(),
+            budgets: read
+                .balances()
+                .budgets()
+                .map(|b| (b.id.clone(), b.clone()))
+                .collect(),
+            head: read.head(),
+            batch_run: None,
+        }
+    }
+
     /// The configured ledger id.
     pub fn ledger_id(&self) -> &str {
         &self.ledger_id
