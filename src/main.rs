@@ -6,6 +6,7 @@
 //! the gRPC surface in `phb-grpc`.
 
 mod audit_export;
+mod config;
 mod connect;
 mod demo;
 mod json_event;
@@ -15,7 +16,6 @@ mod witness;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use phb_client::Signer;
-use phb_grpc::{limits, ServerLimits};
 use phb_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 
@@ -33,43 +33,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ledger service.
-    Serve {
-        /// Data directory (log and index).
-        #[arg(long, default_value = "./phb-data", env = "PHB_DATA")]
-        data: PathBuf,
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:50051", env = "PHB_LISTEN")]
-        listen: String,
-        /// This ledger's id; every event must name it. Fixed at first start.
-        #[arg(long, env = "PHB_LEDGER_ID")]
-        ledger_id: Option<String>,
-        /// The root public key (64 hex characters). If omitted, a root key is
-        /// generated into the data directory on first start.
-        #[arg(long, env = "PHB_ROOT_PUBLIC_KEY")]
-        root_public_key: Option<String>,
-        /// Rebuild the index even though it records more entries than the
-        /// log holds (evidence of lost or removed entries). Only after
-        /// investigating: docs/operations.md, "The log is shorter than its index".
-        #[arg(long, env = "PHB_ALLOW_INDEX_REBUILD")]
-        allow_index_rebuild: bool,
-        /// Issue a signed checkpoint after the group commit that takes the
-        /// log this many entries past the latest one (checkpoints are also
-        /// issued every minute the log has grown, and on demand).
-        #[arg(long, env = "PHB_CHECKPOINT_EVERY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        checkpoint_every: u64,
-        /// Take a snapshot of the projections in the background after the
-        /// group commit that takes the log this many entries past the latest
-        /// one (and on a clean stop); a start loads the latest snapshot and
-        /// replays only the log after it.
-        #[arg(long, env = "PHB_SNAPSHOT_EVERY", default_value_t = phb_engine::DEFAULT_SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
-        snapshot_every: u64,
-        /// Ignore the snapshots at this start: read and verify the whole log
-        /// (every checksum, the chain, every signature and rule, every index
-        /// record and Merkle node) and rebuild every projection from it.
-        #[arg(long, env = "PHB_VERIFY_FULL")]
-        verify_full: bool,
-        #[command(flatten)]
-        limits: LimitArgs,
+    Serve(config::ServeArgs),
+    /// Configuration files (docs/configuration.md).
+    Config {
+        #[command(subcommand)]
+        config: ConfigCommand,
     },
     /// Generate an ed25519 key: writes the secret (hex) to a file, prints the public key.
     Keygen {
@@ -221,102 +189,15 @@ enum Audit {
     Verify(audit_export::VerifyArgs),
 }
 
-/// The transport limits of `serve` (docs/operations.md, "Limits").
-#[derive(clap::Args)]
-struct LimitArgs {
-    /// Most client connections open at once (lowered to fit the descriptor limit).
-    #[arg(long, env = "PHB_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
-    /// HTTP/2 streams (calls) one connection may have open at once.
-    #[arg(long, env = "PHB_MAX_CONCURRENT_STREAMS", default_value_t = limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
-    max_concurrent_streams: u32,
-    /// MiB of unfinished request bodies buffered across all connections.
-    #[arg(long, env = "PHB_REQUEST_BUFFER_MIB", default_value_t = limits::DEFAULT_REQUEST_BUFFER_BYTES / MIB)]
-    request_buffer_mib: usize,
-    /// MiB of unfinished request bodies buffered on one connection.
-    #[arg(long, env = "PHB_CONNECTION_BUFFER_MIB", default_value_t = limits::DEFAULT_CONNECTION_BUFFER_BYTES / MIB)]
-    connection_buffer_mib: usize,
-    /// Time a request has to deliver its body (e.g. 30s, 500ms, 2m).
-    #[arg(long, env = "PHB_REQUEST_BODY_TIMEOUT", default_value_t = Span(limits::DEFAULT_REQUEST_BODY_TIMEOUT))]
-    request_body_timeout: Span,
-    /// Time a new connection has to complete the HTTP/2 handshake.
-    #[arg(long, env = "PHB_HANDSHAKE_TIMEOUT", default_value_t = Span(limits::DEFAULT_HANDSHAKE_TIMEOUT))]
-    handshake_timeout: Span,
-    /// Time a connection may stay open with no request in progress.
-    #[arg(long, env = "PHB_IDLE_TIMEOUT", default_value_t = Span(limits::DEFAULT_IDLE_TIMEOUT))]
-    idle_timeout: Span,
-    /// Interval between the server's HTTP/2 keepalive PINGs.
-    #[arg(long, env = "PHB_HTTP2_KEEPALIVE_INTERVAL", default_value_t = Span(limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL))]
-    http2_keepalive_interval: Span,
-    /// Time a peer has to acknowledge a keepalive PING before it is dropped.
-    #[arg(long, env = "PHB_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = Span(limits::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT))]
-    http2_keepalive_timeout: Span,
-    /// Idle time before TCP keepalive probes start.
-    #[arg(long, env = "PHB_TCP_KEEPALIVE", default_value_t = Span(limits::DEFAULT_TCP_KEEPALIVE))]
-    tcp_keepalive: Span,
-}
-
-const MIB: usize = 1024 * 1024;
-
-impl LimitArgs {
-    fn limits(&self) -> Result<ServerLimits> {
-        let mib = |name: &str, n: usize| {
-            n.checked_mul(MIB)
-                .ok_or_else(|| anyhow!("--{name} {n} is too large"))
-        };
-        let limits = ServerLimits {
-            max_connections: self.max_connections,
-            max_concurrent_streams: self.max_concurrent_streams,
-            request_buffer_bytes: mib("request-buffer-mib", self.request_buffer_mib)?,
-            connection_buffer_bytes: mib("connection-buffer-mib", self.connection_buffer_mib)?,
-            request_body_timeout: self.request_body_timeout.0,
-            handshake_timeout: self.handshake_timeout.0,
-            idle_timeout: self.idle_timeout.0,
-            http2_keepalive_interval: self.http2_keepalive_interval.0,
-            http2_keepalive_timeout: self.http2_keepalive_timeout.0,
-            tcp_keepalive: self.tcp_keepalive.0,
-        };
-        limits.validate()?;
-        Ok(limits)
-    }
-}
-
-/// A duration on the command line: a number with a unit (`ms`, `s`, `m`,
-/// `h`), or a bare number of seconds.
-#[derive(Clone, Copy, Debug)]
-struct Span(std::time::Duration);
-
-impl std::str::FromStr for Span {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 5m"))?;
-        let ms = match unit {
-            "ms" => Some(n),
-            "" | "s" => n.checked_mul(1000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
-        };
-        ms.map(|ms| Span(std::time::Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{text:?} is too long"))
-    }
-}
-
-impl std::fmt::Display for Span {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0.as_millis();
-        match ms {
-            _ if ms.is_multiple_of(60_000) && ms > 0 => write!(f, "{}m", ms / 60_000),
-            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
-            _ => write!(f, "{ms}ms"),
-        }
-    }
+/// `phb-ledger config …`.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Read FILE as `serve --config FILE` would (with this environment):
+    /// name a bad key and its line, or print every setting and its source.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 const DEFAULT_LEDGER_ID: &str = "phb-local";
@@ -337,6 +218,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     use std::io::IsTerminal;
+    config::adopt_old_env_names();
     tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -354,32 +236,10 @@ fn run() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve {
-                data,
-                listen,
-                ledger_id,
-                root_public_key,
-                allow_index_rebuild,
-                checkpoint_every,
-                snapshot_every,
-                verify_full,
-                limits,
-            } => {
-                serve(
-                    data,
-                    listen,
-                    ledger_id,
-                    root_public_key,
-                    StartOptions {
-                        allow_index_rebuild,
-                        checkpoint_every,
-                        snapshot_every,
-                        verify_full,
-                    },
-                    limits.limits()?,
-                )
-                .await
-            }
+            Command::Serve(args) => serve(args.resolve()?).await,
+            Command::Config {
+                config: ConfigCommand::Check { file },
+            } => config::check(&file),
             Command::Keygen { out } => keygen(&out),
             Command::Submit {
                 server,
@@ -772,22 +632,19 @@ fn tune_allocator() {
     }
 }
 
-/// How `serve` opens the ledger (the engine's settings from the command line).
-struct StartOptions {
-    allow_index_rebuild: bool,
-    checkpoint_every: u64,
-    snapshot_every: u64,
-    verify_full: bool,
-}
-
-async fn serve(
-    data: PathBuf,
-    listen: String,
-    ledger_id: Option<String>,
-    root_public_key: Option<String>,
-    start: StartOptions,
-    limits: ServerLimits,
-) -> Result<()> {
+async fn serve(settings: config::Settings) -> Result<()> {
+    let config::Settings {
+        data,
+        listen,
+        ledger_id,
+        root_public_key,
+        checkpoint_every,
+        snapshot_every,
+        allow_index_rebuild,
+        verify_full,
+        limits,
+        report: _,
+    } = settings;
     private_umask();
     ignore_sigxfsz();
     // Before anything in the directory is read or written: a second server
@@ -809,12 +666,12 @@ async fn serve(
             data_dir: data.clone(),
             ledger_id: ledger_id.clone(),
             root_key: root.key,
-            allow_index_rebuild: start.allow_index_rebuild,
+            allow_index_rebuild,
             ledger_key,
             checkpoint_origin: checkpoint_origin(&ledger_id),
-            checkpoint_every: start.checkpoint_every,
-            snapshot_every: start.snapshot_every,
-            verify_full: start.verify_full,
+            checkpoint_every,
+            snapshot_every,
+            verify_full,
         },
         lock,
     )

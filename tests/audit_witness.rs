@@ -71,6 +71,8 @@ impl Partner {
             .arg(&self.key_file)
             .args(args)
             .env_remove("PHB_DATA")
+            .env_remove("PHB_LEDGER_DATA")
+            .env_remove("PHB_LEDGER_CONFIG")
             .output()
             .expect("running phb-ledger audit")
     }

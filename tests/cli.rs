@@ -32,9 +32,13 @@ fn serve(dir: &Path) -> Serve {
         .current_dir(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("PHB_DATA")
+        .env_remove("PHB_LEDGER_DATA")
+        .env_remove("PHB_LEDGER_CONFIG")
         .env_remove("PHB_LISTEN")
+        .env_remove("PHB_LEDGER_LISTEN")
         .env_remove("PHB_LEDGER_ID")
         .env_remove("PHB_ROOT_PUBLIC_KEY")
+        .env_remove("PHB_LEDGER_ROOT_PUBLIC_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -656,4 +660,100 @@ fn mistakes_a_new_user_makes_get_messages_that_say_what_to_do() {
     assert_eq!(row["period_start"], "2026-04-01", "{row}");
     assert_eq!(row["period_end"], "2027-03-31", "{row}");
     drop(server);
+}
+
+/// `serve --config FILE` runs with the file's settings, and `config check`
+/// names a misspelt key with its line; the example file in deploy/ checks.
+#[test]
+fn serve_runs_from_a_config_file_and_config_check_names_bad_keys() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let config = dir.join("phb-ledger.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata = \"ledger-data\"\n[ledger]\nid = \"from-file\"\n[limits]\nidle_timeout = \"90s\"\n",
+    )
+    .unwrap();
+    let checked = ok(dir, &["config", "check", config.to_str().unwrap()]);
+    assert!(checked.contains(": OK"), "{checked}");
+    assert!(
+        checked.contains("limits.idle_timeout") && checked.contains("= 90s  (file)"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("limits.handshake_timeout") && checked.contains("(default)"),
+        "{checked}"
+    );
+
+    // serve from the file: its ledger id, its data directory (relative to
+    // the file), its idle timeout.
+    let mut child = Command::new(BIN)
+        .current_dir("/")
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("PHB_LEDGER_ID")
+        .env_remove("PHB_LEDGER_DATA")
+        .env_remove("PHB_DATA")
+        .env_remove("PHB_LEDGER_LISTEN")
+        .env_remove("PHB_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !line.contains("listening on") {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    // The transport limits are logged as the server starts serving.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            seen.push_str(&l);
+            seen.push('\n');
+            if l.contains("transport limits") {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let stderr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.contains("phb-ledger from-file listening on 127.0.0.1:"),
+        "{line}\n{stderr}"
+    );
+    assert!(dir.join("ledger-data").join("ledger-id").is_file());
+    assert!(stderr.contains("idle_timeout=90s"), "{stderr}");
+
+    // A misspelt key: named, with its line, and the valid keys.
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nidle_timout = \"3s\"\n",
+    )
+    .unwrap();
+    let bad = run(dir, &["config", "check", config.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        text.contains("line 5") && text.contains("idle_timout"),
+        "{text}"
+    );
+    assert!(text.contains("idle_timeout"), "{text}");
+    // serve refuses the same file before touching anything.
+    let refused = run(dir, &["serve", "--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("idle_timout"));
+
+    // The example in deploy/ is a valid file.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/phb-ledger.toml");
+    let out = ok(dir, &["config", "check", example]);
+    assert!(out.contains(": OK"), "{out}");
 }

@@ -1,0 +1,611 @@
+//! `serve`'s settings: one list, read from a TOML file (`--config`), the
+//! environment (`PHB_LEDGER_…`) and the command line, in that order of
+//! precedence from lowest to highest, over defaults that work out of the
+//! box. docs/configuration.md lists every setting; `phb-ledger config
+//! check FILE` reads a file as `serve` would and names a bad key and its
+//! line. Unknown keys are errors: a misspelt setting must never be
+//! silently replaced by its default.
+
+use anyhow::{anyhow, bail, Context, Result};
+use phb_grpc::{limits, ServerLimits};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default data directory.
+pub const DEFAULT_DATA: &str = "./phb-data";
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The default checkpoint interval (entries).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const MIB: usize = 1024 * 1024;
+
+/// Environment names of earlier releases, still read (when the new name is
+/// not set) so existing unit files and scripts keep working.
+const OLD_ENV: &[(&str, &str)] = &[
+    ("PHB_DATA", "PHB_LEDGER_DATA"),
+    ("PHB_LISTEN", "PHB_LEDGER_LISTEN"),
+    ("PHB_ROOT_PUBLIC_KEY", "PHB_LEDGER_ROOT_PUBLIC_KEY"),
+    ("PHB_ALLOW_INDEX_REBUILD", "PHB_LEDGER_ALLOW_INDEX_REBUILD"),
+    ("PHB_CHECKPOINT_EVERY", "PHB_LEDGER_CHECKPOINT_EVERY"),
+    ("PHB_SNAPSHOT_EVERY", "PHB_LEDGER_SNAPSHOT_EVERY"),
+    ("PHB_VERIFY_FULL", "PHB_LEDGER_VERIFY_FULL"),
+    ("PHB_MAX_CONNECTIONS", "PHB_LEDGER_MAX_CONNECTIONS"),
+    (
+        "PHB_MAX_CONCURRENT_STREAMS",
+        "PHB_LEDGER_MAX_CONCURRENT_STREAMS",
+    ),
+    ("PHB_REQUEST_BUFFER_MIB", "PHB_LEDGER_REQUEST_BUFFER_MIB"),
+    (
+        "PHB_CONNECTION_BUFFER_MIB",
+        "PHB_LEDGER_CONNECTION_BUFFER_MIB",
+    ),
+    (
+        "PHB_REQUEST_BODY_TIMEOUT",
+        "PHB_LEDGER_REQUEST_BODY_TIMEOUT",
+    ),
+    ("PHB_HANDSHAKE_TIMEOUT", "PHB_LEDGER_HANDSHAKE_TIMEOUT"),
+    ("PHB_IDLE_TIMEOUT", "PHB_LEDGER_IDLE_TIMEOUT"),
+    (
+        "PHB_HTTP2_KEEPALIVE_INTERVAL",
+        "PHB_LEDGER_HTTP2_KEEPALIVE_INTERVAL",
+    ),
+    (
+        "PHB_HTTP2_KEEPALIVE_TIMEOUT",
+        "PHB_LEDGER_HTTP2_KEEPALIVE_TIMEOUT",
+    ),
+    ("PHB_TCP_KEEPALIVE", "PHB_LEDGER_TCP_KEEPALIVE"),
+];
+
+/// Copies each old environment name's value to its new name where only the
+/// old one is set. Called first thing, before any thread starts.
+pub fn adopt_old_env_names() {
+    for (old, new) in OLD_ENV {
+        if std::env::var_os(new).is_none() {
+            if let Some(v) = std::env::var_os(old) {
+                std::env::set_var(new, v);
+            }
+        }
+    }
+}
+
+/// A duration setting: a number with a unit (`ms`, `s`, `m`, `h`), or a
+/// bare number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 5m"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+        };
+        ms.map(|ms| Span(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms.is_multiple_of(60_000) && ms > 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `serve`'s settings on the command line. Each has an environment name
+/// and (but the one-off operator switches) a key in the file; a flag or
+/// variable given wins over the file, the file over the default.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// A TOML configuration file (docs/configuration.md).
+    #[arg(long, env = "PHB_LEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (log, index, keys) [storage.data; default ./phb-data].
+    #[arg(long, env = "PHB_LEDGER_DATA")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [server.listen;
+    /// default 127.0.0.1:50051].
+    #[arg(long, env = "PHB_LEDGER_LISTEN")]
+    pub listen: Option<String>,
+    /// This ledger's id; every event must name it. Fixed at first start
+    /// [ledger.id; default phb-local].
+    #[arg(long, env = "PHB_LEDGER_ID")]
+    pub ledger_id: Option<String>,
+    /// The root public key (64 hex characters). If omitted, a root key is
+    /// generated into the data directory on first start
+    /// [ledger.root_public_key].
+    #[arg(long, env = "PHB_LEDGER_ROOT_PUBLIC_KEY")]
+    pub root_public_key: Option<String>,
+    /// Issue a signed checkpoint after the group commit that takes the log
+    /// this many entries past the latest one (also every minute the log has
+    /// grown, and on demand) [ledger.checkpoint_every; default 1000].
+    #[arg(long, env = "PHB_LEDGER_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<u64>,
+    /// Take a snapshot of the projections in the background after the group
+    /// commit that takes the log this many entries past the latest one (and
+    /// at a clean stop) [storage.snapshot_every; default 100000].
+    #[arg(long, env = "PHB_LEDGER_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// One-off: rebuild the index even though it records more entries than
+    /// the log holds (evidence of lost or removed entries). Only after
+    /// investigating: docs/operations.md, "The log is shorter than its index".
+    #[arg(long, env = "PHB_LEDGER_ALLOW_INDEX_REBUILD")]
+    pub allow_index_rebuild: bool,
+    /// One-off: ignore the snapshots at this start; read and verify the
+    /// whole log and rebuild every projection from it.
+    #[arg(long, env = "PHB_LEDGER_VERIFY_FULL")]
+    pub verify_full: bool,
+    /// Most client connections open at once, lowered to fit the descriptor
+    /// limit [limits.max_connections; default 4096].
+    #[arg(long, env = "PHB_LEDGER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// HTTP/2 streams (calls) one connection may have open at once
+    /// [limits.max_concurrent_streams; default 128].
+    #[arg(long, env = "PHB_LEDGER_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// MiB of unfinished request bodies buffered across all connections
+    /// [limits.request_buffer_mib; default 256].
+    #[arg(long, env = "PHB_LEDGER_REQUEST_BUFFER_MIB")]
+    pub request_buffer_mib: Option<usize>,
+    /// MiB of unfinished request bodies buffered on one connection
+    /// [limits.connection_buffer_mib; default 16].
+    #[arg(long, env = "PHB_LEDGER_CONNECTION_BUFFER_MIB")]
+    pub connection_buffer_mib: Option<usize>,
+    /// Time a request has to deliver its body, e.g. 30s, 500ms, 2m
+    /// [limits.request_body_timeout; default 30s].
+    #[arg(long, env = "PHB_LEDGER_REQUEST_BODY_TIMEOUT")]
+    pub request_body_timeout: Option<Span>,
+    /// Time a new connection has to complete the HTTP/2 handshake
+    /// [limits.handshake_timeout; default 10s].
+    #[arg(long, env = "PHB_LEDGER_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<Span>,
+    /// Time a connection may stay open with no request in progress
+    /// [limits.idle_timeout; default 5m].
+    #[arg(long, env = "PHB_LEDGER_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<Span>,
+    /// Interval between the server's HTTP/2 keepalive PINGs
+    /// [limits.http2_keepalive_interval; default 1m].
+    #[arg(long, env = "PHB_LEDGER_HTTP2_KEEPALIVE_INTERVAL")]
+    pub http2_keepalive_interval: Option<Span>,
+    /// Time a peer has to acknowledge a keepalive PING
+    /// [limits.http2_keepalive_timeout; default 20s].
+    #[arg(long, env = "PHB_LEDGER_HTTP2_KEEPALIVE_TIMEOUT")]
+    pub http2_keepalive_timeout: Option<Span>,
+    /// Idle time before TCP keepalive probes start
+    /// [limits.tcp_keepalive; default 1m].
+    #[arg(long, env = "PHB_LEDGER_TCP_KEEPALIVE")]
+    pub tcp_keepalive: Option<Span>,
+}
+
+/// The file's layout (docs/configuration.md). Every table and key is
+/// optional; unknown ones are refused with their line.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    server: ServerTable,
+    storage: StorageTable,
+    ledger: LedgerTable,
+    limits: LimitsTable,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct ServerTable {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct StorageTable {
+    data: Option<PathBuf>,
+    snapshot_every: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct LedgerTable {
+    id: Option<String>,
+    root_public_key: Option<String>,
+    checkpoint_every: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsTable {
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    request_buffer_mib: Option<usize>,
+    connection_buffer_mib: Option<usize>,
+    request_body_timeout: Option<Span>,
+    handshake_timeout: Option<Span>,
+    idle_timeout: Option<Span>,
+    http2_keepalive_interval: Option<Span>,
+    http2_keepalive_timeout: Option<Span>,
+    tcp_keepalive: Option<Span>,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The configuration file.
+    File,
+    /// A command-line flag or environment variable.
+    CommandLine,
+}
+
+/// Everything `serve` runs with, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    /// The data directory.
+    pub data: PathBuf,
+    /// The listen address.
+    pub listen: String,
+    /// The ledger id, if given (else the directory's, or `phb-local`).
+    pub ledger_id: Option<String>,
+    /// The root public key, if given (hex).
+    pub root_public_key: Option<String>,
+    /// Checkpoint interval.
+    pub checkpoint_every: u64,
+    /// Snapshot interval.
+    pub snapshot_every: u64,
+    /// One-off: rebuild an index that is ahead of the log.
+    pub allow_index_rebuild: bool,
+    /// One-off: ignore snapshots.
+    pub verify_full: bool,
+    /// Transport limits.
+    pub limits: ServerLimits,
+    /// Each setting's key, value and source, for `config check`.
+    pub report: Vec<(&'static str, String, Source)>,
+}
+
+/// Reads and checks a configuration file: syntax, unknown tables and keys
+/// (named, with their line), and every value's type.
+fn read_file(path: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration file {}", path.display()))?;
+    toml::from_str::<File>(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+        anyhow!(
+            "{}:{at} {} (docs/configuration.md lists every setting)",
+            path.display(),
+            e.message()
+        )
+    })
+}
+
+fn pick<T: Clone>(cli: &Option<T>, file: &Option<T>, default: T) -> (T, Source) {
+    match (cli, file) {
+        (Some(v), _) => (v.clone(), Source::CommandLine),
+        (None, Some(v)) => (v.clone(), Source::File),
+        (None, None) => (default, Source::Default),
+    }
+}
+
+fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64> {
+    if !(lo..=hi).contains(&v) {
+        bail!("{name} = {v} is out of range: it must be from {lo} to {hi}");
+    }
+    Ok(v)
+}
+
+impl ServeArgs {
+    /// The settings: the file's (if `--config`), under the command line
+    /// and environment, over the defaults; every value checked.
+    pub fn resolve(&self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => File::default(),
+        };
+        // A relative path in the file is relative to the file's directory,
+        // so the file means the same wherever `serve` is started from.
+        let base = self
+            .config
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let file_data = file.storage.data.as_ref().map(|d| {
+            if d.is_relative() {
+                base.join(d)
+            } else {
+                d.clone()
+            }
+        });
+        let mut report = Vec::new();
+        let mut note = |key: &'static str, value: String, source: Source| {
+            report.push((key, value, source));
+        };
+        let (data, s) = pick(&self.data, &file_data, PathBuf::from(DEFAULT_DATA));
+        note("storage.data", data.display().to_string(), s);
+        let (listen, s) = pick(&self.listen, &file.server.listen, DEFAULT_LISTEN.into());
+        note("server.listen", listen.clone(), s);
+        let (ledger_id, s) = match (&self.ledger_id, &file.ledger.id) {
+            (Some(v), _) => (Some(v.clone()), Source::CommandLine),
+            (None, Some(v)) => (Some(v.clone()), Source::File),
+            (None, None) => (None, Source::Default),
+        };
+        note(
+            "ledger.id",
+            ledger_id
+                .clone()
+                .unwrap_or_else(|| "(the data directory's, else phb-local)".into()),
+            s,
+        );
+        let (root_public_key, s) = match (&self.root_public_key, &file.ledger.root_public_key) {
+            (Some(v), _) => (Some(v.clone()), Source::CommandLine),
+            (None, Some(v)) => (Some(v.clone()), Source::File),
+            (None, None) => (None, Source::Default),
+        };
+        note(
+            "ledger.root_public_key",
+            root_public_key
+                .clone()
+                .unwrap_or_else(|| "(root.pub in the data directory, else generated)".into()),
+            s,
+        );
+        let (checkpoint_every, s) = pick(
+            &self.checkpoint_every,
+            &file.ledger.checkpoint_every,
+            DEFAULT_CHECKPOINT_EVERY,
+        );
+        let checkpoint_every = in_range("ledger.checkpoint_every", checkpoint_every, 1, 1_000_000)?;
+        note("ledger.checkpoint_every", checkpoint_every.to_string(), s);
+        let (snapshot_every, s) = pick(
+            &self.snapshot_every,
+            &file.storage.snapshot_every,
+            phb_engine::DEFAULT_SNAPSHOT_EVERY,
+        );
+        let snapshot_every = in_range("storage.snapshot_every", snapshot_every, 1000, 100_000_000)?;
+        note("storage.snapshot_every", snapshot_every.to_string(), s);
+
+        let l = &file.limits;
+        let (max_connections, s) = pick(
+            &self.max_connections,
+            &l.max_connections,
+            limits::DEFAULT_MAX_CONNECTIONS,
+        );
+        note("limits.max_connections", max_connections.to_string(), s);
+        let (max_concurrent_streams, s) = pick(
+            &self.max_concurrent_streams,
+            &l.max_concurrent_streams,
+            limits::DEFAULT_MAX_CONCURRENT_STREAMS,
+        );
+        note(
+            "limits.max_concurrent_streams",
+            max_concurrent_streams.to_string(),
+            s,
+        );
+        let mib = |name: &str, n: usize| {
+            n.checked_mul(MIB)
+                .ok_or_else(|| anyhow!("{name} = {n} is too large"))
+        };
+        let (request_buffer_mib, s) = pick(
+            &self.request_buffer_mib,
+            &l.request_buffer_mib,
+            limits::DEFAULT_REQUEST_BUFFER_BYTES / MIB,
+        );
+        note(
+            "limits.request_buffer_mib",
+            request_buffer_mib.to_string(),
+            s,
+        );
+        let (connection_buffer_mib, s) = pick(
+            &self.connection_buffer_mib,
+            &l.connection_buffer_mib,
+            limits::DEFAULT_CONNECTION_BUFFER_BYTES / MIB,
+        );
+        note(
+            "limits.connection_buffer_mib",
+            connection_buffer_mib.to_string(),
+            s,
+        );
+        let mut span = |key: &'static str, cli: &Option<Span>, file: &Option<Span>, d: Duration| {
+            let (v, s) = pick(cli, file, Span(d));
+            note(key, v.to_string(), s);
+            v.0
+        };
+        let request_body_timeout = span(
+            "limits.request_body_timeout",
+            &self.request_body_timeout,
+            &l.request_body_timeout,
+            limits::DEFAULT_REQUEST_BODY_TIMEOUT,
+        );
+        let handshake_timeout = span(
+            "limits.handshake_timeout",
+            &self.handshake_timeout,
+            &l.handshake_timeout,
+            limits::DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let idle_timeout = span(
+            "limits.idle_timeout",
+            &self.idle_timeout,
+            &l.idle_timeout,
+            limits::DEFAULT_IDLE_TIMEOUT,
+        );
+        let http2_keepalive_interval = span(
+            "limits.http2_keepalive_interval",
+            &self.http2_keepalive_interval,
+            &l.http2_keepalive_interval,
+            limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
+        );
+        let http2_keepalive_timeout = span(
+            "limits.http2_keepalive_timeout",
+            &self.http2_keepalive_timeout,
+            &l.http2_keepalive_timeout,
+            limits::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+        );
+        let tcp_keepalive = span(
+            "limits.tcp_keepalive",
+            &self.tcp_keepalive,
+            &l.tcp_keepalive,
+            limits::DEFAULT_TCP_KEEPALIVE,
+        );
+        let limits = ServerLimits {
+            max_connections,
+            max_concurrent_streams,
+            request_buffer_bytes: mib("limits.request_buffer_mib", request_buffer_mib)?,
+            connection_buffer_bytes: mib("limits.connection_buffer_mib", connection_buffer_mib)?,
+            request_body_timeout,
+            handshake_timeout,
+            idle_timeout,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
+            tcp_keepalive,
+        };
+        limits.validate()?;
+        Ok(Settings {
+            data,
+            listen,
+            ledger_id,
+            root_public_key,
+            checkpoint_every,
+            snapshot_every,
+            allow_index_rebuild: self.allow_index_rebuild,
+            verify_full: self.verify_full,
+            limits,
+            report,
+        })
+    }
+}
+
+/// `phb-ledger config check FILE`: reads the file as `serve --config FILE`
+/// would (with this environment and no flags) and prints every setting,
+/// its value and where it came from.
+pub fn check(file: &Path) -> Result<()> {
+    let args = ServeArgs {
+        config: Some(file.to_path_buf()),
+        ..ServeArgs::from_env()
+    };
+    let settings = args.resolve()?;
+    println!("{}: OK", file.display());
+    for (key, value, source) in &settings.report {
+        let from = match source {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::CommandLine => "environment",
+        };
+        println!("  {key:<34} = {value}  ({from})");
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// The settings the environment gives (as clap would read them with no
+    /// flags), for `config check`.
+    fn from_env() -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        use clap::Parser as _;
+        Only::try_parse_from(["phb-ledger"])
+            .map(|o| o.args)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phb-ledger.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn the_file_sets_values_and_flags_win() {
+        let s = resolve(
+            "[server]\nlisten = \"0.0.0.0:6000\"\n[limits]\nidle_timeout = \"90s\"\nmax_connections = 10\n",
+        )
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:6000");
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(90));
+        assert_eq!(s.limits.max_connections, 10);
+        assert_eq!(s.checkpoint_every, DEFAULT_CHECKPOINT_EVERY);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:6000\"\n[storage]\ndata = \"d\"\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:7".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:7");
+        // Relative to the file, not to where serve runs.
+        assert_eq!(s.data, dir.path().join("d"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = resolve("[server]\nlisten = \"127.0.0.1:1\"\n\n[limits]\nidle_timout = \"3s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("idle_timout"), "{e}");
+        assert!(e.contains("idle_timeout"), "the valid keys are listed: {e}");
+        let e = resolve("[sever]\nlisten = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = resolve("[limits]\nidle_timeout = \"3 weeks\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("3 weeks"), "{e}");
+        let e = resolve("[ledger]\ncheckpoint_every = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ledger.checkpoint_every = 0 is out of range"),
+            "{e}"
+        );
+        let e = resolve("[storage]\nsnapshot_every = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}
