@@ -211,17 +211,14 @@ impl Projection for ReadModel {
 }
 
 /// The `ReadModel`'s snapshot: its header, the ledger id and the head, then
-/// the snapshot of each part (with its own header) in field order.
-///
-/// `Flags` has no snapshot encoding yet, so the last byte only says whether
-/// the flags are empty: 0, and they decode as empty; 1, and the snapshot
-/// cannot restore them, so decoding refuses it (the caller folds the log
-/// instead) rather than return a read model without its flags. When `Flags`
-/// gets an encoding, write it in place of that byte and bump the version.
-/// The `Reports` snapshot follows that byte (version 2 added it).
+/// the snapshot of each part (with its own header) in field order:
+/// directory, balances, holdings, statements, flags, reports. Version 3
+/// writes the flags whole (`FLGS`) where version 2 wrote one byte saying
+/// whether they were empty. Decoding also checks that no flag was raised
+/// after the head.
 const FORMAT: Format = Format {
     tag: *b"RDMD",
-    version: 2,
+    version: 3,
 };
 
 impl ReadModel {
@@ -233,7 +230,7 @@ impl ReadModel {
         self.balances.write(w);
         self.holdings.write(w);
         self.statements.write(w);
-        w.bool(self.flags != Flags::default());
+        self.flags.write(w);
         self.reports.write(w);
     }
 
@@ -246,14 +243,14 @@ impl ReadModel {
         let holdings = Holdings::read(r)?;
         let statements = Statements::read(r)?;
         let at = r.position();
-        let had_flags = r.bool()?;
+        let flags = Flags::read(r)?;
         // Read to the end first, so a cut snapshot is `Truncated` whatever
-        // that byte says.
+        // the flags say.
         let reports = Reports::read(r)?;
-        if had_flags {
+        if flags.last_raised().is_some_and(|s| s > head.sequence) {
             return Err(SnapshotReader::bad(
                 at,
-                "the snapshot lacks the flags it had (Flags has no snapshot encoding yet)",
+                "a flag raised by an entry after the snapshot's head",
             ));
         }
         Ok(ReadModel {
@@ -263,7 +260,7 @@ impl ReadModel {
             balances,
             holdings,
             statements,
-            flags: Flags::default(),
+            flags,
             reports,
         })
     }
@@ -486,5 +483,41 @@ mod tests {
         );
         assert!(hold.budget("b3").is_none());
         assert_eq!(hold.of("icb").count(), 0);
+    }
+
+    /// A read model's snapshot holds its flags; one whose flags were raised
+    /// after its head is refused.
+    #[test]
+    fn a_read_model_snapshot_holds_flags_raised_up_to_its_head() {
+        let root = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let mut read = ReadModel::new("l", root);
+        let matched = EventKind::ExternalMatchRecorded {
+            source: "nfi".into(),
+            kind: crate::event::MatchKind::Payroll,
+            reference: "r".into(),
+        };
+        for (i, kind) in [opened(None, Management::ThirdParty), matched]
+            .into_iter()
+            .enumerate()
+        {
+            let event = ev("b", kind);
+            read.apply(&Committed {
+                head: head(i as u64 + 1),
+                signer_id: "icb",
+                event: &event,
+                refusal: None,
+            });
+        }
+        assert_eq!(read.flags().raised_count(), 1);
+        let mut bytes = Vec::new();
+        read.encode(&mut bytes);
+        assert_eq!(ReadModel::decode(&bytes), Ok(read.clone()));
+        read.head = head(1);
+        let mut bytes = Vec::new();
+        read.encode(&mut bytes);
+        assert!(matches!(
+            ReadModel::decode(&bytes),
+            Err(SnapshotError::BadValue { what, .. }) if what.contains("after the snapshot's head")
+        ));
     }
 }

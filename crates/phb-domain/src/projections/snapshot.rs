@@ -5,9 +5,9 @@
 //! # Format
 //!
 //! A snapshot of a projection is its header — a 4-byte ASCII tag naming the
-//! projection (`BALS`, `DIRS`, `HOLD`, `STMT`, `RDMD` for the `ReadModel`)
-//! and its format version as a `u32` — then its fields, in a fixed order,
-//! made of:
+//! projection (`BALS`, `DIRS`, `HOLD`, `STMT`, `FLGS` for the flags, `RPTS`
+//! for the reports, `RDMD` for the `ReadModel`) and its format version as a
+//! `u32` — then its fields, in a fixed order, made of:
 //!
 //! * `u8`, `u16`, `u32`, `u64`, `i64`: fixed width, little-endian;
 //! * `bool`: one byte, 0 or 1;
@@ -19,13 +19,16 @@
 //! * an `Option`: 0, or 1 followed by the value;
 //! * a list: its length as a `u32`, then the items in order; a map: the same,
 //!   in strictly ascending key order (a map whose values carry their own key,
-//!   such as budgets by id, writes only the values);
-//! * an enum: a one-byte tag (the tables below; append only);
+//!   such as budgets by id, writes only the values); a set: a map of keys
+//!   alone;
+//! * an enum: a one-byte tag (the tables below, or beside the code for an
+//!   enum private to one module; append only);
 //! * a key or hash: its 32 bytes.
 //!
-//! The `ReadModel` nests the snapshots of its parts, each with its own
-//! header. Decoding checks the tag and version first and that nothing is
-//! left over at the end.
+//! Each projection's layout is in a doc comment beside its `FORMAT`. The
+//! `ReadModel` nests the snapshots of its parts, each with its own header.
+//! Decoding checks the tag and version first and that nothing is left over
+//! at the end.
 //!
 //! **Canonical**: the encoding is a function of the value (maps are ordered,
 //! money is written in pence, a shared signer id is written once), so equal
@@ -38,17 +41,21 @@
 //! and no list reserves more memory than there are bytes left), and nothing
 //! on the decoding path can panic: a corrupt or hostile snapshot is an
 //! `Err`, never an abort. Decoding also checks what later folds index by
-//! (a plan's figures match its lines, a spending's charge names lines of
-//! its plan), so a decoded projection folds like the original.
+//! or divide by (a plan's figures match its lines, a spending's charge
+//! names lines of its plan, a flag rule's thresholds are ones
+//! `ControlsConfigured` can set, its weeks start on a Monday and its
+//! service periods do not end before they start), so a decoded projection
+//! folds like the original.
 //!
 //! **Versioned**: change a projection's layout (or an enum table other than
 //! by appending) and bump its version; an old snapshot is then refused with
 //! `SnapshotError::BadVersion` and the caller rebuilds from the log.
 
+use super::flags::{FlagCode, Severity};
 use crate::chain::parse_public_key;
 use crate::event::{
-    parse_date, AgreementSpec, Date, Management, PayeeKind, PlanLineSpec, PlanSpec, Role, Sector,
-    Unit,
+    parse_date, AgreementSpec, Date, FlagOutcome, Management, PayeeKind, PlanLineSpec, PlanSpec,
+    Role, Sector, Unit,
 };
 use crate::ledger::{Budget, CarePlan, Charge, Head, Spending};
 use crate::money::Money;
@@ -540,6 +547,30 @@ tags!(Unit, unit, read_unit, "unknown unit" {
     Item = 3,
 });
 
+tags!(FlagCode, flag_code, read_flag_code, "unknown flag code" {
+    Surplus = 0,
+    DuplicatePayment = 1,
+    AfterDeath = 2,
+    DuringAdmission = 3,
+    OverbookedWorker = 4,
+    Spike = 5,
+    CashWithoutReceipt = 6,
+    ReviewOverdue = 7,
+    RepeatedRefusals = 8,
+    ExternalMatch = 9,
+});
+
+tags!(Severity, severity, read_severity, "unknown severity" {
+    Low = 0,
+    Medium = 1,
+    High = 2,
+});
+
+tags!(FlagOutcome, flag_outcome, read_flag_outcome, "unknown flag outcome" {
+    Confirmed = 0,
+    Dismissed = 1,
+});
+
 /// The domain types projections hold.
 impl SnapshotWriter<'_> {
     /// Sequence, hash, recorded at.
@@ -929,6 +960,15 @@ mod tests {
             }
             if let Ok(v) = SnapshotReader::read_all(&b, SnapshotReader::read_unit) {
                 assert_eq!(bytes(|w| w.unit(v)), b);
+            }
+            if let Ok(v) = SnapshotReader::read_all(&b, SnapshotReader::read_flag_code) {
+                assert_eq!(bytes(|w| w.flag_code(v)), b);
+            }
+            if let Ok(v) = SnapshotReader::read_all(&b, SnapshotReader::read_severity) {
+                assert_eq!(bytes(|w| w.severity(v)), b);
+            }
+            if let Ok(v) = SnapshotReader::read_all(&b, SnapshotReader::read_flag_outcome) {
+                assert_eq!(bytes(|w| w.flag_outcome(v)), b);
             }
         }
     }

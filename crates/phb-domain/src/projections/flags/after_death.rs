@@ -10,6 +10,7 @@
 
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{EventKind, MatchKind};
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
 
@@ -68,5 +69,22 @@ impl Rule for AfterDeath {
             "{what} of {amount} was recorded at #{sequence}, after the holder's death on {died} was recorded at #{death}; check it was for care given before the death, else reclaim it"
         );
         out.push(f);
+    }
+}
+
+/// Snapshot: the map of budget id → the HolderDied entry's sequence.
+impl AfterDeath {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let AfterDeath { death_recorded_at } = self;
+        w.seq(death_recorded_at, |w, (id, sequence)| {
+            w.str(id);
+            w.u64(*sequence);
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<AfterDeath, SnapshotError> {
+        Ok(AfterDeath {
+            death_recorded_at: r.map(|r| Ok((r.string()?, r.u64()?)))?,
+        })
     }
 }

@@ -19,8 +19,29 @@
 use super::{AsOf, Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{CardChannel, Date, EventKind};
 use crate::money::Money;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
+
+/// What a cash spending was: a closed set, so a snapshot can name it by a
+/// tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CashKind {
+    Atm,
+    Purchase,
+    Payment,
+}
+
+impl CashKind {
+    /// As the explanation says it.
+    fn describe(self) -> &'static str {
+        match self {
+            CashKind::Atm => "an ATM withdrawal",
+            CashKind::Purchase => "a cash purchase",
+            CashKind::Payment => "a cash payment",
+        }
+    }
+}
 
 /// One cash spending without a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +51,7 @@ struct Cash {
     /// How much.
     amount: Money,
     /// What it was, for the explanation.
-    what: &'static str,
+    what: CashKind,
 }
 
 /// Every cash spending without a receipt, by (budget, sequence).
@@ -49,19 +70,19 @@ impl Rule for CashWithoutReceipt {
                 amount,
                 channel: CardChannel::Atm,
                 ..
-            } => (*amount, "an ATM withdrawal"),
+            } => (*amount, CashKind::Atm),
             EventKind::Purchase {
                 amount,
                 category,
                 receipt_ref,
                 ..
-            } if category == "cash" && receipt_ref.is_empty() => (*amount, "a cash purchase"),
+            } if category == "cash" && receipt_ref.is_empty() => (*amount, CashKind::Purchase),
             EventKind::Payment {
                 amount,
                 category,
                 reference,
                 ..
-            } if category == "cash" && reference.is_empty() => (*amount, "a cash payment"),
+            } if category == "cash" && reference.is_empty() => (*amount, CashKind::Payment),
             _ => return,
         };
         let on = Date::from_unix_micros(c.event.occurred_at_micros);
@@ -96,10 +117,50 @@ impl Rule for CashWithoutReceipt {
             f.thresholds = vec![("cash_receipt_days", days.to_string())];
             f.explanation = format!(
                 "{} of {} on {} (#{sequence}) has no receipt reference {age} days later, as of {} (the limit is {days} days): ask for the receipts, and once they are seen dismiss this flag with FlagReviewed",
-                cash.what, cash.amount, cash.on, at.on
+                cash.what.describe(),
+                cash.amount,
+                cash.on,
+                at.on
             );
             out.push(f);
         }
+    }
+}
+
+/// Snapshot: the map of (budget id, sequence) → the spending's date,
+/// amount and kind (a tag: 0 an ATM withdrawal, 1 a cash purchase, 2 a
+/// cash payment).
+impl CashWithoutReceipt {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let CashWithoutReceipt { cash } = self;
+        w.seq(cash, |w, ((id, sequence), c)| {
+            w.str(id);
+            w.u64(*sequence);
+            w.date(c.on);
+            w.money(c.amount);
+            w.u8(match c.what {
+                CashKind::Atm => 0,
+                CashKind::Purchase => 1,
+                CashKind::Payment => 2,
+            });
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<CashWithoutReceipt, SnapshotError> {
+        let cash = r.map(|r| {
+            let key = (r.string()?, r.u64()?);
+            let on = r.date()?;
+            let amount = r.money()?;
+            let at = r.position();
+            let what = match r.u8()? {
+                0 => CashKind::Atm,
+                1 => CashKind::Purchase,
+                2 => CashKind::Payment,
+                _ => return Err(SnapshotReader::bad(at, "unknown kind of cash spending")),
+            };
+            Ok((key, Cash { on, amount, what }))
+        })?;
+        Ok(CashWithoutReceipt { cash })
     }
 }
 
@@ -177,5 +238,27 @@ mod tests {
         k.ok("", may1, EventKind::ControlsConfigured(controls));
         assert!(cash(&k, date(2026, 6, 15)).is_empty());
         assert_eq!(cash(&k, date(2026, 6, 16))[0].thresholds[0].1, "45");
+    }
+
+    #[test]
+    fn a_snapshot_names_the_kind_of_cash_by_its_tag() {
+        let read = |tag: u8| {
+            let mut out = Vec::new();
+            let mut w = SnapshotWriter::new(&mut out);
+            w.len(1);
+            w.str("b");
+            w.u64(12);
+            w.date(date(2026, 5, 1));
+            w.money(money(20, 0));
+            w.u8(tag);
+            SnapshotReader::read_all(&out, CashWithoutReceipt::read)
+        };
+        let atm = read(0).unwrap();
+        assert_eq!(atm.cash[&("b".to_string(), 12)].what, CashKind::Atm);
+        assert_eq!(
+            read(2).unwrap().cash.values().next().unwrap().what,
+            CashKind::Payment
+        );
+        assert!(matches!(read(3), Err(SnapshotError::BadValue { .. })));
     }
 }

@@ -9,6 +9,7 @@
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{Date, EventKind};
 use crate::money::Money;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
 
@@ -152,6 +153,82 @@ impl Rule for DuplicatePayment {
     }
 }
 
+/// Snapshot: the claims (a map of (payee, amount, service from, service to)
+/// → what was seen), then the references (a map of (payee, reference) →
+/// what was seen). What was seen is the spendings listed — the first, then
+/// the latest, each (budget id, sequence) — and how many there were in all.
+/// Decoding checks the list is what `Seen::push` keeps: at least one, and
+/// as many as there were up to `1 + MAX_LISTED`.
+impl DuplicatePayment {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let DuplicatePayment {
+            by_claim,
+            by_reference,
+        } = self;
+        w.seq(by_claim, |w, ((payee, amount, from, to), seen)| {
+            w.str(payee);
+            w.money(*amount);
+            w.date(*from);
+            w.date(*to);
+            seen.write(w);
+        });
+        w.seq(by_reference, |w, ((payee, reference), seen)| {
+            w.str(payee);
+            w.str(reference);
+            seen.write(w);
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<DuplicatePayment, SnapshotError> {
+        let by_claim = r.map(|r| {
+            let claim = (r.string()?, r.money()?, r.date()?, r.date()?);
+            Ok((claim, Seen::read(r)?))
+        })?;
+        let by_reference = r.map(|r| {
+            let key = (r.string()?, r.string()?);
+            Ok((key, Seen::read(r)?))
+        })?;
+        Ok(DuplicatePayment {
+            by_claim,
+            by_reference,
+        })
+    }
+}
+
+impl Seen {
+    fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let Seen {
+            first: _,
+            latest: _,
+            count,
+        } = self;
+        let listed: Vec<&(String, u64)> = self.listed().collect();
+        w.seq(listed, |w, (budget, sequence)| {
+            w.str(budget);
+            w.u64(*sequence);
+        });
+        w.u64(*count);
+    }
+
+    fn read(r: &mut SnapshotReader<'_>) -> Result<Seen, SnapshotError> {
+        let at = r.position();
+        let mut listed = r.seq(|r| Ok((r.string()?, r.u64()?)))?.into_iter();
+        let count = r.u64()?;
+        let kept = usize::try_from(count).map_or(1 + MAX_LISTED, |c| c.min(1 + MAX_LISTED));
+        if count == 0 || listed.len() != kept {
+            return Err(SnapshotReader::bad(
+                at,
+                "a duplicate-payment key lists other than its first and latest spendings",
+            ));
+        }
+        Ok(Seen {
+            first: listed.next(),
+            latest: listed.collect(),
+            count,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +244,37 @@ mod tests {
         assert_eq!(listed[0], 1);
         assert_eq!(*listed.last().unwrap(), 1000);
         assert_eq!(seen.count, 1000);
+    }
+
+    /// A `Seen` of `listed` sequences and `count`, as the snapshot writes
+    /// it.
+    fn seen(listed: u64, count: u64) -> Result<Seen, SnapshotError> {
+        let mut out = Vec::new();
+        let mut w = SnapshotWriter::new(&mut out);
+        w.seq((1..=listed).collect::<Vec<u64>>(), |w, s| {
+            w.str("b");
+            w.u64(s);
+        });
+        w.u64(count);
+        SnapshotReader::read_all(&out, Seen::read)
+    }
+
+    #[test]
+    fn a_snapshot_lists_what_push_keeps() {
+        let mut pushed = Seen::default();
+        for s in 1..=1000u64 {
+            pushed.push(("b".into(), s));
+        }
+        let mut out = Vec::new();
+        pushed.write(&mut SnapshotWriter::new(&mut out));
+        assert_eq!(SnapshotReader::read_all(&out, Seen::read), Ok(pushed));
+        let listed = 1 + MAX_LISTED as u64;
+        assert!(seen(1, 1).is_ok() && seen(3, 3).is_ok() && seen(listed, 1000).is_ok());
+        for (listed, count) in [(0, 0), (1, 0), (2, 3), (3, 2), (listed - 1, 1000)] {
+            assert!(
+                matches!(seen(listed, count), Err(SnapshotError::BadValue { .. })),
+                "{listed} of {count}"
+            );
+        }
     }
 }

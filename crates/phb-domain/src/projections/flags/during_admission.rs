@@ -27,6 +27,7 @@
 
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{Date, EventKind, PayeeKind};
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
 
@@ -172,6 +173,46 @@ impl Rule for DuringAdmission {
             seen.join(" and ")
         );
         out.push(f);
+    }
+}
+
+/// Snapshot: the map of budget id → its stays in the order recorded, each
+/// the admission date and entry, then the discharge (date and entry) if
+/// any.
+impl DuringAdmission {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let DuringAdmission { stays } = self;
+        w.seq(stays, |w, (id, stays)| {
+            w.str(id);
+            w.seq(stays, |w, stay| {
+                let Stay {
+                    admitted,
+                    admitted_at,
+                    discharged,
+                } = stay;
+                w.date(*admitted);
+                w.u64(*admitted_at);
+                w.option(*discharged, |w, (d, sequence)| {
+                    w.date(d);
+                    w.u64(sequence);
+                });
+            });
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<DuringAdmission, SnapshotError> {
+        let stays = r.map(|r| {
+            let id = r.string()?;
+            let stays = r.seq(|r| {
+                Ok(Stay {
+                    admitted: r.date()?,
+                    admitted_at: r.u64()?,
+                    discharged: r.option(|r| Ok((r.date()?, r.u64()?)))?,
+                })
+            })?;
+            Ok((id, stays))
+        })?;
+        Ok(DuringAdmission { stays })
     }
 }
 

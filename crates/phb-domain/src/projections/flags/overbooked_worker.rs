@@ -29,6 +29,8 @@
 
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{Date, EventKind, PayeeKind, Sector, Unit};
+use crate::money::MAX_AMOUNT_POUNDS;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet};
@@ -275,6 +277,68 @@ impl Rule for OverbookedWorker {
     }
 }
 
+/// Snapshot: the map of payee → its hourly payments in (first day,
+/// sequence) order, each its sequence, budget id, first and last days (as
+/// dates) and hours in hundredths (`u64`). `longest` is not written: it is
+/// the longest of the payments, as the fold keeps it. Decoding checks what
+/// the sums divide and multiply by: a period does not end before it starts,
+/// and the hours are positive and at most what an amount can be.
+impl OverbookedWorker {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let OverbookedWorker { workers } = self;
+        w.seq(workers, |w, (payee, worker)| {
+            let Worker { longest: _, shifts } = worker;
+            w.str(payee);
+            w.seq(shifts, |w, ((_, sequence), shift)| {
+                let Shift {
+                    budget,
+                    from,
+                    to,
+                    hundredths,
+                } = shift;
+                w.u64(*sequence);
+                w.str(budget);
+                w.date(Date::from_days(*from));
+                w.date(Date::from_days(*to));
+                // Hours are a payment's units (at most an amount's
+                // pence); a value out of range writes 0, which decoding
+                // refuses, so the caller folds the log instead.
+                w.u64(u64::try_from(*hundredths).unwrap_or(0));
+            });
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<OverbookedWorker, SnapshotError> {
+        let most = u64::try_from(MAX_AMOUNT_POUNDS).unwrap_or(0) * 100;
+        let workers = r.map(|r| {
+            let payee = r.string()?;
+            let shifts = r.map(|r| {
+                let at = r.position();
+                let sequence = r.u64()?;
+                let budget = r.string()?;
+                let (from, to) = (r.date()?.days(), r.date()?.days());
+                let hundredths = r.u64()?;
+                if to < from || hundredths == 0 || hundredths > most {
+                    return Err(SnapshotReader::bad(
+                        at,
+                        "an hourly payment ends before it starts or has no or too many hours",
+                    ));
+                }
+                let shift = Shift {
+                    budget,
+                    from,
+                    to,
+                    hundredths: i128::from(hundredths),
+                };
+                Ok(((from, sequence), shift))
+            })?;
+            let longest = shifts.values().map(|s| s.to - s.from).fold(0, i64::max);
+            Ok((payee, Worker { longest, shifts }))
+        })?;
+        Ok(OverbookedWorker { workers })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +406,50 @@ mod tests {
         let many: Vec<(i128, i128)> = (0..200).map(|i| (1, 2 * i + 3)).collect();
         let (_, hours) = over(&many, 1);
         assert!(hours > Decimal::ZERO);
+    }
+
+    /// One worker's payments, each (sequence, first day, last day,
+    /// hundredths), as the snapshot writes them.
+    fn snapshot(shifts: &[(u64, Date, Date, u64)]) -> Result<OverbookedWorker, SnapshotError> {
+        let mut out = Vec::new();
+        let mut w = SnapshotWriter::new(&mut out);
+        w.len(1);
+        w.str("pa-1");
+        w.seq(shifts, |w, &(sequence, from, to, hundredths)| {
+            w.u64(sequence);
+            w.str("b");
+            w.date(from);
+            w.date(to);
+            w.u64(hundredths);
+        });
+        SnapshotReader::read_all(&out, OverbookedWorker::read)
+    }
+
+    #[test]
+    fn a_snapshot_keeps_periods_the_sums_can_divide_by() {
+        let d = |day| Date {
+            year: 2026,
+            month: 12,
+            day,
+        };
+        // The longest period is derived, as the fold keeps it.
+        let ok = snapshot(&[(3, d(1), d(7), 4000), (2, d(2), d(2), 800)]).unwrap();
+        let worker = &ok.workers["pa-1"];
+        assert_eq!(worker.longest, 6);
+        assert_eq!(worker.shifts[&(d(1).days(), 3)].hundredths, 4000);
+        let one_day = snapshot(&[(2, d(2), d(2), 800)]).unwrap();
+        assert_eq!(one_day.workers["pa-1"].longest, 0);
+        for bad in [
+            [(3, d(7), d(1), 4000)],
+            [(3, d(1), d(7), 0)],
+            [(3, d(1), d(7), 100_000_000_001)],
+        ] {
+            assert!(matches!(
+                snapshot(&bad),
+                Err(SnapshotError::BadValue { .. })
+            ));
+        }
+        // Out of (first day, sequence) order.
+        assert!(snapshot(&[(2, d(2), d(2), 800), (3, d(1), d(7), 4000)]).is_err());
     }
 }

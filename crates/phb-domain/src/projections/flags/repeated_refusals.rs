@@ -18,6 +18,7 @@
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::EventKind;
 use crate::money::Money;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
 
@@ -31,13 +32,36 @@ const LONGEST_WINDOW_DAYS: i64 = 366;
 /// FAILED_PRECONDITION and PERMISSION_DENIED (google.rpc.Code numbers).
 const COUNTED_CODES: [(u32, &str); 2] = [(9, "FAILED_PRECONDITION"), (7, "PERMISSION_DENIED")];
 
+/// The kinds of event counted: a closed set, so a snapshot can name one by
+/// a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Payment,
+    Purchase,
+    CardTransaction,
+    Disbursement,
+}
+
+impl Attempt {
+    /// The event kind's name.
+    fn name(self) -> &'static str {
+        match self {
+            Attempt::Payment => "Payment",
+            Attempt::Purchase => "Purchase",
+            Attempt::CardTransaction => "CardTransaction",
+            Attempt::Disbursement => "Disbursement",
+        }
+    }
+}
+
 /// One counted refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Refused {
     recorded_at_micros: i64,
     sequence: u64,
-    what: &'static str,
+    what: Attempt,
     amount: Money,
+    /// Its name in `COUNTED_CODES`.
     code: &'static str,
 }
 
@@ -66,10 +90,10 @@ impl Rule for RepeatedRefusals {
             return;
         };
         let (what, amount) = match &c.event.kind {
-            EventKind::Payment { amount, .. } => ("Payment", *amount),
-            EventKind::Purchase { amount, .. } => ("Purchase", *amount),
-            EventKind::CardTransaction { amount, .. } => ("CardTransaction", *amount),
-            EventKind::Disbursement { amount } => ("Disbursement", *amount),
+            EventKind::Payment { amount, .. } => (Attempt::Payment, *amount),
+            EventKind::Purchase { amount, .. } => (Attempt::Purchase, *amount),
+            EventKind::CardTransaction { amount, .. } => (Attempt::CardTransaction, *amount),
+            EventKind::Disbursement { amount } => (Attempt::Disbursement, *amount),
             _ => return,
         };
         let now = c.head.recorded_at_micros;
@@ -117,7 +141,10 @@ impl Rule for RepeatedRefusals {
         ];
         let list: Vec<String> = window
             .iter()
-            .map(|x| format!("#{} {} of {} ({})", x.sequence, x.what, x.amount, x.code))
+            .map(|x| {
+                let (sequence, what) = (x.sequence, x.what.name());
+                format!("#{sequence} {what} of {} ({})", x.amount, x.code)
+            })
             .collect();
         f.explanation = format!(
             "{} refused attempts to move money out of this budget within {days} days: {}. Repeated refusals can be an attempted overspend, spending outside the plan or at a blocked merchant: check who is trying to spend and on what",
@@ -125,6 +152,77 @@ impl Rule for RepeatedRefusals {
             list.join(", ")
         );
         out.push(f);
+    }
+}
+
+/// Snapshot: the map of budget id → its recent refusals, oldest first (each
+/// recorded at, in microseconds; sequence; the kind as a tag — 0 Payment,
+/// 1 Purchase, 2 CardTransaction, 3 Disbursement; amount; the code's name,
+/// one of `COUNTED_CODES`), then whether a flag was raised in the current
+/// run.
+impl RepeatedRefusals {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let RepeatedRefusals { budgets } = self;
+        w.seq(budgets, |w, (id, recent)| {
+            let Recent { refused, flagged } = recent;
+            w.str(id);
+            w.seq(refused, |w, x| {
+                let Refused {
+                    recorded_at_micros,
+                    sequence,
+                    what,
+                    amount,
+                    code,
+                } = x;
+                w.i64(*recorded_at_micros);
+                w.u64(*sequence);
+                w.u8(match what {
+                    Attempt::Payment => 0,
+                    Attempt::Purchase => 1,
+                    Attempt::CardTransaction => 2,
+                    Attempt::Disbursement => 3,
+                });
+                w.money(*amount);
+                w.str(code);
+            });
+            w.bool(*flagged);
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<RepeatedRefusals, SnapshotError> {
+        let budgets = r.map(|r| {
+            let id = r.string()?;
+            let refused = r.seq(|r| {
+                let recorded_at_micros = r.i64()?;
+                let sequence = r.u64()?;
+                let at = r.position();
+                let what = match r.u8()? {
+                    0 => Attempt::Payment,
+                    1 => Attempt::Purchase,
+                    2 => Attempt::CardTransaction,
+                    3 => Attempt::Disbursement,
+                    _ => return Err(SnapshotReader::bad(at, "unknown kind of refused attempt")),
+                };
+                let amount = r.money()?;
+                let at = r.position();
+                let name = r.str()?;
+                let code = COUNTED_CODES
+                    .iter()
+                    .find(|(_, n)| *n == name)
+                    .map(|(_, n)| *n)
+                    .ok_or_else(|| SnapshotReader::bad(at, "a refusal code that is not counted"))?;
+                Ok(Refused {
+                    recorded_at_micros,
+                    sequence,
+                    what,
+                    amount,
+                    code,
+                })
+            })?;
+            let flagged = r.bool()?;
+            Ok((id, Recent { refused, flagged }))
+        })?;
+        Ok(RepeatedRefusals { budgets })
     }
 }
 
@@ -239,5 +337,36 @@ mod tests {
         assert_eq!(f[0].sequences.len(), 3);
         assert_eq!(f[0].sequences.last(), Some(&s));
         assert_eq!(f[0].thresholds[0], ("refusals_count", "2".to_string()));
+    }
+
+    /// One budget's one refusal of kind tag `what` and code `code`.
+    fn snapshot(what: u8, code: &str) -> Result<RepeatedRefusals, SnapshotError> {
+        let mut out = Vec::new();
+        let mut w = SnapshotWriter::new(&mut out);
+        w.len(1);
+        w.str("b");
+        w.len(1);
+        w.i64(HOUR);
+        w.u64(4);
+        w.u8(what);
+        w.money(money(999, 0));
+        w.str(code);
+        w.bool(true);
+        SnapshotReader::read_all(&out, RepeatedRefusals::read)
+    }
+
+    #[test]
+    fn a_snapshot_names_counted_kinds_and_codes() {
+        let r = snapshot(2, "PERMISSION_DENIED").unwrap();
+        let recent = &r.budgets["b"];
+        assert!(recent.flagged);
+        assert_eq!(recent.refused[0].what, Attempt::CardTransaction);
+        assert_eq!(recent.refused[0].code, "PERMISSION_DENIED");
+        for (what, code) in [(4, "FAILED_PRECONDITION"), (0, "NOT_FOUND"), (0, "")] {
+            assert!(matches!(
+                snapshot(what, code),
+                Err(SnapshotError::BadValue { .. })
+            ));
+        }
     }
 }

@@ -31,6 +31,7 @@
 use super::{AsOf, Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{Date, EventKind, Management, ReviewKind};
 use crate::ledger::Budget;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use std::collections::BTreeMap;
 
@@ -265,6 +266,46 @@ fn late(
         at.on
     );
     Some(f)
+}
+
+/// Snapshot: the map of budget id → when the money started, the latest
+/// care review and the latest financial audit, each an optional (date,
+/// sequence).
+impl ReviewOverdue {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let ReviewOverdue { budgets } = self;
+        let dated = |w: &mut SnapshotWriter<'_>, (d, sequence): Dated| {
+            w.date(d);
+            w.u64(sequence);
+        };
+        w.seq(budgets, |w, (id, reviews)| {
+            let Reviews {
+                money_from,
+                care,
+                audit,
+            } = reviews;
+            w.str(id);
+            w.option(*money_from, dated);
+            w.option(*care, dated);
+            w.option(*audit, dated);
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<ReviewOverdue, SnapshotError> {
+        let dated = |r: &mut SnapshotReader<'_>| -> Result<Dated, SnapshotError> {
+            Ok((r.date()?, r.u64()?))
+        };
+        let budgets = r.map(|r| {
+            let id = r.string()?;
+            let reviews = Reviews {
+                money_from: r.option(dated)?,
+                care: r.option(dated)?,
+                audit: r.option(dated)?,
+            };
+            Ok((id, reviews))
+        })?;
+        Ok(ReviewOverdue { budgets })
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 use super::{Context, Flag, FlagCode, Rule, Severity};
 use crate::event::{Date, EventKind};
 use crate::money::Money;
+use crate::projections::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::projections::Committed;
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,5 +109,96 @@ impl Rule for Spike {
             Date::from_days(week - 1),
         );
         out.push(f);
+    }
+}
+
+/// Snapshot: the map of budget id → its weeks (a map of the week's Monday,
+/// as a date, → its total and its spendings' sequences), then the weeks
+/// flagged (a set of Mondays). Decoding checks every week is named by its
+/// Monday, as the fold keys them (its trailing weeks are a range of keys).
+impl Spike {
+    pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
+        let Spike { budgets } = self;
+        w.seq(budgets, |w, (id, spending)| {
+            let Spending { weeks, flagged } = spending;
+            w.str(id);
+            w.seq(weeks, |w, (monday, week)| {
+                let Week { total, sequences } = week;
+                w.date(Date::from_days(*monday));
+                w.money(*total);
+                w.seq(sequences, |w, s| w.u64(*s));
+            });
+            w.seq(flagged, |w, monday| w.date(Date::from_days(*monday)));
+        });
+    }
+
+    pub(super) fn read(r: &mut SnapshotReader<'_>) -> Result<Spike, SnapshotError> {
+        fn monday(r: &mut SnapshotReader<'_>) -> Result<i64, SnapshotError> {
+            let at = r.position();
+            let d = r.date()?;
+            if d.week_start_days() != d.days() {
+                return Err(SnapshotReader::bad(
+                    at,
+                    "a week that does not start on a Monday",
+                ));
+            }
+            Ok(d.days())
+        }
+        let budgets = r.map(|r| {
+            let id = r.string()?;
+            let weeks = r.map(|r| {
+                let monday = monday(r)?;
+                let week = Week {
+                    total: r.money()?,
+                    sequences: r.seq(SnapshotReader::u64)?,
+                };
+                Ok((monday, week))
+            })?;
+            let flagged = r.map(|r| Ok((monday(r)?, ())))?.into_keys().collect();
+            Ok((id, Spending { weeks, flagged }))
+        })?;
+        Ok(Spike { budgets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One budget with one week, named by `day`, flagged too.
+    fn snapshot(day: Date) -> Result<Spike, SnapshotError> {
+        let mut out = Vec::new();
+        let mut w = SnapshotWriter::new(&mut out);
+        w.len(1);
+        w.str("b");
+        w.len(1);
+        w.date(day);
+        w.money(Money::from_pence(500));
+        w.seq([7u64, 9], |w, s| w.u64(s));
+        w.len(1);
+        w.date(day);
+        SnapshotReader::read_all(&out, Spike::read)
+    }
+
+    #[test]
+    fn weeks_are_named_by_their_monday() {
+        let monday = Date {
+            year: 2026,
+            month: 11,
+            day: 30,
+        };
+        let spike = snapshot(monday).unwrap();
+        let spending = &spike.budgets["b"];
+        assert_eq!(spending.weeks[&monday.days()].sequences, [7, 9]);
+        assert!(spending.flagged.contains(&monday.days()));
+        let tuesday = Date {
+            day: 1,
+            month: 12,
+            ..monday
+        };
+        assert!(matches!(
+            snapshot(tuesday),
+            Err(SnapshotError::BadValue { .. })
+        ));
     }
 }
