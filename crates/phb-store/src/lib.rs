@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod dirlock;
+mod indexer;
 pub mod logfile;
 pub mod snapshots;
 
@@ -155,9 +156,9 @@ pub struct Store {
     _db: sled::Db,
     log_path: PathBuf,
     head_sequence: u64,
-    /// Set when indexing failed after the log was durable: lookups may miss
-    /// the newest ids, so no more writes until a restart re-indexes.
-    index_behind: bool,
+    /// Writes the index behind the acknowledgement (`indexer.rs`); its
+    /// `failed` is set when indexing failed after the log was durable.
+    indexer: indexer::Indexer,
     /// Set when an index lookup failed: sled's IO errors are sticky, and
     /// without lookups duplicates cannot be detected, so no more writes
     /// until a restart re-checks (and if need be rebuilds) the index.
@@ -296,7 +297,11 @@ impl Store {
         if let Some(ix) = &index {
             let snapshots = Snapshots::open(&ix.db).map_err(StoreError::Index)?;
             if let Some(r) = replay.resume(&snapshots) {
-                match ix.resume_point(&log, len, r) {
+                match ix.resume_point(&log, len, r).and_then(|p| {
+                    ix.check_prefix(&log, r.sequence, p.1, r.entry_hash)
+                        .map(|()| p)
+                }) {
+                    Err(e @ StoreError::Corrupt { .. }) => return Err(e),
                     Ok((at, next, f)) => {
                         tracing::info!(
                             sequence = r.sequence,
@@ -462,6 +467,8 @@ impl Store {
         index.tree.flush()?;
         log.set_committed_len(offset);
         report.entries = head_sequence;
+        let indexer = indexer::Indexer::start(index.tree.clone())
+            .map_err(|e| StoreError::Io("starting the index thread".into(), e))?;
         Ok((
             Store {
                 log,
@@ -471,7 +478,7 @@ impl Store {
                 _db: index.db,
                 log_path,
                 head_sequence,
-                index_behind: false,
+                indexer,
                 index_failed: std::cell::Cell::new(false),
             },
             report,
@@ -480,7 +487,7 @@ impl Store {
 
     /// False once a failure means only a restart can make writes safe again.
     pub fn accepts_writes(&self) -> bool {
-        self.log.accepts_writes() && !self.index_behind && !self.index_failed.get()
+        self.log.accepts_writes() && !self.indexer.shared.failed() && !self.index_failed.get()
     }
 
     /// The last sequence in the log.
@@ -492,7 +499,7 @@ impl Store {
     /// indexes them. Returns only after the entries are on disk.
     pub fn append(&mut self, group: &[Append<'_>]) -> Result<(), StoreError> {
         assert!(!group.is_empty() && group.len() <= MAX_GROUP_ENTRIES);
-        if self.index_behind || self.index_failed.get() {
+        if self.indexer.shared.failed() || self.index_failed.get() {
             return Err(StoreError::Poisoned);
         }
         let mut buf = Vec::new();
@@ -519,20 +526,42 @@ impl Store {
         self.head_sequence += group.len() as u64;
         self.frontier = frontier;
         debug_assert_eq!(self.frontier.size(), self.head_sequence);
-        // Index after durability. If this fails, the log still holds the
-        // entries and the next open re-indexes them.
+        // Index after durability, behind the acknowledgement: the records go
+        // to `Recent` (looked up first) now and to sled on the index thread.
+        // If sled fails, the log still holds the entries, the next open
+        // re-indexes them, and writes are refused until then.
         let mut batch = sled::Batch::default();
-        for (a, rel) in group.iter().zip(relative) {
-            index_entry(&mut batch, a.event_id, a.entry, start + rel);
+        let mut keys = Vec::with_capacity(group.len());
+        {
+            let mut recent = self.indexer.shared.recent();
+            for (a, rel) in group.iter().zip(relative) {
+                let offset = start + rel;
+                index_entry(&mut batch, a.event_id, a.entry, offset);
+                let key = event_key(&a.entry.signed.signer_id, a.event_id);
+                recent.events.insert(
+                    key.clone(),
+                    IndexedEvent {
+                        sequence: a.entry.sequence,
+                        digest: a.entry.signed.digest(),
+                        entry_hash: a.entry.hash,
+                        refusal: a.entry.refusal.clone(),
+                    },
+                );
+                recent.offsets.insert(a.entry.sequence, offset);
+                keys.push(key);
+            }
+            for (id, hash) in &nodes {
+                recent.nodes.insert(*id, *hash);
+            }
         }
         put_nodes(&mut batch, &nodes);
         batch.insert(KEY_INDEXED_THROUGH, &self.head_sequence.to_be_bytes());
-        if let Err(e) = self.index.apply_batch(batch) {
-            // The entries are durable and will be acknowledged; refuse later
-            // writes so an unindexed id can never be written twice.
-            tracing::error!(error = %e, "indexing failed after a durable append; refusing writes until restart");
-            self.index_behind = true;
-        }
+        self.indexer.submit(indexer::Group {
+            batch,
+            events: keys,
+            sequences: group[0].entry.sequence..=self.head_sequence,
+            nodes: nodes.into_iter().map(|(id, _)| id).collect(),
+        });
         Ok(())
     }
 
@@ -551,8 +580,9 @@ impl Store {
     /// the crate docs; the index never needs to be durable, only complete
     /// after a clean stop so it can vouch for the last committed entries).
     pub fn flush_index(&self) -> Result<(), StoreError> {
-        self.index.flush()?;
-        Ok(())
+        self.indexer
+            .flush()
+            .map_err(|e| StoreError::Io("writing the index out".into(), std::io::Error::other(e)))
     }
 
     /// Looks up an idempotency key: the event id `event_id` of `signer_id`.
@@ -570,7 +600,11 @@ impl Store {
     }
 
     fn lookup(&self, signer_id: &str, event_id: &str) -> Result<Option<IndexedEvent>, StoreError> {
-        let Some(v) = self.index.get(event_key(signer_id, event_id))? else {
+        let key = event_key(signer_id, event_id);
+        if let Some(hit) = self.indexer.shared.recent().events.get(&key) {
+            return Ok(Some(hit.clone()));
+        }
+        let Some(v) = self.index.get(key)? else {
             return Ok(None);
         };
         parse_index_value(&v)
@@ -586,6 +620,7 @@ impl Store {
         Ok(LogReader {
             file,
             index: self.index.clone(),
+            recent: self.indexer.shared.clone(),
             resume: std::sync::Mutex::new((1, HEADER_LEN)),
             index_failed: std::sync::atomic::AtomicBool::new(false),
         })
@@ -844,6 +879,81 @@ impl OpenedIndex {
         let frontier = Frontier::from_nodes(seq, hashes).map_err(|e| refuse(e.to_string()))?;
         Ok((at, next, frontier))
     }
+
+    /// The check of the log before a resume point at `seq` (its record
+    /// ending at `end`): every record's checksum, sequence, entry hash and
+    /// link, on two threads (the halves split at an indexed offset and
+    /// joined by their link), ending at the snapshot's entry. Damage is
+    /// `StoreError::Corrupt` naming the sequence, as a full open reports it.
+    fn check_prefix(
+        &self,
+        log: &LogFile,
+        seq: u64,
+        end: u64,
+        hash: Hash,
+    ) -> Result<(), StoreError> {
+        let corrupt = |d: logfile::ChainDamage| {
+            StoreError::Corrupt {
+            sequence: Some(d.sequence),
+            offset: d.offset,
+            detail: format!(
+                "{}; the start was refused before anything was changed. Restore from a backup or replica (docs/operations.md)",
+                d.detail
+            ),
+        }
+        };
+        let mid = seq / 2;
+        let split = match self.tree.get(seq_key(mid + 1))? {
+            Some(v) if mid >= 1 => be_u64(&v).filter(|o| *o > HEADER_LEN && *o < end),
+            _ => None,
+        };
+        let file = log.file();
+        let ranges = match split {
+            Some(at) => std::thread::scope(|s| {
+                let second = s.spawn(|| logfile::check_chain(file, at, end, mid + 1));
+                let first = logfile::check_chain(file, HEADER_LEN, at, 1);
+                let second = second.join().unwrap_or_else(|_| {
+                    Err(logfile::ChainDamage {
+                        sequence: mid + 1,
+                        offset: at,
+                        detail: "the check panicked".into(),
+                    })
+                });
+                (first, Some((second, at)))
+            }),
+            None => (logfile::check_chain(file, HEADER_LEN, end, 1), None),
+        };
+        let first = ranges.0.map_err(corrupt)?;
+        if first.first_prev != phb_chain::GENESIS_HASH {
+            return Err(corrupt(logfile::ChainDamage {
+                sequence: 1,
+                offset: HEADER_LEN,
+                detail: "the first entry does not start the chain".into(),
+            }));
+        }
+        let last = match ranges.1 {
+            None => first,
+            Some((second, at)) => {
+                let second = second.map_err(corrupt)?;
+                if first.last_sequence != mid || second.first_prev != first.last_hash {
+                    return Err(corrupt(logfile::ChainDamage {
+                        sequence: mid + 1,
+                        offset: at,
+                        detail:
+                            "the entry does not name the previous entry's hash: the chain is broken"
+                                .into(),
+                    }));
+                }
+                second
+            }
+        };
+        if last.last_sequence != seq || last.last_hash != hash {
+            return Err(StoreError::Resume(format!(
+                "the log's entry {seq} is not the one the snapshot was taken after"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Deletes the index and builds it again from the log's first `end` bytes
@@ -967,6 +1077,8 @@ fn tail_is_zero(file: &File, from: u64, len: u64) -> Result<bool, StoreError> {
 pub struct LogReader {
     file: File,
     index: sled::Tree,
+    /// Committed entries the index thread has not written to sled yet.
+    recent: std::sync::Arc<indexer::Shared>,
     /// (next sequence, its offset) after the last read.
     resume: std::sync::Mutex<(u64, u64)>,
     /// Set once the index failed a read (warned about once).
@@ -1002,13 +1114,20 @@ impl LogReader {
     /// Where an idempotency key stands, per the index (`None` if unknown or
     /// the index fails: callers use this only to avoid refusing too early).
     pub fn find_event(&self, signer_id: &str, event_id: &str) -> Option<IndexedEvent> {
-        let v = self.index.get(event_key(signer_id, event_id)).ok()??;
+        let key = event_key(signer_id, event_id);
+        if let Some(hit) = self.recent.recent().events.get(&key) {
+            return Some(hit.clone());
+        }
+        let v = self.index.get(key).ok()??;
         parse_index_value(&v)
     }
 
     /// A stored Merkle tree node (a complete subtree), if the index has it:
     /// nodes are written with the index, after their entries are durable.
     pub fn node(&self, id: NodeId) -> Result<Option<Hash>, StoreError> {
+        if let Some(hash) = self.recent.recent().nodes.get(&id) {
+            return Ok(Some(*hash));
+        }
         Ok(self
             .index
             .get(node_key(id))?
@@ -1017,6 +1136,9 @@ impl LogReader {
 
     /// The offset the index gives for `seq`, if it can.
     fn indexed_offset(&self, seq: u64) -> Option<u64> {
+        if let Some(offset) = self.recent.recent().offsets.get(&seq) {
+            return Some(*offset);
+        }
         match self.index.get(seq_key(seq)) {
             Ok(Some(v)) => be_u64(&v),
             Ok(None) => None,
