@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const DEFAULT_DATA: &str = "./phb-data";
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The default address of the metrics and probes HTTP port.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// The default checkpoint interval (entries).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 const MIB: usize = 1024 * 1024;
@@ -197,6 +199,25 @@ pub struct ServeArgs {
     /// [limits.tcp_keepalive; default 1m].
     #[arg(long, env = "PHB_LEDGER_TCP_KEEPALIVE")]
     pub tcp_keepalive: Option<Span>,
+    /// Address of the HTTP port for Prometheus metrics (/metrics) and the
+    /// probes (/livez, /readyz); empty turns it off [metrics.listen;
+    /// default 127.0.0.1:9464].
+    #[arg(long, env = "PHB_LEDGER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log format on stderr: human or json [log.format; default human].
+    #[arg(long, env = "PHB_LEDGER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (colour only at a terminal).
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The file's layout (docs/configuration.md). Every table and key is
@@ -208,6 +229,20 @@ struct File {
     storage: StorageTable,
     ledger: LedgerTable,
     limits: LimitsTable,
+    metrics: MetricsTable,
+    log: LogTable,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct MetricsTable {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct LogTable {
+    format: Option<LogFormat>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -278,6 +313,11 @@ pub struct Settings {
     pub verify_full: bool,
     /// Transport limits.
     pub limits: ServerLimits,
+    /// The metrics and probes address (`None`: off), and whether it was
+    /// asked for (then failing to bind it refuses the start).
+    pub metrics_listen: Option<(String, bool)>,
+    /// Log format.
+    pub log_format: LogFormat,
     /// Each setting's key, value and source, for `config check`.
     pub report: Vec<(&'static str, String, Source)>,
 }
@@ -480,6 +520,23 @@ impl ServeArgs {
             tcp_keepalive,
         };
         limits.validate()?;
+        let (metrics, s) = pick(
+            &self.metrics_listen,
+            &file.metrics.listen,
+            DEFAULT_METRICS_LISTEN.into(),
+        );
+        note(
+            "metrics.listen",
+            if metrics.is_empty() {
+                "(off)".into()
+            } else {
+                metrics.clone()
+            },
+            s,
+        );
+        let metrics_listen = (!metrics.trim().is_empty()).then(|| (metrics, s != Source::Default));
+        let (log_format, s) = pick(&self.log_format, &file.log.format, LogFormat::Human);
+        note("log.format", format!("{log_format:?}").to_lowercase(), s);
         Ok(Settings {
             data,
             listen,
@@ -490,6 +547,8 @@ impl ServeArgs {
             allow_index_rebuild: self.allow_index_rebuild,
             verify_full: self.verify_full,
             limits,
+            metrics_listen,
+            log_format,
             report,
         })
     }

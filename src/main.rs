@@ -10,6 +10,7 @@ mod config;
 mod connect;
 mod demo;
 mod json_event;
+mod metrics_http;
 mod report;
 mod witness;
 
@@ -220,23 +221,46 @@ fn run() -> Result<()> {
     use std::io::IsTerminal;
     config::adopt_old_env_names();
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal: in a journal, a
-        // file or a pipe they are noise that hides the text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    // `serve`'s settings first: they say how to log.
+    let (command, settings) = match cli.command {
+        Command::Serve(args) => (None, Some(args.resolve()?)),
+        other => (Some(other), None),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = settings
+        .as_ref()
+        .is_some_and(|s| s.log_format == config::LogFormat::Json);
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal: in a journal, a
+            // file or a pipe they are noise that hides the text.
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(settings) = settings {
+        return rt.block_on(serve(settings));
+    }
+    let Some(command) = command else {
+        return Ok(());
+    };
     rt.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve(args.resolve()?).await,
+        match command {
+            Command::Serve(_) => Ok(()),
             Command::Config {
                 config: ConfigCommand::Check { file },
             } => config::check(&file),
@@ -643,6 +667,8 @@ async fn serve(settings: config::Settings) -> Result<()> {
         allow_index_rebuild,
         verify_full,
         limits,
+        metrics_listen,
+        log_format: _,
         report: _,
     } = settings;
     private_umask();
@@ -719,6 +745,21 @@ async fn serve(settings: config::Settings) -> Result<()> {
                 }
             }
         });
+    }
+    if let Some((addr, asked)) = metrics_listen {
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                let at = l.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+                tracing::info!(address = %at, "metrics and probes on http://{at}/metrics, /livez, /readyz");
+                tokio::spawn(metrics_http::serve(l, engine.clone()));
+            }
+            // The default port may be taken (a second server on the
+            // machine): the ledger runs without it. One asked for must work.
+            Err(e) if !asked => {
+                tracing::warn!(address = %addr, error = %e, "the metrics port is not available; running without /metrics (set metrics.listen)")
+            }
+            Err(e) => return Err(e).with_context(|| format!("listening for metrics on {addr}")),
+        }
     }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

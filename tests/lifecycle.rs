@@ -198,3 +198,130 @@ async fn reclaim_and_refund_arithmetic_reconciles_everywhere() {
     w.refused(&tp, d, kinds::refund(paid2, "1.00"), Code::PermissionDenied)
         .await;
 }
+
+/// GET on the metrics port, as Prometheus or a probe would.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line `name{labels} value` in an exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// The metrics port (issue 11): the counters move with appends and
+/// refusals, the group commit and fsync histograms fill, the log gauges are
+/// the log's, flags raised are counted by code; /livez and /readyz answer;
+/// logs are JSON lines when asked and carry a span per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_move_with_the_ledger() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Server::start_with(ServerOptions {
+        env: vec![
+            ("PHB_LEDGER_METRICS_LISTEN".into(), addr.clone().into()),
+            ("PHB_LEDGER_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info,phb_grpc=debug".into()),
+        ],
+        ..ServerOptions::default()
+    });
+    let w = World::with_server(server).await;
+    assert_eq!(http_get(&addr, "/livez").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
+    let (_, before) = http_get(&addr, "/metrics");
+    let ok_before = sample(&before, "phb_append_events_total{code=\"OK\"}");
+
+    let b = "metrics-1";
+    w.open_direct(b).await;
+    w.fund(b, "500.00", Some("500.00")).await;
+    w.agree(b, provider(), "prov-m", "respite").await;
+    let acct = w.account.clone();
+    w.ok(&acct, b, pay("10.00", provider(), "prov-m", "respite"))
+        .await;
+    // The same invoice on another budget: written and flagged.
+    let b2 = "metrics-2";
+    w.open_direct(b2).await;
+    w.fund(b2, "500.00", Some("500.00")).await;
+    w.agree(b2, provider(), "prov-m", "respite").await;
+    w.ok(&acct, b2, pay("10.00", provider(), "prov-m", "respite"))
+        .await;
+    w.refused(
+        &acct,
+        b,
+        pay("9999.00", provider(), "prov-m", "respite"),
+        tonic::Code::FailedPrecondition,
+    )
+    .await;
+    let entries = w.log_len().await;
+
+    let (status, text) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        sample(&text, "phb_append_events_total{code=\"OK\"}") >= ok_before + 10.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "phb_append_events_total{code=\"FAILED_PRECONDITION\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "phb_flags_raised_total{code=\"DUPLICATE_PAYMENT\"}"),
+        1.0
+    );
+    assert!(sample(&text, "phb_requests_total{method=\"Append\",code=\"OK\"}") >= 10.0);
+    assert!(
+        sample(
+            &text,
+            "phb_request_duration_seconds_count{method=\"Append\"}"
+        ) >= 10.0
+    );
+    assert!(sample(&text, "phb_group_commit_entries_count") >= 10.0);
+    assert!(sample(&text, "phb_log_sync_seconds_count") >= 10.0);
+    assert_eq!(sample(&text, "phb_log_entries"), entries as f64);
+    assert!(sample(&text, "phb_log_bytes") > 1000.0);
+    assert!(sample(&text, "phb_connections") >= 1.0);
+    assert_eq!(sample(&text, "phb_writable"), 1.0);
+
+    // Logs: one JSON object per line; calls in an `rpc` span with method,
+    // organisation and code.
+    let stderr = w.server.stderr();
+    let mut saw_call = false;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] == "call answered" && v["span"]["method"] == "ReadLog" {
+            assert_eq!(v["span"]["org"], w.auditor.id.as_str(), "{line}");
+            assert_eq!(v["span"]["code"], "OK", "{line}");
+            saw_call = true;
+        }
+    }
+    assert!(saw_call, "an rpc span for ReadLog:\n{stderr}");
+}

@@ -289,6 +289,9 @@ impl Server {
             .env_remove("PHB_LEDGER_ID")
             .env_remove("PHB_ROOT_PUBLIC_KEY")
             .env_remove("PHB_LEDGER_ROOT_PUBLIC_KEY")
+            // Many test servers run at once: no metrics port unless a test
+            // asks for one.
+            .env("PHB_LEDGER_METRICS_LISTEN", "")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -513,6 +513,7 @@ impl Drop for Writer {
     /// written any more: say so, so health goes NOT_SERVING.
     fn drop(&mut self) {
         self.writable.send_replace(false);
+        phb_metrics::global().writable.set(0);
     }
 }
 
@@ -611,7 +612,12 @@ struct Pending {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let m = phb_metrics::global();
+        m.writable.set(1);
+        m.log_entries.set(self.store.head_sequence() as i64);
+        m.log_bytes.set(self.store.log_bytes() as i64);
         while let Some(first) = rx.blocking_recv() {
+            m.writer_queue_depth.set(rx.len() as i64);
             let mut group = Group::default();
             let mut pending = Vec::new();
             let mut flushes = Vec::new();
@@ -643,6 +649,7 @@ impl Writer {
             if !self.store.accepts_writes() && *self.writable.borrow() {
                 tracing::error!("storage no longer accepts writes; restart the server to recover");
                 self.writable.send_replace(false);
+                phb_metrics::global().writable.set(0);
             }
             for p in pending {
                 // A caller that went away will retry; its events are durable.
@@ -821,9 +828,16 @@ impl Writer {
                 event_id: &s.event.event_id,
             })
             .collect();
-        match self.store.append(&appends) {
+        let started = std::time::Instant::now();
+        let appended = self.store.append(&appends);
+        let m = phb_metrics::global();
+        m.log_sync_seconds.observe(started.elapsed().as_secs_f64());
+        match appended {
             Ok(()) => {
                 let entries = appends.len();
+                m.group_commit_entries.observe(entries as f64);
+                m.log_entries.set(self.store.head_sequence() as i64);
+                m.log_bytes.set(self.store.log_bytes() as i64);
                 drop(appends);
                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
                 for s in &group.staged {

@@ -157,6 +157,7 @@ impl Taker {
         let encoded = started.elapsed();
         self.store.put(head.sequence, &head.hash, &bytes)?;
         self.latest.fetch_max(head.sequence, Ordering::Relaxed);
+        phb_metrics::global().snapshots.inc();
         tracing::info!(
             sequence = head.sequence,
             bytes = bytes.len(),

@@ -305,6 +305,7 @@ impl Verifiable {
         self.file.write_all(&record).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.notes.insert(size, text);
+        phb_metrics::global().checkpoints.inc();
         Ok(())
     }
 

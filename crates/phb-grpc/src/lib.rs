@@ -383,7 +383,7 @@ impl LedgerService for LedgerApi {
             .collect();
         let outcomes = self.engine.submit(events, req.atomic).await;
         let view = self.engine.view();
-        let results = outcomes
+        let results: Vec<pb::AppendResult> = outcomes
             .into_iter()
             .zip(ids)
             .map(|(o, id)| {
@@ -394,6 +394,20 @@ impl LedgerService for LedgerApi {
             })
             .collect();
         drop(view);
+        let m = phb_metrics::global();
+        for r in &results {
+            let code = r.error.as_ref().map_or(0, |e| e.code);
+            m.append_events.with(&[status::code_name(code)]).inc();
+            if !r.duplicate && code == 0 {
+                for f in &r.flags {
+                    let name = pb::FlagCode::try_from(f.code)
+                        .map_or("FLAG_CODE_UNSPECIFIED", |c| c.as_str_name());
+                    m.flags_raised
+                        .with(&[name.trim_start_matches("FLAG_CODE_")])
+                        .inc();
+                }
+            }
+        }
         Ok(Response::new(pb::AppendResponse { results }))
     }
 

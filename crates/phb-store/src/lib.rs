@@ -490,6 +490,11 @@ impl Store {
         self.log.accepts_writes() && !self.indexer.shared.failed() && !self.index_failed.get()
     }
 
+    /// The log file's committed length in bytes.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.committed_len()
+    }
+
     /// The last sequence in the log.
     pub fn head_sequence(&self) -> u64 {
         self.head_sequence

@@ -151,6 +151,7 @@ impl Conn {
             remote_addr: stream.peer_addr().ok(),
         };
         let state = Arc::new(ConnState::new());
+        phb_metrics::global().connections.add(1);
         let timer = Box::pin(tokio::time::sleep_until(
             state.opened + shared.limits.handshake_timeout,
         ));
@@ -296,6 +297,12 @@ fn configure(stream: &TcpStream, keepalive: Duration) {
         .with_retries(4);
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        phb_metrics::global().connections.add(-1);
     }
 }
 

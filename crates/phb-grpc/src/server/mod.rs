@@ -5,6 +5,7 @@
 mod body;
 mod conn;
 pub mod limits;
+mod observe;
 
 use body::{Budget, LimitLayer};
 use limits::ServerLimits;
@@ -72,6 +73,7 @@ pub(crate) async fn run(
         .initial_stream_window_size(limits::FLOW_CONTROL_WINDOW_BYTES)
         .initial_connection_window_size(limits::FLOW_CONTROL_WINDOW_BYTES)
         .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .layer(observe::ObserveLayer)
         .layer(LimitLayer {
             shared: shared.clone(),
         })
