@@ -207,6 +207,39 @@ pub struct ServeArgs {
     /// Log format on stderr: human or json [log.format; default human].
     #[arg(long, env = "PHB_LEDGER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The server's TLS certificate chain (PEM); with --tls-key, the gRPC
+    /// port speaks TLS only [tls.cert].
+    #[arg(long, env = "PHB_LEDGER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM) [tls.key].
+    #[arg(long, env = "PHB_LEDGER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates that chain to this CA (PEM): mutual TLS
+    /// [tls.client_ca].
+    #[arg(long, env = "PHB_LEDGER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A client certificate's subject common name is an organisation id,
+    /// and its connection may read and sign only as that organisation
+    /// [tls.bind_organisation; default false].
+    #[arg(long, env = "PHB_LEDGER_TLS_BIND_ORGANISATION")]
+    pub tls_bind_organisation: Option<bool>,
+    /// Refuse read calls without x-phb-nonce (single-use read signatures)
+    /// [auth.require_read_nonce; default false].
+    #[arg(long, env = "PHB_LEDGER_REQUIRE_READ_NONCE")]
+    pub require_read_nonce: Option<bool>,
+}
+
+/// The TLS files `serve` reads at start.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Client CA (PEM): mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// Bind connections to their certificate's organisation.
+    pub bind_organisation: bool,
 }
 
 /// How log lines are written.
@@ -231,6 +264,23 @@ struct File {
     limits: LimitsTable,
     metrics: MetricsTable,
     log: LogTable,
+    tls: TlsTable,
+    auth: AuthTable,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct TlsTable {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    bind_organisation: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct AuthTable {
+    require_read_nonce: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -318,6 +368,10 @@ pub struct Settings {
     pub metrics_listen: Option<(String, bool)>,
     /// Log format.
     pub log_format: LogFormat,
+    /// TLS on the gRPC port, if configured.
+    pub tls: Option<TlsFiles>,
+    /// Refuse read calls without a nonce.
+    pub require_read_nonce: bool,
     /// Each setting's key, value and source, for `config check`.
     pub report: Vec<(&'static str, String, Source)>,
 }
@@ -371,13 +425,14 @@ impl ServeArgs {
             .and_then(|p| p.parent())
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let file_data = file.storage.data.as_ref().map(|d| {
+        let rel = |d: &PathBuf| {
             if d.is_relative() {
                 base.join(d)
             } else {
                 d.clone()
             }
-        });
+        };
+        let file_data = file.storage.data.as_ref().map(rel);
         let mut report = Vec::new();
         let mut note = |key: &'static str, value: String, source: Source| {
             report.push((key, value, source));
@@ -537,6 +592,55 @@ impl ServeArgs {
         let metrics_listen = (!metrics.trim().is_empty()).then(|| (metrics, s != Source::Default));
         let (log_format, s) = pick(&self.log_format, &file.log.format, LogFormat::Human);
         note("log.format", format!("{log_format:?}").to_lowercase(), s);
+        let t = &file.tls;
+        let path = |cli: &Option<PathBuf>, f: &Option<PathBuf>| match cli {
+            Some(p) => Some(p.clone()),
+            None => f.as_ref().map(rel),
+        };
+        let cert = path(&self.tls_cert, &t.cert);
+        let key = path(&self.tls_key, &t.key);
+        let client_ca = path(&self.tls_client_ca, &t.client_ca);
+        let (bind_organisation, bs) =
+            pick(&self.tls_bind_organisation, &t.bind_organisation, false);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+                bind_organisation,
+            }),
+            (None, None) => {
+                if client_ca.is_some() || bind_organisation {
+                    bail!("tls.client_ca and tls.bind_organisation need tls.cert and tls.key (the server's own certificate)");
+                }
+                None
+            }
+            _ => bail!("tls.cert and tls.key go together: give both, or neither for plaintext"),
+        };
+        if let Some(t) = &tls {
+            if t.bind_organisation && t.client_ca.is_none() {
+                bail!("tls.bind_organisation needs tls.client_ca: organisations are named by client certificates");
+            }
+            note("tls.cert", t.cert.display().to_string(), Source::File);
+            note("tls.key", t.key.display().to_string(), Source::File);
+            note(
+                "tls.client_ca",
+                t.client_ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(none: no client certificates)".into()),
+                Source::File,
+            );
+        } else {
+            note("tls", "(off: plaintext gRPC)".into(), Source::Default);
+        }
+        note("tls.bind_organisation", bind_organisation.to_string(), bs);
+        let (require_read_nonce, s) = pick(
+            &self.require_read_nonce,
+            &file.auth.require_read_nonce,
+            false,
+        );
+        note("auth.require_read_nonce", require_read_nonce.to_string(), s);
         Ok(Settings {
             data,
             listen,
@@ -549,6 +653,8 @@ impl ServeArgs {
             limits,
             metrics_listen,
             log_format,
+            tls,
+            require_read_nonce,
             report,
         })
     }

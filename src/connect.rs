@@ -56,6 +56,38 @@ fn reason(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// TLS for an `https://` server: the CA to trust (`PHB_LEDGER_TLS_CA`,
+/// else the system's roots are not used: a private CA is the norm for a
+/// ledger's partners) and, for mutual TLS, the organisation's certificate
+/// and key (`PHB_LEDGER_TLS_CERT`, `PHB_LEDGER_TLS_KEY`).
+fn client_tls() -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |var: &str| -> Result<Option<Vec<u8>>, String> {
+        match std::env::var_os(var) {
+            None => Ok(None),
+            Some(p) => std::fs::read(&p)
+                .map(Some)
+                .map_err(|e| format!("{var}={}: {e}", std::path::Path::new(&p).display())),
+        }
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    match read("PHB_LEDGER_TLS_CA")? {
+        Some(ca) => tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        None => {
+            return Err(
+                "an https:// server needs the CA that signed its certificate: set PHB_LEDGER_TLS_CA to its PEM file".into(),
+            )
+        }
+    }
+    match (read("PHB_LEDGER_TLS_CERT")?, read("PHB_LEDGER_TLS_KEY")?) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        _ => return Err("PHB_LEDGER_TLS_CERT and PHB_LEDGER_TLS_KEY go together".into()),
+    }
+    Ok(tls)
+}
+
 /// Connects to `server`, each call bounded by `call_timeout` if given and
 /// each answer by `max_answer` bytes.
 pub async fn connect(
@@ -71,6 +103,14 @@ pub async fn connect(
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| unreachable(&e))?
         .connect_timeout(CONNECT_TIMEOUT);
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(client_tls().map_err(|reason| Unreachable {
+                url: url.clone(),
+                reason,
+            })?)
+            .map_err(|e| unreachable(&e))?;
+    }
     if let Some(t) = call_timeout {
         endpoint = endpoint.timeout(t);
     }

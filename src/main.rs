@@ -669,8 +669,29 @@ async fn serve(settings: config::Settings) -> Result<()> {
         limits,
         metrics_listen,
         log_format: _,
+        tls,
+        require_read_nonce,
         report: _,
     } = settings;
+    let tls = match tls {
+        None => None,
+        Some(t) => {
+            let read = |p: &Path| {
+                std::fs::read(p).with_context(|| format!("reading TLS file {}", p.display()))
+            };
+            Some(phb_grpc::TlsSettings {
+                cert_pem: read(&t.cert)?,
+                key_pem: read(&t.key)?,
+                client_ca_pem: t.client_ca.as_deref().map(read).transpose()?,
+                bind_organisation: t.bind_organisation,
+            })
+        }
+    };
+    let tls_mode = match &tls {
+        None => "plaintext",
+        Some(t) if t.client_ca_pem.is_some() => "mutual TLS",
+        Some(_) => "TLS",
+    };
     private_umask();
     ignore_sigxfsz();
     // Before anything in the directory is read or written: a second server
@@ -782,7 +803,18 @@ async fn serve(settings: config::Settings) -> Result<()> {
         tracing::info!("shutting down");
     };
     let flusher = engine.clone();
-    phb_grpc::serve(engine, listener, limits, shutdown).await?;
+    tracing::info!(transport = tls_mode, require_read_nonce, "gRPC transport");
+    phb_grpc::serve(
+        engine,
+        listener,
+        limits,
+        phb_grpc::ServeOptions {
+            tls,
+            require_read_nonce,
+        },
+        shutdown,
+    )
+    .await?;
     // Every answered write is durable in the log already; leave the derived
     // index complete too, so that it vouches for the last entries next time.
     flusher.flush_index().await;

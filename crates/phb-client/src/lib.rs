@@ -18,6 +18,9 @@ pub const ORG_HEADER: &str = "x-phb-org";
 pub const TIMESTAMP_HEADER: &str = "x-phb-timestamp";
 /// Metadata key: base64 ed25519 signature.
 pub const SIGNATURE_HEADER: &str = "x-phb-signature";
+/// Read-call metadata: a fresh random value that makes the signature
+/// single-use (docs/api.md, "Authentication metadata").
+pub const NONCE_HEADER: &str = "x-phb-nonce";
 
 /// Full method paths, as signed in read calls.
 pub mod methods {
@@ -131,6 +134,13 @@ impl Signer {
         self.sign_bytes(event.encode_to_vec())
     }
 
+    /// The `x-phb-signature` value for a read call's signed message
+    /// (`read_signing_message…`): base64 of the ed25519 signature.
+    pub fn sign_read(&self, message: &str) -> String {
+        base64::engine::general_purpose::STANDARD
+            .encode(self.key.sign(message.as_bytes()).to_bytes())
+    }
+
     /// Signs already-serialized event bytes.
     pub fn sign_bytes(&self, event: Vec<u8>) -> pb::SignedEvent {
         let signature = self.key.sign(&event).to_bytes().to_vec();
@@ -142,16 +152,22 @@ impl Signer {
     }
 
     /// Adds the read-call metadata for `method` (a full path such as
-    /// `methods::GET_BALANCE`) signed at `unix_seconds`.
+    /// `methods::GET_BALANCE`) signed at `unix_seconds`, with a fresh
+    /// random nonce, so the signed call cannot be replayed.
     pub fn authorize_at<T>(
         &self,
         request: &mut tonic::Request<T>,
         method: &str,
         unix_seconds: i64,
     ) {
-        let message = read_signing_message(method, unix_seconds);
-        let sig = base64::engine::general_purpose::STANDARD
-            .encode(self.key.sign(message.as_bytes()).to_bytes());
+        let mut random = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+        let nonce = hex::encode(random);
+        let message = read_signing_message_with_nonce(method, unix_seconds, &nonce);
+        if let Ok(v) = nonce.parse() {
+            request.metadata_mut().insert(NONCE_HEADER, v);
+        }
+        let sig = self.sign_read(&message);
         let md = request.metadata_mut();
         // These values are ASCII by construction (id chars, digits, base64).
         if let Ok(v) = self.id.parse() {
@@ -173,9 +189,15 @@ impl Signer {
     }
 }
 
-/// The bytes a read call signs: `"{method}\n{unix_seconds}"`.
+/// The bytes a read call without a nonce signs: `"{method}\n{unix_seconds}"`.
 pub fn read_signing_message(method: &str, unix_seconds: i64) -> String {
     format!("{method}\n{unix_seconds}")
+}
+
+/// The bytes a read call with a nonce signs:
+/// `"{method}\n{unix_seconds}\n{nonce}"`.
+pub fn read_signing_message_with_nonce(method: &str, unix_seconds: i64, nonce: &str) -> String {
+    format!("{method}\n{unix_seconds}\n{nonce}")
 }
 
 /// Seconds since the Unix epoch.

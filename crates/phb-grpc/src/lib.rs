@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 pub use read_auth::MAX_CLOCK_SKEW_SECS;
 pub use server::limits::{self, LimitsError, ServerLimits};
-pub use server::ServeError;
+pub use server::{CertOrganisation, ServeError, TlsSettings};
 
 /// Largest request accepted on the wire (8 MiB). A full 1000-event batch of
 /// typical events is well under 1 MiB; single events are capped at 64 KiB.
@@ -42,6 +42,8 @@ const READ_LOG_BUFFER: usize = 512;
 #[derive(Clone)]
 pub struct LedgerApi {
     engine: Engine,
+    /// Read-call authentication (keys, nonces seen).
+    auth: std::sync::Arc<read_auth::ReadAuth>,
     /// Set to true when the server starts shutting down: ends ReadLog
     /// streams, which would otherwise hold graceful shutdown open forever.
     stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
@@ -51,8 +53,9 @@ pub struct LedgerApi {
 
 impl LedgerApi {
     /// Wraps an engine.
-    pub fn new(engine: Engine) -> Self {
+    pub fn new(engine: Engine, require_read_nonce: bool) -> Self {
         LedgerApi {
+            auth: std::sync::Arc::new(read_auth::ReadAuth::new(engine.clone(), require_read_nonce)),
             engine,
             stopping: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
             refusal_log: Default::default(),
@@ -288,7 +291,7 @@ impl LedgerApi {
         budget_id: &str,
         f: impl FnOnce(&Budget) -> Result<R, Status>,
     ) -> Result<R, Status> {
-        let reader_id = read_auth::authenticate(&self.engine, request, method)?;
+        let reader_id = read_auth::authenticate(&self.auth, request, method)?;
         phb_domain::event::check_id("budget_id", budget_id, phb_domain::event::MAX_ID_LEN)
             .map_err(|r| status::from_reject(&r))?;
         let view = self.engine.view();
@@ -309,7 +312,7 @@ impl LedgerApi {
     /// Authenticates a read call for `method` by any registered organisation
     /// (or root).
     fn registered_reader<T>(&self, request: &Request<T>, method: &str) -> Result<(), Status> {
-        let reader_id = read_auth::authenticate(&self.engine, request, method)?;
+        let reader_id = read_auth::authenticate(&self.auth, request, method)?;
         if self.engine.view().reader(&reader_id).is_none() {
             return Err(Status::unauthenticated("caller is no longer registered"));
         }
@@ -351,6 +354,7 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let request_org = request.extensions().get::<CertOrganisation>().cloned();
         let req = request.into_inner();
         if req.events.is_empty() {
             return Err(status::invalid(
@@ -366,6 +370,19 @@ impl LedgerService for LedgerApi {
                     req.events.len()
                 ),
             ));
+        }
+        if let Some(bound) = request_org.as_ref() {
+            if let Some(e) = req
+                .events
+                .iter()
+                .find(|e| bound.0.as_deref() != Some(e.signer_id.as_str()))
+            {
+                return Err(Status::permission_denied(format!(
+                    "this connection's client certificate is for {}, but an event is signed by {}: send each organisation's events over its own certificate",
+                    bound.0.as_deref().map(phb_domain::error::quote).unwrap_or_else(|| "no organisation".into()),
+                    phb_domain::error::quote(&e.signer_id)
+                )));
+            }
         }
         let ids: Vec<String> = req
             .events
@@ -473,7 +490,7 @@ impl LedgerService for LedgerApi {
         request: Request<pb::ListFlagsRequest>,
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
         let reader_id =
-            read_auth::authenticate(&self.engine, &request, phb_client_paths::LIST_FLAGS)?;
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::LIST_FLAGS)?;
         let req = request.get_ref();
         let page_size = match req.page_size as usize {
             0 => flags::MAX_FLAGS_PAGE,
@@ -519,11 +536,8 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetSpendingSummaryRequest>,
     ) -> Result<Response<pb::GetSpendingSummaryResponse>, Status> {
-        let reader_id = read_auth::authenticate(
-            &self.engine,
-            &request,
-            phb_client_paths::GET_SPENDING_SUMMARY,
-        )?;
+        let reader_id =
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::GET_SPENDING_SUMMARY)?;
         let view = self.engine.view();
         reports::spending_summary(&view, &reader_id, request.get_ref()).map(Response::new)
     }
@@ -532,11 +546,8 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetQuarterlyReturnRequest>,
     ) -> Result<Response<pb::GetQuarterlyReturnResponse>, Status> {
-        let reader_id = read_auth::authenticate(
-            &self.engine,
-            &request,
-            phb_client_paths::GET_QUARTERLY_RETURN,
-        )?;
+        let reader_id =
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::GET_QUARTERLY_RETURN)?;
         let now_micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
@@ -550,7 +561,7 @@ impl LedgerService for LedgerApi {
         request: Request<pb::ListBalancesRequest>,
     ) -> Result<Response<pb::ListBalancesResponse>, Status> {
         let reader_id =
-            read_auth::authenticate(&self.engine, &request, phb_client_paths::LIST_BALANCES)?;
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::LIST_BALANCES)?;
         let req = request.get_ref();
         let page_size = page_size(req.page_size);
         let after = decode_page_token(&req.page_token)?;
@@ -591,7 +602,7 @@ impl LedgerService for LedgerApi {
         request: Request<pb::GetHoldingsRequest>,
     ) -> Result<Response<pb::GetHoldingsResponse>, Status> {
         let reader_id =
-            read_auth::authenticate(&self.engine, &request, phb_client_paths::GET_HOLDINGS)?;
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::GET_HOLDINGS)?;
         let org_id = &request.get_ref().organisation_id;
         phb_domain::event::check_id("organisation_id", org_id, phb_domain::event::MAX_ID_LEN)
             .map_err(|r| status::from_reject(&r))?;
@@ -634,11 +645,8 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetBudgetStatementRequest>,
     ) -> Result<Response<pb::GetBudgetStatementResponse>, Status> {
-        let reader_id = read_auth::authenticate(
-            &self.engine,
-            &request,
-            phb_client_paths::GET_BUDGET_STATEMENT,
-        )?;
+        let reader_id =
+            read_auth::authenticate(&self.auth, &request, phb_client_paths::GET_BUDGET_STATEMENT)?;
         let req = request.into_inner();
         let budget_id = req.budget_id;
         phb_domain::event::check_id("budget_id", &budget_id, phb_domain::event::MAX_ID_LEN)
@@ -725,8 +733,7 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
-        let reader_id =
-            read_auth::authenticate(&self.engine, &request, phb_client_paths::READ_LOG)?;
+        let reader_id = read_auth::authenticate(&self.auth, &request, phb_client_paths::READ_LOG)?;
         {
             let view = self.engine.view();
             let reader = view
@@ -818,6 +825,15 @@ mod phb_client_paths {
     pub const GET_QUARTERLY_RETURN: &str = "/phb.ledger.v1.LedgerService/GetQuarterlyReturn";
 }
 
+/// How `serve` authenticates beyond signatures.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// TLS (and mutual TLS) on the listener; `None`: plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Refuse read calls without `x-phb-nonce` (single-use signatures).
+    pub require_read_nonce: bool,
+}
+
 /// Serves the ledger, health and reflection on `listener`, under `limits`
 /// (connections, streams, buffered bytes, timeouts), until `shutdown`
 /// resolves.
@@ -825,6 +841,7 @@ pub async fn serve(
     engine: Engine,
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
+    options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -851,7 +868,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(phb_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api = LedgerApi::new(engine);
+    let api = LedgerApi::new(engine, options.require_read_nonce);
     let stopping = api.stopping.clone();
     let shutdown = async move {
         shutdown.await;
@@ -864,7 +881,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ledger);
-    server::run(listener, limits, routes, shutdown).await
+    server::run(listener, limits, options.tls, routes, shutdown).await
 }
 
 /// The address a listener is bound to, for logs.

@@ -53,6 +53,8 @@ fn release(counter: &AtomicUsize, n: usize) {
 #[derive(Clone)]
 pub(crate) struct LimitLayer {
     pub(crate) shared: Arc<Shared>,
+    /// Put the client certificate's organisation in each request.
+    pub(crate) bind_organisation: bool,
 }
 
 impl<S> tower_layer::Layer<S> for LimitLayer {
@@ -62,6 +64,7 @@ impl<S> tower_layer::Layer<S> for LimitLayer {
         LimitService {
             inner,
             shared: self.shared.clone(),
+            bind_organisation: self.bind_organisation,
         }
     }
 }
@@ -71,6 +74,7 @@ impl<S> tower_layer::Layer<S> for LimitLayer {
 pub(crate) struct LimitService<S> {
     inner: S,
     shared: Arc<Shared>,
+    bind_organisation: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -91,7 +95,23 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
-        let conn = req.extensions().get::<ConnInfo>().cloned();
+        // Over TLS tonic wraps our connect info in its own.
+        let tls = req
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+            .cloned();
+        let conn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .or_else(|| tls.as_ref().map(|t| t.get_ref().clone()));
+        if self.bind_organisation {
+            let org = tls
+                .as_ref()
+                .and_then(|t| t.peer_certs())
+                .and_then(|certs| certs.first().and_then(|c| certificate_org(c.as_ref())));
+            req.extensions_mut().insert(super::CertOrganisation(org));
+        }
         let guard = conn.map(|c| {
             // `Request::remote_addr` looks for tonic's own type.
             req.extensions_mut().insert(c.tcp);
@@ -119,6 +139,16 @@ where
             }))
         })
     }
+}
+
+/// The organisation a client certificate names: its subject's common name,
+/// if that is a well-formed organisation id.
+fn certificate_org(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    phb_domain::event::check_id("organisation_id", cn, phb_domain::event::MAX_ID_LEN)
+        .ok()
+        .map(|()| cn.to_string())
 }
 
 /// A response body that keeps its request counted as open until the

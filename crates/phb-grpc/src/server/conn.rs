@@ -38,6 +38,9 @@ pub(crate) struct ConnState {
     last_change_ms: AtomicU64,
     /// Request-body bytes buffered on this connection.
     pub(crate) buffered: AtomicUsize,
+    /// A request has arrived: over TLS, where the HTTP/2 preface cannot be
+    /// seen in the bytes, this ends the handshake period.
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -47,6 +50,7 @@ impl ConnState {
             open_requests: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(0),
             buffered: AtomicUsize::new(0),
+            served: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -67,6 +71,7 @@ pub(crate) struct RequestGuard(Arc<ConnState>);
 impl RequestGuard {
     pub(crate) fn new(state: Arc<ConnState>) -> Self {
         state.open_requests.fetch_add(1, Ordering::Relaxed);
+        state.served.store(true, Ordering::Relaxed);
         state.touch();
         RequestGuard(state)
     }
@@ -172,7 +177,14 @@ impl Conn {
         let limits = &self.shared.limits;
         let state = &self.info.state;
         loop {
-            let (deadline, why) = if self.handshake.done() {
+            // Over TLS the bytes are encrypted: the handshake (TLS, then
+            // HTTP/2) ends with the first request instead.
+            let handshaken = if self.shared.tls {
+                state.served.load(Ordering::Relaxed)
+            } else {
+                self.handshake.done()
+            };
+            let (deadline, why) = if handshaken {
                 (
                     state.last_change() + limits.idle_timeout,
                     "was idle (no request in progress) for longer than the idle timeout",
@@ -183,7 +195,7 @@ impl Conn {
                     "did not complete the HTTP/2 handshake within the handshake timeout",
                 )
             };
-            let busy = self.handshake.done() && state.open_requests.load(Ordering::Relaxed) > 0;
+            let busy = handshaken && state.open_requests.load(Ordering::Relaxed) > 0;
             if !busy && deadline <= Instant::now() {
                 tracing::debug!(peer = ?self.info.tcp.remote_addr, "closing a connection that {why}");
                 return Poll::Ready(io::Error::new(

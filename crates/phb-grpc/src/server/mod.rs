@@ -18,7 +18,32 @@ use std::time::Duration;
 pub(crate) struct Shared {
     pub(crate) limits: ServerLimits,
     pub(crate) budget: Budget,
+    /// Connections are TLS (their bytes cannot be inspected).
+    pub(crate) tls: bool,
 }
+
+/// Transport security for `serve`: the server's certificate chain and key
+/// (PEM), and, for mutual TLS, the CA that client certificates must chain
+/// to. With `bind_organisation`, a client certificate's subject common name
+/// is an organisation id, and the connection may act only as that
+/// organisation (docs/operations.md, "Transport security").
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The server's private key (PEM).
+    pub key_pem: Vec<u8>,
+    /// Client certificates are required and must chain to this CA (PEM).
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// A client certificate's subject CN names the only organisation the
+    /// connection may sign reads and events as.
+    pub bind_organisation: bool,
+}
+
+/// The organisation a client certificate binds its connection to (in the
+/// request extensions when `bind_organisation` is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertOrganisation(pub Option<String>);
 
 /// After the request buffers held at least this much, and then gave most of
 /// it back, the allocator is asked to return free memory to the system.
@@ -44,6 +69,7 @@ pub enum ServeError {
 pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
+    tls: Option<TlsSettings>,
     routes: tonic::service::Routes,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -64,6 +90,7 @@ pub(crate) async fn run(
     let shared = Arc::new(Shared {
         limits,
         budget: Budget::default(),
+        tls: tls.is_some(),
     });
     let l = &shared.limits;
     let router = tonic::transport::Server::builder()
@@ -76,8 +103,24 @@ pub(crate) async fn run(
         .layer(observe::ObserveLayer)
         .layer(LimitLayer {
             shared: shared.clone(),
-        })
-        .add_routes(routes);
+            bind_organisation: tls.as_ref().is_some_and(|t| t.bind_organisation),
+        });
+    let router = match &tls {
+        None => router,
+        Some(t) => {
+            let mut config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &t.cert_pem,
+                    &t.key_pem,
+                ))
+                .timeout(l.handshake_timeout);
+            if let Some(ca) = &t.client_ca_pem {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            router.tls_config(config)?
+        }
+    }
+    .add_routes(routes);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let accept = tokio::spawn(conn::accept_loop(listener, shared.clone(), cap, tx));
     let trim = tokio::spawn(give_back_memory(shared.clone()));
