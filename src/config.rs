@@ -453,6 +453,19 @@ impl ServeArgs {
                 .unwrap_or_else(|| "(the data directory's, else phb-local)".into()),
             s,
         );
+        if let Some(k) = self
+            .root_public_key
+            .as_ref()
+            .or(file.ledger.root_public_key.as_ref())
+        {
+            let valid = hex::decode(k.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| phb_chain::parse_public_key(&b));
+            if valid.is_none() {
+                bail!("ledger.root_public_key is not a valid ed25519 public key: 64 hex characters of a key made by `phb-ledger keygen` (docs/configuration.md)");
+            }
+        }
         let (root_public_key, s) = match (&self.root_public_key, &file.ledger.root_public_key) {
             (Some(v), _) => (Some(v.clone()), Source::CommandLine),
             (None, Some(v)) => (Some(v.clone()), Source::File),
@@ -669,14 +682,18 @@ pub fn check(file: &Path) -> Result<()> {
         ..ServeArgs::from_env()
     };
     let settings = args.resolve()?;
-    println!("{}: OK", file.display());
+    // Written with errors ignored: `config check FILE | head` must not
+    // panic on the closed pipe.
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: OK", file.display());
     for (key, value, source) in &settings.report {
         let from = match source {
             Source::Default => "default",
             Source::File => "file",
             Source::CommandLine => "environment",
         };
-        println!("  {key:<34} = {value}  ({from})");
+        let _ = writeln!(out, "  {key:<34} = {value}  ({from})");
     }
     Ok(())
 }
