@@ -232,6 +232,11 @@ pub async fn export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// A binary export of a data directory (for `backup`'s verification).
+pub fn export_dir(dir: &Path, out: &Path) -> Result<(u64, usize)> {
+    export_data(dir, out, Format::Binary)
+}
+
 fn export_data(dir: &Path, out: &Path, format: Format) -> Result<(u64, usize)> {
     let ledger_id = datadir::ledger_id(dir)?;
     let mut sink = Sink::new(Out::create(out)?, format, &ledger_id)?;

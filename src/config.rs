@@ -199,6 +199,15 @@ pub struct ServeArgs {
     /// [limits.tcp_keepalive; default 1m].
     #[arg(long, env = "PHB_LEDGER_TCP_KEEPALIVE")]
     pub tcp_keepalive: Option<Span>,
+    /// Calls one client may start a second (burst twice that); a client is
+    /// its TLS certificate's organisation, else its IP address; 0: no limit
+    /// [limits.client_requests_per_second; default 5000].
+    #[arg(long, env = "PHB_LEDGER_CLIENT_REQUESTS_PER_SECOND")]
+    pub client_requests_per_second: Option<u64>,
+    /// Calls one client may have in progress at once; 0: no limit
+    /// [limits.client_concurrent_requests; default 512].
+    #[arg(long, env = "PHB_LEDGER_CLIENT_CONCURRENT_REQUESTS")]
+    pub client_concurrent_requests: Option<usize>,
     /// Address of the HTTP port for Prometheus metrics (/metrics) and the
     /// probes (/livez, /readyz); empty turns it off [metrics.listen;
     /// default 127.0.0.1:9464].
@@ -329,6 +338,8 @@ struct LimitsTable {
     http2_keepalive_interval: Option<Span>,
     http2_keepalive_timeout: Option<Span>,
     tcp_keepalive: Option<Span>,
+    client_requests_per_second: Option<u64>,
+    client_concurrent_requests: Option<usize>,
 }
 
 /// Where a setting's value came from.
@@ -575,7 +586,29 @@ impl ServeArgs {
             &l.tcp_keepalive,
             limits::DEFAULT_TCP_KEEPALIVE,
         );
+        let (client_requests_per_second, s) = pick(
+            &self.client_requests_per_second,
+            &l.client_requests_per_second,
+            limits::DEFAULT_CLIENT_REQUESTS_PER_SECOND,
+        );
+        note(
+            "limits.client_requests_per_second",
+            client_requests_per_second.to_string(),
+            s,
+        );
+        let (client_concurrent_requests, s) = pick(
+            &self.client_concurrent_requests,
+            &l.client_concurrent_requests,
+            limits::DEFAULT_CLIENT_CONCURRENT_REQUESTS,
+        );
+        note(
+            "limits.client_concurrent_requests",
+            client_concurrent_requests.to_string(),
+            s,
+        );
         let limits = ServerLimits {
+            client_requests_per_second,
+            client_concurrent_requests,
             max_connections,
             max_concurrent_streams,
             request_buffer_bytes: mib("limits.request_buffer_mib", request_buffer_mib)?,

@@ -6,6 +6,7 @@
 //! the gRPC surface in `phb-grpc`.
 
 mod audit_export;
+mod backup;
 mod config;
 mod connect;
 mod demo;
@@ -35,6 +36,11 @@ struct Cli {
 enum Command {
     /// Run the ledger service.
     Serve(config::ServeArgs),
+    /// Copy a (running) server's ledger to a new directory, consistently,
+    /// and verify the copy (docs/operations.md, "Backups").
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory, after verifying it.
+    Restore(backup::RestoreArgs),
     /// Configuration files (docs/configuration.md).
     Config {
         #[command(subcommand)]
@@ -264,6 +270,8 @@ fn run() -> Result<()> {
             Command::Config {
                 config: ConfigCommand::Check { file },
             } => config::check(&file),
+            Command::Backup(args) => tokio::task::spawn_blocking(move || backup::backup(args)).await?,
+            Command::Restore(args) => tokio::task::spawn_blocking(move || backup::restore(args)).await?,
             Command::Keygen { out } => keygen(&out),
             Command::Submit {
                 server,
@@ -794,6 +802,8 @@ async fn serve(settings: config::Settings) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     // Tests and scripts read this line to find the port.
+    // Before the listening line: whoever waits for it may read the log.
+    tracing::info!(transport = tls_mode, require_read_nonce, "gRPC transport");
     println!("phb-ledger {ledger_id} listening on {addr}");
     let shutdown = async move {
         tokio::select! {
@@ -803,7 +813,6 @@ async fn serve(settings: config::Settings) -> Result<()> {
         tracing::info!("shutting down");
     };
     let flusher = engine.clone();
-    tracing::info!(transport = tls_mode, require_read_nonce, "gRPC transport");
     phb_grpc::serve(
         engine,
         listener,

@@ -693,6 +693,26 @@ impl World {
         w
     }
 
+    /// A world on `server`, whose ledger already holds `other`'s
+    /// organisations (a restored copy of its data directory, say): the same
+    /// signers, nothing registered again. New event ids do not repeat
+    /// `other`'s.
+    pub async fn attach(server: Server, other: &World) -> World {
+        let client = server.client().await;
+        World {
+            client,
+            commissioner: other.commissioner.clone(),
+            commissioner2: other.commissioner2.clone(),
+            payroll: other.payroll.clone(),
+            third_party: other.third_party.clone(),
+            account: other.account.clone(),
+            auditor: other.auditor.clone(),
+            server,
+            next_id: AtomicU64::new(other.next_id.load(Ordering::Relaxed) + 1_000_000),
+            agreed: Mutex::new(other.agreed.lock().unwrap().clone()),
+        }
+    }
+
     /// A fresh event id.
     pub fn new_id(&self, tag: &str) -> String {
         format!("{tag}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))

@@ -105,13 +105,27 @@ where
             .get::<ConnInfo>()
             .cloned()
             .or_else(|| tls.as_ref().map(|t| t.get_ref().clone()));
+        let mut bound = None;
         if self.bind_organisation {
             let org = tls
                 .as_ref()
                 .and_then(|t| t.peer_certs())
                 .and_then(|certs| certs.first().and_then(|c| certificate_org(c.as_ref())));
+            bound = org.clone();
             req.extensions_mut().insert(super::CertOrganisation(org));
         }
+        // The client, as the transport authenticated it: the certificate's
+        // organisation, else the peer's IP address.
+        let client = bound.map(|o| format!("org:{o}")).or_else(|| {
+            conn.as_ref()
+                .and_then(|c| c.tcp.remote_addr)
+                .map(|a| format!("ip:{}", a.ip()))
+        });
+        let (slot, refused) = match client.map(|k| self.shared.clients.admit(&k)) {
+            Some(Ok(slot)) => (slot, None),
+            Some(Err(why)) => (None, Some(Status::resource_exhausted(why))),
+            None => (None, None),
+        };
         let guard = conn.map(|c| {
             // `Request::remote_addr` looks for tonic's own type.
             req.extensions_mut().insert(c.tcp);
@@ -128,7 +142,9 @@ where
         let shared = self.shared.clone();
         let req_guard = guard.clone();
         let req = req.map(move |body| {
-            tonic::body::Body::new(LimitedBody::new(body, shared, req_guard, one_message))
+            let mut b = LimitedBody::new(body, shared, req_guard, one_message);
+            b.refused = refused;
+            tonic::body::Body::new(b)
         });
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -136,6 +152,7 @@ where
             Ok(resp.map(|inner| GuardedBody {
                 inner,
                 _guard: guard,
+                _slot: slot,
             }))
         })
     }
@@ -156,6 +173,8 @@ fn certificate_org(der: &[u8]) -> Option<String> {
 pub(crate) struct GuardedBody<B> {
     inner: B,
     _guard: Option<Arc<RequestGuard>>,
+    /// The call's place in its client's concurrency count.
+    _slot: Option<super::clients::Slot>,
 }
 
 impl<B: Body + Unpin> Body for GuardedBody<B> {
@@ -254,6 +273,8 @@ pub(crate) struct LimitedBody {
     one_message: bool,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    /// The call is over its client's limits: the body is this error.
+    refused: Option<Status>,
 }
 
 impl LimitedBody {
@@ -273,6 +294,7 @@ impl LimitedBody {
             one_message,
             deadline,
             done: false,
+            refused: None,
         }
     }
 
@@ -357,6 +379,10 @@ impl Body for LimitedBody {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
+        }
+        if let Some(s) = this.refused.take() {
+            this.done = true;
+            return Poll::Ready(Some(Err(s)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

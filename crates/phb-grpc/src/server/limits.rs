@@ -38,6 +38,11 @@ pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default idle time before the kernel starts TCP keepalive probes.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Calls one client may start a second by default (a payroll provider's
+/// busiest run fits many times over; a flood from one address does not).
+pub const DEFAULT_CLIENT_REQUESTS_PER_SECOND: u64 = 5_000;
+/// Calls one client may have in progress at once, by default.
+pub const DEFAULT_CLIENT_CONCURRENT_REQUESTS: usize = 512;
 /// Largest header block (metadata) accepted per request.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// HTTP/2 flow-control window per stream and per connection: what a peer
@@ -71,6 +76,11 @@ pub struct ServerLimits {
     pub http2_keepalive_timeout: Duration,
     /// Idle time before TCP keepalive probes start.
     pub tcp_keepalive: Duration,
+    /// Calls one client may start a second (burst twice that); 0: no limit.
+    /// A client is its TLS certificate's organisation, else its IP address.
+    pub client_requests_per_second: u64,
+    /// Calls one client may have in progress; 0: no limit.
+    pub client_concurrent_requests: usize,
 }
 
 impl Default for ServerLimits {
@@ -86,6 +96,8 @@ impl Default for ServerLimits {
             http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            client_requests_per_second: DEFAULT_CLIENT_REQUESTS_PER_SECOND,
+            client_concurrent_requests: DEFAULT_CLIENT_CONCURRENT_REQUESTS,
         }
     }
 }

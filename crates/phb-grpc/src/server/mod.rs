@@ -3,6 +3,7 @@
 //! (docs/operations.md, "Limits"; docs/reliability.md, threat model).
 
 mod body;
+mod clients;
 mod conn;
 pub mod limits;
 mod observe;
@@ -20,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) budget: Budget,
     /// Connections are TLS (their bytes cannot be inspected).
     pub(crate) tls: bool,
+    /// Per-client rate and concurrency limits.
+    pub(crate) clients: Arc<clients::Clients>,
 }
 
 /// Transport security for `serve`: the server's certificate chain and key
@@ -87,10 +90,15 @@ pub(crate) async fn run(
         idle_timeout = ?limits.idle_timeout,
         "transport limits"
     );
+    let (per_second, concurrent) = (
+        limits.client_requests_per_second,
+        limits.client_concurrent_requests,
+    );
     let shared = Arc::new(Shared {
         limits,
         budget: Budget::default(),
         tls: tls.is_some(),
+        clients: Arc::new(clients::Clients::new(per_second, concurrent)),
     });
     let l = &shared.limits;
     let router = tonic::transport::Server::builder()
