@@ -18,11 +18,19 @@ It plays every party so that it can run against a fresh server:
    after a lost connection is always safe); then the budget's balance and
    care plan, read with signed call metadata, must add up to the penny.
 
+The server speaks mutual TLS: each organisation connects with its own client
+certificate, whose subject common name is its organisation id, and a
+connection reads and signs only as that organisation. Every read signature
+carries a fresh nonce and is single-use (docs/api.md "Authentication
+metadata").
+
 A real payroll provider holds only its own key: in production, step 1 is
 done by the operator and the commissioner, and the payroll provider starts
-at step 2 with its organisation id, its key file and the budget ids it pays.
+at step 2 with its organisation id, its key file, its client certificate
+and the budget ids it pays.
 
-usage: payroll_run.py --server HOST:PORT --ledger-id ID --root-key FILE [--spool DIR]
+usage: payroll_run.py --server HOST:PORT --ledger-id ID --root-key FILE
+                      --tls-dir DIR --run SUFFIX [--spool DIR]
 
 The generated stubs (ledger_pb2, ledger_pb2_grpc) must be importable;
 run.sh generates them from proto/ with grpc_tools.protoc.
@@ -64,14 +72,26 @@ def require(condition, message):
 # ---------------------------------------------------------------------------
 
 
-def open_channel(address):
-    # TODO(TLS): phb-ledger serve speaks plaintext HTTP/2 today (docs/api.md
-    # §1). When the server (or the operator's endpoint) offers TLS, replace
-    # this with grpc.secure_channel(address, grpc.ssl_channel_credentials(
-    # root_certificates=..., private_key=..., certificate_chain=...)) — the
-    # read-call signatures can be replayed for 300 s, so never send them in
-    # the clear outside a test.
-    return grpc.insecure_channel(address)
+def open_channel(address, tls_dir, org_id):
+    """A mutual-TLS channel acting as org_id: the operator's CA (tls_dir/ca.pem)
+    to trust the server, and the organisation's certificate and key
+    (tls_dir/client-{org_id}.pem, .key) to be trusted by it. With
+    tls.bind_organisation the certificate's subject CN is the organisation
+    id, and the connection may read and sign only as it: one channel per
+    organisation (docs/operations.md "Transport security")."""
+
+    def read(name):
+        with open(os.path.join(tls_dir, name), "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("ca.pem"),
+        private_key=read(f"client-{org_id}.key"),
+        certificate_chain=read(f"client-{org_id}.pem"),
+    )
+    # The host name in `address` must match the server certificate's
+    # subject alternative name (here: localhost).
+    return grpc.secure_channel(address, credentials)
 
 
 # ---------------------------------------------------------------------------
@@ -97,13 +117,16 @@ class Signer:
         return pb.SignedEvent(event=data, signer_id=self.org_id, signature=self.key.sign(data).signature)
 
     def read_metadata(self, method):
-        """x-phb-org, x-phb-timestamp, x-phb-signature over
-        "{full method path}\\n{timestamp}" (docs/api.md §8), signed afresh
-        for every call."""
+        """x-phb-org, x-phb-timestamp, x-phb-nonce and x-phb-signature over
+        "{full method path}\\n{timestamp}\\n{nonce}" (docs/api.md
+        "Authentication metadata"), for ONE call: the server accepts each
+        (organisation, nonce) once, so sign every call afresh."""
         timestamp = str(int(time.time()))
-        message = f"{SERVICE}{method}\n{timestamp}".encode("ascii")
+        nonce = secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 - _
+        message = f"{SERVICE}{method}\n{timestamp}\n{nonce}".encode("ascii")
         signature = base64.b64encode(self.key.sign(message).signature).decode("ascii")
-        return (("x-phb-org", self.org_id), ("x-phb-timestamp", timestamp), ("x-phb-signature", signature))
+        return (("x-phb-org", self.org_id), ("x-phb-timestamp", timestamp), ("x-phb-nonce", nonce),
+                ("x-phb-signature", signature))
 
 
 def self_test():
@@ -205,10 +228,11 @@ def timestamp_now():
 
 class Scenario:
     """Ids, dates and rates of one run. Every id carries a per-run suffix so
-    the program can run any number of times against one server."""
+    the program can run any number of times against one server; the client
+    certificates name the organisations, so the suffix is chosen with them
+    (run.sh)."""
 
-    def __init__(self, ledger_id, today):
-        run = secrets.token_hex(3)
+    def __init__(self, ledger_id, today, run):
         self.ledger_id = ledger_id
         self.run = run
         self.commissioner = Signer(f"icb-example-{run}", SigningKey.generate())
@@ -236,7 +260,7 @@ class Scenario:
                         occurred_at=timestamp_now(), **kind)
 
 
-def setup(stub, root, s):
+def setup(root_stub, commissioner_stub, root, s):
     print("-- setup: the operator registers three organisations", flush=True)
     registrations = [
         root.sign(s.event(f"register-{org.org_id}", organisation_registered=pb.OrganisationRegistered(
@@ -245,7 +269,7 @@ def setup(stub, root, s):
                           (s.payroll, pb.ROLE_PAYROLL_PROVIDER),
                           (s.account, pb.ROLE_ACCOUNT_PROVIDER))
     ]
-    append(stub, registrations, "registrations")
+    append(root_stub, registrations, "registrations")
 
     print(f"-- setup: {s.commissioner.org_id} opens, funds and plans direct payment {s.budget_id}", flush=True)
     c, b = s.commissioner, s.budget_id
@@ -283,7 +307,7 @@ def setup(stub, root, s):
             category="personal_assistant", unit=pb.UNIT_HOUR, rate=amount(pa["rate"]),
             max_units_per_week=pa["max_hours"],
             valid_from=iso(s.period_start), valid_to=iso(s.period_end))))
-    append(stub, [c.sign(e) for e in events], "the commissioner's setup")
+    append(commissioner_stub, [c.sign(e) for e in events], "the commissioner's setup")
 
 
 # ---------------------------------------------------------------------------
@@ -345,7 +369,7 @@ def send_spooled(append_bytes, path, attempts=4):
             time.sleep(0.5 * 2**attempt)
 
 
-def payroll_run(channel, stub, s, today, spool):
+def payroll_run(channel, s, today, spool):
     run_id, lines, signed = build_payroll_run(s, today)
     print(f"-- payroll run {run_id}: {len(signed)} payments signed by {s.payroll.org_id}, one atomic batch", flush=True)
 
@@ -377,12 +401,32 @@ def payroll_run(channel, stub, s, today, spool):
     return run_id, lines, first, flags
 
 
+def expect_refused(code, what, call):
+    try:
+        call()
+    except grpc.RpcError as e:
+        require(e.code() == code, f"{what}: {e.code().name} ({e.details()}), expected {code.name}")
+        return
+    raise Failed(f"{what}: accepted, expected {code.name}")
+
+
 def read_back(stub, s, lines):
     """GetBalance and GetCarePlan as the payroll provider, with signed call
     metadata; every figure must follow from what was sent, to the penny."""
     p = s.payroll
-    balance = stub.GetBalance(pb.GetBalanceRequest(budget_id=s.budget_id),
-                              metadata=p.read_metadata("GetBalance"), timeout=RPC_TIMEOUT_SECONDS).balance
+    request = pb.GetBalanceRequest(budget_id=s.budget_id)
+    metadata = p.read_metadata("GetBalance")
+    balance = stub.GetBalance(request, metadata=metadata, timeout=RPC_TIMEOUT_SECONDS).balance
+    # A read signature is single-use: the same metadata again, as an
+    # eavesdropper or a careless retry would send it, is refused.
+    expect_refused(grpc.StatusCode.UNAUTHENTICATED, "the same read metadata sent twice",
+                   lambda: stub.GetBalance(request, metadata=metadata, timeout=RPC_TIMEOUT_SECONDS))
+    # The commissioner may read this budget, but not over the payroll
+    # provider's connection: the client certificate binds it to one
+    # organisation, whatever key signs the metadata.
+    expect_refused(grpc.StatusCode.PERMISSION_DENIED, "a read as another organisation over this connection",
+                   lambda: stub.GetBalance(request, metadata=s.commissioner.read_metadata("GetBalance"),
+                                           timeout=RPC_TIMEOUT_SECONDS))
     wages = sum((v for _, _, v, kind in lines if kind == "wages"), Decimal("0"))
     oncosts = sum((v for _, _, v, kind in lines if kind == "on-cost"), Decimal("0"))
     spent = wages + oncosts
@@ -414,6 +458,10 @@ def main():
     parser.add_argument("--server", required=True, help="host:port of phb-ledger serve")
     parser.add_argument("--ledger-id", required=True, help="the server's ledger id (from the operator)")
     parser.add_argument("--root-key", required=True, help="the root key's hex seed (setup only)")
+    parser.add_argument("--tls-dir", required=True,
+                        help="ca.pem (the operator's CA) and client-ORG.pem/.key per organisation")
+    parser.add_argument("--run", required=True,
+                        help="the ids' suffix: the organisations the certificates in --tls-dir name")
     parser.add_argument("--spool", default=".", help="where signed requests wait for their results")
     args = parser.parse_args()
 
@@ -421,13 +469,15 @@ def main():
     with open(args.root_key) as f:
         root = Signer("root", SigningKey(bytes.fromhex(f.read().strip())))
     today = datetime.datetime.now(datetime.timezone.utc).date()
-    s = Scenario(args.ledger_id, today)
+    s = Scenario(args.ledger_id, today, args.run)
 
-    with open_channel(args.server) as channel:
-        stub = pb_grpc.LedgerServiceStub(channel)
-        setup(stub, root, s)
-        run_id, lines, results, flags = payroll_run(channel, stub, s, today, args.spool)
-        balance, plan, wages, oncosts = read_back(stub, s, lines)
+    def channel(org):
+        return open_channel(args.server, args.tls_dir, org.org_id)
+
+    with channel(root) as as_root, channel(s.commissioner) as as_commissioner, channel(s.payroll) as as_payroll:
+        setup(pb_grpc.LedgerServiceStub(as_root), pb_grpc.LedgerServiceStub(as_commissioner), root, s)
+        run_id, lines, results, flags = payroll_run(as_payroll, s, today, args.spool)
+        balance, plan, wages, oncosts = read_back(pb_grpc.LedgerServiceStub(as_payroll), s, lines)
 
     print()
     print(f"Payroll run {run_id} for budget {s.budget_id}, paid by {s.payroll.org_id}")
@@ -439,6 +489,8 @@ def main():
     print(f"Receipts: sequences {results[0].sequence}-{results[-1].sequence}, "
           f"last entry hash {results[-1].entry_hash.hex()}")
     print(f"Retry of the same {len(results)} signed events: all duplicates, nothing written twice")
+    print("Read signatures: a replayed one refused (UNAUTHENTICATED); another organisation's read over "
+          "this connection refused (PERMISSION_DENIED)")
     print(f"Balance: allocated {gbp(pounds(balance.allocated))}, paid in {gbp(pounds(balance.paid_in))}, "
           f"spent {gbp(pounds(balance.spent))}, held {gbp(pounds(balance.held))}, "
           f"available {gbp(pounds(balance.available))} (all checked to the penny)")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the payroll example against a fresh phb-ledger server.
+# Runs the payroll example against a fresh phb-ledger server, started from a
+# configuration file with mutual TLS (examples/tls-setup.sh).
 # Usage: examples/python/run.sh   (from anywhere; exits non-zero on any failure)
 #   PHB_LEDGER_BIN=/path/to/phb-ledger  use a prebuilt server binary
 #                                       (else: cargo build, target/debug/phb-ledger)
@@ -42,34 +43,33 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# 3. A fresh server on a free port. Without --root-public-key it generates
-#    DATA/root.key; the operator's part (registering organisations) uses it.
-DATA="$WORK/data"
-"$BIN" serve --data "$DATA" --listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
-SERVER_PID=$!
-ADDR=""
-for _ in $(seq 1 300); do
-  ADDR="$(sed -n 's/^phb-ledger .* listening on \(.*\)$/\1/p' "$WORK/server.out" | head -n1)"
-  [ -n "$ADDR" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$ADDR" ]; then
-  echo "payroll example: the server did not report its address" >&2
-  cat "$WORK/server.out" "$WORK/server.err" >&2
-  exit 1
-fi
+# 3. Certificates from a throwaway CA: the server's, and one per organisation
+#    the program connects as (subject CN = organisation id; `root` for the
+#    operator's registrations). The ids carry a per-run suffix, chosen here
+#    because the certificates must name them.
+# shellcheck source=../tls-setup.sh
+. "$REPO/examples/tls-setup.sh"
+RUN="$(openssl rand -hex 3)"
+make_certificates "$WORK/tls" root "icb-example-$RUN" "payroll-co-$RUN"
 
-# 4. Stubs generated from proto/ at run time.
+# 4. A fresh server from WORK/phb-ledger.toml, on a free port. Without a root
+#    public key it generates DATA/root.key; the operator's part (registering
+#    organisations) uses it.
+start_server "$BIN" "$WORK"
+DATA="$WORK/data"
+
+# 5. Stubs generated from proto/ at run time.
 STUBS="$WORK/stubs"
 mkdir -p "$STUBS" "$WORK/spool"
 "$PY" -m grpc_tools.protoc -I"$REPO/proto" --python_out="$STUBS" --grpc_python_out="$STUBS" \
   "$REPO/proto/phb/ledger/v1/ledger.proto"
 
-# 5. The payroll provider's program.
+# 6. The payroll provider's program, by host name: the server certificate
+#    names localhost.
 status=0
-PYTHONPATH="$STUBS" timeout 120 "$PY" "$HERE/payroll_run.py" --server "$ADDR" \
-  --ledger-id "$(cat "$DATA/ledger-id")" --root-key "$DATA/root.key" --spool "$WORK/spool" || status=$?
+PYTHONPATH="$STUBS" timeout 120 "$PY" "$HERE/payroll_run.py" --server "localhost:$PORT" \
+  --ledger-id "$(cat "$DATA/ledger-id")" --root-key "$DATA/root.key" \
+  --tls-dir "$WORK/tls" --run "$RUN" --spool "$WORK/spool" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "payroll example: server log (last 40 lines):" >&2
   tail -n 40 "$WORK/server.err" >&2

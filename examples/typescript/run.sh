@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the TypeScript client against a fresh phb-ledger server.
+# Runs the TypeScript client against a fresh phb-ledger server, started from a
+# configuration file with mutual TLS (examples/tls-setup.sh).
 # Usage: examples/typescript/run.sh   (from anywhere; exits non-zero on any failure)
 #   PHB_LEDGER_BIN=/path/to/phb-ledger  use a prebuilt server binary
 #                                       (else: cargo build, target/debug/phb-ledger)
@@ -33,24 +34,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# 3. A fresh server on a free port. Without --root-public-key it generates
-#    DATA/root.key (the operator's part of the client uses it) and prints the
-#    ledger key's public half, which the operator hands partners out of band.
+# 3. Certificates from a throwaway CA: the server's, and one per organisation
+#    the client connects as (subject CN = organisation id; `root` for the
+#    operator's part). The ids carry a per-run suffix, chosen here because
+#    the certificates must name them.
+# shellcheck source=../tls-setup.sh
+. "$REPO/examples/tls-setup.sh"
+RUN="$(openssl rand -hex 3)"
+make_certificates "$WORK/tls" root "icb-ts-$RUN" "care-trust-$RUN"
+
+# 4. A fresh server from WORK/phb-ledger.toml, on a free port. Without a root
+#    public key it generates DATA/root.key (the operator's part of the client
+#    uses it) and prints the ledger key's public half, which the operator
+#    hands partners out of band.
+start_server "$BIN" "$WORK"
 DATA="$WORK/data"
-"$BIN" serve --data "$DATA" --listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
-SERVER_PID=$!
-ADDR=""
-for _ in $(seq 1 300); do
-  ADDR="$(sed -n 's/^phb-ledger .* listening on \(.*\)$/\1/p' "$WORK/server.out" | head -n1)"
-  [ -n "$ADDR" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$ADDR" ]; then
-  echo "typescript client: the server did not report its address" >&2
-  cat "$WORK/server.out" "$WORK/server.err" >&2
-  exit 1
-fi
 LEDGER_KEY="$(sed -n 's/^generated the ledger key .*, public \([0-9a-f]\{64\}\)$/\1/p' "$WORK/server.out")"
 if [ -z "$LEDGER_KEY" ]; then
   echo "typescript client: the server did not print the ledger key" >&2
@@ -58,10 +56,11 @@ if [ -z "$LEDGER_KEY" ]; then
   exit 1
 fi
 
-# 4. The client.
+# 5. The client, by host name: the server certificate names localhost.
 status=0
-timeout 120 node "$HERE/dist/main.js" --server "$ADDR" --ledger-id "$(cat "$DATA/ledger-id")" \
-  --root-key "$DATA/root.key" --ledger-key "$LEDGER_KEY" --proto "$REPO/proto" || status=$?
+timeout 120 node "$HERE/dist/main.js" --server "localhost:$PORT" --ledger-id "$(cat "$DATA/ledger-id")" \
+  --root-key "$DATA/root.key" --ledger-key "$LEDGER_KEY" --tls-dir "$WORK/tls" --run "$RUN" \
+  --proto "$REPO/proto" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "typescript client: server log (last 40 lines):" >&2
   tail -n 40 "$WORK/server.err" >&2

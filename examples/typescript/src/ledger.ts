@@ -1,10 +1,11 @@
 // What a phb-ledger client needs, written from proto/phb/ledger/v1/ledger.proto
 // and docs/ alone: the connection, encoding and signing events (docs/api.md
-// §2), signed read-call metadata (§8), exact money, the entry hash
+// §2), signed read-call metadata (§8), mutual TLS, exact money, the entry hash
 // (docs/log-format.md §2-3), C2SP checkpoints and RFC 9162 inclusion proofs
 // (docs/audit.md). Node 20's built-in crypto does ed25519 and SHA-256.
 
 import * as crypto from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protobuf from "protobufjs";
@@ -98,14 +99,18 @@ export class Signer {
     return { event: eventBytes, signer_id: this.orgId, signature: this.sign(eventBytes) };
   }
 
-  /** x-phb-org, x-phb-timestamp, x-phb-signature: ed25519 over
-   * "{full method path}\n{unix seconds}", base64 with padding (docs/api.md §8). */
-  readMetadata(method: string, now = Math.floor(Date.now() / 1000)): grpc.Metadata {
-    const timestamp = String(now);
-    const signature = this.sign(Buffer.from(`${SERVICE}${method}\n${timestamp}`, "ascii"));
+  /** x-phb-org, x-phb-timestamp, x-phb-nonce, x-phb-signature: ed25519 over
+   * "{full method path}\n{unix seconds}\n{nonce}", base64 with padding
+   * (docs/api.md "Authentication metadata"). For ONE call: the server
+   * accepts each (organisation, nonce) once, so sign every call afresh. */
+  readMetadata(method: string): grpc.Metadata {
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    const nonce = crypto.randomBytes(24).toString("base64url"); // 32 characters of A-Z a-z 0-9 - _
+    const signature = this.sign(Buffer.from(`${SERVICE}${method}\n${timestamp}\n${nonce}`, "ascii"));
     const md = new grpc.Metadata();
     md.set("x-phb-org", this.orgId);
     md.set("x-phb-timestamp", timestamp);
+    md.set("x-phb-nonce", nonce);
     md.set("x-phb-signature", signature.toString("base64"));
     return md;
   }
@@ -197,16 +202,30 @@ export interface InclusionProof {
 // ---------------------------------------------------------------------------
 // The connection: the one place that knows how the server is reached
 
+/** PEM files: the operator's CA, and this organisation's client key and
+ * certificate (subject CN = the organisation id). */
+export interface Tls {
+  ca: Buffer;
+  key: Buffer;
+  cert: Buffer;
+}
+
+/** ca.pem and client-ORG.key / client-ORG.pem from one directory. */
+export function tlsFiles(dir: string, orgId: string): Tls {
+  const read = (name: string) => fs.readFileSync(path.join(dir, name));
+  return { ca: read("ca.pem"), key: read(`client-${orgId}.key`), cert: read(`client-${orgId}.pem`) };
+}
+
+/** One connection, acting as one organisation. Over mutual TLS with
+ * tls.bind_organisation the server lets a connection read and sign only as
+ * the organisation its client certificate names (docs/operations.md
+ * "Transport security"): open one Ledger per organisation. The host in
+ * `address` must match the server certificate's subject alternative name. */
 export class Ledger {
   private readonly client: grpc.Client;
 
-  constructor(private readonly proto: Proto, address: string) {
-    // TODO(TLS): phb-ledger serve speaks plaintext HTTP/2 today (docs/api.md
-    // §1). When the server (or the operator's endpoint) offers TLS, use
-    // grpc.credentials.createSsl(rootCa, clientKey, clientCert) here: the
-    // read-call signatures can be replayed for 300 s, so never send them in
-    // the clear outside a test.
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+  constructor(private readonly proto: Proto, address: string, tls: Tls) {
+    this.client = new grpc.Client(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert));
   }
 
   close(): void {

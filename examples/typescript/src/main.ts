@@ -8,15 +8,22 @@
 // inclusion in a checkpoint signed by the ledger key (docs/audit.md, RFC
 // 9162), and the balance to the penny.
 //
+// The server speaks mutual TLS: each organisation connects with its own
+// client certificate (subject CN = its organisation id) and reads and signs
+// only as it; every read signature carries a nonce and is single-use.
+//
 // usage: node dist/main.js --server HOST:PORT --ledger-id ID --root-key FILE
-//                          --ledger-key HEX [--proto DIR]
+//                          --ledger-key HEX --tls-dir DIR --run SUFFIX [--proto DIR]
+//   --tls-dir: ca.pem (the operator's CA) and client-ORG.pem/.key for root,
+//   icb-ts-SUFFIX and care-trust-SUFFIX (the organisations this run creates)
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { randomBytes } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
 import {
-  AppendResult, Balance, Checkpoint, Failed, InclusionProof, Ledger, LogEntry, Proto, SignedEvent, Signer,
-  check, encodeEvent, entryHash, leafHash, loadProto, pence, pounds, verifierKey, verifyCheckpoint, verifyInclusion,
+  AppendResult, Balance, Checkpoint, Failed, InclusionProof, Ledger, LogEntry, Proto, SERVICE, SignedEvent, Signer,
+  check, encodeEvent, entryHash, leafHash, loadProto, pence, pounds, tlsFiles, verifierKey, verifyCheckpoint,
+  verifyInclusion,
 } from "./ledger";
 
 const CODE_NAMES: Record<number, string> = {
@@ -29,10 +36,13 @@ function args(): Record<string, string> {
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i += 2) {
     const m = /^--([a-z-]+)$/.exec(argv[i]);
-    check(m !== null && i + 1 < argv.length, `usage: main.js --server HOST:PORT --ledger-id ID --root-key FILE --ledger-key HEX [--proto DIR]`);
+    check(m !== null && i + 1 < argv.length,
+      "usage: main.js --server HOST:PORT --ledger-id ID --root-key FILE --ledger-key HEX --tls-dir DIR --run SUFFIX [--proto DIR]");
     out[m[1]] = argv[i + 1];
   }
-  for (const need of ["server", "ledger-id", "root-key", "ledger-key"]) check(need in out, `--${need} is required`);
+  for (const need of ["server", "ledger-id", "root-key", "ledger-key", "tls-dir", "run"]) {
+    check(need in out, `--${need} is required`);
+  }
   return out;
 }
 
@@ -54,7 +64,7 @@ function selfTest(proto: Proto): void {
   check(hex(key1.sign(bytes)) ===
     "99df92e8101151703f4b94c3de1c32726aaae3c167e55cd8bfc3ffdb9cacf7e45e255d54c8854f05ea6e041bbf5fc21715c09932f77cbc8bf3c6f47752c90602",
     "the test vector Event signs differently here");
-  check(key1.readMetadata("GetBalance", 1764050000).get("x-phb-signature")[0] ===
+  check(key1.sign(Buffer.from(`${SERVICE}GetBalance\n1764050000`, "ascii")).toString("base64") ===
     "kKkuWMooGJvsP3GwvGXJOn2GfhAh+X5Wrhs382ANnKli1OXtQVezjp11isZoY1rrmJEX+cABAYDUw+ApOP14Aw==",
     "the read-call test vector signs differently here");
   const worked: LogEntry = {
@@ -91,7 +101,9 @@ async function main(): Promise<void> {
   const ledgerKey = Buffer.from(a["ledger-key"], "hex");
   check(ledgerKey.length === 32, "--ledger-key: 64 hex characters (the ledger's public key, from the operator)");
   const root = Signer.fromSeed("root", Buffer.from(fs.readFileSync(a["root-key"], "ascii").trim(), "hex"));
-  const run = randomBytes(3).toString("hex"); // ids are forever: a fresh suffix per run
+  // Ids are forever: a fresh suffix per run, chosen by run.sh because the
+  // client certificates name the organisations.
+  const run = a.run;
   const commissioner = Signer.generate(`icb-ts-${run}`);
   const thirdParty = Signer.generate(`care-trust-${run}`);
   const budgetId = `tp-${run}`;
@@ -101,12 +113,15 @@ async function main(): Promise<void> {
   const event = (eventId: string, budget: string, kind: Record<string, unknown>) =>
     ({ event_id: eventId, ledger_id: ledgerId, budget_id: budget, occurred_at: now(), ...kind });
 
-  const ledger = new Ledger(proto, a.server);
+  const connect = (org: Signer) => new Ledger(proto, a.server, tlsFiles(a["tls-dir"], org.orgId));
+  const asRoot = connect(root);
+  const asCommissioner = connect(commissioner);
+  const asThirdParty = connect(thirdParty);
   try {
     // 1. The operator registers both organisations (root signs).
     console.log(`-- root registers ${commissioner.orgId} and ${thirdParty.orgId}`);
     const roles: [Signer, string][] = [[commissioner, "ROLE_COMMISSIONER"], [thirdParty, "ROLE_THIRD_PARTY"]];
-    await appendAll(ledger, roles.map(([org, role]) => root.signEvent(encodeEvent(proto, event(`register-${org.orgId}`, "", {
+    await appendAll(asRoot, roles.map(([org, role]) => root.signEvent(encodeEvent(proto, event(`register-${org.orgId}`, "", {
       organisation_registered: { organisation_id: org.orgId, roles: [role], public_key: org.publicKey },
     })))), true, "registrations");
 
@@ -114,7 +129,7 @@ async function main(): Promise<void> {
     const allocated = pence("3000.00");
     const paidIn = pence("1500.00");
     console.log(`-- ${commissioner.orgId} opens third-party budget ${budgetId}, funds it and approves its plan`);
-    const setup = await appendAll(ledger, [
+    const setup = await appendAll(asCommissioner, [
       event(`${budgetId}-open`, budgetId, { budget_opened: {
         holder_ref: `holder-${run}`, commissioner_id: commissioner.orgId,
         period_start: isoDate(start), period_end: isoDate(daysFrom(start, 364)),
@@ -139,19 +154,19 @@ async function main(): Promise<void> {
       description: "shower chair", receipt_ref: "INV-20417", supplier_sector: "SECTOR_INDEPENDENT" } }));
     const purchase = thirdParty.signEvent(purchaseBytes);
     console.log(`-- ${thirdParty.orgId} buys equipment: ${purchaseBytes.length} event bytes, signed`);
-    const [receipt] = await appendAll(ledger, [purchase], false, "the purchase");
+    const [receipt] = await appendAll(asThirdParty, [purchase], false, "the purchase");
     const seq = receipt.sequence;
 
     // The same signed event again, as after a lost connection: a duplicate
     // with the original receipt.
-    const [again] = await ledger.append([purchase], false);
+    const [again] = await asThirdParty.append([purchase], false);
     check((again.error?.code ?? 0) === 0 && again.duplicate && again.sequence === seq &&
       hex(again.entry_hash) === hex(receipt.entry_hash), "a resent event is not answered as its duplicate");
 
     // 4. The entry hash, recomputed. AppendResult carries the hash but not
     //    recorded_at or prev_hash, so this needs ReadLog (auditors and root):
     //    here as root. The previous entry is read too, to check the link.
-    const entries = await ledger.readLog(root, seq - 1n);
+    const entries = await asRoot.readLog(root, seq - 1n);
     const [prev, mine] = entries;
     check(prev?.sequence === seq - 1n && mine?.sequence === seq, `ReadLog from ${seq - 1n} did not start there`);
     check(mine.signed_event !== null && hex(mine.signed_event.event) === hex(purchaseBytes) &&
@@ -171,13 +186,13 @@ async function main(): Promise<void> {
 
     // 5. Inclusion in a checkpoint signed by the ledger key (docs/audit.md
     //    "Receipts"), asked for as the third party.
-    const cp = await ledger.unary<Checkpoint>("GetCheckpoint", "GetCheckpointRequest", "GetCheckpointResponse",
+    const cp = await asThirdParty.unary<Checkpoint>("GetCheckpoint", "GetCheckpointRequest", "GetCheckpointResponse",
       {}, thirdParty.readMetadata("GetCheckpoint"));
     const verified = verifyCheckpoint(cp.checkpoint, ledgerId, ledgerKey);
     check(verified.size >= receipt.tree_size, `checkpoint ${verified.size} is older than the receipt's tree ${receipt.tree_size}`);
     check(cp.tree_size === verified.size && hex(cp.root_hash) === hex(verified.root), "GetCheckpoint's fields contradict its note");
     check(cp.verifier_key === verifierKey(verified.origin, ledgerKey), `verifier_key ${cp.verifier_key} is not the ledger key`);
-    const proof = await ledger.unary<InclusionProof>("GetInclusionProof", "GetInclusionProofRequest",
+    const proof = await asThirdParty.unary<InclusionProof>("GetInclusionProof", "GetInclusionProofRequest",
       "GetInclusionProofResponse", { sequence: seq.toString(), tree_size: verified.size.toString() },
       thirdParty.readMetadata("GetInclusionProof"));
     check(proof.leaf_index === seq - 1n && proof.tree_size === verified.size, "the proof is for another leaf or tree");
@@ -193,14 +208,23 @@ async function main(): Promise<void> {
     check(!verifyInclusion(seq - 1n, verified.size, leaf, proof.hashes.slice(1), verified.root), "a shortened proof verified");
 
     // 6. The balance, read with signed metadata, to the penny.
-    const { balance } = await ledger.unary<{ balance: Balance }>("GetBalance", "GetBalanceRequest", "GetBalanceResponse",
-      { budget_id: budgetId }, thirdParty.readMetadata("GetBalance"));
+    const balanceMetadata = thirdParty.readMetadata("GetBalance");
+    const getBalance = () => asThirdParty.unary<{ balance: Balance }>("GetBalance", "GetBalanceRequest", "GetBalanceResponse",
+      { budget_id: budgetId }, balanceMetadata);
+    const { balance } = await getBalance();
     const want: Record<string, bigint> = { allocated, paid_in: paidIn, spent, held: paidIn - spent, available: allocated - spent };
     for (const [field, value] of Object.entries(want)) {
       const got = pence((balance as unknown as Record<string, string>)[field]);
       check(got === value, `balance.${field} is ${pounds(got)}, expected ${pounds(value)}`);
     }
     check(balance.last_sequence === seq, `balance.last_sequence ${balance.last_sequence}, expected ${seq}`);
+    // A read signature is single-use: the same metadata again, as an
+    // eavesdropper or a careless retry would send it, must be refused.
+    const replay = await getBalance().then(() => null, (e: { code?: number; details?: string }) => e);
+    check(replay !== null, "the same read metadata was accepted twice");
+    check(replay.code === grpc.status.UNAUTHENTICATED,
+      `the same read metadata sent twice: ${CODE_NAMES[replay.code ?? -1] ?? replay.code} (${replay.details}), ` +
+      "expected UNAUTHENTICATED");
 
     console.log();
     console.log(`Purchase ${pounds(spent)} on ${budgetId} by ${thirdParty.orgId}: written at sequence ${seq}`);
@@ -208,12 +232,13 @@ async function main(): Promise<void> {
     console.log(`  resent unchanged: duplicate of sequence ${again.sequence}`);
     console.log(`  in checkpoint ${verified.size} of ${verified.origin} (signed by the ledger key): ` +
       `inclusion proof of ${proof.hashes.length} nodes verified`);
+    console.log("  read over mutual TLS as the third party; the same read signature replayed: UNAUTHENTICATED");
     console.log(`Balance: allocated ${balance.allocated}, paid in ${balance.paid_in}, spent ${balance.spent}, ` +
       `held ${balance.held}, available ${balance.available} (checked to the penny)`);
     for (const f of receipt.flags) console.log(`Flag raised: ${f.flag_id}: ${f.explanation}`);
     console.log("typescript client: OK");
   } finally {
-    ledger.close();
+    for (const l of [asRoot, asCommissioner, asThirdParty]) l.close();
   }
 }
 
