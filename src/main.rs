@@ -270,8 +270,12 @@ fn run() -> Result<()> {
             Command::Config {
                 config: ConfigCommand::Check { file },
             } => config::check(&file),
-            Command::Backup(args) => tokio::task::spawn_blocking(move || backup::backup(args)).await?,
-            Command::Restore(args) => tokio::task::spawn_blocking(move || backup::restore(args)).await?,
+            Command::Backup(args) => {
+                tokio::task::spawn_blocking(move || backup::backup(args)).await?
+            }
+            Command::Restore(args) => {
+                tokio::task::spawn_blocking(move || backup::restore(args)).await?
+            }
             Command::Keygen { out } => keygen(&out),
             Command::Submit {
                 server,

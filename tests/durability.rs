@@ -1214,7 +1214,8 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let amount = format!("1.{:02}", (t * 7 + n) % 100);
-                w.ok(&acct, b, pay(&amount, provider(), "p-b", "respite")).await;
+                w.ok(&acct, b, pay(&amount, provider(), "p-b", "respite"))
+                    .await;
                 n += 1;
             }
             n
@@ -1245,7 +1246,11 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
         written += h.await.unwrap();
     }
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(written > 20, "the writers kept writing ({written})");
     let point: u64 = text
         .split("recovery point sequence ")
@@ -1254,7 +1259,11 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no recovery point in: {text}"));
     let live = w.log().await;
-    assert!(point > 10 && point < live.len() as u64, "writes continued past the backup: {point} of {}", live.len());
+    assert!(
+        point > 10 && point < live.len() as u64,
+        "writes continued past the backup: {point} of {}",
+        live.len()
+    );
     assert!(!backup_dir.join("index").exists() && !backup_dir.join("root.key").exists());
 
     // Never over something that exists.
@@ -1277,7 +1286,11 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
         .arg(&restored_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let server = Server::start_with(ServerOptions {
         data_dir: Some(restored_dir),
         root: Some(w.server.root.clone()),
@@ -1286,7 +1299,11 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
     let restored = World::attach(server, &w).await;
     let log = restored.log().await;
     assert_eq!(log.len() as u64, point);
-    assert_eq!(log[..], live[..point as usize], "the restore is the live log's prefix");
+    assert_eq!(
+        log[..],
+        live[..point as usize],
+        "the restore is the live log's prefix"
+    );
     let audited = audit_log(&log, &w.server.root.public_key());
     let figures = replay_figures(&audited);
     let balance = restored.balance(b).await;
