@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ledger service.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Copy a (running) server's ledger to a new directory, consistently,
     /// and verify the copy (docs/operations.md, "Backups").
     Backup(backup::BackupArgs),
