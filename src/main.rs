@@ -7,6 +7,7 @@
 
 mod audit_export;
 mod backup;
+mod bench;
 mod config;
 mod connect;
 mod demo;
@@ -161,6 +162,10 @@ enum Command {
         #[command(subcommand)]
         audit: Audit,
     },
+    /// Measure the ledger from outside: start a server, drive it over gRPC
+    /// with pre-signed events, print events/s, latency, CPU and memory
+    /// (BENCHMARKS.md; docs/cli.md).
+    Bench(bench::BenchArgs),
     /// Drive a running server through a realistic scenario and print the balances.
     Demo {
         /// Server URL.
@@ -326,6 +331,7 @@ fn run() -> Result<()> {
                 Audit::Verify(args) => audit_export::verify(args).await,
             },
             Command::Export(args) => audit_export::export(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Demo {
                 server,
                 root_key,
