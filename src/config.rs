@@ -201,11 +201,11 @@ pub struct ServeArgs {
     pub tcp_keepalive: Option<Span>,
     /// Calls one client may start a second (burst twice that); a client is
     /// its TLS certificate's organisation, else its IP address; 0: no limit
-    /// [limits.client_requests_per_second; default 5000].
+    /// [limits.client_requests_per_second; default 0].
     #[arg(long, env = "PHB_LEDGER_CLIENT_REQUESTS_PER_SECOND")]
     pub client_requests_per_second: Option<u64>,
     /// Calls one client may have in progress at once; 0: no limit
-    /// [limits.client_concurrent_requests; default 512].
+    /// [limits.client_concurrent_requests; default 0].
     #[arg(long, env = "PHB_LEDGER_CLIENT_CONCURRENT_REQUESTS")]
     pub client_concurrent_requests: Option<usize>,
     /// Address of the HTTP port for Prometheus metrics (/metrics) and the

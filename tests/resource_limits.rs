@@ -565,3 +565,48 @@ async fn undecodable_request_bodies_answer_invalid_argument() {
         );
     }
 }
+
+/// Per-client limits (issue 11): with a rate of 5 calls a second (a burst
+/// of 10), a burst of calls from one client is cut at 10 with
+/// RESOURCE_EXHAUSTED naming the limit, and the client is served again
+/// once its bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_refused_then_served_again() {
+    let server = Server::start_with(ServerOptions {
+        env: env(&[("PHB_LEDGER_CLIENT_REQUESTS_PER_SECOND", "5")]),
+        ..ServerOptions::default()
+    });
+    let root = server.root.clone();
+    let client = server.client().await;
+    let call = || {
+        let mut c = client.clone();
+        let req = root.request(methods::LIST_BALANCES, pb::ListBalancesRequest::default());
+        async move { c.list_balances(req).await }
+    };
+    let mut served = 0;
+    let mut refused = None;
+    for _ in 0..30 {
+        match call().await {
+            Ok(_) => served += 1,
+            Err(s) => {
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a burst past the limit is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("5 calls a second"),
+        "{refused:?}"
+    );
+    assert!(
+        (9..=11).contains(&served),
+        "a burst of twice the rate: {served}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        call().await.is_ok(),
+        "served again after the bucket refills"
+    );
+}

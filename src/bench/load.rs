@@ -257,7 +257,6 @@ async fn read_loop(
     });
     let reader = &readers[i % readers.len()];
     let mut rng = super::workload::Rng::new(i as u64 + 1);
-    let mut auth = ReadAuth::default();
     let mut out = ReadRun {
         latencies: Latencies::default(),
         errors: 0,
@@ -274,7 +273,11 @@ async fn read_loop(
         let mut req = tonic::Request::new(pb::GetBalanceRequest {
             budget_id: b.clone(),
         });
-        *req.metadata_mut() = auth.metadata(&reader.signer).clone();
+        // Each call signed afresh, with its own nonce: a signed read call
+        // is single-use (docs/api.md), as a real client's is.
+        reader
+            .signer
+            .authorize_at(&mut req, methods::GET_BALANCE, phb_client::unix_now());
         let t = Instant::now();
         let answer = client.get_balance(req).await;
         let took = t.elapsed();
@@ -296,27 +299,4 @@ async fn read_loop(
         }
     }
     out
-}
-
-/// The signed read-call metadata, made once a second: the signature
-/// covers only the method and the second, so a client signs once a second,
-/// not once a call (what a real client would do; signing is not the
-/// server's cost being measured).
-#[derive(Default)]
-struct ReadAuth {
-    second: i64,
-    metadata: tonic::metadata::MetadataMap,
-}
-
-impl ReadAuth {
-    fn metadata(&mut self, signer: &Signer) -> &tonic::metadata::MetadataMap {
-        let now = phb_client::unix_now();
-        if now != self.second || self.metadata.is_empty() {
-            let mut r = tonic::Request::new(());
-            signer.authorize_at(&mut r, methods::GET_BALANCE, now);
-            self.metadata = r.into_parts().0;
-            self.second = now;
-        }
-        &self.metadata
-    }
 }

@@ -38,11 +38,14 @@ pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default idle time before the kernel starts TCP keepalive probes.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Calls one client may start a second by default (a payroll provider's
-/// busiest run fits many times over; a flood from one address does not).
-pub const DEFAULT_CLIENT_REQUESTS_PER_SECOND: u64 = 5_000;
-/// Calls one client may have in progress at once, by default.
-pub const DEFAULT_CLIENT_CONCURRENT_REQUESTS: usize = 512;
+/// Calls one client may start a second by default: no limit. Keyed by IP
+/// address, a limit would throttle every partner behind one gateway
+/// together; set one with mutual TLS, where a client is an organisation
+/// (docs/configuration.md).
+pub const DEFAULT_CLIENT_REQUESTS_PER_SECOND: u64 = 0;
+/// Calls one client may have in progress at once, by default: no limit
+/// (the connection and stream caps still bound every peer).
+pub const DEFAULT_CLIENT_CONCURRENT_REQUESTS: usize = 0;
 /// Largest header block (metadata) accepted per request.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// HTTP/2 flow-control window per stream and per connection: what a peer
