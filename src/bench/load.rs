@@ -300,3 +300,51 @@ async fn read_loop(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut l = Latencies::default();
+        for ms in (1..=1000).rev() {
+            l.push(Duration::from_millis(ms));
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!((s.p50, s.p99, s.p999, s.max), (500.0, 990.0, 999.0, 1000.0));
+        assert_eq!(Latencies::default().summary().count, 0);
+    }
+
+    #[test]
+    fn requests_split_events_into_shares_of_batches_in_order() {
+        let events: Vec<pb::SignedEvent> = (0..10)
+            .map(|i| pb::SignedEvent {
+                signer_id: i.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        let shares = requests(events, 3, 3);
+        let ids: Vec<Vec<Vec<&str>>> = shares
+            .iter()
+            .map(|share| {
+                share
+                    .iter()
+                    .map(|r| {
+                        assert!(!r.atomic);
+                        r.events.iter().map(|e| e.signer_id.as_str()).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                vec![vec!["0", "1", "2"], vec!["3"]],
+                vec![vec!["4", "5", "6"], vec!["7"]],
+                vec![vec!["8", "9"]],
+            ]
+        );
+    }
+}

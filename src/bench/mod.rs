@@ -204,7 +204,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let machine = Machine::read();
     println!("phb-ledger bench {}", machine.line());
     let started_at = report::utc_now();
-    println!("started {started_at}");
+    let load_at_start = server::load_average();
+    println!(
+        "started {started_at}; load average {}",
+        load_at_start.as_deref().unwrap_or("unknown")
+    );
 
     // The peer's programs first: a missing PostgreSQL fails the run before
     // anything is measured, and an install is not inside any measurement.
@@ -302,6 +306,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
     }
     report.print();
+    println!(
+        "load average at the end: {}",
+        server::load_average().as_deref().unwrap_or("unknown")
+    );
 
     // The peer last, with the machine to itself.
     if let (Some(tools), 0) = (pg_tools, refused) {
@@ -312,6 +320,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let head = json!({
             "machine": machine.json(),
             "started": started_at,
+            "load_average_at_start": load_at_start,
             "workload": {
                 "budgets": settings.budgets,
                 "events_per_run": settings.events,
@@ -442,6 +451,8 @@ async fn timed_run(
     );
     let cpu_before = server_pid.map(server::cpu_seconds).transpose()?;
     let client_before = server::cpu_seconds(std::process::id()).ok();
+    let machine_before = server::machine_busy_seconds().ok();
+    let threads_before = server_pid.map(server::thread_cpu_seconds).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader_tasks = if with_readers {
         load::spawn_readers(
@@ -458,6 +469,8 @@ async fn timed_run(
     stop.store(true, Ordering::Relaxed);
     let cpu_after = server_pid.map(server::cpu_seconds).transpose()?;
     let client_after = server::cpu_seconds(std::process::id()).ok();
+    let machine_after = server::machine_busy_seconds().ok();
+    let threads_after = server_pid.map(server::thread_cpu_seconds).transpose()?;
     let rss_kib = server_pid.map(server::memory_kib).transpose()?;
     let mut reads = None;
     if with_readers {
@@ -477,6 +490,29 @@ async fn timed_run(
         });
     }
     let latency = std::mem::take(&mut run.requests).summary();
+    let server_cpu_s = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    let client_cpu_s = client_before.zip(client_after).map(|(a, b)| b - a);
+    let other_cpu_s = others(machine_before, machine_after, &[server_cpu_s, client_cpu_s]);
+    let mut threads: Vec<(String, f64)> = match (threads_before, threads_after) {
+        (Some(before), Some(after)) => after
+            .into_iter()
+            .map(|(name, cpu)| {
+                let used = cpu - before.get(&name).copied().unwrap_or(0.0);
+                (name, used)
+            })
+            .filter(|(_, used)| *used > 0.0)
+            .collect(),
+        _ => Vec::new(),
+    };
+    // CPU of threads that ended during the run (sled's IO pool starts and
+    // ends threads) is in the process's total but in no thread's.
+    let listed: f64 = threads.iter().map(|(_, used)| used).sum();
+    if let Some(ended) = server_cpu_s.map(|total| total - listed) {
+        if ended > 0.01 {
+            threads.push(("(threads that ended)".to_string(), ended));
+        }
+    }
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
     let f = RunFigures {
         mode,
         clients,
@@ -484,8 +520,10 @@ async fn timed_run(
         batch: args.batch,
         run,
         latency,
-        server_cpu_s: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
-        client_cpu_s: client_before.zip(client_after).map(|(a, b)| b - a),
+        server_cpu_s,
+        client_cpu_s,
+        other_cpu_s,
+        threads,
         rss_kib,
         reads,
     };
@@ -508,7 +546,21 @@ async fn restart(
     log_len: u64,
 ) -> Result<RestartFigures> {
     let stop = s.stop().await?;
+    let busy_before = server::machine_busy_seconds().ok();
+    let ours_before = server::cpu_seconds(std::process::id()).ok();
     let to_serving = s.start().await?;
+    // The new server's whole life so far is its start.
+    let server_cpu_s = server::cpu_seconds(s.pid).ok();
+    let other_cpu_s = others(
+        busy_before,
+        server::machine_busy_seconds().ok(),
+        &[
+            server_cpu_s,
+            ours_before
+                .zip(server::cpu_seconds(std::process::id()).ok())
+                .map(|(a, b)| b - a),
+        ],
+    );
     let rss_kib = server::memory_kib(s.pid).ok();
     let (entries, replay_ms) = s.replay_report().ok_or_else(|| {
         anyhow!(
@@ -535,9 +587,19 @@ async fn restart(
         entries,
         to_serving,
         replay_ms: Some(replay_ms),
+        server_cpu_s,
+        other_cpu_s,
         stop,
         rss_kib,
     })
+}
+
+/// CPU the rest of the machine used between two readings of its busy
+/// time: the busy time less what `ours` (each known or not) used.
+fn others(before: Option<f64>, after: Option<f64>, ours: &[Option<f64>]) -> Option<f64> {
+    let busy = after? - before?;
+    let ours: f64 = ours.iter().map(|c| c.unwrap_or(0.0)).sum();
+    Some((busy - ours).max(0.0))
 }
 
 /// Runs pgbench at each client count of the append runs.
@@ -749,6 +811,9 @@ async fn verify(s: &server::Server, scratch: &Path, cast: &Cast) -> Result<Verif
             .verifying_key()
             .to_bytes(),
     );
+    let busy_before = server::machine_busy_seconds().ok();
+    let ours_before = server::cpu_seconds(std::process::id()).ok();
+    let children_before = server::children_cpu_seconds();
     let started = Instant::now();
     let out = tokio::process::Command::new(&exe)
         .args(["audit", "verify"])
@@ -762,6 +827,20 @@ async fn verify(s: &server::Server, scratch: &Path, cast: &Cast) -> Result<Verif
         .await
         .context("running phb-ledger audit verify")?;
     let verify = started.elapsed();
+    // Waited for, so its CPU is in our children's.
+    let verify_cpu_s = children_before
+        .zip(server::children_cpu_seconds())
+        .map(|(a, b)| b - a);
+    let other_cpu_s = others(
+        busy_before,
+        server::machine_busy_seconds().ok(),
+        &[
+            verify_cpu_s,
+            ours_before
+                .zip(server::cpu_seconds(std::process::id()).ok())
+                .map(|(a, b)| b - a),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -787,5 +866,22 @@ async fn verify(s: &server::Server, scratch: &Path, cast: &Cast) -> Result<Verif
         export,
         verify,
         verifier_rate: summary["entries_per_second"].as_f64(),
+        verify_cpu_s,
+        other_cpu_s,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pence_reads_only_the_servers_two_decimal_amounts() {
+        assert_eq!(pence("0.00"), Some(0));
+        assert_eq!(pence("12.34"), Some(1234));
+        assert_eq!(pence("1000000000.00"), Some(100_000_000_000));
+        for bad in ["12", "12.3", "12.345", "-1.00", "1,000.00", ".50", "a.bc"] {
+            assert_eq!(pence(bad), None, "{bad}");
+        }
+    }
 }

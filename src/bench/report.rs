@@ -20,6 +20,12 @@ pub struct RunFigures {
     pub latency: Summary,
     pub server_cpu_s: Option<f64>,
     pub client_cpu_s: Option<f64>,
+    /// CPU the rest of the machine used meanwhile (other work on a shared
+    /// machine competes with the server for its cores).
+    pub other_cpu_s: Option<f64>,
+    /// The server's CPU by thread name (threads of one name summed),
+    /// busiest first.
+    pub threads: Vec<(String, f64)>,
     /// The server's VmRSS and VmHWM at the end of the run.
     pub rss_kib: Option<(u64, u64)>,
     pub reads: Option<ReadFigures>,
@@ -36,6 +42,10 @@ pub struct ReadFigures {
 pub struct RestartFigures {
     pub entries: u64,
     pub to_serving: Duration,
+    /// The new server's CPU from spawn to SERVING.
+    pub server_cpu_s: Option<f64>,
+    /// Every other process's CPU meanwhile.
+    pub other_cpu_s: Option<f64>,
     pub replay_ms: Option<u64>,
     pub stop: Duration,
     pub rss_kib: Option<(u64, u64)>,
@@ -45,6 +55,10 @@ pub struct VerifyFigures {
     pub entries: u64,
     pub export: Duration,
     pub verify: Duration,
+    /// `audit verify`'s own CPU (it checks signatures on a second thread).
+    pub verify_cpu_s: Option<f64>,
+    /// Every other process's CPU meanwhile.
+    pub other_cpu_s: Option<f64>,
     /// What `audit verify` itself reports (its own clock, without start-up).
     pub verifier_rate: Option<f64>,
 }
@@ -89,6 +103,8 @@ impl RunFigures {
             "server_cpu_seconds": self.server_cpu_s,
             "server_cpu_percent_of_one_core": self.percent_of_core(self.server_cpu_s),
             "client_cpu_seconds": self.client_cpu_s,
+            "other_cpu_seconds": self.other_cpu_s,
+            "server_threads_cpu_seconds": self.threads.iter().map(|(n, c)| (n.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
             "server_rss_kib": self.rss_kib.map(|r| r.0),
             "server_hwm_kib": self.rss_kib.map(|r| r.1),
             "reads": self.reads.as_ref().map(|r| json!({
@@ -120,9 +136,9 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!(
-            "{:<7} {:>7} {:>5} {:>5} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7}",
+            "{:<7} {:>7} {:>5} {:>5} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>7}",
             "mode", "clients", "conns", "batch", "events", "events/s", "p50 ms", "p99 ms",
-            "p999 ms", "max ms", "srv cpu", "srv %", "cli %", "RSS MiB", "HWM MiB"
+            "p999 ms", "max ms", "srv cpu", "srv %", "cli %", "oth %", "RSS MiB", "HWM MiB"
         );
         let opt = |v: Option<f64>, digits: usize, unit: &str| {
             v.map(|x| format!("{x:.digits$}{unit}"))
@@ -130,7 +146,7 @@ impl Report {
         };
         for f in &self.runs {
             println!(
-                "{:<7} {:>7} {:>5} {:>5} {:>8} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>6} {:>6} {:>7} {:>7}",
+                "{:<7} {:>7} {:>5} {:>5} {:>8} {:>10.0} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>6} {:>6} {:>6} {:>7} {:>7}",
                 f.mode,
                 f.clients,
                 f.connections,
@@ -144,11 +160,29 @@ impl Report {
                 opt(f.server_cpu_s, 1, " s"),
                 opt(f.percent_of_core(f.server_cpu_s), 0, ""),
                 opt(f.percent_of_core(f.client_cpu_s), 0, ""),
+                opt(f.percent_of_core(f.other_cpu_s), 0, ""),
                 opt(f.rss_kib.map(|r| r.0 as f64 / 1024.0), 0, ""),
                 opt(f.rss_kib.map(|r| r.1 as f64 / 1024.0), 0, ""),
             );
         }
-        println!("(latency per Append request; srv % and cli %: CPU of the server and of this load generator, as % of one core)");
+        println!("(latency per Append request; srv %, cli %, oth %: CPU of the server, of this load generator and of every other process on the machine, as % of one core)");
+        for f in self.runs.iter().filter(|f| !f.threads.is_empty()) {
+            let busiest: Vec<String> = f
+                .threads
+                .iter()
+                .take(5)
+                .map(|(name, cpu)| {
+                    format!("{name} {:.0} %", 100.0 * cpu / f.run.elapsed.as_secs_f64())
+                })
+                .collect();
+            println!(
+                "server threads, {} {} clients batch {}: {}",
+                f.mode,
+                f.clients,
+                f.batch,
+                busiest.join(", ")
+            );
+        }
         for f in &self.runs {
             let Some(r) = &f.reads else { continue };
             println!(
@@ -169,14 +203,20 @@ impl Report {
                 }
             );
         }
+        let share = |cpu: Option<f64>, over: Duration| {
+            cpu.map(|c| format!("{:.0} %", 100.0 * c / over.as_secs_f64()))
+                .unwrap_or_else(|| "n/a".into())
+        };
         if let Some(r) = &self.restart {
             println!(
-                "restart: {} entries in the log; SERVING {:.2} s after start (the server's own verify + replay: {}); RSS then {}; the clean stop before it took {:.2} s",
+                "restart: {} entries in the log; SERVING {:.2} s after start (the server's own verify + replay: {}; its CPU {} of one core, other processes' {}); RSS then {}; the clean stop before it took {:.2} s",
                 r.entries,
                 r.to_serving.as_secs_f64(),
                 r.replay_ms
                     .map(|ms| format!("{:.2} s", ms as f64 / 1e3))
                     .unwrap_or_else(|| "not reported".into()),
+                share(r.server_cpu_s, r.to_serving),
+                share(r.other_cpu_s, r.to_serving),
                 r.rss_kib
                     .map(|(rss, _)| format!("{} MiB", rss / 1024))
                     .unwrap_or_else(|| "n/a".into()),
@@ -185,14 +225,16 @@ impl Report {
         }
         if let Some(v) = &self.verify {
             println!(
-                "verify: export {:.2} s; audit verify {} entries in {:.2} s: {:.0} entries/s (its own figure, without start-up: {})",
+                "verify: export {:.2} s; audit verify {} entries in {:.2} s: {:.0} entries/s (its own figure, without start-up: {}; its CPU {} of one core, other processes' {})",
                 v.export.as_secs_f64(),
                 v.entries,
                 v.verify.as_secs_f64(),
                 v.entries as f64 / v.verify.as_secs_f64(),
                 v.verifier_rate
                     .map(|r| format!("{r:.0}/s"))
-                    .unwrap_or_else(|| "none".into())
+                    .unwrap_or_else(|| "none".into()),
+                share(v.verify_cpu_s, v.verify),
+                share(v.other_cpu_s, v.verify),
             );
         }
     }
@@ -233,6 +275,8 @@ impl Report {
             "entries": r.entries,
             "seconds_to_serving": r.to_serving.as_secs_f64(),
             "server_replay_ms": r.replay_ms,
+            "server_cpu_seconds": r.server_cpu_s,
+            "other_cpu_seconds": r.other_cpu_s,
             "rss_kib": r.rss_kib.map(|m| m.0),
             "stop_seconds": r.stop.as_secs_f64(),
         })));
@@ -242,6 +286,8 @@ impl Report {
             "verify_seconds": f.verify.as_secs_f64(),
             "entries_per_second": f.entries as f64 / f.verify.as_secs_f64(),
             "verifier_entries_per_second": f.verifier_rate,
+            "verify_cpu_seconds": f.verify_cpu_s,
+            "other_cpu_seconds": f.other_cpu_s,
         })));
         v["peer"] = json!(self.peer.as_ref().map(|p| json!({
             "name": "postgres",

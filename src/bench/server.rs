@@ -258,6 +258,76 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / clock_ticks())
 }
 
+/// CPU time the whole machine has spent busy (every core, every process:
+/// user, nice, system, irq, softirq, steal), in seconds.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat: no cpu line"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().context("/proc/stat: a cpu field"))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already inside user and nice).
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<u64>();
+    Ok(busy as f64 / clock_ticks())
+}
+
+/// CPU time used by this process's children that have been waited for
+/// (user and system), in seconds.
+pub fn children_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage writes one rusage struct, which we own and which
+    // is zeroed beforehand, so every field is initialised.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) != 0 {
+            return None;
+        }
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let parts: Vec<&str> = text.split_whitespace().take(3).collect();
+    (parts.len() == 3).then(|| parts.join(" "))
+}
+
+/// CPU seconds used so far by each thread name of a process (threads of
+/// one name summed: tokio's workers, sled's IO threads).
+pub fn thread_cpu_seconds(pid: u32) -> Result<std::collections::BTreeMap<String, f64>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(task) = task else { continue };
+        let stat = task.path().join("stat");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&stat) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+            continue;
+        };
+        let name = text[open + 1..close].to_string();
+        let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        let tick = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(u), Some(s)) = (tick(14), tick(15)) {
+            *out.entry(name).or_insert(0.0) += (u + s) as f64 / clock_ticks();
+        }
+    }
+    Ok(out)
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -665,3 +665,76 @@ pub fn sign_all(cast: &Cast, events: Vec<Unsigned>) -> anyhow::Result<Vec<pb::Si
         Ok(out)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(year: u16, month: u8, day: u8) -> Date {
+        Date { year, month, day }
+    }
+
+    #[test]
+    fn the_financial_year_runs_from_april_to_march() {
+        for (today, first) in [
+            (date(2026, 12, 1), 2026),
+            (date(2027, 3, 31), 2026),
+            (date(2027, 4, 1), 2027),
+        ] {
+            let y = Year::containing(today);
+            assert_eq!(y.start, date(first, 4, 1), "{today}");
+            assert_eq!(y.end, date(first + 1, 3, 31), "{today}");
+        }
+        assert_eq!(Year::containing(date(2026, 4, 1)).days_so_far(), 1);
+        assert_eq!(Year::containing(date(2026, 4, 30)).days_so_far(), 30);
+    }
+
+    #[test]
+    fn plans_cover_what_the_timed_events_spend_and_services_are_in_arrears() {
+        let root = Signer::generate("root");
+        let cast = Cast::new(root, "t");
+        let today = date(2026, 6, 15);
+        let mut w = Workload::new("l", "t", 20, today);
+        let t = w.timed(0, 2000);
+        assert_eq!(t.events.len(), 2000);
+        assert_eq!(t.mix.values().sum::<usize>(), 2000);
+        let mut spent = 0i64;
+        for u in &t.events {
+            let amount = match &u.event.kind {
+                Some(Kind::Payment(p)) => {
+                    assert!(p.service_to.as_str() <= "2026-06-15", "{p:?}");
+                    assert!(p.service_from.as_str() >= "2026-04-01", "{p:?}");
+                    &p.amount
+                }
+                Some(Kind::Purchase(p)) => &p.amount,
+                Some(Kind::CardTransaction(c)) => &c.amount,
+                other => panic!("unexpected timed event {other:?}"),
+            };
+            let (pounds, pence) = amount.split_once('.').expect("two decimals");
+            spent += pounds.parse::<i64>().unwrap() * 100 + pence.parse::<i64>().unwrap();
+        }
+        assert_eq!(spent, t.pence);
+        // Each budget's plan has a line for every category it spends in,
+        // at least what it spends there, and is allocated in full.
+        let setup = w.setup(&cast);
+        for (b, events) in w.budgets.iter().zip(&setup) {
+            let plan = events
+                .iter()
+                .find_map(|u| match &u.event.kind {
+                    Some(Kind::CarePlanApproved(p)) => Some(p),
+                    _ => None,
+                })
+                .expect("a plan");
+            for (category, pence) in &b.spend {
+                let line = plan
+                    .lines
+                    .iter()
+                    .find(|l| l.category == *category)
+                    .unwrap_or_else(|| panic!("{}: no {category} line", b.id));
+                let (pounds, p) = line.annual_amount.split_once('.').unwrap();
+                let line_pence = pounds.parse::<i64>().unwrap() * 100 + p.parse::<i64>().unwrap();
+                assert!(line_pence > *pence, "{}: {category}", b.id);
+            }
+        }
+    }
+}
