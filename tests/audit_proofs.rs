@@ -250,3 +250,78 @@ async fn a_log_cut_below_a_checkpoint_refuses_to_start() {
         failure.stderr
     );
 }
+
+/// A receipt ties to the partner's own bytes (issue 11's client finding):
+/// an AppendResult's `recorded_at` and `prev_hash`, with its `sequence` and
+/// the SignedEvent the partner sent, recompute its `entry_hash` exactly as
+/// docs/log-format.md §2 says — for the write and for a duplicate retry —
+/// and the entries chain: each prev_hash is the previous result's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_recomputes_from_the_partners_own_bytes() {
+    let w = World::new().await;
+    let b = "receipt-1";
+    let opened = w.open_direct(b).await;
+    let commissioner = w.commissioner.clone();
+    let signed = w.sign(
+        &commissioner,
+        b,
+        kinds::allocate("100.00", pb::AllocationBasis::NeedsBased),
+    );
+    let recompute = |r: &pb::AppendResult| {
+        let at = r
+            .recorded_at
+            .as_ref()
+            .expect("recorded_at on a written event");
+        let micros = at.seconds * 1_000_000 + i64::from(at.nanos) / 1000;
+        assert_eq!(at.nanos % 1000, 0, "whole microseconds");
+        let prev: phb_chain::Hash = r
+            .prev_hash
+            .as_slice()
+            .try_into()
+            .expect("32-byte prev_hash");
+        let mine = phb_chain::SignedEvent {
+            event: signed.event.clone(),
+            signer_id: signed.signer_id.clone(),
+            signature: signed.signature.clone(),
+        };
+        (
+            phb_chain::entry_hash_with(&prev, r.sequence, micros, &mine, None),
+            prev,
+        )
+    };
+    let first = w.append_signed(signed.clone()).await;
+    let seq = assert_written(&first);
+    assert!(seq > opened);
+    let (hash, prev) = recompute(&first);
+    assert_eq!(hash.to_vec(), first.entry_hash, "the receipt recomputes");
+    // prev_hash is the previous entry's hash, as the log says.
+    let log = w.log().await;
+    assert_eq!(log[seq as usize - 2].hash, prev.to_vec());
+    // A retry: the same receipt, recomputable the same way.
+    let again = w.append_signed(signed.clone()).await;
+    assert!(again.duplicate);
+    assert_eq!(
+        (
+            again.sequence,
+            &again.entry_hash,
+            &again.recorded_at,
+            &again.prev_hash
+        ),
+        (
+            first.sequence,
+            &first.entry_hash,
+            &first.recorded_at,
+            &first.prev_hash
+        )
+    );
+    // A refusal carries neither (its hash also covers the refusal record).
+    let refused = w
+        .append(
+            &commissioner,
+            "no-such-budget",
+            kinds::allocate("1.00", pb::AllocationBasis::NeedsBased),
+        )
+        .await;
+    assert!(refused.error.is_some());
+    assert!(refused.recorded_at.is_none() && refused.prev_hash.is_empty());
+}

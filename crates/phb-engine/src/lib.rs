@@ -113,6 +113,10 @@ pub enum Outcome {
         sequence: u64,
         /// Its entry hash.
         entry_hash: Hash,
+        /// When the ledger recorded it (microseconds since the epoch).
+        recorded_at_micros: i64,
+        /// The entry hash before it.
+        prev_hash: Hash,
     },
     /// The same signed event was already written.
     Duplicate {
@@ -727,6 +731,8 @@ impl Writer {
                 let out = Outcome::Written {
                     sequence: a.entry.sequence,
                     entry_hash: a.entry.hash,
+                    recorded_at_micros: a.entry.recorded_at_micros,
+                    prev_hash: a.entry.prev_hash,
                 };
                 group.stage(*a);
                 out

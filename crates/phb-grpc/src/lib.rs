@@ -180,6 +180,8 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
         Outcome::Written {
             sequence,
             entry_hash,
+            recorded_at_micros,
+            prev_hash,
         } => pb::AppendResult {
             sequence,
             duplicate: false,
@@ -189,6 +191,8 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             refusal_sequence: 0,
             flags: raised(sequence),
             tree_size: sequence,
+            recorded_at: Some(timestamp_pb(recorded_at_micros)),
+            prev_hash: prev_hash.to_vec(),
         },
         Outcome::Duplicate {
             sequence,
@@ -202,6 +206,9 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             refusal_sequence: 0,
             flags: raised(sequence),
             tree_size: sequence,
+            // Filled from the log by the caller (a duplicate is rare).
+            recorded_at: None,
+            prev_hash: Vec::new(),
         },
         Outcome::Refused {
             reject,
@@ -217,6 +224,8 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             refusal_sequence: sequence,
             flags: raised(sequence),
             tree_size: sequence,
+            recorded_at: None,
+            prev_hash: Vec::new(),
         },
         Outcome::Rejected(r) => pb::AppendResult {
             sequence: 0,
@@ -227,6 +236,8 @@ fn result_pb(o: Outcome, event_id: String, flags: &phb_domain::Flags) -> pb::App
             refusal_sequence: 0,
             flags: Vec::new(),
             tree_size: 0,
+            recorded_at: None,
+            prev_hash: Vec::new(),
         },
     }
 }
@@ -411,6 +422,22 @@ impl LedgerService for LedgerApi {
             })
             .collect();
         drop(view);
+        // A duplicate's receipt carries its entry's time and link too: read
+        // back from the log (the original write answered them directly).
+        let mut results = results;
+        for r in results.iter_mut().filter(|r| {
+            r.duplicate && r.sequence > 0 && r.error.as_ref().is_none_or(|e| e.code == 0)
+        }) {
+            if let Ok(entries) = self.engine.read_log(r.sequence, 1) {
+                if let Some(e) = entries
+                    .first()
+                    .filter(|e| e.hash.as_slice() == r.entry_hash)
+                {
+                    r.recorded_at = Some(timestamp_pb(e.recorded_at_micros));
+                    r.prev_hash = e.prev_hash.to_vec();
+                }
+            }
+        }
         let m = phb_metrics::global();
         for r in &results {
             let code = r.error.as_ref().map_or(0, |e| e.code);
