@@ -437,30 +437,7 @@ pub fn parse_events(text: &str, default_ledger_id: &str) -> Result<Vec<pb::Event
     }
 }
 
-/// A gRPC status code as the docs and every gRPC tool spell it
-/// (`ALREADY_EXISTS`), not as a Rust enum prints (`AlreadyExists`).
-pub fn code_name(code: i32) -> &'static str {
-    use tonic::Code::*;
-    match tonic::Code::from_i32(code) {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use phb_grpc::status::code_name;
 
 /// An `AppendResult` as one line of JSON.
 pub fn result_json(r: &pb::AppendResult) -> String {

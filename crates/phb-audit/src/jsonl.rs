@@ -291,28 +291,9 @@ pub fn event_json(event: &[u8]) -> Result<(String, Map<String, Value>), String> 
     }
 }
 
-/// The name of a google.rpc.Code.
+/// The name of a google.rpc.Code (`UNKNOWN_CODE` outside the enum).
 pub fn code_name(code: u32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN_CODE",
-    }
+    phb_proto::code_name(i64::from(code)).unwrap_or("UNKNOWN_CODE")
 }
 
 /// One entry as a line of JSON (without the newline). Keys, in this

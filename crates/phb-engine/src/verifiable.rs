@@ -216,12 +216,7 @@ impl Verifiable {
         if size == self.size() {
             return Ok(self.frontier.root());
         }
-        if size > self.size() {
-            return Err(TreeError::Beyond {
-                size,
-                held: self.size(),
-            });
-        }
+        self.check_size(size)?;
         let nodes = root_nodes(size)?
             .into_iter()
             .map(|id| self.node(id))

@@ -438,19 +438,29 @@ impl LedgerService for LedgerApi {
                 }
             }
         }
+        // Tallied per request, so a batch of events takes each series once
+        // (a series lookup locks and allocates), not once per event.
         let m = phb_metrics::global();
+        let mut codes: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        let mut raised: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for r in &results {
             let code = r.error.as_ref().map_or(0, |e| e.code);
-            m.append_events.with(&[status::code_name(code)]).inc();
+            *codes.entry(status::code_name(code)).or_default() += 1;
             if !r.duplicate && code == 0 {
                 for f in &r.flags {
                     let name = pb::FlagCode::try_from(f.code)
                         .map_or("FLAG_CODE_UNSPECIFIED", |c| c.as_str_name());
-                    m.flags_raised
-                        .with(&[name.trim_start_matches("FLAG_CODE_")])
-                        .inc();
+                    *raised
+                        .entry(name.trim_start_matches("FLAG_CODE_"))
+                        .or_default() += 1;
                 }
             }
+        }
+        for (code, n) in codes {
+            m.append_events.with(&[code]).add(n);
+        }
+        for (code, n) in raised {
+            m.flags_raised.with(&[code]).add(n);
         }
         Ok(Response::new(pb::AppendResponse { results }))
     }

@@ -4,27 +4,10 @@ use phb_domain::{Reject, RejectCode};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// A gRPC status code as the docs and gRPC tools spell it (`ALREADY_EXISTS`).
+/// A gRPC status code as the docs and gRPC tools spell it (`ALREADY_EXISTS`);
+/// a value outside the enum is `UNKNOWN`, as tonic reads it.
 pub fn code_name(code: i32) -> &'static str {
-    match Code::from_i32(code) {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    phb_proto::code_name(i64::from(code)).unwrap_or("UNKNOWN")
 }
 
 /// The gRPC code for a refusal class.

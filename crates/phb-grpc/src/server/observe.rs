@@ -46,16 +46,14 @@ fn method_label(path: &str) -> &'static str {
     }
 }
 
-/// The organisation id a read call names, if it looks like one (ids are at
-/// most 128 ASCII letters, digits, `.`, `_` and `-`); `-` otherwise.
+/// The organisation id a read call names, if it is a well-formed id (the
+/// rule every id follows: `phb_domain::event::check_id`); `invalid` if it
+/// is not, `-` if there is none.
 fn org_label(req: &http::HeaderMap) -> String {
-    match req.get("x-phb-org").and_then(|v| v.to_str().ok()) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+    match req.get("x-phb-org").map(|v| v.to_str()) {
+        Some(Ok(id))
+            if phb_domain::event::check_id("x-phb-org", id, phb_domain::event::MAX_ID_LEN)
+                .is_ok() =>
         {
             id.to_string()
         }
@@ -152,6 +150,12 @@ mod tests {
         assert_eq!(org_label(&h), "-");
         h.insert("x-phb-org", "icb-north".parse().unwrap());
         assert_eq!(org_label(&h), "icb-north");
+        h.insert("x-phb-org", "nhs:icb-north".parse().unwrap());
+        assert_eq!(
+            org_label(&h),
+            "nhs:icb-north",
+            "every well-formed id, ':' too"
+        );
         h.insert("x-phb-org", "Jane Smith 1960".parse().unwrap());
         assert_eq!(org_label(&h), "invalid");
     }
