@@ -236,6 +236,41 @@ pub struct ServeArgs {
     /// [auth.require_read_nonce; default false].
     #[arg(long, env = "PHB_LEDGER_REQUIRE_READ_NONCE")]
     pub require_read_nonce: Option<bool>,
+    /// Where the log is kept: `file` (the embedded log in the data
+    /// directory) or `postgres` (a log shared by several instances on a
+    /// PostgreSQL cluster, docs/high-availability.md) [log.backend;
+    /// default file].
+    #[arg(long, env = "PHB_LEDGER_LOG_BACKEND")]
+    pub log_backend: Option<LogBackend>,
+    /// With the postgres backend: the cluster's connection string, every
+    /// host and `target_session_attrs=read-write` [log.postgres_url].
+    #[arg(long, env = "PHB_LEDGER_LOG_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// With the postgres backend: the gRPC address this instance gives
+    /// readers to send appends to while it is the writer [log.advertise;
+    /// default the listen address].
+    #[arg(long, env = "PHB_LEDGER_LOG_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+/// Where the log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// The embedded log file in the data directory (one instance).
+    #[default]
+    File,
+    /// A log shared by several instances on PostgreSQL.
+    Postgres,
+}
+
+/// The shared log's settings (the postgres backend).
+#[derive(Debug, Clone)]
+pub struct SharedLogSettings {
+    /// The connection string.
+    pub postgres_url: String,
+    /// The address given to readers while this instance writes.
+    pub advertise: String,
 }
 
 /// The TLS files `serve` reads at start.
@@ -302,6 +337,9 @@ struct MetricsTable {
 #[serde(deny_unknown_fields, default)]
 struct LogTable {
     format: Option<LogFormat>,
+    backend: Option<LogBackend>,
+    postgres_url: Option<String>,
+    advertise: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -383,6 +421,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Refuse read calls without a nonce.
     pub require_read_nonce: bool,
+    /// The shared log, with the postgres backend; `None`: the embedded log.
+    pub shared_log: Option<SharedLogSettings>,
     /// Each setting's key, value and source, for `config check`.
     pub report: Vec<(&'static str, String, Source)>,
 }
@@ -687,6 +727,41 @@ impl ServeArgs {
             false,
         );
         note("auth.require_read_nonce", require_read_nonce.to_string(), s);
+        let (backend, s) = pick(&self.log_backend, &file.log.backend, LogBackend::File);
+        note("log.backend", format!("{backend:?}").to_lowercase(), s);
+        let url = self
+            .postgres_url
+            .as_ref()
+            .or(file.log.postgres_url.as_ref());
+        let advertise = self.advertise.as_ref().or(file.log.advertise.as_ref());
+        let shared_log = match backend {
+            LogBackend::File => {
+                if url.is_some() || advertise.is_some() {
+                    bail!("log.postgres_url and log.advertise are settings of the postgres backend; set log.backend = \"postgres\" too, or remove them");
+                }
+                None
+            }
+            LogBackend::Postgres => {
+                let Some(url) = url else {
+                    bail!("log.backend = \"postgres\" needs log.postgres_url: the cluster's connection string, e.g. postgresql://phb@db1:5432,db2:5432,db3:5432/phb?target_session_attrs=read-write (docs/high-availability.md)");
+                };
+                // Checked now, so a typo is named at start, not on first use.
+                phb_pglog::PgLog::new(url, "check")
+                    .map_err(|e| anyhow!("log.postgres_url: {e}"))?;
+                let advertise = match advertise {
+                    Some(a) => a.clone(),
+                    None if listen.ends_with(":0") => bail!("log.advertise is needed when server.listen picks a free port ({listen}): the address readers give clients for the writer"),
+                    None => listen.clone(),
+                };
+                // The URL may hold a password: report only that it is set.
+                note("log.postgres_url", "(set)".into(), Source::CommandLine);
+                note("log.advertise", advertise.clone(), Source::CommandLine);
+                Some(SharedLogSettings {
+                    postgres_url: url.clone(),
+                    advertise,
+                })
+            }
+        };
         Ok(Settings {
             data,
             listen,
@@ -701,6 +776,7 @@ impl ServeArgs {
             log_format,
             tls,
             require_read_nonce,
+            shared_log,
             report,
         })
     }

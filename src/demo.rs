@@ -264,9 +264,9 @@ fn under(
 
 /// Runs the scenario against `server`.
 pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
-    let client = LedgerServiceClient::connect(server.to_string())
-        .await
-        .map_err(|e| anyhow!("connecting to {server}: {e}; is `phb-ledger serve` running?"))?;
+    // The one way client commands connect: `host:port` or a URL, TLS
+    // from PHB_LEDGER_TLS_*, an unreachable server named.
+    let client = crate::connect::connect(server, None, crate::connect::MAX_ANSWER_BYTES).await?;
     // Time plus random bits: two runs in the same second must not collide
     // on event ids (the second would be refused ALREADY_EXISTS).
     let run = format!(

@@ -689,6 +689,7 @@ async fn serve(settings: config::Settings) -> Result<()> {
         log_format: _,
         tls,
         require_read_nonce,
+        shared_log,
         report: _,
     } = settings;
     let tls = match tls {
@@ -726,21 +727,30 @@ async fn serve(settings: config::Settings) -> Result<()> {
     let ledger_id = resolve_ledger_id(&data, ledger_id)?;
     let ledger_key = resolve_ledger_key(&data)?;
     let started = std::time::Instant::now();
-    let (engine, report) = phb_engine::Engine::open_locked(
-        phb_engine::EngineConfig {
-            data_dir: data.clone(),
-            ledger_id: ledger_id.clone(),
-            root_key: root.key,
-            allow_index_rebuild,
-            ledger_key,
-            checkpoint_origin: checkpoint_origin(&ledger_id),
-            checkpoint_every,
-            snapshot_every,
-            verify_full,
-        },
-        lock,
-    )
-    .with_context(|| format!("opening the ledger in {}", data.display()))?;
+    let engine_config = phb_engine::EngineConfig {
+        data_dir: data.clone(),
+        ledger_id: ledger_id.clone(),
+        root_key: root.key,
+        allow_index_rebuild,
+        ledger_key,
+        checkpoint_origin: checkpoint_origin(&ledger_id),
+        checkpoint_every,
+        snapshot_every,
+        verify_full,
+    };
+    let opened = match shared_log {
+        None => phb_engine::Engine::open_locked(engine_config, lock),
+        Some(shared) => {
+            // The local log is a verified copy of the shared one; the
+            // instance starts as a reader (docs/high-availability.md).
+            let log = phb_pglog::PgLog::new(&shared.postgres_url, &ledger_id)
+                .map_err(|e| anyhow!("log.postgres_url: {e}"))?;
+            tracing::info!(advertise = %shared.advertise, "log shared on PostgreSQL; starting as a reader");
+            phb_engine::Engine::open_shared(engine_config, lock, Box::new(log), shared.advertise)
+        }
+    };
+    let (engine, report) =
+        opened.with_context(|| format!("opening the ledger in {}", data.display()))?;
     if root.record_after_replay {
         let pub_file = data.join("root.pub");
         write_durably(

@@ -15,6 +15,7 @@
 //! so the figure counts only real appends.
 
 mod load;
+mod pgcluster;
 mod postgres;
 mod report;
 mod server;
@@ -606,7 +607,7 @@ fn others(before: Option<f64>, after: Option<f64>, ours: &[Option<f64>]) -> Opti
 fn peer(tools: postgres::Tools, report: &Report, s: &Settings) -> Result<PeerFigures> {
     let version = tools.version.clone();
     eprintln!("peer: starting a temporary PostgreSQL cluster ({version})");
-    let cluster = postgres::Cluster::start(tools, s.budgets)?;
+    let cluster = postgres::start(tools, s.budgets)?;
     let mut counts: Vec<usize> = report
         .runs
         .iter()

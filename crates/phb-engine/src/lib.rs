@@ -16,11 +16,14 @@ use phb_domain::{
     Admission, Admitted, Committed, Event, Ledger, Projection, ReadModel, Reject, Stored, Undo,
 };
 use phb_store::{
-    Append, DataDirLock, LockError, LogReader, OpenReport, Replay, Resume, Snapshots, Store,
-    StoreError, MAX_GROUP_ENTRIES,
+    Append, DataDirLock, LockError, LogReader, OpenReport, Replay, Resume, SharedLog, Snapshots,
+    Store, StoreError, MAX_GROUP_ENTRIES,
 };
+mod shared;
 mod snapshot;
 mod verifiable;
+
+pub use shared::Role;
 
 pub use snapshot::DEFAULT_SNAPSHOT_EVERY;
 pub use verifiable::{CheckpointError, TreeError, Verifiable, CHECKPOINTS_FILE};
@@ -190,6 +193,7 @@ pub struct Engine {
     view: Arc<RwLock<ReadModel>>,
     committed: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
+    role: watch::Receiver<Role>,
     reader: Arc<LogReader>,
     verifiable: Arc<RwLock<Verifiable>>,
     snapshots: Arc<snapshot::Taker>,
@@ -226,6 +230,28 @@ impl Engine {
         config: EngineConfig,
         lock: DataDirLock,
     ) -> Result<(Engine, OpenReport), OpenError> {
+        Engine::open_with(config, lock, None)
+    }
+
+    /// As `open_locked`, as one of several instances sharing `log`
+    /// (docs/high-availability.md): the local store becomes a verified copy
+    /// of the shared log. The instance starts as a reader, copying what the
+    /// shared log confirmed, and takes the writer role when no other
+    /// instance holds it, advertising `advertise` to the readers.
+    pub fn open_shared(
+        config: EngineConfig,
+        lock: DataDirLock,
+        log: Box<dyn SharedLog>,
+        advertise: String,
+    ) -> Result<(Engine, OpenReport), OpenError> {
+        Engine::open_with(config, lock, Some(shared::Shared::new(log, advertise)))
+    }
+
+    fn open_with(
+        config: EngineConfig,
+        lock: DataDirLock,
+        shared: Option<shared::Shared>,
+    ) -> Result<(Engine, OpenReport), OpenError> {
         if !lock.covers(&config.data_dir) {
             return Err(OpenError::WrongLock {
                 held: lock.lock_file().to_path_buf(),
@@ -256,7 +282,14 @@ impl Engine {
         let (committed_tx, committed) = watch::channel(ledger.head().sequence);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (writable_tx, writable) = watch::channel(true);
+        let (role_tx, role) = watch::channel(if shared.is_some() {
+            Role::Reader { writer: None }
+        } else {
+            Role::Standalone
+        });
         let writer = Writer {
+            shared,
+            role: role_tx,
             store,
             ledger,
             view: view.clone(),
@@ -276,6 +309,7 @@ impl Engine {
                 view,
                 committed,
                 writable,
+                role,
                 reader,
                 verifiable,
                 snapshots,
@@ -326,6 +360,12 @@ impl Engine {
     /// refused UNAVAILABLE.
     pub fn writable(&self) -> watch::Receiver<bool> {
         self.writable.clone()
+    }
+
+    /// This instance's part: alone on its own log, or, sharing one, the
+    /// writer or a reader (which refuses appends, naming the writer).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
     }
 
     /// Reads committed entries `from..` up to `max`.
@@ -484,6 +524,9 @@ impl Engine {
         if n == 0 {
             return Vec::new();
         }
+        if let Some(refusal) = self.role.borrow().refuses_writes() {
+            return vec![Outcome::Rejected(refusal); n];
+        }
         let (reply, answer) = oneshot::channel();
         let req = WriteRequest {
             events,
@@ -500,6 +543,9 @@ impl Engine {
 }
 
 struct Writer {
+    /// The shared log and this instance's part in it, if it shares one.
+    shared: Option<shared::Shared>,
+    role: watch::Sender<Role>,
     store: Store,
     ledger: Ledger,
     view: Arc<RwLock<ReadModel>>,
@@ -620,55 +666,69 @@ impl Writer {
         m.writable.set(1);
         m.log_entries.set(self.store.head_sequence() as i64);
         m.log_bytes.set(self.store.log_bytes() as i64);
+        if self.shared.is_some() {
+            return self.run_shared(rx);
+        }
         while let Some(first) = rx.blocking_recv() {
-            m.writer_queue_depth.set(rx.len() as i64);
-            let mut group = Group::default();
-            let mut pending = Vec::new();
-            let mut flushes = Vec::new();
-            let now = now_micros();
-            let mut next = Some(first);
-            while let Some(req) = next.take() {
-                let req = match req {
-                    Request::Write(req) => req,
-                    Request::FlushIndex(reply) => {
-                        // After the group gathered so far is committed.
-                        flushes.push(reply);
-                        break;
-                    }
-                };
-                let answers = self.process(&mut group, &req, now);
-                pending.push(Pending {
-                    reply: req.reply,
-                    answers,
-                });
-                // Take more only while the group has room for a whole request
-                // (an atomic request that fails may record every event).
-                if group.len() + MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.commit(group, &mut pending);
-            // Say so before answering: a caller told "restart needed" must
-            // find health NOT_SERVING already.
-            if !self.store.accepts_writes() && *self.writable.borrow() {
-                tracing::error!("storage no longer accepts writes; restart the server to recover");
-                self.writable.send_replace(false);
-                phb_metrics::global().writable.set(0);
-            }
-            for p in pending {
-                // A caller that went away will retry; its events are durable.
-                let _ = p
-                    .reply
-                    .send(p.answers.into_iter().map(|a| a.outcome).collect());
-            }
-            for reply in flushes {
-                if let Err(e) = self.store.flush_index() {
-                    tracing::warn!(error = %e, "writing the index out failed; it is re-indexed from the log at the next start");
-                }
-                let _ = reply.send(());
-            }
+            self.serve_group(first, &mut rx);
         }
         tracing::info!("writer stopped: all engine handles dropped");
+    }
+
+    /// Takes `first` and what waits behind it as one group: decides, commits
+    /// and answers it.
+    fn serve_group(&mut self, first: Request, rx: &mut mpsc::Receiver<Request>) {
+        let m = phb_metrics::global();
+        m.writer_queue_depth.set(rx.len() as i64);
+        let mut group = Group::default();
+        let mut pending = Vec::new();
+        let mut flushes = Vec::new();
+        let now = now_micros();
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            let req = match req {
+                Request::Write(req) => req,
+                Request::FlushIndex(reply) => {
+                    // After the group gathered so far is committed.
+                    flushes.push(reply);
+                    break;
+                }
+            };
+            let answers = self.process(&mut group, &req, now);
+            pending.push(Pending {
+                reply: req.reply,
+                answers,
+            });
+            // Take more only while the group has room for a whole request
+            // (an atomic request that fails may record every event).
+            if group.len() + MAX_EVENTS_PER_REQUEST <= MAX_GROUP_ENTRIES {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.commit(group, &mut pending);
+        // Say so before answering: a caller told "restart needed" must
+        // find health NOT_SERVING already.
+        if !self.store.accepts_writes() && *self.writable.borrow() {
+            tracing::error!("storage no longer accepts writes; restart the server to recover");
+            self.writable.send_replace(false);
+            phb_metrics::global().writable.set(0);
+        }
+        for p in pending {
+            // A caller that went away will retry; its events are durable.
+            let _ = p
+                .reply
+                .send(p.answers.into_iter().map(|a| a.outcome).collect());
+        }
+        for reply in flushes {
+            self.flush_index(reply);
+        }
+    }
+
+    fn flush_index(&self, reply: oneshot::Sender<()>) {
+        if let Err(e) = self.store.flush_index() {
+            tracing::warn!(error = %e, "writing the index out failed; it is re-indexed from the log at the next start");
+        }
+        let _ = reply.send(());
     }
 
     fn process(&mut self, group: &mut Group, req: &WriteRequest, now: i64) -> Vec<Answer> {
@@ -822,6 +882,44 @@ impl Writer {
             .collect()
     }
 
+    /// Makes durable entries visible: folds them into the read model and
+    /// the Merkle tree (issuing a checkpoint when one is due), may take a
+    /// snapshot, and publishes the new head. For the writer's groups and
+    /// for the entries a reader copied from the shared log alike.
+    fn publish<'e>(&mut self, committed: impl Iterator<Item = (&'e LogEntry, &'e Event)>) {
+        let m = phb_metrics::global();
+        m.log_entries.set(self.store.head_sequence() as i64);
+        m.log_bytes.set(self.store.log_bytes() as i64);
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut entries = 0usize;
+        for (entry, event) in committed {
+            view.apply(&Committed::of(entry, event));
+            entries += 1;
+        }
+        debug_assert_eq!(view.head(), self.ledger.head());
+        let head = view.head().sequence;
+        assert_eq!(
+            head,
+            self.store.head_sequence(),
+            "the view covers exactly the log"
+        );
+        drop(view);
+        let mut v = self.verifiable.write().unwrap_or_else(|p| p.into_inner());
+        v.advance(self.store.frontier());
+        assert_eq!(v.size(), head, "the tree covers exactly the log");
+        if v.due() {
+            // The entries are durable whether or not this works: a
+            // checkpoint is issued on demand and at the next due group too.
+            if let Err(e) = v.issue() {
+                tracing::error!(error = %e, head, "could not keep a checkpoint");
+            }
+        }
+        drop(v);
+        self.snapshots.after_commit(head);
+        self.committed.send_replace(head);
+        tracing::debug!(entries, head, "group committed");
+    }
+
     fn commit(&mut self, group: Group, pending: &mut [Pending]) {
         if group.staged.is_empty() {
             return;
@@ -835,38 +933,19 @@ impl Writer {
             })
             .collect();
         let started = std::time::Instant::now();
-        let appended = self.store.append(&appends);
+        // Sharing a log, the shared log decides what is committed: the local
+        // copy follows only what it confirmed (`shared.rs`).
+        let appended = match self.shared.as_mut().map(|s| s.commit(&appends)) {
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) | None => self.store.append(&appends).map_err(|e| e.to_string()),
+        };
         let m = phb_metrics::global();
         m.log_sync_seconds.observe(started.elapsed().as_secs_f64());
         match appended {
             Ok(()) => {
-                let entries = appends.len();
-                m.group_commit_entries.observe(entries as f64);
-                m.log_entries.set(self.store.head_sequence() as i64);
-                m.log_bytes.set(self.store.log_bytes() as i64);
+                m.group_commit_entries.observe(appends.len() as f64);
                 drop(appends);
-                let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                for s in &group.staged {
-                    view.apply(&Committed::of(&s.entry, &s.event));
-                }
-                debug_assert_eq!(view.head(), self.ledger.head());
-                let head = view.head().sequence;
-                drop(view);
-                let mut v = self.verifiable.write().unwrap_or_else(|p| p.into_inner());
-                v.advance(self.store.frontier());
-                assert_eq!(v.size(), head, "the tree covers exactly the log");
-                if v.due() {
-                    // The entries are durable whether or not this works:
-                    // a checkpoint is issued on demand and at the next due
-                    // group too.
-                    if let Err(e) = v.issue() {
-                        tracing::error!(error = %e, head, "could not keep a checkpoint");
-                    }
-                }
-                drop(v);
-                self.snapshots.after_commit(head);
-                self.committed.send_replace(head);
-                tracing::debug!(entries, head, "group committed");
+                self.publish(group.staged.iter().map(|s| (&s.entry, &s.event)));
             }
             Err(e) => {
                 tracing::error!(error = %e, entries = appends.len(), "group not stored; refusing it");

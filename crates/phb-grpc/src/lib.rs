@@ -366,6 +366,14 @@ impl LedgerService for LedgerApi {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let request_org = request.extensions().get::<CertOrganisation>().cloned();
+        let role = self.engine.role().borrow().clone();
+        if let Some(refusal) = role.refuses_writes() {
+            let writer = match &role {
+                phb_engine::Role::Reader { writer } => writer.as_deref(),
+                _ => None,
+            };
+            return Err(status::not_the_writer(&refusal, writer));
+        }
         let req = request.into_inner();
         if req.events.is_empty() {
             return Err(status::invalid(
@@ -862,6 +870,12 @@ mod phb_client_paths {
     pub const GET_QUARTERLY_RETURN: &str = "/phb.ledger.v1.LedgerService/GetQuarterlyReturn";
 }
 
+/// The health service name (grpc.health.v1) that is SERVING only on an
+/// instance that takes appends: the writer of a shared log, or an instance
+/// alone on its own log while it can write. `phb.ledger.v1.LedgerService`
+/// (and "") are SERVING on every instance that serves reads.
+pub const WRITER_HEALTH_SERVICE: &str = "phb.ledger.v1.LedgerService/Append";
+
 /// How `serve` authenticates beyond signatures.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
@@ -887,13 +901,30 @@ pub async fn serve(
         .await;
     // Writes can become impossible until a restart (a failed fsync): say so
     // on the health service, so operators and load balancers see it.
+    // `WRITER_HEALTH_SERVICE` says whether this instance takes appends: the
+    // writer of a shared log, or a writable instance alone on its own.
     let mut writable = engine.writable();
+    let mut role = engine.role();
     tokio::spawn(async move {
-        while writable.changed().await.is_ok() {
-            if !*writable.borrow() {
+        loop {
+            let serving = *writable.borrow_and_update();
+            let writes = serving && role.borrow_and_update().refuses_writes().is_none();
+            if !serving {
                 health_reporter
                     .set_not_serving::<LedgerServiceServer<LedgerApi>>()
                     .await;
+            }
+            let status = if writes {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health_reporter
+                .set_service_status(WRITER_HEALTH_SERVICE, status)
+                .await;
+            tokio::select! {
+                changed = writable.changed() => if changed.is_err() { break },
+                changed = role.changed() => if changed.is_err() { break },
             }
         }
     });

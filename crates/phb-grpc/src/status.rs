@@ -40,3 +40,17 @@ pub fn invalid(field: &str, message: &str) -> Status {
         ErrorDetails::with_bad_request_violation(field, message),
     )
 }
+
+/// The response metadata key naming the writer's address when an instance
+/// that reads a shared log refuses an append (docs/high-availability.md).
+pub const WRITER_METADATA: &str = "x-phb-writer";
+
+/// UNAVAILABLE for an append sent to a reader of a shared log, naming the
+/// writer in the message and in `x-phb-writer` when one holds the role.
+pub fn not_the_writer(refusal: &Reject, writer: Option<&str>) -> Status {
+    let mut status = Status::new(Code::Unavailable, refusal.message.clone());
+    if let Some(value) = writer.and_then(|w| w.parse().ok()) {
+        status.metadata_mut().insert(WRITER_METADATA, value);
+    }
+    status
+}

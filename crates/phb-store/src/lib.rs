@@ -15,9 +15,11 @@
 pub mod dirlock;
 mod indexer;
 pub mod logfile;
+pub mod shared;
 pub mod snapshots;
 
 pub use dirlock::{is_lock_conflict, DataDirLock, LockError};
+pub use shared::{Confirmed, Lead, SharedLog, SharedLogError};
 pub use snapshots::{Snapshots, StoredSnapshot};
 
 use logfile::{encode_record, read_record, LogFile, ReadOutcome, HEADER_LEN};

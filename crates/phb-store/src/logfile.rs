@@ -63,6 +63,14 @@ pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
     debug_assert_eq!(out.len() - start, 8 + payload_len);
 }
 
+/// The payload of `entry`'s record (docs/log-format.md), without the frame:
+/// what a shared log stores per entry (its own checksums guard it).
+pub fn encode_payload(entry: &LogEntry) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_record(entry, &mut out);
+    out.split_off(FRAME_LEN as usize)
+}
+
 /// Reads a payload front to back; every read stays inside it.
 struct Cursor<'a> {
     p: &'a [u8],
