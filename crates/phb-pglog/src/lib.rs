@@ -99,6 +99,9 @@ pub struct PgLog {
     ledger_id: String,
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
+    /// The task driving `client`'s connection (on `rt`, which runs only
+    /// inside our calls).
+    connection: Option<tokio::task::JoinHandle<()>>,
     held: Option<Held>,
 }
 
@@ -140,6 +143,7 @@ impl PgLog {
             ledger_id: ledger_id.to_string(),
             rt,
             client: None,
+            connection: None,
             held: None,
         })
     }
@@ -194,11 +198,12 @@ impl PgLog {
             Ok(Err(e)) => return Err(unavailable("connecting to PostgreSQL", e)),
             Err(_) => return Err(unavailable("connecting to PostgreSQL", "timed out")),
         };
-        rt.spawn(async move {
+        let task = rt.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
             }
         });
+        self.connection = Some(task);
         let prepared = rt.block_on(async {
             tokio::time::timeout(CALL_TIMEOUT, async {
                 // Never cancel a commit's wait for the standby (see the crate
@@ -236,9 +241,24 @@ impl PgLog {
     }
 
     fn disconnect(&mut self) {
-        // Dropping the client ends the session, which releases the lock.
         self.client = None;
         self.held = None;
+        // Without its client the connection task says goodbye and ends the
+        // session, which releases the writer lock — but only while the
+        // runtime runs, which is only inside our calls: run it now. A
+        // server that answers nothing (stopped) is left behind after a
+        // second; closing the socket then ends the session on its side.
+        if let Some(mut task) = self.connection.take() {
+            self.rt.block_on(async {
+                if tokio::time::timeout(Duration::from_secs(1), &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                    let _ = task.await;
+                }
+            });
+        }
     }
 }
 
