@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Run the equivalent workload against a peer too, and print the ratio.
     #[arg(long, value_enum)]
     peer: Option<Peer>,
+    /// The server's log: `file` (embedded) or `postgres` (the shared log of
+    /// docs/high-availability.md, on a temporary single PostgreSQL server
+    /// the bench starts: synchronous commit, no standby).
+    #[arg(long, value_enum, default_value_t = crate::config::LogBackend::File)]
+    log_backend: crate::config::LogBackend,
     /// Seconds per peer run (default 10; 2 with --smoke).
     #[arg(long)]
     peer_seconds: Option<u64>,
@@ -217,6 +222,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Some(Peer::Postgres) => Some(postgres::find_or_install()?),
         None => None,
     };
+    let shared_log = match args.log_backend {
+        crate::config::LogBackend::File => None,
+        crate::config::LogBackend::Postgres => {
+            if args.server.is_some() {
+                bail!("--log-backend is for the bench's own server: without --server");
+            }
+            let tools = pgcluster::find_or_install("--log-backend postgres")?;
+            eprintln!(
+                "log: starting a temporary PostgreSQL server for the shared log ({})",
+                tools.version
+            );
+            let cluster = pgcluster::Cluster::start(tools)?;
+            println!(
+                "log backend: postgres, one server, no standby ({})",
+                cluster.settings
+            );
+            Some(cluster)
+        }
+    };
 
     let signing = Instant::now();
     let mut prepared = prepare(&args, &settings)?;
@@ -243,6 +267,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 OWN_LEDGER_ID,
                 &prepared.cast.root.public_key_hex(),
             )?;
+            if let Some(pg) = &shared_log {
+                s.env = vec![
+                    ("PHB_LEDGER_LOG_BACKEND".into(), "postgres".into()),
+                    ("PHB_LEDGER_LOG_POSTGRES_URL".into(), pg.url()),
+                    ("PHB_LEDGER_LOG_ADVERTISE".into(), "bench-server:0".into()),
+                ];
+            }
             s.start().await?;
             eprintln!(
                 "server pid {} on {} (data {})",
@@ -322,6 +353,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "machine": machine.json(),
             "started": started_at,
             "load_average_at_start": load_at_start,
+            "log_backend": format!("{:?}", args.log_backend).to_lowercase(),
             "workload": {
                 "budgets": settings.budgets,
                 "events_per_run": settings.events,

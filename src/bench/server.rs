@@ -24,6 +24,8 @@ pub struct Server {
     ledger_id: String,
     root_public_hex: String,
     child: Option<Child>,
+    /// Extra environment (the log backend's settings).
+    pub env: Vec<(String, String)>,
     pub pid: u32,
     pub addr: SocketAddr,
     starts: u32,
@@ -44,6 +46,7 @@ impl Server {
             ledger_id: ledger_id.to_string(),
             root_public_hex: root_public_hex.to_string(),
             child: None,
+            env: Vec::new(),
             pid: 0,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             starts: 0,
@@ -87,6 +90,7 @@ impl Server {
             .env_remove("PHB_LISTEN")
             .env_remove("PHB_LEDGER_ID")
             .env_remove("PHB_ROOT_PUBLIC_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -219,7 +223,10 @@ pub async fn wait_serving(addr: SocketAddr, deadline: Instant) -> Result<()> {
             Ok(channel) => {
                 let answer = HealthClient::new(channel)
                     .check(HealthCheckRequest {
-                        service: "phb.ledger.v1.LedgerService".into(),
+                        // The writer service: SERVING once appends are
+                        // taken (at once alone; with a shared log, once
+                        // this instance holds the writer role).
+                        service: phb_grpc::WRITER_HEALTH_SERVICE.into(),
                     })
                     .await;
                 match answer {
