@@ -667,8 +667,10 @@ impl Writer {
         m.log_entries.set(self.store.head_sequence() as i64);
         m.log_bytes.set(self.store.log_bytes() as i64);
         if self.shared.is_some() {
+            m.writer_role.set(0);
             return self.run_shared(rx);
         }
+        m.writer_role.set(1);
         while let Some(first) = rx.blocking_recv() {
             self.serve_group(first, &mut rx);
         }

@@ -219,6 +219,7 @@ impl Writer {
         shared.leading = false;
         shared.log.resign();
         self.role.send_replace(super::Role::Reader { writer: None });
+        phb_metrics::global().writer_role.set(0);
     }
 
     /// Stops following: writes are refused and health reports NOT_SERVING
@@ -230,6 +231,7 @@ impl Writer {
         shared.leading = false;
         shared.log.resign();
         self.role.send_replace(super::Role::Reader { writer: None });
+        phb_metrics::global().writer_role.set(0);
         self.writable.send_replace(false);
         phb_metrics::global().writable.set(0);
     }
@@ -259,6 +261,9 @@ impl Writer {
                 )
             }
         };
+        phb_metrics::global()
+            .shared_confirmed
+            .set(i64::try_from(confirmed.sequence).unwrap_or(i64::MAX));
         let role = super::Role::Reader {
             writer: confirmed.writer.clone(),
         };
@@ -305,6 +310,7 @@ impl Writer {
         }
         self.shared().leading = true;
         self.role.send_replace(super::Role::Writer);
+        phb_metrics::global().writer_role.set(1);
         tracing::info!(
             epoch = lead.epoch,
             head = head.sequence,

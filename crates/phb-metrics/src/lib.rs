@@ -180,6 +180,12 @@ pub struct Metrics {
     pub checkpoints: Counter,
     /// 1 while the ledger accepts writes, 0 once storage refuses them.
     pub writable: Gauge,
+    /// 1 while this instance takes appends (alone, or the writer of a
+    /// shared log), 0 while it only reads.
+    pub writer_role: Gauge,
+    /// The last sequence a reader of a shared log knows confirmed there
+    /// (its copy is `log_entries`; the difference is its lag).
+    pub shared_confirmed: Gauge,
 }
 
 impl Default for Metrics {
@@ -198,6 +204,8 @@ impl Default for Metrics {
             snapshots: Counter::default(),
             checkpoints: Counter::default(),
             writable: Gauge::default(),
+            writer_role: Gauge::default(),
+            shared_confirmed: Gauge::default(),
         }
     }
 }
@@ -322,7 +330,7 @@ impl Metrics {
             &[],
             &self.log_sync_seconds,
         );
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        let gauges: [(&str, &str, &Gauge); 7] = [
             ("phb_log_entries", "Entries in the log.", &self.log_entries),
             ("phb_log_bytes", "Bytes in the log file.", &self.log_bytes),
             (
@@ -339,6 +347,16 @@ impl Metrics {
                 "phb_writable",
                 "1 while the ledger accepts writes; 0 once storage refuses them until a restart.",
                 &self.writable,
+            ),
+            (
+                "phb_writer_role",
+                "1 while this instance takes appends (alone, or the writer of a shared log); 0 while it only reads.",
+                &self.writer_role,
+            ),
+            (
+                "phb_shared_confirmed",
+                "A reader of a shared log: the last sequence confirmed there (phb_log_entries is its copy).",
+                &self.shared_confirmed,
             ),
         ];
         for (name, help, g) in gauges {
