@@ -1,12 +1,15 @@
-//! Every signature of an export, verified in batches (ed25519-dalek's
-//! `verify_batch`), under the key each signer held at that point of the
-//! log, with the keys tracked from the log itself as docs/log-format.md §6
-//! (steps 7 and 8) describes — independently of `phb_domain`'s registry,
-//! which the replay uses. When a batch fails, its signatures are checked
-//! one by one (strictly, as the server does) to name the first bad one.
+//! Every signature of an export, verified strictly (the server's predicate,
+//! `phb_chain::verify_signature`: docs/log-format.md §7), under the key each
+//! signer held at that point of the log, with the keys tracked from the log
+//! itself as docs/log-format.md §6 (steps 7 and 8) describes —
+//! independently of `phb_domain`'s registry, which the replay uses, and
+//! checked against it entry by entry.
 //!
-//! Runs on its own thread beside the replay; the replay verifies each
-//! signature again, strictly, as part of re-deciding every event.
+//! Runs on its own thread behind the replay (which re-decides every event
+//! without the signature's curve arithmetic, `replay_deferring_signature`),
+//! so the two halves of the work run on two cores. Batched verification
+//! (`verify_batch`) is not used: it accepts signatures the strict check
+//! refuses (a small-order component in R), see BENCHMARKS.md.
 
 use crate::export::Location;
 use crate::Failure;
@@ -18,7 +21,6 @@ use prost::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 /// The ABORTED code: in a failed atomic batch, an event the rules may have
 /// accepted (docs/log-format.md §6, step 8).
@@ -139,30 +141,36 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One signature to check.
-struct Pending<'a> {
-    entry: &'a LogEntry,
-    key: VerifyingKey,
-    signature: Signature,
+/// An entry the replay accepted, with the key its signature must verify
+/// under by the replay's registry at that point.
+pub(crate) struct Signed {
+    pub(crate) entry: LogEntry,
+    pub(crate) key: VerifyingKey,
 }
 
-/// Checks the signatures of the chunks `rx` delivers, in order. Returns the
-/// first failure, and records its sequence in `first_bad` so the replay
-/// can stop early; also counts the signatures verified.
+/// Checks the signatures of the chunks `rx` delivers, in order, strictly
+/// (`phb_chain::verify_signature`, the server's predicate), each under the
+/// key tracked here from the log, which must also be the key the replay's
+/// registry names. Returns the first failure, and records its sequence in
+/// `first_bad` so the replay can stop early; also counts the signatures
+/// verified.
 pub(crate) fn check(
-    rx: Receiver<Arc<Vec<LogEntry>>>,
+    rx: Receiver<Vec<Signed>>,
     root: VerifyingKey,
     first_bad: &AtomicU64,
     verified: &AtomicU64,
 ) -> Option<Failure> {
     let mut keys = Keys::new(root);
     for chunk in rx {
-        let mut pending: Vec<Pending<'_>> = Vec::with_capacity(chunk.len());
-        let mut stop: Option<Failure> = None;
-        for e in chunk.iter() {
+        let mut bad = None;
+        for Signed {
+            entry: e,
+            key: replayed,
+        } in &chunk
+        {
             let at = Location::Entry(e.sequence);
             let Some(key) = keys.current.get(&e.signed.signer_id).copied() else {
-                stop = Some(Failure::new(
+                bad = Some(Failure::new(
                     at,
                     format!(
                         "signed by {:?}, which is not the root and not a registered organisation at this point in the log",
@@ -171,8 +179,23 @@ pub(crate) fn check(
                 ));
                 break;
             };
-            let Ok(signature) = Signature::from_slice(&e.signed.signature) else {
-                stop = Some(Failure::new(
+            if key != *replayed {
+                // Two independent readings of the log's registrations and
+                // rotations disagree: a bug in one of them, reported rather
+                // than trusted either way.
+                bad = Some(Failure::new(
+                    at,
+                    format!(
+                        "the key of {:?} tracked from the log ({}) is not the one the replay's registry holds ({})",
+                        e.signed.signer_id,
+                        hex(key.as_bytes()),
+                        hex(replayed.as_bytes())
+                    ),
+                ));
+                break;
+            }
+            if Signature::from_slice(&e.signed.signature).is_err() {
+                bad = Some(Failure::new(
                     at,
                     format!(
                         "the signature is {} bytes; an Ed25519 signature is 64",
@@ -180,41 +203,15 @@ pub(crate) fn check(
                     ),
                 ));
                 break;
-            };
-            pending.push(Pending {
-                entry: e,
-                key,
-                signature,
-            });
-            keys.advance(e);
-        }
-        let messages: Vec<&[u8]> = pending
-            .iter()
-            .map(|p| p.entry.signed.event.as_slice())
-            .collect();
-        let signatures: Vec<Signature> = pending.iter().map(|p| p.signature).collect();
-        let vkeys: Vec<VerifyingKey> = pending.iter().map(|p| p.key).collect();
-        let batch_ok = pending.is_empty()
-            || ed25519_dalek::verify_batch(&messages, &signatures, &vkeys).is_ok();
-        let mut bad = None;
-        for p in &pending {
-            // A batch that verifies may still hold a signature the strict
-            // check refuses (a small-order component in R); the replay
-            // checks every one strictly. One that fails is named here.
-            if !batch_ok
-                && !phb_chain::verify_signature(
-                    &p.key,
-                    &p.entry.signed.event,
-                    &p.entry.signed.signature,
-                )
-            {
-                let why = keys.explain(p.entry, &p.key);
-                bad = Some(Failure::new(Location::Entry(p.entry.sequence), why));
+            }
+            if !phb_chain::verify_signature(&key, &e.signed.event, &e.signed.signature) {
+                bad = Some(Failure::new(at, keys.explain(e, &key)));
                 break;
             }
             verified.fetch_add(1, Ordering::Relaxed);
+            keys.advance(e);
         }
-        if let Some(f) = bad.or(stop) {
+        if let Some(f) = bad {
             if let Some(s) = f.location.sequence() {
                 first_bad.fetch_min(s, Ordering::Relaxed);
             }

@@ -3,13 +3,13 @@
 //! In one pass over the file, in log order, for every entry: its sequence
 //! is the next one; its `prev_hash` is the previous entry's hash; its hash
 //! is recomputed (`phb_chain`); `recorded_at` never goes back; then
-//! `phb_domain::Ledger::replay` re-decides it as the writer did (the event
-//! decoded and validated, the signature checked strictly under the signer's
-//! key at that point, the signer's authority and every rule, a recorded
-//! refusal's code re-derived); the (signer, event id) pair is new; and the
-//! entry is folded into a fresh `ReadModel` and the Merkle tree. Beside it,
-//! on a second thread, every signature is verified in batches under the
-//! keys tracked from the log (`crate::signatures`). Then every checkpoint
+//! `phb_domain::Ledger::replay_deferring_signature` re-decides it as the
+//! writer did (the event decoded and validated, the signer's key at that
+//! point, the signer's authority and every rule, a recorded refusal's code
+//! re-derived); the (signer, event id) pair is new; and the entry is folded
+//! into a fresh `ReadModel` and the Merkle tree. Behind it, on a second
+//! thread, every signature is verified strictly under the key tracked from
+//! the log, which must be the key the replay named (`crate::signatures`). Then every checkpoint
 //! is verified with the ledger key and its root compared with the root of
 //! the first n entries; the projections are checked against each other and
 //! the write model; the receipts, if any, are looked up.
@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Entries handed to the signature thread at a time.
@@ -250,8 +249,9 @@ impl Replay {
         }
     }
 
-    /// Verifies and folds in the entry at `position` (from 1).
-    fn entry(&mut self, position: u64, e: &LogEntry) -> Result<(), Failure> {
+    /// Verifies and folds in the entry at `position` (from 1); answers the
+    /// key its signature must verify under (the signature thread checks).
+    fn entry(&mut self, position: u64, e: &LogEntry) -> Result<VerifyingKey, Failure> {
         let fail = |reason: String| Failure::new(Location::Entry(position), reason);
         if e.sequence != position {
             return Err(fail(format!(
@@ -285,9 +285,9 @@ impl Replay {
                 "recorded_at is earlier than the entry before it".into(),
             ));
         }
-        let event = self
+        let (event, key) = self
             .ledger
-            .replay(e)
+            .replay_deferring_signature(e)
             .map_err(|err| fail(format!("the replay refuses it: {err}")))?;
         if !self
             .ids
@@ -306,7 +306,7 @@ impl Replay {
         self.prev_hash = e.hash;
         self.prev_micros = e.recorded_at_micros;
         self.refusals += u64::from(e.refusal.is_some());
-        Ok(())
+        Ok(key)
     }
 }
 
@@ -317,7 +317,7 @@ impl Replay {
 fn entries<R: Read>(
     reader: &mut ExportReader<R>,
     replay: &mut Replay,
-    tx: SyncSender<Arc<Vec<LogEntry>>>,
+    tx: SyncSender<Vec<signatures::Signed>>,
     first_bad: &AtomicU64,
 ) -> Result<Option<Item>, Failure> {
     loop {
@@ -332,15 +332,30 @@ fn entries<R: Read>(
                 }
             }
         }
-        let chunk = Arc::new(chunk);
-        // A closed channel means the signature check stopped at a failure.
-        let _ = tx.send(chunk.clone());
-        for e in chunk.iter() {
+        let mut signed = Vec::with_capacity(chunk.len());
+        let mut failed = None;
+        for e in chunk {
             let position = replay.hashes.len() as u64 + 1;
             if position > first_bad.load(Ordering::Relaxed) {
-                return Ok(None);
+                break;
             }
-            replay.entry(position, e)?;
+            match replay.entry(position, &e) {
+                Ok(key) => signed.push(signatures::Signed { entry: e, key }),
+                Err(f) => {
+                    failed = Some(f);
+                    break;
+                }
+            }
+        }
+        // The signatures of what was replayed are checked whatever
+        // happened after (an earlier bad signature is the failure to name).
+        // A closed channel means the signature check stopped at a failure.
+        let _ = tx.send(signed);
+        if let Some(f) = failed {
+            return Err(f);
+        }
+        if replay.hashes.len() as u64 >= first_bad.load(Ordering::Relaxed) {
+            return Ok(None);
         }
         match ended {
             None => continue,

@@ -522,6 +522,27 @@ impl Ledger {
     /// Replays one stored entry: checks its place in the chain, its hash, its
     /// signature and every rule, exactly as the writer did, then applies it.
     pub fn replay(&mut self, entry: &LogEntry) -> Result<Event, ReplayError> {
+        self.replay_checking(entry, true).map(|(event, _)| event)
+    }
+
+    /// As `replay`, but the signature's own check is left to the caller:
+    /// returns the key it must verify under, strictly
+    /// (`chain::verify_signature`), at this point of the log. For an
+    /// auditor that verifies signatures on another thread while the rules
+    /// are replayed (phb-audit); until the caller has done so, nothing is
+    /// verified. Everything else calls `replay`.
+    pub fn replay_deferring_signature(
+        &mut self,
+        entry: &LogEntry,
+    ) -> Result<(Event, VerifyingKey), ReplayError> {
+        self.replay_checking(entry, false)
+    }
+
+    fn replay_checking(
+        &mut self,
+        entry: &LogEntry,
+        check_signature: bool,
+    ) -> Result<(Event, VerifyingKey), ReplayError> {
         // An entry that does not continue a failed batch's run ends it.
         let continues_run =
             matches!(&entry.refusal, Some(r) if r.in_atomic_batch && !r.first_in_batch);
@@ -556,7 +577,12 @@ impl Ledger {
         let event = self
             .decode(&entry.signed, entry.recorded_at_micros)
             .map_err(invalid)?;
-        self.authenticate(&entry.signed).map_err(invalid)?;
+        let key = *self
+            .signer_key(&entry.signed.signer_id)
+            .ok_or_else(|| invalid(Self::unknown_signer(&entry.signed.signer_id)))?;
+        if check_signature {
+            Self::verify_under(&key, &entry.signed).map_err(invalid)?;
+        }
         let decided = self.decide(&entry.signed.signer_id, &event);
         let change = match (&entry.refusal, decided) {
             (None, decided) => decided.map_err(invalid)?,
@@ -585,7 +611,7 @@ impl Ledger {
             }
         };
         self.apply(change, Head::of(entry));
-        Ok(event)
+        Ok((event, key))
     }
 
     /// Ends replay: undoes the speculative changes of a failed atomic
