@@ -81,6 +81,13 @@ async fn wait_until_writer(server: &Server, within: Duration) -> Duration {
     started.elapsed()
 }
 
+/// The first instance on an empty shared log, once it holds the writer role.
+async fn first_writer(url: &str, name: &str) -> Server {
+    let s = instance(url, name, None);
+    wait_until_writer(&s, Duration::from_secs(30)).await;
+    s
+}
+
 /// Waits until `reader`'s log reaches `len` entries.
 async fn wait_for_len(reader: &World, len: u64) {
     let started = Instant::now();
@@ -117,9 +124,7 @@ async fn assert_same(a: &World, b: &World) {
 async fn two_instances_share_one_log_and_fail_over_without_losing_an_acknowledged_event() {
     let pg = postgres();
     let url = pg.url();
-    let a = instance(&url, "ledger-a.test:50051", None);
-    wait_until_writer(&a, Duration::from_secs(30)).await;
-    let wa = World::with_server(a).await;
+    let wa = World::with_server(first_writer(&url, "ledger-a.test:50051").await).await;
     wa.open_direct("b-1").await;
     wa.fund("b-1", "1000.00", Some("900.00")).await;
     let paid = wa
@@ -207,8 +212,7 @@ async fn two_instances_share_one_log_and_fail_over_without_losing_an_acknowledge
 async fn an_instance_refuses_a_database_that_holds_another_ledger() {
     let pg = postgres();
     let url = pg.url();
-    let a = instance(&url, "a.test:1", None);
-    wait_until_writer(&a, Duration::from_secs(30)).await;
+    let a = first_writer(&url, "a.test:1").await;
     // The database now says it holds another ledger's log: an instance of
     // this ledger must neither copy nor write anything, and must say why.
     pg.psql("UPDATE phb_head SET ledger_id = 'another-ledger'")
