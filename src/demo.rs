@@ -262,8 +262,16 @@ fn under(
     })
 }
 
-/// Runs the scenario against `server`.
-pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
+/// Runs the scenario against `server`. With `keys_out`, the organisations'
+/// secret keys are written there (`{org}.key`, 0600) with `demo.json`
+/// naming the organisations and budgets, so another tool (the dashboard and
+/// its browser test) can read as them.
+pub async fn run(
+    server: &str,
+    root: Signer,
+    ledger_id: &str,
+    keys_out: Option<&std::path::Path>,
+) -> Result<()> {
     let client = LedgerServiceClient::connect(server.to_string())
         .await
         .map_err(|e| anyhow!("connecting to {server}: {e}; is `phb-ledger serve` running?"))?;
@@ -785,6 +793,60 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     )
     .await?;
 
+    println!("Hospital stay, a care review and a data match (the last raises a flag)");
+    d.ok(
+        &icb,
+        &dp,
+        kinds::admitted("2026-05-11"),
+        "admitted to hospital 2026-05-11",
+    )
+    .await?;
+    d.ok(
+        &icb,
+        &dp,
+        kinds::discharged("2026-05-15"),
+        "discharged 2026-05-15",
+    )
+    .await?;
+    d.ok(
+        &icb,
+        &dp,
+        kinds::reviewed(
+            "2026-05-29",
+            pb::ReviewKind::CareReview,
+            "plan meets needs; keep the respite line",
+        ),
+        "care review recorded",
+    )
+    .await?;
+    let matched = d
+        .submit(
+            &icb,
+            &tp,
+            kinds::external_match("NFI-2026", pb::MatchKind::Payroll, "m-77"),
+        )
+        .await?;
+    match (&matched.error, matched.flags.first()) {
+        (Some(e), _) if e.code != 0 => bail!(
+            "external match refused ({}): {}",
+            code_name(e.code),
+            e.message
+        ),
+        (_, Some(f)) => println!(
+            "  #{:<4} NFI payroll match recorded, flagged {}",
+            matched.sequence, f.flag_id
+        ),
+        (_, None) => bail!("the external match raised no flag: {matched:?}"),
+    }
+    if let Some(dir) = keys_out {
+        write_keys(
+            dir,
+            &[&icb, &facilitator, &payroll, &third, &account, &auditor],
+            &[&dp, &tp, &no],
+        )?;
+        println!("Organisations' keys and demo.json written to {}", dir.display());
+    }
+
     println!("\nBalances as the auditor sees them:");
     println!(
         "  {:<28} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}  stopped",
@@ -848,4 +910,34 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     );
     println!("  {:<11} {:<20} {:>10}", "total", "", p.total);
     Ok(())
+}
+
+/// `demo --keys-out DIR`: each organisation's secret key as `{org}.key`
+/// (0600, like `keygen`) and `demo.json`: `{"organisations": {role: id},
+/// "budgets": [ids]}` with roles commissioner, plan_facilitator, payroll,
+/// third_party, account_provider, auditor in that order.
+fn write_keys(dir: &std::path::Path, orgs: &[&Signer], budgets: &[&String]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
+    for s in orgs {
+        crate::write_secret(&dir.join(format!("{}.key", s.id)), &s.secret_hex())?;
+    }
+    let roles = [
+        "commissioner",
+        "plan_facilitator",
+        "payroll",
+        "third_party",
+        "account_provider",
+        "auditor",
+    ];
+    let organisations: serde_json::Map<String, serde_json::Value> = roles
+        .iter()
+        .zip(orgs)
+        .map(|(r, s)| (r.to_string(), serde_json::Value::from(s.id.clone())))
+        .collect();
+    let doc = serde_json::json!({
+        "organisations": organisations,
+        "budgets": budgets,
+    });
+    std::fs::write(dir.join("demo.json"), format!("{doc}\n"))
+        .map_err(|e| anyhow!("writing {}: {e}", dir.join("demo.json").display()))
 }

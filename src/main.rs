@@ -10,6 +10,7 @@ mod backup;
 mod bench;
 mod config;
 mod connect;
+mod dashboard;
 mod demo;
 mod json_event;
 mod metrics_http;
@@ -181,7 +182,15 @@ enum Command {
         /// The server's ledger id.
         #[arg(long, default_value = "phb-local", env = "PHB_LEDGER_ID")]
         ledger_id: String,
+        /// Write the organisations' secret keys and demo.json (their ids and
+        /// the budgets') to this directory, to read as them later (e.g. with
+        /// `dashboard`).
+        #[arg(long)]
+        keys_out: Option<PathBuf>,
     },
+    /// The commissioners' dashboard: a local web page over the signed API,
+    /// reading as one organisation with its key (docs/dashboard.md).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// The auditors' and partners' commands (docs/audit.md): proofs and the
@@ -336,7 +345,17 @@ fn run() -> Result<()> {
                 server,
                 root_key,
                 ledger_id,
-            } => demo::run(&server, load_signer("root", &root_key)?, &ledger_id).await,
+                keys_out,
+            } => {
+                demo::run(
+                    &server,
+                    load_signer("root", &root_key)?,
+                    &ledger_id,
+                    keys_out.as_deref(),
+                )
+                .await
+            }
+            Command::Dashboard(args) => dashboard::run(args).await,
         }
     })
 }
