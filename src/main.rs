@@ -150,6 +150,28 @@ enum Command {
         /// The budget.
         budget_id: String,
     },
+    /// Print the flags the signer may see (docs/flags.md), one JSON line each.
+    Flags {
+        /// Server URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:50051",
+            env = "PHB_LEDGER_SERVER"
+        )]
+        server: String,
+        /// The reading organisation id (a commissioner, an auditor or "root").
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// Only this budget's flags.
+        #[arg(long)]
+        budget: Option<String>,
+        /// Only flags with this status: OPEN, CONFIRMED or DISMISSED.
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// Print a commissioner's report (docs/reports.md).
     Report {
         #[command(subcommand)]
@@ -332,6 +354,13 @@ fn run() -> Result<()> {
                 key,
                 budget_id,
             } => plan(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Flags {
+                server,
+                signer,
+                key,
+                budget,
+                status,
+            } => flags(server, load_signer(&signer, &key)?, budget, status).await,
             Command::Report { report } => report::run(report).await,
             Command::Audit { audit } => match audit {
                 Audit::Prove(args) => witness::prove(args).await,
@@ -997,6 +1026,46 @@ async fn statement(server: String, signer: Signer, budget_id: String) -> Result<
             .into_inner();
         for row in &page.rows {
             println!("{}", json_event::statement_row_json(row));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn flags(
+    server: String,
+    signer: Signer,
+    budget: Option<String>,
+    status: Option<String>,
+) -> Result<()> {
+    let status = match status {
+        None => pb::FlagStatus::Unspecified,
+        Some(s) => {
+            let name = s.to_uppercase();
+            let name = name.strip_prefix("FLAG_STATUS_").unwrap_or(&name).to_string();
+            pb::FlagStatus::from_str_name(&format!("FLAG_STATUS_{name}"))
+                .filter(|s| *s != pb::FlagStatus::Unspecified)
+                .ok_or_else(|| anyhow!("--status {s}: give OPEN, CONFIRMED or DISMISSED"))?
+        }
+    };
+    let mut client = connect(&server).await?;
+    let mut token = String::new();
+    loop {
+        let req = signer.request(
+            phb_client::methods::LIST_FLAGS,
+            pb::ListFlagsRequest {
+                budget_id: budget.clone().unwrap_or_default(),
+                status: status as i32,
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            },
+        );
+        let page = client.list_flags(req).await.map_err(rpc_error)?.into_inner();
+        for f in &page.flags {
+            println!("{}", json_event::flag_json(f, page.head_sequence));
         }
         if page.next_page_token.is_empty() {
             return Ok(());

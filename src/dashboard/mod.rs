@@ -261,7 +261,9 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Body>) -> Res
     set(h, header::CONTENT_TYPE, content_type);
     set(h, header::CONTENT_SECURITY_POLICY, CSP);
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not no-referrer: with it Chromium sends `Origin: null` on our own
+    // form posts, and the origin check could not tell them from a forgery.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::CACHE_CONTROL, "no-store");
     r
