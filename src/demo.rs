@@ -844,7 +844,10 @@ pub async fn run(
             &[&icb, &facilitator, &payroll, &third, &account, &auditor],
             &[&dp, &tp, &no],
         )?;
-        println!("Organisations' keys and demo.json written to {}", dir.display());
+        println!(
+            "Organisations' keys and demo.json written to {}",
+            dir.display()
+        );
     }
 
     println!("\nBalances as the auditor sees them:");

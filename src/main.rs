@@ -1044,7 +1044,10 @@ async fn flags(
         None => pb::FlagStatus::Unspecified,
         Some(s) => {
             let name = s.to_uppercase();
-            let name = name.strip_prefix("FLAG_STATUS_").unwrap_or(&name).to_string();
+            let name = name
+                .strip_prefix("FLAG_STATUS_")
+                .unwrap_or(&name)
+                .to_string();
             pb::FlagStatus::from_str_name(&format!("FLAG_STATUS_{name}"))
                 .filter(|s| *s != pb::FlagStatus::Unspecified)
                 .ok_or_else(|| anyhow!("--status {s}: give OPEN, CONFIRMED or DISMISSED"))?
@@ -1063,7 +1066,11 @@ async fn flags(
                 ..Default::default()
             },
         );
-        let page = client.list_flags(req).await.map_err(rpc_error)?.into_inner();
+        let page = client
+            .list_flags(req)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
         for f in &page.flags {
             println!("{}", json_event::flag_json(f, page.head_sequence));
         }

@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_and_strict() {
         let c = set_cookie("abc", false);
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
         assert!(!c.contains("Secure"));
         assert!(set_cookie("abc", true).ends_with("; Secure"));
     }
@@ -149,7 +152,13 @@ mod tests {
     #[test]
     fn posts_need_our_origin_and_the_session_csrf_token() {
         let own = vec!["http://127.0.0.1:8080".to_string()];
-        let ok = check_post(Some("http://127.0.0.1:8080"), Some("same-origin"), &own, Some("c"), "c");
+        let ok = check_post(
+            Some("http://127.0.0.1:8080"),
+            Some("same-origin"),
+            &own,
+            Some("c"),
+            "c",
+        );
         assert_eq!(ok, Ok(()));
         // A form on another site posting here.
         assert!(check_post(Some("http://evil.example"), None, &own, Some("c"), "c").is_err());
@@ -163,7 +172,10 @@ mod tests {
     #[test]
     fn forms_decode() {
         let f = form(b"note=hours+do+not%20overlap&csrf=abc");
-        assert_eq!(f.get("note").map(String::as_str), Some("hours do not overlap"));
+        assert_eq!(
+            f.get("note").map(String::as_str),
+            Some("hours do not overlap")
+        );
         assert_eq!(f.get("csrf").map(String::as_str), Some("abc"));
     }
 }

@@ -36,7 +36,11 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; 
 #[derive(clap::Args)]
 pub struct DashboardArgs {
     /// The ledger's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "PHB_LEDGER_SERVER")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "PHB_LEDGER_SERVER"
+    )]
     server: String,
     /// The organisation the dashboard reads as (its id; "root" allowed).
     #[arg(long)]
@@ -89,10 +93,12 @@ fn own_hosts(addr: SocketAddr, secure: bool) -> (Vec<String>, Vec<String>) {
 /// Runs the dashboard until interrupted.
 pub async fn run(args: DashboardArgs) -> Result<()> {
     let signer = crate::load_signer(&args.org, &args.key)?;
-    let addr: SocketAddr = args
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {}: give an IP address and port, such as 127.0.0.1:8080", args.listen))?;
+    let addr: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {}: give an IP address and port, such as 127.0.0.1:8080",
+            args.listen
+        )
+    })?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls::config(c, k)?),
         _ => None,
@@ -126,7 +132,14 @@ pub async fn run(args: DashboardArgs) -> Result<()> {
                 Err(e)
             }
         })
-        .map_err(|e| anyhow::anyhow!("reading the ledger as {}: {}: {}", api.org(), e.code, e.message))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "reading the ledger as {}: {}: {}",
+                api.org(),
+                e.code,
+                e.message
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -232,14 +245,16 @@ mod tls {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        use tower_service::Service;
-                        let mut app = app;
-                        app.call(req.map(axum::body::Body::new)).await
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let app = app.clone();
+                        async move {
+                            use tower_service::Service;
+                            let mut app = app;
+                            app.call(req.map(axum::body::Body::new)).await
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
@@ -285,7 +300,7 @@ fn refusal(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     )
 }
 
-fn header_str<'a>(req: &'a Request<Body>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Body>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -443,7 +458,10 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response<Body> {
                 _ => StatusCode::BAD_GATEWAY,
             };
             let body = pages::error_body(&what, e.code, &e.message);
-            html(status, pages::layout(&chrome, "Something went wrong", &body, None))
+            html(
+                status,
+                pages::layout(&chrome, "Something went wrong", &body, None),
+            )
         }
     }
 }
@@ -456,7 +474,12 @@ async fn render_page(
     page: &mut Page,
     query: &[(String, String)],
 ) -> Response<Body> {
-    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let sorted = get("sort").and_then(render::parse_sort);
     if let Some((t, c, desc)) = sorted {
         if let Some(table) = page.table_mut(t) {
@@ -468,12 +491,17 @@ async fn render_page(
         return match page.table_mut(id) {
             Some(t) => {
                 let mut r = respond(StatusCode::OK, "text/csv; charset=utf-8", t.csv());
-                if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}.csv\"")) {
+                if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}.csv\""))
+                {
                     r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
                 }
                 r
             }
-            None => refusal(StatusCode::NOT_FOUND, "No such table", "This page has no table of that name."),
+            None => refusal(
+                StatusCode::NOT_FOUND,
+                "No such table",
+                "This page has no table of that name.",
+            ),
         };
     }
     let keep = render::query_without(query, &["sort", "format", "table"]);
@@ -488,12 +516,16 @@ async fn render_page(
         }
     }
     let counts = counts(&state.api).await.ok();
-    html(StatusCode::OK, pages::layout(chrome, &page.title, &body, counts))
+    html(
+        StatusCode::OK,
+        pages::layout(chrome, &page.title, &body, counts),
+    )
 }
 
 /// Today's date (UTC) as (year, month, "YYYY-MM-DD").
 fn today() -> (i64, u8, String) {
-    let d = phb_domain::event::Date::from_unix_micros(phb_client::unix_now().saturating_mul(1_000_000));
+    let d =
+        phb_domain::event::Date::from_unix_micros(phb_client::unix_now().saturating_mul(1_000_000));
     (i64::from(d.year), d.month, d.to_string())
 }
 
@@ -551,8 +583,13 @@ async fn overview(state: &State, commissioner: Option<String>) -> api::Result<Pa
     let balances = api.balances("").await?;
     let (all, chosen) = choose_commissioner(api.org(), &balances, commissioner);
     let view = match chosen {
-        None => Err(("NOT_FOUND".to_string(), "no budgets visible to this organisation".to_string())),
-        Some(c) => commissioner_view(api, &c).await.map_err(|e| (e.code.to_string(), e.message)),
+        None => Err((
+            "NOT_FOUND".to_string(),
+            "no budgets visible to this organisation".to_string(),
+        )),
+        Some(c) => commissioner_view(api, &c)
+            .await
+            .map_err(|e| (e.code.to_string(), e.message)),
     };
     Ok(pages::overview(&balances, &all, view))
 }
@@ -645,7 +682,12 @@ async fn flags(state: &State, status: Option<String>, code: Option<String>) -> a
             ..Default::default()
         })
         .await?;
-    Ok(pages::flags_page(&flags, head, &showing, state.allow_review))
+    Ok(pages::flags_page(
+        &flags,
+        head,
+        &showing,
+        state.allow_review,
+    ))
 }
 
 async fn find_flag(state: &State, flag_id: &str, budget_id: &str) -> api::Result<pb::Flag> {
@@ -671,7 +713,12 @@ async fn review_post(
     csrf: &str,
 ) -> api::Result<Page> {
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
-    let (flag_id, budget_id, outcome, note) = (get("flag_id"), get("budget_id"), get("outcome"), get("note"));
+    let (flag_id, budget_id, outcome, note) = (
+        get("flag_id"),
+        get("budget_id"),
+        get("outcome"),
+        get("note"),
+    );
     let flag = find_flag(state, &flag_id, &budget_id).await?;
     let parsed = match outcome.as_str() {
         "DISMISSED" => pb::FlagOutcome::Dismissed,
@@ -687,7 +734,14 @@ async fn review_post(
         "preview" => {
             // The event id is fixed now, so the confirmation is idempotent.
             let event_id = format!("dashboard-review-{}", &auth::random_token()[..24]);
-            Ok(pages::review_confirm(&flag, state.api.org(), &outcome, &note, &event_id, csrf))
+            Ok(pages::review_confirm(
+                &flag,
+                state.api.org(),
+                &outcome,
+                &note,
+                &event_id,
+                csrf,
+            ))
         }
         "sign" => {
             let event_id = get("event_id");
@@ -732,7 +786,13 @@ async fn budget(state: &State, id: &str) -> api::Result<Page> {
         Err(e) if e.code == "PERMISSION_DENIED" => Vec::new(),
         Err(e) => return Err(e),
     };
-    Ok(pages::budget_page(&b, plan.as_ref(), &rows, &flags, state.allow_review))
+    Ok(pages::budget_page(
+        &b,
+        plan.as_ref(),
+        &rows,
+        &flags,
+        state.allow_review,
+    ))
 }
 
 async fn holdings(state: &State, org: Option<String>) -> api::Result<Page> {
@@ -814,10 +874,7 @@ fn live(state: Arc<State>) -> Response<Body> {
                     }
                 }
                 Err(e) => {
-                    let msg = format!(
-                        "event: error\ndata: {{\"code\":\"{}\"}}\n\n",
-                        e.code
-                    );
+                    let msg = format!("event: error\ndata: {{\"code\":\"{}\"}}\n\n", e.code);
                     if tx.send(msg).await.is_err() {
                         return;
                     }
@@ -826,14 +883,16 @@ fn live(state: Arc<State>) -> Response<Body> {
             // Wait for the next committed entry, or poll; a comment line
             // keeps the connection open and finds a closed tab.
             let woke = match log.as_mut() {
-                Some(stream) => match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
-                    Ok(Ok(Some(_))) => true,
-                    Ok(_) => {
-                        log = None;
-                        false
+                Some(stream) => {
+                    match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
+                        Ok(Ok(Some(_))) => true,
+                        Ok(_) => {
+                            log = None;
+                            false
+                        }
+                        Err(_) => false,
                     }
-                    Err(_) => false,
-                },
+                }
                 None => {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     false
@@ -846,7 +905,11 @@ fn live(state: Arc<State>) -> Response<Body> {
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|s| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(s)));
-    let mut r = respond(StatusCode::OK, "text/event-stream", Body::from_stream(stream));
+    let mut r = respond(
+        StatusCode::OK,
+        "text/event-stream",
+        Body::from_stream(stream),
+    );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

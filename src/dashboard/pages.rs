@@ -96,7 +96,11 @@ pub fn error_body(what: &str, code: &str, message: &str) -> String {
 
 pub fn management_name(m: i32) -> String {
     pb::Management::try_from(m)
-        .map(|m| m.as_str_name().trim_start_matches("MANAGEMENT_").to_string())
+        .map(|m| {
+            m.as_str_name()
+                .trim_start_matches("MANAGEMENT_")
+                .to_string()
+        })
         .unwrap_or_else(|_| "?".into())
 }
 
@@ -108,13 +112,21 @@ fn flag_code(c: i32) -> String {
 
 fn severity(s: i32) -> String {
     pb::FlagSeverity::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("FLAG_SEVERITY_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("FLAG_SEVERITY_")
+                .to_string()
+        })
         .unwrap_or_else(|_| "?".into())
 }
 
 pub fn status_name(s: i32) -> String {
     pb::FlagStatus::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("FLAG_STATUS_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("FLAG_STATUS_")
+                .to_string()
+        })
         .unwrap_or_else(|_| "?".into())
 }
 
@@ -194,7 +206,9 @@ pub fn budgets_table(balances: &[pb::Balance]) -> Table {
 /// Totals over budgets, exact: (allocated, paid in, spent, held).
 pub fn totals(balances: &[pb::Balance]) -> [String; 4] {
     let f = |g: fn(&pb::Balance) -> &str| {
-        sum(balances.iter().map(g)).map(pounds).unwrap_or_else(|| "?".into())
+        sum(balances.iter().map(g))
+            .map(pounds)
+            .unwrap_or_else(|| "?".into())
     };
     [
         f(|b| &b.allocated),
@@ -304,7 +318,11 @@ fn overview_commissioner(p: &mut Page, v: &CommissionerView) {
     let flags_href = Some("/flags".to_string());
     let open: u32 = v.year.open_flags.iter().map(|f| f.count).sum();
     p.html(figures(&[
-        ("Spent this year", v.year.total_spent.clone(), Some("/budgets#budgets".into())),
+        (
+            "Spent this year",
+            v.year.total_spent.clone(),
+            Some("/budgets#budgets".into()),
+        ),
         (
             "Budgets in surplus",
             v.year.surplus_budgets.to_string(),
@@ -316,11 +334,7 @@ fn overview_commissioner(p: &mut Page, v: &CommissionerView) {
             Some("/flags?code=SURPLUS".into()),
         ),
         ("Open flags", open.to_string(), flags_href),
-        (
-            "As of sequence",
-            v.year.head_sequence.to_string(),
-            None,
-        ),
+        ("As of sequence", v.year.head_sequence.to_string(), None),
     ]));
 
     let mut t = Table::new(
@@ -331,7 +345,10 @@ fn overview_commissioner(p: &mut Page, v: &CommissionerView) {
     for f in &v.year.open_flags {
         let code = flag_code(f.code);
         let href = format!("/flags?code={}", enc(&code));
-        t.push(vec![Cell::link(&code, &href), Cell::link(f.count.to_string(), &href)]);
+        t.push(vec![
+            Cell::link(&code, &href),
+            Cell::link(f.count.to_string(), &href),
+        ]);
     }
     p.table(t);
 
@@ -354,7 +371,12 @@ fn overview_commissioner(p: &mut Page, v: &CommissionerView) {
                 .summary
                 .by_category
                 .iter()
-                .filter_map(|l| series.iter().position(|s| *s == l.key).map(|i| (i, pence(&l.amount))))
+                .filter_map(|l| {
+                    series
+                        .iter()
+                        .position(|s| *s == l.key)
+                        .map(|i| (i, pence(&l.amount)))
+                })
                 .collect(),
             href: None,
         })
@@ -407,8 +429,16 @@ fn overview_commissioner(p: &mut Page, v: &CommissionerView) {
 
     // Cohort and age band: the quarterly return's people and spend.
     for (dim, id, caption) in [
-        ("cohort", "by_cohort", "Budgets by cohort (quarterly return, year to date)"),
-        ("age_band", "by_age_band", "Budgets by age band (quarterly return, year to date)"),
+        (
+            "cohort",
+            "by_cohort",
+            "Budgets by cohort (quarterly return, year to date)",
+        ),
+        (
+            "age_band",
+            "by_age_band",
+            "Budgets by age band (quarterly return, year to date)",
+        ),
     ] {
         let mut t = Table::new(
             id,
@@ -459,12 +489,7 @@ pub fn flags_table(flags: &[pb::Flag], review: bool) -> Table {
         let seq_html = f
             .sequences
             .iter()
-            .map(|s| {
-                format!(
-                    "<a href=\"{}\">#{s}</a>",
-                    esc(&row_href(&f.budget_id, *s))
-                )
-            })
+            .map(|s| format!("<a href=\"{}\">#{s}</a>", esc(&row_href(&f.budget_id, *s))))
             .collect::<Vec<_>>()
             .join(" ");
         let thresholds = f
@@ -660,7 +685,11 @@ pub fn budget_page(
         esc(&management_name(b.management)),
         esc(&b.period_start),
         esc(&b.period_end),
-        if b.stopped { " · <strong>stopped</strong>" } else { "" }
+        if b.stopped {
+            " · <strong>stopped</strong>"
+        } else {
+            ""
+        }
     ));
     p.html(figures(&[
         ("Allocated", b.allocated.clone(), last.clone()),
@@ -800,7 +829,12 @@ pub fn holdings_page(h: &pb::GetHoldingsResponse, others: &[String]) -> Page {
     if !others.is_empty() {
         let mut links = String::from("<p>Funds holders: ");
         for o in others {
-            let _ = write!(links, "<a href=\"/holdings?org={}\">{}</a> ", enc(o), esc(o));
+            let _ = write!(
+                links,
+                "<a href=\"/holdings?org={}\">{}</a> ",
+                enc(o),
+                esc(o)
+            );
         }
         links.push_str("</p>");
         p.html(links);
@@ -825,9 +859,21 @@ pub fn holdings_page(h: &pb::GetHoldingsResponse, others: &[String]) -> Page {
         h.as_of_sequence
     ));
     p.html(figures(&[
-        ("Budgets", h.holdings.len().to_string(), Some("#holdings".into())),
-        ("Total paid in", h.total_paid_in.clone(), Some("#holdings".into())),
-        ("Total spent", h.total_spent.clone(), Some("#holdings".into())),
+        (
+            "Budgets",
+            h.holdings.len().to_string(),
+            Some("#holdings".into()),
+        ),
+        (
+            "Total paid in",
+            h.total_paid_in.clone(),
+            Some("#holdings".into()),
+        ),
+        (
+            "Total spent",
+            h.total_spent.clone(),
+            Some("#holdings".into()),
+        ),
         ("Total held", h.total_held.clone(), Some("#holdings".into())),
     ]));
     let detail = checks
@@ -913,13 +959,21 @@ pub fn return_page(r: &pb::GetQuarterlyReturnResponse, commissioners: &[String])
         }
     ));
     p.html(figures(&[
-        ("People year to date", r.people_year_to_date.to_string(), Some("#return".into())),
+        (
+            "People year to date",
+            r.people_year_to_date.to_string(),
+            Some("#return".into()),
+        ),
         (
             "Active at quarter end",
             r.people_active_at_quarter_end.to_string(),
             Some("#return".into()),
         ),
-        ("Spend year to date", r.spend_year_to_date.clone(), Some("/budgets#budgets".into())),
+        (
+            "Spend year to date",
+            r.spend_year_to_date.clone(),
+            Some("/budgets#budgets".into()),
+        ),
     ]));
     let mut t = Table::new(
         "return",
@@ -981,7 +1035,10 @@ mod tests {
         let t = budgets_table(&bs);
         assert_eq!(t.rows[0][7].href.as_deref(), Some("/budget/b-1#statement"));
         let html = t.html("", None);
-        assert!(html.contains("<a href=\"/budget/b-2#statement\">0.20</a>"), "{html}");
+        assert!(
+            html.contains("<a href=\"/budget/b-2#statement\">0.20</a>"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -1029,9 +1086,15 @@ mod tests {
         };
         let t = flags_table(std::slice::from_ref(&f), true);
         let html = t.html("", None);
-        assert!(html.contains("<a href=\"/budget/b-9#seq-41\">#41</a>"), "{html}");
+        assert!(
+            html.contains("<a href=\"/budget/b-9#seq-41\">#41</a>"),
+            "{html}"
+        );
         assert!(html.contains("a &lt;match&gt;"));
-        assert!(html.contains("/flags/review?flag_id=EXTERNAL_MATCH%3Ab-9%3A41&amp;budget_id=b-9"), "{html}");
+        assert!(
+            html.contains("/flags/review?flag_id=EXTERNAL_MATCH%3Ab-9%3A41&amp;budget_id=b-9"),
+            "{html}"
+        );
         assert_eq!(flags_table(&[f], false).cols.len(), 9);
     }
 
@@ -1044,7 +1107,10 @@ mod tests {
             ..Default::default()
         }];
         let mut p = budget_page(&b, None, &rows, &[], false);
-        let st = p.table_mut("statement").map(|t| t.html("", None)).unwrap_or_default();
+        let st = p
+            .table_mut("statement")
+            .map(|t| t.html("", None))
+            .unwrap_or_default();
         assert!(st.contains("<tr id=\"seq-7\">"), "{st}");
         let hospital = p.table_mut("hospital").map(|t| t.rows.len());
         assert_eq!(hospital, Some(1));

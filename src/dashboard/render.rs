@@ -42,9 +42,9 @@ pub fn money(s: &str) -> Option<Decimal> {
 
 /// The sum of money strings; `None` if any is not a number.
 pub fn sum<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<Decimal> {
-    items
-        .into_iter()
-        .try_fold(Decimal::ZERO, |acc, s| money(s).and_then(|m| acc.checked_add(m)))
+    items.into_iter().try_fold(Decimal::ZERO, |acc, s| {
+        money(s).and_then(|m| acc.checked_add(m))
+    })
 }
 
 /// A decimal as pounds with two places ("1863.72"), as the API spells money.
@@ -224,13 +224,21 @@ impl Table {
         for c in &self.cols {
             let (aria, next_desc, mark) = match sorted {
                 Some((col, desc)) if col == c.id => (
-                    if desc { " aria-sort=\"descending\"" } else { " aria-sort=\"ascending\"" },
+                    if desc {
+                        " aria-sort=\"descending\""
+                    } else {
+                        " aria-sort=\"ascending\""
+                    },
                     !desc,
                     if desc { " ▼" } else { " ▲" },
                 ),
                 _ => ("", c.kind == Kind::Number, ""),
             };
-            let class = if c.kind == Kind::Number { " class=\"num\"" } else { "" };
+            let class = if c.kind == Kind::Number {
+                " class=\"num\""
+            } else {
+                ""
+            };
             let _ = write!(
                 out,
                 "<th scope=\"col\"{class}{aria}><a href=\"{href}\">{label}{mark}<span class=\"visually-hidden\"> (sort)</span></a></th>",
@@ -258,7 +266,11 @@ impl Table {
                 let _ = write!(out, "<tr id=\"{}\">", esc(rid));
             }
             for (cell, col) in row.iter().zip(&self.cols) {
-                let class = if col.kind == Kind::Number { " class=\"num\"" } else { "" };
+                let class = if col.kind == Kind::Number {
+                    " class=\"num\""
+                } else {
+                    ""
+                };
                 let inner = match (&cell.html, &cell.href) {
                     (Some(h), _) => h.clone(),
                     (None, Some(href)) => {
@@ -280,8 +292,8 @@ impl Table {
 /// quote mark. A leading `-` only if the field is not a number, so
 /// negative amounts stay numbers.
 pub fn csv_field(s: &str) -> String {
-    let formula = s.starts_with(['=', '+', '@', '\t', '\r'])
-        || (s.starts_with('-') && money(s).is_none());
+    let formula =
+        s.starts_with(['=', '+', '@', '\t', '\r']) || (s.starts_with('-') && money(s).is_none());
     let s = if formula {
         format!("'{s}")
     } else {
@@ -360,7 +372,11 @@ mod tests {
     }
 
     fn table() -> Table {
-        let mut t = Table::new("b", "Budgets", vec![text("id", "Budget"), num("held", "Held")]);
+        let mut t = Table::new(
+            "b",
+            "Budgets",
+            vec![text("id", "Budget"), num("held", "Held")],
+        );
         t.push(vec!["b-2".into(), "100.00".into()]);
         t.push(vec!["b-10".into(), "-5.00".into()]);
         t.push(vec!["B-1".into(), "20.50".into()]);
@@ -390,7 +406,10 @@ mod tests {
         assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
         assert_eq!(csv_field("-587.20"), "-587.20");
         assert_eq!(csv_field("-x"), "'-x");
-        assert_eq!(table().csv(), "id,held\r\nb-2,100.00\r\nb-10,-5.00\r\nB-1,20.50\r\n");
+        assert_eq!(
+            table().csv(),
+            "id,held\r\nb-2,100.00\r\nb-10,-5.00\r\nB-1,20.50\r\n"
+        );
     }
 
     #[test]
@@ -398,8 +417,14 @@ mod tests {
         let h = table().html("q=1", Some(("held", true)));
         assert!(h.contains("aria-sort=\"descending\""), "{h}");
         assert!(h.contains("href=\"?q=1&amp;sort=b.held.asc#b\""), "{h}");
-        assert!(h.contains("href=\"?q=1&amp;format=csv&amp;table=b\""), "{h}");
-        assert!(h.contains("<th scope=\"col\"><a href=\"?q=1&amp;sort=b.id.asc#b\">"), "{h}");
+        assert!(
+            h.contains("href=\"?q=1&amp;format=csv&amp;table=b\""),
+            "{h}"
+        );
+        assert!(
+            h.contains("<th scope=\"col\"><a href=\"?q=1&amp;sort=b.id.asc#b\">"),
+            "{h}"
+        );
     }
 
     #[test]
@@ -407,7 +432,10 @@ mod tests {
         let mut t = Table::new("x", "X <1>", vec![text("a", "A")]);
         t.push(vec![Cell::link("<b>", "/budget/a?x=1&y=2")]);
         let h = t.html("", None);
-        assert!(h.contains("<a href=\"/budget/a?x=1&amp;y=2\">&lt;b&gt;</a>"), "{h}");
+        assert!(
+            h.contains("<a href=\"/budget/a?x=1&amp;y=2\">&lt;b&gt;</a>"),
+            "{h}"
+        );
         assert!(h.contains("X &lt;1&gt;"), "{h}");
     }
 

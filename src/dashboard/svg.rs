@@ -164,12 +164,21 @@ mod tests {
         let svg = stacked_bars("c", "Spend", &series, &bars);
         // Plot height 200: April's 200.00 fills it, its halves 100 each;
         // May's 50.00 is a quarter.
-        assert!(svg.contains("height=\"100\" fill=\"#005eb8\"><title>Apr: respite £100.00"), "{svg}");
-        assert!(svg.contains("height=\"50\" fill=\"#005eb8\"><title>May: respite £50.00"), "{svg}");
+        assert!(
+            svg.contains("height=\"100\" fill=\"#005eb8\"><title>Apr: respite £100.00"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("height=\"50\" fill=\"#005eb8\"><title>May: respite £50.00"),
+            "{svg}"
+        );
         assert!(svg.contains("pa &lt;x&gt;"), "series names escaped: {svg}");
         assert!(svg.contains("<a href=\"/budgets?month=2026-04\">"), "{svg}");
         assert!(svg.contains("role=\"img\""));
-        assert!(svg.contains("£200.00"), "the top gridline names the largest bar");
+        assert!(
+            svg.contains("£200.00"),
+            "the top gridline names the largest bar"
+        );
     }
 
     #[test]
@@ -186,7 +195,10 @@ mod tests {
                 href: None,
             }],
         );
-        assert!(!svg.contains("<rect x="), "a negative part draws nothing: {svg}");
+        assert!(
+            !svg.contains("<rect x="),
+            "a negative part draws nothing: {svg}"
+        );
     }
 
     #[test]
