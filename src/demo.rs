@@ -262,6 +262,19 @@ fn under(
     })
 }
 
+/// An opening with the cohort and age band the quarterly return counts by
+/// (every demo holder is an adult).
+fn in_cohort(k: Kind, cohort: pb::Cohort) -> Kind {
+    match k {
+        Kind::BudgetOpened(o) => Kind::BudgetOpened(pb::BudgetOpened {
+            cohort: cohort as i32,
+            age_band: pb::AgeBand::Adult as i32,
+            ..o
+        }),
+        other => other,
+    }
+}
+
 /// Runs the scenario against `server`. With `keys_out`, the organisations'
 /// secret keys are written there (`{org}.key`, 0600) with `demo.json`
 /// naming the organisations and budgets, so another tool (the dashboard and
@@ -272,7 +285,7 @@ pub async fn run(
     ledger_id: &str,
     keys_out: Option<&std::path::Path>,
 ) -> Result<()> {
-    let client = LedgerServiceClient::connect(server.to_string())
+    let client = LedgerServiceClient::connect(crate::connect::server_url(server))
         .await
         .map_err(|e| anyhow!("connecting to {server}: {e}; is `phb-ledger serve` running?"))?;
     // Time plus random bits: two runs in the same second must not collide
@@ -322,12 +335,15 @@ pub async fn run(
     d.ok(
         &icb,
         &dp,
-        kinds::open(
-            "holder-7f3a",
-            &icb.id,
-            pb::Management::DirectPayment,
-            &account.id,
-            &payroll.id,
+        in_cohort(
+            kinds::open(
+                "holder-7f3a",
+                &icb.id,
+                pb::Management::DirectPayment,
+                &account.id,
+                &payroll.id,
+            ),
+            pb::Cohort::ContinuingHealthcare,
         ),
         "open direct-payment budget",
     )
@@ -335,12 +351,15 @@ pub async fn run(
     d.ok(
         &icb,
         &tp,
-        kinds::open(
-            "holder-11c2",
-            &icb.id,
-            pb::Management::ThirdParty,
-            &third.id,
-            "",
+        in_cohort(
+            kinds::open(
+                "holder-11c2",
+                &icb.id,
+                pb::Management::ThirdParty,
+                &third.id,
+                "",
+            ),
+            pb::Cohort::LearningDisabilityAutism,
         ),
         "open third-party budget",
     )
@@ -348,7 +367,10 @@ pub async fn run(
     d.ok(
         &icb,
         &no,
-        kinds::open("holder-90de", &icb.id, pb::Management::Notional, "", ""),
+        in_cohort(
+            kinds::open("holder-90de", &icb.id, pb::Management::Notional, "", ""),
+            pb::Cohort::MentalHealthS117,
+        ),
         "open notional budget",
     )
     .await?;

@@ -73,21 +73,26 @@ struct State {
     allow_review: bool,
     /// The Host header values we answer (the address we listen on; and
     /// `localhost:PORT` on loopback).
-    hosts: Vec<String>,
-    /// `scheme://host` for each of them: the only origins a POST may come from.
-    origins: Vec<String>,
+    /// `None` off loopback: there the page is reached by whatever name its
+    /// certificate carries, and TLS's name check is what stops a rebound
+    /// name (the certificate cannot match it).
+    hosts: Option<Vec<String>>,
     secure: bool,
 }
 
-/// The hosts and origins a dashboard listening on `addr` answers.
-fn own_hosts(addr: SocketAddr, secure: bool) -> (Vec<String>, Vec<String>) {
-    let mut hosts = vec![addr.to_string()];
-    if addr.ip().is_loopback() {
-        hosts.push(format!("localhost:{}", addr.port()));
-    }
-    let scheme = if secure { "https" } else { "http" };
-    let origins = hosts.iter().map(|h| format!("{scheme}://{h}")).collect();
-    (hosts, origins)
+/// The Host header values a dashboard listening on `addr` answers: on
+/// loopback its address and `localhost:PORT`; off loopback (always HTTPS)
+/// any.
+fn own_hosts(addr: SocketAddr) -> Option<Vec<String>> {
+    addr.ip()
+        .is_loopback()
+        .then(|| vec![addr.to_string(), format!("localhost:{}", addr.port())])
+}
+
+/// The only origin a POST may come from: this page's own, as the browser
+/// reached it.
+fn own_origin(host: &str, secure: bool) -> String {
+    format!("{}://{host}", if secure { "https" } else { "http" })
 }
 
 /// Runs the dashboard until interrupted.
@@ -145,13 +150,12 @@ pub async fn run(args: DashboardArgs) -> Result<()> {
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     let secure = tls.is_some();
-    let (hosts, origins) = own_hosts(local, secure);
+    let hosts = own_hosts(local);
     let state = Arc::new(State {
         api,
         auth: auth::Auth::new(auth::random_token()),
         allow_review: args.allow_review,
         hosts,
-        origins,
         secure,
     });
     // Scripts and tests read this line; the token is the only way in.
@@ -307,13 +311,15 @@ fn header_str(req: &Request<Body>, name: header::HeaderName) -> Option<&str> {
 async fn handle(state: Arc<State>, req: Request<Body>) -> Response<Body> {
     // A page of another site that resolves its own name to 127.0.0.1 (DNS
     // rebinding) sends its own Host: refuse it before anything else.
-    let host = header_str(&req, header::HOST).unwrap_or("");
-    if !state.hosts.iter().any(|h| h == host) {
-        return refusal(
-            StatusCode::MISDIRECTED_REQUEST,
-            "Wrong address",
-            "This dashboard answers only at the address it printed when it started.",
-        );
+    let host = header_str(&req, header::HOST).unwrap_or("").to_string();
+    if let Some(hosts) = &state.hosts {
+        if !hosts.iter().any(|h| *h == host) {
+            return refusal(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Wrong address",
+                "This dashboard answers only at the address it printed when it started.",
+            );
+        }
     }
     let path = req.uri().path().to_string();
     let query = render::parse_query(req.uri().query().unwrap_or(""));
@@ -417,7 +423,7 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response<Body> {
             if let Err(why) = auth::check_post(
                 origin.as_deref(),
                 site.as_deref(),
-                &state.origins,
+                &[own_origin(&host, state.secure)],
                 form.get("csrf").map(String::as_str),
                 &csrf,
             ) {
@@ -933,11 +939,16 @@ mod tests {
 
     #[test]
     fn loopback_answers_localhost_too_and_origins_follow_the_scheme() {
-        let (hosts, origins) = own_hosts("127.0.0.1:8080".parse().unwrap(), false);
-        assert_eq!(hosts, ["127.0.0.1:8080", "localhost:8080"]);
-        assert_eq!(origins[0], "http://127.0.0.1:8080");
-        let (hosts, origins) = own_hosts("10.0.0.5:443".parse().unwrap(), true);
-        assert_eq!(hosts, ["10.0.0.5:443"]);
-        assert_eq!(origins, ["https://10.0.0.5:443"]);
+        let hosts = own_hosts("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            hosts,
+            Some(vec!["127.0.0.1:8080".into(), "localhost:8080".into()])
+        );
+        assert_eq!(own_hosts("0.0.0.0:443".parse().unwrap()), None);
+        assert_eq!(own_origin("127.0.0.1:8080", false), "http://127.0.0.1:8080");
+        assert_eq!(
+            own_origin("dash.icb.example", true),
+            "https://dash.icb.example"
+        );
     }
 }
