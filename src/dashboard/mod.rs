@@ -313,7 +313,7 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response<Body> {
     // rebinding) sends its own Host: refuse it before anything else.
     let host = header_str(&req, header::HOST).unwrap_or("").to_string();
     if let Some(hosts) = &state.hosts {
-        if !hosts.iter().any(|h| *h == host) {
+        if !hosts.contains(&host) {
             return refusal(
                 StatusCode::MISDIRECTED_REQUEST,
                 "Wrong address",
