@@ -508,7 +508,12 @@ pub fn flags_table(flags: &[pb::Flag], review: bool) -> Table {
             Cell::from("")
         };
         let mut row = vec![
-            Cell::from(f.flag_id.clone()),
+            // A break opportunity after each ':' keeps the long ids narrow.
+            Cell {
+                text: f.flag_id.clone(),
+                href: None,
+                html: Some(esc(&f.flag_id).replace(':', ":<wbr>")),
+            },
             flag_code(f.code).into(),
             severity(f.severity).into(),
             Cell::link(&f.budget_id, budget_href(&f.budget_id)),
