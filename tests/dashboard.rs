@@ -290,6 +290,13 @@ fn token_cookie_host_and_csrf_on_a_real_port() {
     assert!(ok.body.contains("Confirm the review"), "{}", ok.body);
     assert!(ok.body.contains("name=\"step\" value=\"sign\""));
 
+    // A refused or failed read is a page naming the gRPC status, not a crash.
+    let missing = http(addr, "GET", "/budget/no-such-budget", &with(&[]), "");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(missing.body.contains("NOT_FOUND"), "{}", missing.body);
+    let not_holder = http(addr, "GET", "/holdings?org=no-such-org", &with(&[]), "");
+    assert!(not_holder.body.contains("<h1>"), "{}", not_holder.body);
+
     // CSV: a table as text/csv, an attachment.
     let csv = http(
         addr,
