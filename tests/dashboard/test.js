@@ -167,6 +167,27 @@ async function main() {
     await accessible(page, "overview");
   });
 
+  await check("overview: open flags by code, cohort and age band equal ListFlags and GetQuarterlyReturn; the months add up", async () => {
+    await page.goto(`${BASE}/`);
+    const open = cliJson("flags", ...as, "--status", "OPEN");
+    const byCode = {};
+    for (const f of open) byCode[f.code] = (byCode[f.code] || 0) + 1;
+    const rows = await tableRows(page, "open_flags");
+    assert.deepEqual(Object.fromEntries(rows.map((r) => [r.cells[0], Number(r.cells[1])])), byCode);
+    assert.equal((await page.textContent('dd[data-figure="open_flags"]')).trim(), String(open.length));
+    const quarter = /\d{4}Q\d/.exec(await (await context.request.get(`${BASE}/return`)).text())[0];
+    const csv = cli("report", "quarterly", "--server", SERVER, ...as, "--commissioner", ICB, "--quarter", quarter, "--csv")
+      .trim().split("\n").slice(1).map((l) => l.split(","));
+    for (const [dim, table] of [["cohort", "by_cohort"], ["age_band", "by_age_band"]]) {
+      const want = csv.filter((r) => r[0] === dim).map((r) => r.slice(1).join(","));
+      const got = (await tableRows(page, table)).map((r) => r.cells.join(","));
+      assert.deepEqual(got, want, `${dim} rows`);
+    }
+    const months = await tableRows(page, "spend_by_month");
+    const total = months.reduce((a, r) => a + pence(r.cells[2]), 0n);
+    assert.equal(pounds(total), (await page.textContent('dd[data-figure="spent_this_year"]')).trim(), "the months add up to the year");
+  });
+
   await check("budgets: every figure equals GetBalance/ListBalances and links to the statement", async () => {
     await page.goto(`${BASE}/budgets`);
     await screenshot(page, "budgets");
