@@ -290,6 +290,30 @@ fn token_cookie_host_and_csrf_on_a_real_port() {
     assert!(ok.body.contains("Confirm the review"), "{}", ok.body);
     assert!(ok.body.contains("name=\"step\" value=\"sign\""));
 
+    // Live counts: server-sent events, the first as soon as the stream opens.
+    let mut sse = TcpStream::connect(addr).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        sse,
+        "GET /events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"open_flags\":") {
+        let n = sse.read(&mut buf).expect("the first counts event");
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("event: counts"), "{text}");
+    drop(sse);
+
     // A refused or failed read is a page naming the gRPC status, not a crash.
     let missing = http(addr, "GET", "/budget/no-such-budget", &with(&[]), "");
     assert_eq!(missing.status, 404, "{}", missing.body);
