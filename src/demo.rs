@@ -12,7 +12,10 @@
 //! budget respite is paid under a service agreement at its day rate, and a
 //! payment above the rate is refused. A review lowers a notional budget to its cluster cost;
 //! an overspend and a payment by the wrong organisation are refused; one
-//! budget is stopped. The care plan is read back with per-line spending.
+//! budget is stopped. A hospital stay, a care review and a National Fraud
+//! Initiative match (which raises a flag) are recorded; the summer's
+//! purchases are dated in their months, so spending has a history. The
+//! care plan is read back with per-line spending.
 //! Ids carry a run suffix so the demo can run repeatedly on one server.
 
 use anyhow::{anyhow, bail, Result};
@@ -28,6 +31,13 @@ type Client = LedgerServiceClient<Channel>;
 /// whenever it is run (never later than now: the ledger refuses the future).
 const DEMO_DATE: i64 = 1_780_304_400;
 
+/// The summer's purchases and an invoice, 09:00 UTC on 2026-07-06,
+/// 2026-08-03, 2026-09-07 and 2026-07-13.
+const JULY: i64 = 1_783_328_400;
+const AUGUST: i64 = 1_785_747_600;
+const SEPTEMBER: i64 = 1_788_771_600;
+const JULY_INVOICE: i64 = 1_783_933_200;
+
 struct Demo {
     client: Client,
     ledger_id: String,
@@ -41,6 +51,12 @@ fn code_name(code: i32) -> &'static str {
 }
 
 impl Demo {
+    /// Dates the following events `at` (never later than now: the ledger
+    /// refuses the future).
+    fn on(&mut self, at: i64) {
+        self.occurred_at = at.min(phb_client::unix_now());
+    }
+
     fn id(&self, name: &str) -> String {
         format!("{name}-{}", self.run)
     }
@@ -575,27 +591,32 @@ pub async fn run(
         "10 hours for pa-8a over 8 weeks (agreed: at most 1 a week)",
     )
     .await?;
-    d.ok(
-        &account,
-        &dp,
-        kinds::buy("500.00", "respite", "respite-co", "respite break"),
-        "respite break",
-    )
-    .await?;
+    // Bought over the summer, so the spending has a history by month.
+    d.on(JULY);
     d.ok(
         &account,
         &dp,
         kinds::buy("580.00", "exercise_wellbeing", "gym-9", "gym membership"),
-        "gym membership",
+        "gym membership (July)",
     )
     .await?;
+    d.on(AUGUST);
     d.ok(
         &account,
         &dp,
         kinds::buy("500.00", "it_equipment", "pc-shop", "personal computer"),
-        "personal computer",
+        "personal computer (August)",
     )
     .await?;
+    d.on(SEPTEMBER);
+    d.ok(
+        &account,
+        &dp,
+        kinds::buy("500.00", "respite", "respite-co", "respite break"),
+        "respite break (September)",
+    )
+    .await?;
+    d.on(DEMO_DATE);
     d.refused(
         &account,
         &dp,
@@ -711,6 +732,7 @@ pub async fn run(
     d.ok(&icb, &tp, k, "service agreement: respite at 120.00 a day")
         .await?;
     let days = ("2026-05-04", "2026-05-06");
+    d.on(JULY_INVOICE);
     d.ok(
         &third,
         &tp,
@@ -723,9 +745,10 @@ pub async fn run(
             "respite",
             days,
         ),
-        "3 days of respite under the agreement",
+        "3 days of respite under the agreement (invoiced in July)",
     )
     .await?;
+    d.on(DEMO_DATE);
     d.refused(
         &third,
         &tp,
