@@ -528,14 +528,21 @@ pub fn flags_table(flags: &[pb::Flag], review: bool) -> Table {
             reviewed,
         ];
         if review {
-            row.push(Cell::link(
-                "Review",
-                format!(
-                    "/flags/review?flag_id={}&budget_id={}",
-                    enc(&f.flag_id),
-                    enc(&f.budget_id)
-                ),
-            ));
+            let href = format!(
+                "/flags/review?flag_id={}&budget_id={}",
+                enc(&f.flag_id),
+                enc(&f.budget_id)
+            );
+            // Every row's link says "Review"; a screen reader also hears which flag.
+            row.push(Cell {
+                text: "Review".into(),
+                html: Some(format!(
+                    "<a href=\"{}\">Review<span class=\"visually-hidden\"> flag {}</span></a>",
+                    esc(&href),
+                    esc(&f.flag_id)
+                )),
+                href: Some(href),
+            });
         }
         t.push_with_id(format!("flag-{}", f.flag_id), row);
     }
