@@ -884,6 +884,17 @@ fn live(state: Arc<State>) -> Response<Body> {
                     if tx.send(msg).await.is_err() {
                         return;
                     }
+                    if e.code == "PERMISSION_DENIED" {
+                        // This organisation may not list flags (a funds
+                        // holder): asking again changes nothing. Keep the
+                        // stream open, so the browser does not reconnect.
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            if tx.send(": keep-alive\n\n".to_string()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                 }
             }
             // Wait for the next committed entry, or poll; a comment line
