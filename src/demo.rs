@@ -12,7 +12,10 @@
 //! budget respite is paid under a service agreement at its day rate, and a
 //! payment above the rate is refused. A review lowers a notional budget to its cluster cost;
 //! an overspend and a payment by the wrong organisation are refused; one
-//! budget is stopped. The care plan is read back with per-line spending.
+//! budget is stopped. A hospital stay, a care review and a National Fraud
+//! Initiative match (which raises a flag) are recorded; the summer's
+//! purchases are dated in their months, so spending has a history. The
+//! care plan is read back with per-line spending.
 //! Ids carry a run suffix so the demo can run repeatedly on one server.
 
 use anyhow::{anyhow, bail, Result};
@@ -28,6 +31,13 @@ type Client = LedgerServiceClient<Channel>;
 /// whenever it is run (never later than now: the ledger refuses the future).
 const DEMO_DATE: i64 = 1_780_304_400;
 
+/// The summer's purchases and an invoice, 09:00 UTC on 2026-07-06,
+/// 2026-08-03, 2026-09-07 and 2026-07-13.
+const JULY: i64 = 1_783_328_400;
+const AUGUST: i64 = 1_785_747_600;
+const SEPTEMBER: i64 = 1_788_771_600;
+const JULY_INVOICE: i64 = 1_783_933_200;
+
 struct Demo {
     client: Client,
     ledger_id: String,
@@ -41,6 +51,12 @@ fn code_name(code: i32) -> &'static str {
 }
 
 impl Demo {
+    /// Dates the following events `at` (never later than now: the ledger
+    /// refuses the future).
+    fn on(&mut self, at: i64) {
+        self.occurred_at = at.min(phb_client::unix_now());
+    }
+
     fn id(&self, name: &str) -> String {
         format!("{name}-{}", self.run)
     }
@@ -262,8 +278,29 @@ fn under(
     })
 }
 
-/// Runs the scenario against `server`.
-pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
+/// An opening with the cohort and age band the quarterly return counts by
+/// (every demo holder is an adult).
+fn in_cohort(k: Kind, cohort: pb::Cohort) -> Kind {
+    match k {
+        Kind::BudgetOpened(o) => Kind::BudgetOpened(pb::BudgetOpened {
+            cohort: cohort as i32,
+            age_band: pb::AgeBand::Adult as i32,
+            ..o
+        }),
+        other => other,
+    }
+}
+
+/// Runs the scenario against `server`. With `keys_out`, the organisations'
+/// secret keys are written there (`{org}.key`, 0600) with `demo.json`
+/// naming the organisations and budgets, so another tool (the dashboard and
+/// its browser test) can read as them.
+pub async fn run(
+    server: &str,
+    root: Signer,
+    ledger_id: &str,
+    keys_out: Option<&std::path::Path>,
+) -> Result<()> {
     // The one way client commands connect: `host:port` or a URL, TLS
     // from PHB_LEDGER_TLS_*, an unreachable server named.
     let client = crate::connect::connect(server, None, crate::connect::MAX_ANSWER_BYTES).await?;
@@ -314,12 +351,15 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &icb,
         &dp,
-        kinds::open(
-            "holder-7f3a",
-            &icb.id,
-            pb::Management::DirectPayment,
-            &account.id,
-            &payroll.id,
+        in_cohort(
+            kinds::open(
+                "holder-7f3a",
+                &icb.id,
+                pb::Management::DirectPayment,
+                &account.id,
+                &payroll.id,
+            ),
+            pb::Cohort::ContinuingHealthcare,
         ),
         "open direct-payment budget",
     )
@@ -327,12 +367,15 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &icb,
         &tp,
-        kinds::open(
-            "holder-11c2",
-            &icb.id,
-            pb::Management::ThirdParty,
-            &third.id,
-            "",
+        in_cohort(
+            kinds::open(
+                "holder-11c2",
+                &icb.id,
+                pb::Management::ThirdParty,
+                &third.id,
+                "",
+            ),
+            pb::Cohort::LearningDisabilityAutism,
         ),
         "open third-party budget",
     )
@@ -340,7 +383,10 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(
         &icb,
         &no,
-        kinds::open("holder-90de", &icb.id, pb::Management::Notional, "", ""),
+        in_cohort(
+            kinds::open("holder-90de", &icb.id, pb::Management::Notional, "", ""),
+            pb::Cohort::MentalHealthS117,
+        ),
         "open notional budget",
     )
     .await?;
@@ -545,27 +591,32 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
         "10 hours for pa-8a over 8 weeks (agreed: at most 1 a week)",
     )
     .await?;
-    d.ok(
-        &account,
-        &dp,
-        kinds::buy("500.00", "respite", "respite-co", "respite break"),
-        "respite break",
-    )
-    .await?;
+    // Bought over the summer, so the spending has a history by month.
+    d.on(JULY);
     d.ok(
         &account,
         &dp,
         kinds::buy("580.00", "exercise_wellbeing", "gym-9", "gym membership"),
-        "gym membership",
+        "gym membership (July)",
     )
     .await?;
+    d.on(AUGUST);
     d.ok(
         &account,
         &dp,
         kinds::buy("500.00", "it_equipment", "pc-shop", "personal computer"),
-        "personal computer",
+        "personal computer (August)",
     )
     .await?;
+    d.on(SEPTEMBER);
+    d.ok(
+        &account,
+        &dp,
+        kinds::buy("500.00", "respite", "respite-co", "respite break"),
+        "respite break (September)",
+    )
+    .await?;
+    d.on(DEMO_DATE);
     d.refused(
         &account,
         &dp,
@@ -681,6 +732,7 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     d.ok(&icb, &tp, k, "service agreement: respite at 120.00 a day")
         .await?;
     let days = ("2026-05-04", "2026-05-06");
+    d.on(JULY_INVOICE);
     d.ok(
         &third,
         &tp,
@@ -693,9 +745,10 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
             "respite",
             days,
         ),
-        "3 days of respite under the agreement",
+        "3 days of respite under the agreement (invoiced in July)",
     )
     .await?;
+    d.on(DEMO_DATE);
     d.refused(
         &third,
         &tp,
@@ -785,6 +838,63 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     )
     .await?;
 
+    println!("Hospital stay, a care review and a data match (the last raises a flag)");
+    d.ok(
+        &icb,
+        &dp,
+        kinds::admitted("2026-05-11"),
+        "admitted to hospital 2026-05-11",
+    )
+    .await?;
+    d.ok(
+        &icb,
+        &dp,
+        kinds::discharged("2026-05-15"),
+        "discharged 2026-05-15",
+    )
+    .await?;
+    d.ok(
+        &icb,
+        &dp,
+        kinds::reviewed(
+            "2026-05-29",
+            pb::ReviewKind::CareReview,
+            "plan meets needs; keep the respite line",
+        ),
+        "care review recorded",
+    )
+    .await?;
+    let matched = d
+        .submit(
+            &icb,
+            &tp,
+            kinds::external_match("NFI-2026", pb::MatchKind::Payroll, "m-77"),
+        )
+        .await?;
+    match (&matched.error, matched.flags.first()) {
+        (Some(e), _) if e.code != 0 => bail!(
+            "external match refused ({}): {}",
+            code_name(e.code),
+            e.message
+        ),
+        (_, Some(f)) => println!(
+            "  #{:<4} NFI payroll match recorded, flagged {}",
+            matched.sequence, f.flag_id
+        ),
+        (_, None) => bail!("the external match raised no flag: {matched:?}"),
+    }
+    if let Some(dir) = keys_out {
+        write_keys(
+            dir,
+            &[&icb, &facilitator, &payroll, &third, &account, &auditor],
+            &[&dp, &tp, &no],
+        )?;
+        println!(
+            "Organisations' keys and demo.json written to {}",
+            dir.display()
+        );
+    }
+
     println!("\nBalances as the auditor sees them:");
     println!(
         "  {:<28} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}  stopped",
@@ -848,4 +958,34 @@ pub async fn run(server: &str, root: Signer, ledger_id: &str) -> Result<()> {
     );
     println!("  {:<11} {:<20} {:>10}", "total", "", p.total);
     Ok(())
+}
+
+/// `demo --keys-out DIR`: each organisation's secret key as `{org}.key`
+/// (0600, like `keygen`) and `demo.json`: `{"organisations": {role: id},
+/// "budgets": [ids]}` with roles commissioner, plan_facilitator, payroll,
+/// third_party, account_provider, auditor in that order.
+fn write_keys(dir: &std::path::Path, orgs: &[&Signer], budgets: &[&String]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
+    for s in orgs {
+        crate::write_secret(&dir.join(format!("{}.key", s.id)), &s.secret_hex())?;
+    }
+    let roles = [
+        "commissioner",
+        "plan_facilitator",
+        "payroll",
+        "third_party",
+        "account_provider",
+        "auditor",
+    ];
+    let organisations: serde_json::Map<String, serde_json::Value> = roles
+        .iter()
+        .zip(orgs)
+        .map(|(r, s)| (r.to_string(), serde_json::Value::from(s.id.clone())))
+        .collect();
+    let doc = serde_json::json!({
+        "organisations": organisations,
+        "budgets": budgets,
+    });
+    std::fs::write(dir.join("demo.json"), format!("{doc}\n"))
+        .map_err(|e| anyhow!("writing {}: {e}", dir.join("demo.json").display()))
 }

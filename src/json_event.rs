@@ -571,3 +571,29 @@ pub fn statement_row_json(r: &pb::StatementRow) -> String {
     }
     v.to_string()
 }
+
+/// One line of `phb-ledger flags`: the flag as `ListFlags` gave it, with
+/// the head it was derived at.
+pub fn flag_json(f: &pb::Flag, head_sequence: u64) -> String {
+    let name = |s: Option<&str>, prefix: &str| {
+        s.map(|s| s.trim_start_matches(prefix).to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    json!({
+        "flag_id": f.flag_id,
+        "code": name(pb::FlagCode::try_from(f.code).ok().map(|c| c.as_str_name()), "FLAG_CODE_"),
+        "severity": name(pb::FlagSeverity::try_from(f.severity).ok().map(|c| c.as_str_name()), "FLAG_SEVERITY_"),
+        "budget_id": f.budget_id,
+        "commissioner_id": f.commissioner_id,
+        "sequences": f.sequences,
+        "raised_at_sequence": f.raised_at_sequence,
+        "thresholds": f.thresholds.iter().map(|t| json!({"name": t.name, "value": t.value})).collect::<Vec<_>>(),
+        "explanation": f.explanation,
+        "status": name(pb::FlagStatus::try_from(f.status).ok().map(|c| c.as_str_name()), "FLAG_STATUS_"),
+        "reviewed_by": f.reviewed_by,
+        "review_sequence": f.review_sequence,
+        "review_note": f.review_note,
+        "head_sequence": head_sequence,
+    })
+    .to_string()
+}

@@ -10,6 +10,7 @@ mod backup;
 mod bench;
 mod config;
 mod connect;
+mod dashboard;
 mod demo;
 mod json_event;
 mod metrics_http;
@@ -149,6 +150,28 @@ enum Command {
         /// The budget.
         budget_id: String,
     },
+    /// Print the flags the signer may see (docs/flags.md), one JSON line each.
+    Flags {
+        /// Server URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:50051",
+            env = "PHB_LEDGER_SERVER"
+        )]
+        server: String,
+        /// The reading organisation id (a commissioner, an auditor or "root").
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// Only this budget's flags.
+        #[arg(long)]
+        budget: Option<String>,
+        /// Only flags with this status: OPEN, CONFIRMED or DISMISSED.
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// Print a commissioner's report (docs/reports.md).
     Report {
         #[command(subcommand)]
@@ -181,7 +204,15 @@ enum Command {
         /// The server's ledger id.
         #[arg(long, default_value = "phb-local", env = "PHB_LEDGER_ID")]
         ledger_id: String,
+        /// Write the organisations' secret keys and demo.json (their ids and
+        /// the budgets') to this directory, to read as them later (e.g. with
+        /// `dashboard`).
+        #[arg(long)]
+        keys_out: Option<PathBuf>,
     },
+    /// The commissioners' dashboard: a local web page over the signed API,
+    /// reading as one organisation with its key (docs/dashboard.md).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// The auditors' and partners' commands (docs/audit.md): proofs and the
@@ -323,6 +354,13 @@ fn run() -> Result<()> {
                 key,
                 budget_id,
             } => plan(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Flags {
+                server,
+                signer,
+                key,
+                budget,
+                status,
+            } => flags(server, load_signer(&signer, &key)?, budget, status).await,
             Command::Report { report } => report::run(report).await,
             Command::Audit { audit } => match audit {
                 Audit::Prove(args) => witness::prove(args).await,
@@ -336,7 +374,17 @@ fn run() -> Result<()> {
                 server,
                 root_key,
                 ledger_id,
-            } => demo::run(&server, load_signer("root", &root_key)?, &ledger_id).await,
+                keys_out,
+            } => {
+                demo::run(
+                    &server,
+                    load_signer("root", &root_key)?,
+                    &ledger_id,
+                    keys_out.as_deref(),
+                )
+                .await
+            }
+            Command::Dashboard(args) => dashboard::run(args).await,
         }
     })
 }
@@ -988,6 +1036,53 @@ async fn statement(server: String, signer: Signer, budget_id: String) -> Result<
             .into_inner();
         for row in &page.rows {
             println!("{}", json_event::statement_row_json(row));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn flags(
+    server: String,
+    signer: Signer,
+    budget: Option<String>,
+    status: Option<String>,
+) -> Result<()> {
+    let status = match status {
+        None => pb::FlagStatus::Unspecified,
+        Some(s) => {
+            let name = s.to_uppercase();
+            let name = name
+                .strip_prefix("FLAG_STATUS_")
+                .unwrap_or(&name)
+                .to_string();
+            pb::FlagStatus::from_str_name(&format!("FLAG_STATUS_{name}"))
+                .filter(|s| *s != pb::FlagStatus::Unspecified)
+                .ok_or_else(|| anyhow!("--status {s}: give OPEN, CONFIRMED or DISMISSED"))?
+        }
+    };
+    let mut client = connect(&server).await?;
+    let mut token = String::new();
+    loop {
+        let req = signer.request(
+            phb_client::methods::LIST_FLAGS,
+            pb::ListFlagsRequest {
+                budget_id: budget.clone().unwrap_or_default(),
+                status: status as i32,
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            },
+        );
+        let page = client
+            .list_flags(req)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for f in &page.flags {
+            println!("{}", json_event::flag_json(f, page.head_sequence));
         }
         if page.next_page_token.is_empty() {
             return Ok(());
