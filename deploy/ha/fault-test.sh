@@ -246,15 +246,24 @@ fault_ledger_writer_kill() {
   log "ledger-writer-kill: kill -9 the phb-ledger writer $w"
   t0="$(now)"
   "$LEDGERS_SH" kill "$w"
-  wait_until 90 "another writer" sh -c "w=\$(\"$LEDGERS_SH\" writer); [ -n \"\$w\" ] && [ \"\$w\" != \"$w\" ]" || true
-  wait_writes_after "$t0" 90 || true
-  note="new writer $("$LEDGERS_SH" writer) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
-  log "ledger-writer-kill: $note; restarting $w"
-  "$LEDGERS_SH" start-one "$w"
+  if [ "$("$LEDGERS_SH" addresses | tr ',' '\n' | wc -l)" -eq 1 ]; then
+    # One instance (a binary with the file backend only): nobody can take
+    # over, so this measures a restart instead.
+    "$LEDGERS_SH" start-one "$w"
+    wait_writes_after "$t0" 90 || true
+    note="single instance: restarted, writing again after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+  else
+    wait_until 90 "another writer" sh -c "w=\$(\"$LEDGERS_SH\" writer); [ -n \"\$w\" ] && [ \"\$w\" != \"$w\" ]" || true
+    wait_writes_after "$t0" 90 || true
+    note="new writer $("$LEDGERS_SH" writer) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+    log "ledger-writer-kill: $note; restarting $w"
+    "$LEDGERS_SH" start-one "$w"
+    note="$note; $w restarted as a reader"
+  fi
   sleep "$SETTLE"
   t1="$(now)"
   verify ledger-writer-kill
-  record ledger-writer-kill "$t0" "$t1" "$note; $w restarted as a reader"
+  record ledger-writer-kill "$t0" "$t1" "$note"
 }
 
 # --- the run ---------------------------------------------------------------
