@@ -19,6 +19,7 @@
 #   pid NAME         the process ids of node NAME (pg1..pg3: Patroni, the
 #                    postmaster and its children; e1..e3: etcd), one a line
 #   kill NAME        SIGKILL every process of NAME (a crashed machine)
+#   postmaster NAME  the process id of node NAME's postmaster
 #   freeze NAME      SIGSTOP every process of NAME (a hung machine)
 #   thaw NAME        SIGCONT every process of NAME
 #   start-node NAME  start node NAME again (after kill)
@@ -242,8 +243,8 @@ EOF
 # --- processes -------------------------------------------------------------
 
 pidfile() { echo "$DIR/run/$1.pid"; }
-alive() {  # PID
-  [ -n "$1" ] && kill -0 "$1" 2>/dev/null
+alive() {  # PID: alive and not a zombie (a killed process lingers as one until reaped)
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]
 }
 recorded_pid() {  # NAME
   local f
@@ -287,16 +288,20 @@ start_patroni() {  # NAME
   chown "$PG_USER" "$DIR/log/$n.log"
   # Its own session, so a signal to the script's process group does not
   # reach it, and `kill NAME` can take the node down as a unit.
+  # setpriv executes Patroni in place (runuser would stay as its parent,
+  # and stop itself when Patroni is stopped): the recorded pid is Patroni's.
   if [ "$(id -u)" -eq 0 ]; then
-    setsid runuser -u "$PG_USER" -- "$VENV/bin/patroni" "$DIR/$n/patroni.yml" </dev/null >>"$DIR/log/$n.log" 2>&1 &
+    setsid env HOME="$(getent passwd "$PG_USER" | cut -d: -f6)" USER="$PG_USER" LOGNAME="$PG_USER" \
+      setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups \
+      "$VENV/bin/patroni" "$DIR/$n/patroni.yml" </dev/null >>"$DIR/log/$n.log" 2>&1 &
   else
     setsid "$VENV/bin/patroni" "$DIR/$n/patroni.yml" </dev/null >>"$DIR/log/$n.log" 2>&1 &
   fi
   echo $! >"$(pidfile "$n")"
 }
 
-# Every process of a node: runuser (when root), Patroni, the postmaster and
-# its children.
+# Every process of a node: Patroni (and any child it has), the postmaster
+# and its children.
 node_pids() {  # NAME
   local n="$1" pid child pm
   pid="$(recorded_pid "$n")"
@@ -443,7 +448,16 @@ case "$cmd" in
   members) members ;;
   healthy) healthy ;;
   pid) [ $# -eq 1 ] || die "usage: $0 pid NAME"; node_index "$1" >/dev/null; node_pids "$1" | sort -un ;;
-  kill) [ $# -eq 1 ] || die "usage: $0 kill NAME"; signal_node KILL "$1" ;;
+  kill)
+    [ $# -eq 1 ] || die "usage: $0 kill NAME"
+    signal_node KILL "$1"
+    # Gone before this returns, so a start-node right after starts anew.
+    for ((i = 0; i < 100; i++)); do [ -n "$(node_pids "$1")" ] || break; sleep 0.05; done
+    ;;
+  postmaster)
+    [ $# -eq 1 ] || die "usage: $0 postmaster NAME"
+    [ -f "$DIR/$1/data/postmaster.pid" ] && head -n1 "$DIR/$1/data/postmaster.pid"
+    ;;
   freeze) [ $# -eq 1 ] || die "usage: $0 freeze NAME"; signal_node STOP "$1" ;;
   thaw) [ $# -eq 1 ] || die "usage: $0 thaw NAME"; signal_node CONT "$1" ;;
   start-node)

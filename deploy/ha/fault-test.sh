@@ -24,6 +24,8 @@
 #                       another node leads (past the 20 s lock TTL), then
 #                       SIGCONT: the old primary must step down
 #   pg-sync-kill        kill -9 the synchronous standby's node, start it again
+#   pg-postmaster-kill  kill -9 of the leader's postmaster only (as the OOM
+#                       killer would): Patroni, still running, restarts it
 #   ledger-writer-kill  (ledger) kill -9 the phb-ledger writer instance;
 #                       another takes over; the killed one restarts as a reader
 #
@@ -46,9 +48,9 @@ WORKERS="${PHB_HA_WORKERS:-4}"
 SETTLE="${PHB_HA_SETTLE:-5}"
 LEDGERS="${PHB_HA_LEDGERS:-3}"
 if [ "$MODE" = ledger ]; then
-  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill ledger-writer-kill}"
+  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill pg-postmaster-kill ledger-writer-kill}"
 else
-  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill}"
+  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill pg-postmaster-kill}"
 fi
 CLUSTER="$HERE/cluster.sh"
 LEDGERS_SH="$HERE/ledgers.sh"
@@ -239,6 +241,24 @@ fault_pg_sync_kill() {
   record pg-sync-kill "$t0" "$t1" "$note; $s rejoined"
 }
 
+fault_pg_postmaster_kill() {
+  local l pm t0 t1 note
+  l="$("$CLUSTER" leader)"
+  pm="$("$CLUSTER" postmaster "$l")"
+  [ -n "$pm" ] || { fail "no postmaster pid for the leader $l"; return; }
+  log "pg-postmaster-kill: kill -9 the leader $l's postmaster ($pm), Patroni left running"
+  t0="$(now)"
+  kill -KILL "$pm"
+  wait_writes_after "$t0" 120 || true
+  note="writes resumed after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s, leader $("$CLUSTER" leader)"
+  log "pg-postmaster-kill: $note"
+  wait_until 180 "a healthy cluster" all_healthy || true
+  sleep "$SETTLE"
+  t1="$(now)"
+  verify pg-postmaster-kill
+  record pg-postmaster-kill "$t0" "$t1" "$note"
+}
+
 fault_ledger_writer_kill() {
   local w t0 t1 note
   w="$("$LEDGERS_SH" writer)"
@@ -268,53 +288,61 @@ fault_ledger_writer_kill() {
 
 # --- the run ---------------------------------------------------------------
 
-if [ "${PHB_HA_KEEP:-}" != 1 ]; then
-  [ "$MODE" = ledger ] && { "$LEDGERS_SH" stop >/dev/null 2>&1 || true; }
-  "$CLUSTER" clean >/dev/null 2>&1 || true
-fi
-rm -rf "$WORK"
-mkdir -p "$WORK"
-log "starting the cluster ($PHB_HA_DIR)"
-timeout 600 "$CLUSTER" start >"$WORK/cluster-url" || { log "the cluster did not start"; exit 1; }
-if [ "$MODE" = ledger ]; then
-  log "starting $LEDGERS phb-ledger instances"
-  timeout 300 "$LEDGERS_SH" start "$LEDGERS" || { log "the ledger instances did not start"; exit 1; }
-  log "setting up organisations and budgets"
-  timeout 300 "$PY" "$HERE/load.py" setup --state "$WORK/load-state.json" --servers "$("$LEDGERS_SH" addresses)" \
-    --budgets "$WORKERS" --data "$("$LEDGERS_SH" first-data)" 2>>"$WORK/load.log" ||
-    { log "setup failed (see $WORK/load.log)"; exit 1; }
-fi
-printf '%-20s %8s %10s %6s  %s\n' fault "outage_s" "acked" "lost" notes >"$RESULTS"
-log "starting the load: $WORKERS concurrent writers"
-start_load
-wait_writes_after "$(now)" 60 || exit 1
-sleep 5
+# All of it in one function, so bash has read the whole script before it
+# runs: an edit while a run is under way cannot change that run.
+main() {
 
-for f in $FAULTS; do
+  if [ "${PHB_HA_KEEP:-}" != 1 ]; then
+    [ "$MODE" = ledger ] && { "$LEDGERS_SH" stop >/dev/null 2>&1 || true; }
+    "$CLUSTER" clean >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+  mkdir -p "$WORK"
+  log "starting the cluster ($PHB_HA_DIR)"
+  timeout 600 "$CLUSTER" start >"$WORK/cluster-url" || { log "the cluster did not start"; exit 1; }
+  if [ "$MODE" = ledger ]; then
+    log "starting $LEDGERS phb-ledger instances"
+    timeout 300 "$LEDGERS_SH" start "$LEDGERS" || { log "the ledger instances did not start"; exit 1; }
+    log "setting up organisations and budgets"
+    timeout 300 "$PY" "$HERE/load.py" setup --state "$WORK/load-state.json" --servers "$("$LEDGERS_SH" addresses)" \
+      --budgets "$WORKERS" --data "$("$LEDGERS_SH" first-data)" 2>>"$WORK/load.log" ||
+      { log "setup failed (see $WORK/load.log)"; exit 1; }
+  fi
+  printf '%-20s %8s %10s %6s  %s\n' fault "outage_s" "acked" "lost" notes >"$RESULTS"
+  log "starting the load: $WORKERS concurrent writers"
+  start_load
+  wait_writes_after "$(now)" 60 || exit 1
+  sleep 5
+
+  for f in $FAULTS; do
+    LOST=0
+    case "$f" in
+      pg-leader-kill) fault_pg_leader_kill ;;
+      pg-leader-freeze) fault_pg_leader_freeze ;;
+      pg-sync-kill) fault_pg_sync_kill ;;
+      pg-postmaster-kill) fault_pg_postmaster_kill ;;
+      ledger-writer-kill)
+        if [ "$MODE" = ledger ]; then fault_ledger_writer_kill; else log "ledger-writer-kill: ledger mode only"; fi
+        ;;
+      *) fail "unknown fault $f" ;;
+    esac
+    sleep 3
+  done
+
+  stop_load
   LOST=0
-  case "$f" in
-    pg-leader-kill) fault_pg_leader_kill ;;
-    pg-leader-freeze) fault_pg_leader_freeze ;;
-    pg-sync-kill) fault_pg_sync_kill ;;
-    ledger-writer-kill)
-      if [ "$MODE" = ledger ]; then fault_ledger_writer_kill; else log "ledger-writer-kill: ledger mode only"; fi
-      ;;
-    *) fail "unknown fault $f" ;;
-  esac
-  sleep 3
-done
+  verify final
+  total="$(wc -l <"$ACKS")"
+  printf '%-20s %8s %10s %6s  %s\n' "final" "-" "$total" "$LOST" "every acknowledgement of the run, after the load stopped" >>"$RESULTS"
+  echo
+  echo "fault test ($MODE mode, $WORKERS writers) on $(date -u +%Y-%m-%d), $(nproc) cores:"
+  cat "$RESULTS"
+  if awk 'NR > 1 && $4 != "0" { bad = 1 } END { exit !bad }' "$RESULTS"; then fail "acknowledged writes were lost"; fi
+  if [ "$FAILED" -ne 0 ]; then
+    echo "fault test: FAILED (see above and $WORK)"
+    exit 1
+  fi
+  echo "fault test: OK"
+}
 
-stop_load
-LOST=0
-verify final
-total="$(wc -l <"$ACKS")"
-printf '%-20s %8s %10s %6s  %s\n' "final" "-" "$total" "$LOST" "every acknowledgement of the run, after the load stopped" >>"$RESULTS"
-echo
-echo "fault test ($MODE mode, $WORKERS writers) on $(date -u +%Y-%m-%d), $(nproc) cores:"
-cat "$RESULTS"
-if awk 'NR > 1 && $4 != "0" { bad = 1 } END { exit !bad }' "$RESULTS"; then fail "acknowledged writes were lost"; fi
-if [ "$FAILED" -ne 0 ]; then
-  echo "fault test: FAILED (see above and $WORK)"
-  exit 1
-fi
-echo "fault test: OK"
+main "$@"

@@ -46,11 +46,16 @@ addr() { echo "127.0.0.1:$((PORT + $(index "$1") - 1))"; }
 metrics_addr() { echo "127.0.0.1:$((METRICS_PORT + $(index "$1") - 1))"; }
 shared_log() { "$BIN" serve --help 2>/dev/null | grep -q -- '--log-backend'; }
 configured() { cat "$LDIR/instances" 2>/dev/null || true; }
+# Alive and not a zombie: a killed process lingers as one until reaped,
+# and `kill -0` still succeeds on it.
+running() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]
+}
 pid_of() {
   local f="$LDIR/$1/pid" p
   [ -f "$f" ] || return 0
   p="$(cat "$f")"
-  if kill -0 "$p" 2>/dev/null; then echo "$p"; fi
+  if running "$p"; then echo "$p"; fi
 }
 
 start_one() {  # NAME
@@ -80,7 +85,7 @@ start_one() {  # NAME
       log "$n: listening on $(addr "$n") (pid $(cat "$d/pid"))"
       return 0
     fi
-    kill -0 "$(cat "$d/pid")" 2>/dev/null || { tail -n 20 "$d/stderr" >&2; die "$n exited at start"; }
+    running "$(cat "$d/pid")" || { tail -n 20 "$d/stderr" >&2; die "$n exited at start"; }
     sleep 0.1
   done
   tail -n 20 "$d/stderr" >&2
@@ -115,10 +120,10 @@ cmd_stop() {
   for n in $(configured); do
     p="$(pid_of "$n")"
     for ((i = 0; i < 150; i++)); do
-      if [ -z "$p" ] || ! kill -0 "$p" 2>/dev/null; then break; fi
+      if ! running "$p"; then break; fi
       sleep 0.1
     done
-    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+    if running "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
   done
 }
 
@@ -145,7 +150,10 @@ case "$cmd" in
   kill)
     [ $# -eq 1 ] || die "usage: $0 kill NAME"
     p="$(pid_of "$1")"
-    [ -z "$p" ] || kill -KILL "$p"
+    if [ -n "$p" ]; then
+      kill -KILL "$p"
+      for ((i = 0; i < 100; i++)); do running "$p" || break; sleep 0.05; done
+    fi
     ;;
   writer) cmd_writer ;;
   addresses) addresses ;;

@@ -60,6 +60,16 @@ class GaveUp(Exception):
     pass
 
 
+class Abandoned(Exception):
+    """The run is stopping and the ledger did not answer this event in the
+    grace period: it is not acknowledged, so not counted (not a loss)."""
+
+
+# After a stop, an event in flight is still retried this long, so an
+# acknowledgement that is coming is written to the acks file.
+STOP_GRACE = 30
+
+
 class Appender:
     """Sends one AppendRequest's bytes until the ledger answers it, to
     whichever instance writes now."""
@@ -72,6 +82,7 @@ class Appender:
         self.lock = lock
         self.stop = stop
         self.give_up = give_up
+        self.stopped_at = None
 
     def _count(self, key):
         with self.lock:
@@ -83,6 +94,11 @@ class Appender:
         attempts = 0
         while True:
             attempts += 1
+            if self.stop is not None and self.stop.is_set():
+                if self.stopped_at is None:
+                    self.stopped_at = time.time()
+                elif time.time() - self.stopped_at > STOP_GRACE:
+                    raise Abandoned()
             if time.time() - start > self.give_up:
                 raise GaveUp(f"not acknowledged after {self.give_up:.0f} s and {attempts - 1} attempts")
             if self.writer is None:
@@ -227,6 +243,10 @@ def worker(index, args, state, out, lock, stats, stop, failures):
             failures.append(f"worker {index}: {event_id}: {e}")
             stop.set()
             return
+        except Abandoned:
+            with lock:
+                stats["abandoned_at_stop"] = stats.get("abandoned_at_stop", 0) + 1
+            return
         r = results[0]
         if r.error.code != 0:
             # A valid event refused: the rules saw something else than this
@@ -273,7 +293,7 @@ def run(args):
         # An event in flight gets its answer (or is given up) before exit:
         # an acknowledgement not written to the file would look lost.
         for t in threads:
-            t.join(timeout=args.give_up + RPC_TIMEOUT)
+            t.join(timeout=STOP_GRACE + RPC_TIMEOUT + 5)
     log("stopped: " + " ".join(f"{k}={v}" for k, v in sorted(stats.items())))
     for f in failures:
         log(f"FAILED: {f}")
