@@ -126,8 +126,11 @@ verify() {  # LABEL
     "$PY" "$HERE/sqlload.py" verify --acks "$ACKS" --min-nodes 3 \
       --nodes "$("$CLUSTER" addresses)" >"$out" 2>&1 || rc=$?
   else
+    # Every instance must answer: each fault's instance is back by now.
+    local servers
+    servers="$("$LEDGERS_SH" addresses)"
     "$PY" "$HERE/verify.py" --state "$WORK/load-state.json" --acks "$ACKS" \
-      --servers "$("$LEDGERS_SH" addresses)" --bin "$("$LEDGERS_SH" bin)" \
+      --servers "$servers" --min-instances "$(echo "$servers" | tr ',' '\n' | wc -l)" --bin "$("$LEDGERS_SH" bin)" \
       --work "$WORK/verify-$1" >"$out" 2>&1 || rc=$?
   fi
   sed 's/^/    /' "$out" >&2
@@ -278,7 +281,11 @@ fault_ledger_writer_kill() {
     note="new writer $("$LEDGERS_SH" writer) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
     log "ledger-writer-kill: $note; restarting $w"
     "$LEDGERS_SH" start-one "$w"
-    note="$note; $w restarted as a reader"
+    if [ "$("$LEDGERS_SH" writer)" = "$w" ]; then
+      note="$note; $w restarted and holds the writer role again"
+    else
+      note="$note; $w restarted as a reader"
+    fi
   fi
   sleep "$SETTLE"
   t1="$(now)"
