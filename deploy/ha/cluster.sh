@@ -27,7 +27,8 @@
 #
 # Environment:
 #   PHB_HA_DIR   the state directory (default /tmp/phb-ha): venv, etcd and
-#                PostgreSQL data, logs, pid files
+#                PostgreSQL data, logs, pid files. As root, the `postgres`
+#                user must be able to reach it (not under /root)
 #   PHB_HA_PG_PORT, PHB_HA_API_PORT, PHB_HA_ETCD_PORT  first port of each
 #                group of three (defaults 54331, 18091, 23791; etcd peers
 #                use PHB_HA_ETCD_PORT+10..)
