@@ -253,9 +253,9 @@ fault_pg_postmaster_kill() {
   t0="$(now)"
   kill -KILL "$pm"
   wait_writes_after "$t0" 120 || true
-  note="Patroni restarted PostgreSQL in place; leader $("$CLUSTER" leader)"
-  log "pg-postmaster-kill: $note"
   wait_until 180 "a healthy cluster" all_healthy || true
+  note="Patroni restarted PostgreSQL in place; leader $("$CLUSTER" leader) (was $l)"
+  log "pg-postmaster-kill: $note"
   sleep "$SETTLE"
   t1="$(now)"
   verify pg-postmaster-kill
