@@ -29,6 +29,8 @@
 #   PHB_HA_DIR   the state directory (default /tmp/phb-ha): venv, etcd and
 #                PostgreSQL data, logs, pid files. As root, the `postgres`
 #                user must be able to reach it (not under /root)
+#   PHB_HA_IDLE_SESSION_TIMEOUT  e.g. 10s: idle_session_timeout for the
+#                ledger's role (an experiment; unset by default)
 #   PHB_HA_PG_PORT, PHB_HA_API_PORT, PHB_HA_ETCD_PORT  first port of each
 #                group of three (defaults 54331, 18091, 23791; etcd peers
 #                use PHB_HA_ETCD_PORT+10..)
@@ -51,6 +53,9 @@ NODES=(pg1 pg2 pg3)
 ETCDS=(e1 e2 e3)
 # Test-only credentials: loopback, throwaway data.
 LEDGER_USER=phb
+# An experiment, off by default (docs/high-availability.md, "A frozen
+# writer"): the server ends the ledger's sessions idle this long.
+IDLE_SESSION_TIMEOUT="${PHB_HA_IDLE_SESSION_TIMEOUT:-}"
 LEDGER_PASSWORD=phb-ha-test
 SUPER_PASSWORD=postgres-ha-test
 REPL_PASSWORD=replicator-ha-test
@@ -224,6 +229,10 @@ EOF
 }
 
 write_post_bootstrap() {
+  local idle=""
+  if [ -n "$IDLE_SESSION_TIMEOUT" ]; then
+    idle="ALTER ROLE $LEDGER_USER SET idle_session_timeout = '$IDLE_SESSION_TIMEOUT';"
+  fi
   # Patroni runs this once, on the node that initialises the cluster, with
   # a superuser connection string as its argument.
   cat >"$DIR/post-bootstrap.sh" <<EOF
@@ -236,6 +245,7 @@ CREATE ROLE $LEDGER_USER LOGIN PASSWORD '$LEDGER_PASSWORD';
 ALTER ROLE $LEDGER_USER SET statement_timeout = 0;
 ALTER ROLE $LEDGER_USER SET idle_in_transaction_session_timeout = 0;
 CREATE DATABASE phb OWNER $LEDGER_USER;
+$idle
 SQL
 EOF
   chmod 755 "$DIR/post-bootstrap.sh"

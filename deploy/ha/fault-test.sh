@@ -28,6 +28,9 @@
 #                       killer would): Patroni, still running, restarts it
 #   ledger-writer-kill  (ledger) kill -9 the phb-ledger writer instance;
 #                       another takes over; the killed one restarts as a reader
+#   ledger-writer-freeze  (ledger, only if named in PHB_HA_FAULTS) SIGSTOP the
+#                       writer for up to 60 s, then SIGCONT: does another
+#                       take over, and is the old one fenced?
 #
 # Environment: PHB_HA_DIR (the cluster's state dir, default /tmp/phb-ha),
 #   PHB_HA_WORK (this run's files, default $PHB_HA_DIR/fault-test),
@@ -262,6 +265,32 @@ fault_pg_postmaster_kill() {
   record pg-postmaster-kill "$t0" "$t1" "$note"
 }
 
+# Not in the default list: a frozen writer (a hung process or VM) whose
+# PostgreSQL session stays open, as the kernel still answers for it.
+fault_ledger_writer_freeze() {
+  local w t0 t1 note took="" failed_before="$FAILED"
+  w="$("$LEDGERS_SH" writer)"
+  [ -n "$w" ] || { fail "no ledger instance reports the writer role"; return; }
+  log "ledger-writer-freeze: SIGSTOP the phb-ledger writer $w for up to 60 s"
+  t0="$(now)"
+  "$LEDGERS_SH" freeze "$w"
+  if wait_until 60 "another writer while $w is frozen" sh -c "w=\$(\"$LEDGERS_SH\" writer); [ -n \"\$w\" ] && [ \"\$w\" != \"$w\" ]"; then
+    took="another instance ($("$LEDGERS_SH" writer)) took over after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+  else
+    # Not a loss: writes wait for the frozen writer. Said in the notes.
+    FAILED="$failed_before"
+    took="NO takeover in 60 s"
+  fi
+  log "ledger-writer-freeze: $took; SIGCONT $w"
+  "$LEDGERS_SH" thaw "$w"
+  wait_writes_after "$t0" 90 || true
+  note="$took; writer after SIGCONT: $("$LEDGERS_SH" writer)"
+  sleep "$SETTLE"
+  t1="$(now)"
+  verify ledger-writer-freeze
+  record ledger-writer-freeze "$t0" "$t1" "$note"
+}
+
 fault_ledger_writer_kill() {
   local w t0 t1 note
   w="$("$LEDGERS_SH" writer)"
@@ -330,6 +359,9 @@ main() {
       pg-postmaster-kill) fault_pg_postmaster_kill ;;
       ledger-writer-kill)
         if [ "$MODE" = ledger ]; then fault_ledger_writer_kill; else log "ledger-writer-kill: ledger mode only"; fi
+        ;;
+      ledger-writer-freeze)
+        if [ "$MODE" = ledger ]; then fault_ledger_writer_freeze; else log "ledger-writer-freeze: ledger mode only"; fi
         ;;
       *) fail "unknown fault $f" ;;
     esac

@@ -11,6 +11,7 @@
 #   start-one NAME   start instance NAME again (same flags)
 #   stop             SIGTERM every instance (SIGKILL after 15 s)
 #   kill NAME        SIGKILL instance NAME
+#   freeze NAME      SIGSTOP instance NAME; thaw NAME: SIGCONT
 #   writer           the name of the instance whose health says it writes
 #   addresses        the gRPC address of every instance, comma-separated
 #   pid NAME         instance NAME's process id, if running
@@ -153,6 +154,13 @@ case "$cmd" in
     if [ -n "$p" ]; then
       kill -KILL "$p"
       for ((i = 0; i < 100; i++)); do running "$p" || break; sleep 0.05; done
+    fi
+    ;;
+  freeze | thaw)
+    [ $# -eq 1 ] || die "usage: $0 $cmd NAME"
+    p="$(pid_of "$1")"
+    if [ -n "$p" ]; then
+      if [ "$cmd" = freeze ]; then kill -STOP "$p"; else kill -CONT "$p"; fi
     fi
     ;;
   writer) cmd_writer ;;
