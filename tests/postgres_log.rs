@@ -237,3 +237,45 @@ async fn an_instance_refuses_a_database_that_holds_another_ledger() {
         "NOT_SERVING: it stopped following"
     );
 }
+
+/// A writer that stops answering without dying (SIGSTOP: its kernel still
+/// answers TCP keepalives, so its session looks alive) loses the role once
+/// the server ends its idle session; a reader takes over, and the old
+/// writer, resumed, finds it is a reader now and copies what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_writer_loses_the_role_to_a_reader() {
+    let pg = postgres();
+    let url = pg.url();
+    let wa = World::with_server(first_writer(&url, "ledger-a.test:1").await).await;
+    wa.open_direct("b-1").await;
+    let b = instance(&url, "ledger-b.test:1", Some(&wa.server));
+    let wb = World::attach(b, &wa).await;
+    wait_for_len(&wb, wa.log_len().await).await;
+    let pid = wa.server.pid().expect("the writer runs") as i32;
+    let signal = |sig| {
+        // SAFETY: kill(2) on our own child's pid; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let outage = wait_until_writer(&wb.server, Duration::from_secs(60)).await;
+    eprintln!("a reader took the role {outage:?} after the writer froze");
+    let seq = wb
+        .ok(
+            &wb.commissioner,
+            "b-1",
+            phb_client::kinds::allocate("5.00", pb::AllocationBasis::NeedsBased),
+        )
+        .await;
+    signal(libc::SIGCONT);
+    let started = Instant::now();
+    while writes(&wa.server).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the resumed writer still claims the role; stderr:\n{}",
+            wa.server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_len(&wa, seq).await;
+    assert_same(&wa, &wb).await;
+}

@@ -30,7 +30,8 @@
 #                PostgreSQL data, logs, pid files. As root, the `postgres`
 #                user must be able to reach it (not under /root)
 #   PHB_HA_IDLE_SESSION_TIMEOUT  e.g. 10s: idle_session_timeout for the
-#                ledger's role (an experiment; unset by default)
+#                ledger's role (unset by default: the ledger sets 10 s on its
+#                own sessions, docs/high-availability.md)
 #   PHB_HA_PG_PORT, PHB_HA_API_PORT, PHB_HA_ETCD_PORT  first port of each
 #                group of three (defaults 54331, 18091, 23791; etcd peers
 #                use PHB_HA_ETCD_PORT+10..)

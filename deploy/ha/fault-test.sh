@@ -28,9 +28,10 @@
 #                       killer would): Patroni, still running, restarts it
 #   ledger-writer-kill  (ledger) kill -9 the phb-ledger writer instance;
 #                       another takes over; the killed one restarts as a reader
-#   ledger-writer-freeze  (ledger, only if named in PHB_HA_FAULTS) SIGSTOP the
-#                       writer for up to 60 s, then SIGCONT: does another
-#                       take over, and is the old one fenced?
+#   ledger-writer-freeze  (ledger) SIGSTOP the writer for up to 60 s, then
+#                       SIGCONT: another must take over (PostgreSQL ends the
+#                       frozen writer's idle session after 10 s, releasing
+#                       the lock), and the old one must be fenced
 #
 # Environment: PHB_HA_DIR (the cluster's state dir, default /tmp/phb-ha),
 #   PHB_HA_WORK (this run's files, default $PHB_HA_DIR/fault-test),
@@ -51,7 +52,7 @@ WORKERS="${PHB_HA_WORKERS:-4}"
 SETTLE="${PHB_HA_SETTLE:-5}"
 LEDGERS="${PHB_HA_LEDGERS:-3}"
 if [ "$MODE" = ledger ]; then
-  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill pg-postmaster-kill ledger-writer-kill}"
+  FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill pg-postmaster-kill ledger-writer-kill ledger-writer-freeze}"
 else
   FAULTS="${PHB_HA_FAULTS:-pg-leader-kill pg-leader-freeze pg-sync-kill pg-postmaster-kill}"
 fi

@@ -61,6 +61,9 @@ pub const LOCK_OBJECT: i32 = 0x6c65_6467;
 /// enough for a synchronous commit under load, short enough that a stopped
 /// primary is left behind well within Patroni's minimum lock TTL.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session idle this long is ended by the server: how a frozen writer
+/// loses the writer role (PostgreSQL 14 or later).
+pub const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// How long connecting may take (each host of a multi-host string).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -212,18 +215,31 @@ impl PgLog {
             tokio::time::timeout(CALL_TIMEOUT, async {
                 // Never cancel a commit's wait for the standby (see the crate
                 // docs); our own timeouts bound each call instead.
-                // A writer whose machine vanished holds the writer lock
-                // until the server notices its session is dead: TCP
-                // keepalives (idle 5 s, then 3 probes 2 s apart) end it in
-                // about 11 s, where the system default is hours.
+                // A writer that stops answering must lose the writer lock
+                // (and the head row's lock, if it stopped mid-transaction)
+                // so another instance can take over:
+                // - its machine vanished: TCP keepalives (idle 5 s, then 3
+                //   probes 2 s apart) end the session in about 11 s, where
+                //   the system default is hours;
+                // - its process is frozen (SIGSTOP, a stuck VM): the kernel
+                //   still answers keepalives, so the server ends a session
+                //   idle for SESSION_IDLE_LIMIT instead. A live instance is
+                //   never that idle: a writer checks its session every
+                //   second, a reader polls every 20 ms. A transaction is
+                //   idle only between its statements, microseconds apart;
+                //   one ended there rolls back, never acknowledged. Neither
+                //   limit cancels a COMMIT waiting for the standby (that
+                //   session is active, not idle).
                 client
-                    .batch_execute(
+                    .batch_execute(&format!(
                         "SET statement_timeout = 0; SET lock_timeout = 0; \
-                         SET idle_in_transaction_session_timeout = 0; \
                          SET synchronous_commit = on; \
+                         SET idle_session_timeout = '{idle}s'; \
+                         SET idle_in_transaction_session_timeout = '{idle}s'; \
                          SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
                          SET tcp_keepalives_count = 3",
-                    )
+                        idle = SESSION_IDLE_LIMIT.as_secs()
+                    ))
                     .await?;
                 client.batch_execute(SCHEMA).await?;
                 client
