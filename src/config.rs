@@ -246,6 +246,11 @@ pub struct ServeArgs {
     /// host and `target_session_attrs=read-write` [log.postgres_url].
     #[arg(long, env = "PHB_LEDGER_LOG_POSTGRES_URL")]
     pub postgres_url: Option<String>,
+    /// With the postgres backend: connect over TLS only, trusting the CA
+    /// certificates in this PEM file (the server's certificate must chain
+    /// to one and name the host) [log.postgres_ca].
+    #[arg(long, env = "PHB_LEDGER_LOG_POSTGRES_CA")]
+    pub postgres_ca: Option<PathBuf>,
     /// With the postgres backend: the gRPC address this instance gives
     /// readers to send appends to while it is the writer [log.advertise;
     /// default the listen address].
@@ -269,6 +274,8 @@ pub enum LogBackend {
 pub struct SharedLogSettings {
     /// The connection string.
     pub postgres_url: String,
+    /// TLS to the database: the CA file to trust.
+    pub postgres_ca: Option<PathBuf>,
     /// The address given to readers while this instance writes.
     pub advertise: String,
 }
@@ -339,6 +346,7 @@ struct LogTable {
     format: Option<LogFormat>,
     backend: Option<LogBackend>,
     postgres_url: Option<String>,
+    postgres_ca: Option<PathBuf>,
     advertise: Option<String>,
 }
 
@@ -734,10 +742,14 @@ impl ServeArgs {
             .as_ref()
             .or(file.log.postgres_url.as_ref());
         let advertise = self.advertise.as_ref().or(file.log.advertise.as_ref());
+        let postgres_ca = match &self.postgres_ca {
+            Some(p) => Some(p.clone()),
+            None => file.log.postgres_ca.as_ref().map(rel),
+        };
         let shared_log = match backend {
             LogBackend::File => {
-                if url.is_some() || advertise.is_some() {
-                    bail!("log.postgres_url and log.advertise are settings of the postgres backend; set log.backend = \"postgres\" too, or remove them");
+                if url.is_some() || advertise.is_some() || postgres_ca.is_some() {
+                    bail!("log.postgres_url, log.postgres_ca and log.advertise are settings of the postgres backend; set log.backend = \"postgres\" too, or remove them");
                 }
                 None
             }
@@ -746,8 +758,13 @@ impl ServeArgs {
                     bail!("log.backend = \"postgres\" needs log.postgres_url: the cluster's connection string, e.g. postgresql://phb@db1:5432,db2:5432,db3:5432/phb?target_session_attrs=read-write (docs/high-availability.md)");
                 };
                 // Checked now, so a typo is named at start, not on first use.
-                phb_pglog::PgLog::new(url, "check")
+                let mut check = phb_pglog::PgLog::new(url, "check")
                     .map_err(|e| anyhow!("log.postgres_url: {e}"))?;
+                if let Some(ca) = &postgres_ca {
+                    check
+                        .require_tls(ca)
+                        .map_err(|e| anyhow!("log.postgres_ca: {e}"))?;
+                }
                 let advertise = match advertise {
                     Some(a) => a.clone(),
                     None if listen.ends_with(":0") => bail!("log.advertise is needed when server.listen picks a free port ({listen}): the address readers give clients for the writer"),
@@ -755,9 +772,22 @@ impl ServeArgs {
                 };
                 // The URL may hold a password: report only that it is set.
                 note("log.postgres_url", "(set)".into(), Source::CommandLine);
+                note(
+                    "log.postgres_ca",
+                    postgres_ca
+                        .as_ref()
+                        .map(|p| {
+                            format!("{} (TLS only; certificate and host checked)", p.display())
+                        })
+                        .unwrap_or_else(|| {
+                            "(none: plaintext to the database; set it for TLS)".into()
+                        }),
+                    Source::CommandLine,
+                );
                 note("log.advertise", advertise.clone(), Source::CommandLine);
                 Some(SharedLogSettings {
                     postgres_url: url.clone(),
+                    postgres_ca,
                     advertise,
                 })
             }
@@ -865,6 +895,43 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:7");
         // Relative to the file, not to where serve runs.
         assert_eq!(s.data, dir.path().join("d"));
+    }
+
+    #[test]
+    fn the_shared_log_settings_are_checked_together() {
+        let url = "postgresql://phb@db1:5432,db2:5432/phb?target_session_attrs=read-write";
+        let s = resolve(&format!(
+            "[server]\nlisten = \"10.0.0.5:50051\"\n[log]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"
+        ))
+        .unwrap();
+        let shared = s.shared_log.expect("the postgres backend");
+        assert_eq!(shared.postgres_url, url);
+        assert_eq!(
+            shared.advertise, "10.0.0.5:50051",
+            "the listen address by default"
+        );
+        assert!(shared.postgres_ca.is_none());
+        // Settings of the backend without the backend, no URL, a free
+        // port with nothing to advertise, a CA file that is not there.
+        for (text, says) in [
+            (format!("[log]\npostgres_url = \"{url}\"\n"), "set log.backend"),
+            ("[log]\nbackend = \"postgres\"\n".to_string(), "needs log.postgres_url"),
+            (
+                format!("[server]\nlisten = \"127.0.0.1:0\"\n[log]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"),
+                "log.advertise is needed",
+            ),
+            (
+                format!("[log]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\npostgres_ca = \"missing.pem\"\n"),
+                "log.postgres_ca",
+            ),
+            (
+                "[log]\nbackend = \"postgres\"\npostgres_url = \"not a url at all=\"\n".to_string(),
+                "log.postgres_url",
+            ),
+        ] {
+            let e = resolve(&text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

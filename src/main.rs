@@ -791,8 +791,12 @@ async fn serve(settings: config::Settings) -> Result<()> {
         Some(shared) => {
             // The local log is a verified copy of the shared one; the
             // instance starts as a reader (docs/high-availability.md).
-            let log = phb_pglog::PgLog::new(&shared.postgres_url, &ledger_id)
+            let mut log = phb_pglog::PgLog::new(&shared.postgres_url, &ledger_id)
                 .map_err(|e| anyhow!("log.postgres_url: {e}"))?;
+            if let Some(ca) = &shared.postgres_ca {
+                log.require_tls(ca)
+                    .map_err(|e| anyhow!("log.postgres_ca: {e}"))?;
+            }
             tracing::info!(advertise = %shared.advertise, "log shared on PostgreSQL; starting as a reader");
             phb_engine::Engine::open_shared(engine_config, lock, Box::new(log), shared.advertise)
         }

@@ -115,6 +115,12 @@ impl Cluster {
     /// free loopback port with durable commits (trust authentication for
     /// the `postgres` user on loopback only).
     pub fn start(tools: Tools) -> Result<Cluster> {
+        Cluster::start_with(tools, None)
+    }
+
+    /// As `start`, with TLS on (`ssl=on`) when given a server certificate
+    /// chain and its private key (PEM), for the tests of TLS to PostgreSQL.
+    pub fn start_with(tools: Tools, tls: Option<(&str, &str)>) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("phb-bench-pg")
             .tempdir()
@@ -153,10 +159,33 @@ impl Cluster {
         })?;
         let sockets = c.dir.path().to_path_buf();
         let log = c.dir.path().join("server.log");
-        let options = format!(
+        let mut options = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on -c synchronous_commit=on -c max_connections=200",
             sockets.display()
         );
+        if let Some((cert, key)) = tls {
+            let (cert_file, key_file) = (
+                c.dir.path().join("server.crt"),
+                c.dir.path().join("server.key"),
+            );
+            std::fs::write(&cert_file, cert).context("writing the server certificate")?;
+            std::fs::write(&key_file, key).context("writing the server key")?;
+            // PostgreSQL refuses a key others can read, or one it does not own.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+            if let Some(user) = &c.run_as {
+                if let Some((uid, gid)) = user_ids(user) {
+                    for f in [&cert_file, &key_file] {
+                        std::os::unix::fs::chown(f, Some(uid), Some(gid))?;
+                    }
+                }
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            ));
+        }
         c.server_cmd("pg_ctl", |cmd| {
             cmd.arg("-D")
                 .arg(&data)

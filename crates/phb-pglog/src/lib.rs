@@ -44,12 +44,16 @@
 //! UNAVAILABLE, gives up the role, and learns the outcome by reading).
 #![deny(missing_docs)]
 
+mod tls;
+
 use phb_chain::{Hash, LogEntry, GENESIS_HASH};
 use phb_store::logfile::{decode_payload, encode_payload};
 use phb_store::{Append, Confirmed, Lead, SharedLog, SharedLogError};
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, NoTls, Socket};
 
 /// The writer role's advisory lock: the two-key form, so `pg_locks` shows
 /// it as (classid, objid) = ("phb-" "ledg" in ASCII).
@@ -101,6 +105,8 @@ pub struct PgLog {
     config: Config,
     ledger_id: String,
     rt: tokio::runtime::Runtime,
+    /// TLS to the database, when a CA is configured (`require_tls`).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     client: Option<Client>,
     /// The task driving `client`'s connection (on `rt`, which runs only
     /// inside our calls).
@@ -110,6 +116,20 @@ pub struct PgLog {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> SharedLogError {
     SharedLogError::Unavailable(format!("{what}: {e}"))
+}
+
+/// An error with its causes (`connecting: error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer`): tokio-postgres's own message
+/// names only the step that failed.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -149,6 +169,7 @@ impl PgLog {
             config,
             ledger_id: ledger_id.to_string(),
             rt,
+            tls: None,
             client: None,
             connection: None,
             held: None,
@@ -193,23 +214,27 @@ impl PgLog {
         result
     }
 
+    /// Connects over TLS only, trusting the CA certificates in `ca_file`
+    /// (PEM): the server's certificate must chain to one of them and name
+    /// the host it was reached at (libpq's `sslmode=verify-full`).
+    pub fn require_tls(&mut self, ca_file: &std::path::Path) -> Result<(), String> {
+        if self.config.get_ssl_mode() == SslMode::Disable {
+            return Err(
+                "the PostgreSQL URL says sslmode=disable, but a CA file for TLS is configured: remove one of the two".into(),
+            );
+        }
+        self.tls = Some(tls::client_config(ca_file)?);
+        self.config.ssl_mode(SslMode::Require);
+        Ok(())
+    }
+
     fn connect(&mut self) -> Result<Client, SharedLogError> {
-        let config = self.config.clone();
+        let (client, task) = match self.tls.clone() {
+            None => open(&self.rt, &self.config, NoTls)?,
+            Some(config) => open(&self.rt, &self.config, tls::MakeRustls(config))?,
+        };
         let ledger_id = self.ledger_id.clone();
         let rt = &self.rt;
-        let connected = rt.block_on(async {
-            tokio::time::timeout(CALL_TIMEOUT * 2, config.connect(NoTls)).await
-        });
-        let (client, connection) = match connected {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unavailable("connecting to PostgreSQL", e)),
-            Err(_) => return Err(unavailable("connecting to PostgreSQL", "timed out")),
-        };
-        let task = rt.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
         self.connection = Some(task);
         let prepared = rt.block_on(async {
             tokio::time::timeout(CALL_TIMEOUT, async {
@@ -288,8 +313,35 @@ impl PgLog {
     }
 }
 
+/// Connects with `tls` and drives the connection on `rt`.
+fn open<T>(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    tls: T,
+) -> Result<(Client, tokio::task::JoinHandle<()>), SharedLogError>
+where
+    T: MakeTlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let connected =
+        rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT * 2, config.connect(tls)).await });
+    let (client, connection) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(unavailable("connecting to PostgreSQL", with_causes(&e))),
+        Err(_) => return Err(unavailable("connecting to PostgreSQL", "timed out")),
+    };
+    let task = rt.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
 fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> SharedLogError {
-    move |e| unavailable(what, e)
+    move |e| unavailable(what, with_causes(&e))
 }
 
 impl SharedLog for PgLog {
