@@ -32,6 +32,33 @@ pub enum Report {
         #[arg(long)]
         csv: bool,
     },
+    /// Print a commissioner's spending summary over a date range
+    /// (GetSpendingSummary, docs/reports.md): spent by category,
+    /// management option and sector, outside the NHS, budgets in surplus and
+    /// what they hold, and open flags by code.
+    Spending {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// The reading organisation id: the commissioner itself, an auditor or "root".
+        #[arg(long)]
+        signer: String,
+        /// File holding the reader's secret key (hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// The commissioner whose spending it is.
+        #[arg(long)]
+        commissioner: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (also the day surplus and open flags are judged at).
+        #[arg(long)]
+        to: String,
+        /// Print one JSON object (amounts as exact decimal strings) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a `report` subcommand.
@@ -50,7 +77,102 @@ pub async fn run(report: Report) -> Result<()> {
             print!("{}", if csv { csv_of(&r) } else { table_of(&r) });
             Ok(())
         }
+        Report::Spending {
+            server,
+            signer,
+            key,
+            commissioner,
+            from,
+            to,
+            json,
+        } => {
+            let signer = crate::load_signer(&signer, &key)?;
+            let mut client = crate::connect(&server).await?;
+            let req = signer.request(
+                phb_client::methods::GET_SPENDING_SUMMARY,
+                pb::GetSpendingSummaryRequest {
+                    commissioner_id: commissioner,
+                    from,
+                    to,
+                },
+            );
+            let r = client
+                .get_spending_summary(req)
+                .await
+                .map_err(crate::rpc_error)?
+                .into_inner();
+            if json {
+                println!("{}", spending_json(&r));
+            } else {
+                print!("{}", spending_table(&r));
+            }
+            Ok(())
+        }
     }
+}
+
+fn lines_json(lines: &[pb::SpendLine]) -> serde_json::Value {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "key": l.key, "amount": l.amount, "share": l.share, "budgets": l.budgets,
+            })
+        })
+        .collect()
+}
+
+/// The summary as one JSON object, field names as in the proto.
+fn spending_json(r: &pb::GetSpendingSummaryResponse) -> serde_json::Value {
+    serde_json::json!({
+        "commissioner_id": r.commissioner_id,
+        "from": r.from,
+        "to": r.to,
+        "total_spent": r.total_spent,
+        "by_category": lines_json(&r.by_category),
+        "by_management": lines_json(&r.by_management),
+        "by_sector": lines_json(&r.by_sector),
+        "outside_nhs_amount": r.outside_nhs_amount,
+        "outside_nhs_share": r.outside_nhs_share,
+        "surplus_budgets": r.surplus_budgets,
+        "surplus_held": r.surplus_held,
+        "open_flags": r.open_flags.iter().map(|f| serde_json::json!({
+            "code": pb::FlagCode::try_from(f.code).map(|c| c.as_str_name()).unwrap_or("FLAG_CODE_UNSPECIFIED"),
+            "count": f.count,
+        })).collect::<Vec<_>>(),
+        "head_sequence": r.head_sequence,
+    })
+}
+
+fn spending_table(r: &pb::GetSpendingSummaryResponse) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "Spending of {} from {} to {} (at sequence {}): {} spent; {} ({} %) outside the NHS; {} budgets in surplus holding {}\n",
+        r.commissioner_id,
+        r.from,
+        r.to,
+        r.head_sequence,
+        r.total_spent,
+        r.outside_nhs_amount,
+        r.outside_nhs_share,
+        r.surplus_budgets,
+        r.surplus_held
+    );
+    for (title, lines) in [
+        ("by category", &r.by_category),
+        ("by management option", &r.by_management),
+        ("by sector", &r.by_sector),
+    ] {
+        let _ = writeln!(out, "\n{title}:");
+        for l in lines {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>14} {:>6} %  {:>5} budgets",
+                l.key, l.amount, l.share, l.budgets
+            );
+        }
+    }
+    out
 }
 
 async fn quarterly(

@@ -188,6 +188,22 @@ async function main() {
     assert.equal(pounds(total), (await page.textContent('dd[data-figure="spent_this_year"]')).trim(), "the months add up to the year");
   });
 
+  await check("overview: spent this year, surplus and spend by category equal GetSpendingSummary", async () => {
+    await page.goto(`${BASE}/`);
+    const heading = await page.textContent("h2:has-text('financial year to date')");
+    const [, from, to] = /\((\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2})\)/.exec(heading);
+    const s = JSON.parse(cli("report", "spending", "--server", SERVER, ...as, "--commissioner", ICB, "--from", from, "--to", to, "--json"));
+    const fig = async (k) => (await page.textContent(`dd[data-figure="${k}"]`)).trim();
+    assert.equal(await fig("spent_this_year"), s.total_spent);
+    assert.equal(await fig("budgets_in_surplus"), String(s.surplus_budgets));
+    assert.equal(await fig("surplus_held"), s.surplus_held);
+    assert.equal(await fig("as_of_sequence"), String(s.head_sequence));
+    const byKey = (a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+    const got = (await tableRows(page, "by_category")).map((r) => r.cells).sort(byKey);
+    const want = s.by_category.map((l) => [l.key, l.amount, l.share, String(l.budgets)]).sort(byKey);
+    assert.deepEqual(got, want, "spend by category, year to date");
+  });
+
   await check("budgets: every figure equals GetBalance/ListBalances and links to the statement", async () => {
     await page.goto(`${BASE}/budgets`);
     await screenshot(page, "budgets");
