@@ -80,91 +80,36 @@ enum Command {
     },
     /// Print a budget's balance (or all visible balances) as the signer sees it.
     Balance {
-        /// Server URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "PHB_LEDGER_SERVER"
-        )]
-        server: String,
-        /// The reading organisation id ("root" allowed).
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        read: ReadAs,
         /// The budget; omit to list every visible budget.
         budget_id: Option<String>,
     },
     /// Print what a funds holder holds: a totals line, then one line per budget.
     Holdings {
-        /// Server URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "PHB_LEDGER_SERVER"
-        )]
-        server: String,
-        /// The reading organisation id ("root" allowed).
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        read: ReadAs,
         /// The funds holder (a third party or account provider).
         organisation_id: String,
     },
     /// Print a budget's statement: one line per entry, with running figures.
     Statement {
-        /// Server URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "PHB_LEDGER_SERVER"
-        )]
-        server: String,
-        /// The reading organisation id ("root" allowed).
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        read: ReadAs,
         /// The budget.
         budget_id: String,
     },
     /// Print the care plan in force on a budget, with per-line spent and remaining, as JSON.
     Plan {
-        /// Server URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "PHB_LEDGER_SERVER"
-        )]
-        server: String,
-        /// The reading organisation id ("root" allowed).
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        read: ReadAs,
         /// The budget.
         budget_id: String,
     },
     /// Print the flags the signer may see (docs/flags.md), one JSON line each.
     Flags {
-        /// Server URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:50051",
-            env = "PHB_LEDGER_SERVER"
-        )]
-        server: String,
-        /// The reading organisation id (a commissioner, an auditor or "root").
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        read: ReadAs,
         /// Only this budget's flags.
         #[arg(long)]
         budget: Option<String>,
@@ -330,37 +275,24 @@ fn run() -> Result<()> {
                 )
                 .await
             }
-            Command::Balance {
-                server,
-                signer,
-                key,
-                budget_id,
-            } => balance(server, load_signer(&signer, &key)?, budget_id).await,
+            Command::Balance { read, budget_id } => {
+                balance(read.server.clone(), read.signer()?, budget_id).await
+            }
             Command::Holdings {
-                server,
-                signer,
-                key,
+                read,
                 organisation_id,
-            } => holdings(server, load_signer(&signer, &key)?, organisation_id).await,
-            Command::Statement {
-                server,
-                signer,
-                key,
-                budget_id,
-            } => statement(server, load_signer(&signer, &key)?, budget_id).await,
-            Command::Plan {
-                server,
-                signer,
-                key,
-                budget_id,
-            } => plan(server, load_signer(&signer, &key)?, budget_id).await,
+            } => holdings(read.server.clone(), read.signer()?, organisation_id).await,
+            Command::Statement { read, budget_id } => {
+                statement(read.server.clone(), read.signer()?, budget_id).await
+            }
+            Command::Plan { read, budget_id } => {
+                plan(read.server.clone(), read.signer()?, budget_id).await
+            }
             Command::Flags {
-                server,
-                signer,
-                key,
+                read,
                 budget,
                 status,
-            } => flags(server, load_signer(&signer, &key)?, budget, status).await,
+            } => flags(read.server.clone(), read.signer()?, budget, status).await,
             Command::Report { report } => report::run(report).await,
             Command::Audit { audit } => match audit {
                 Audit::Prove(args) => witness::prove(args).await,
@@ -387,6 +319,32 @@ fn run() -> Result<()> {
             Command::Dashboard(args) => dashboard::run(args).await,
         }
     })
+}
+
+/// Where a read command finds the ledger and whom it reads as (each read
+/// call is signed with that organisation's key).
+#[derive(clap::Args)]
+pub(crate) struct ReadAs {
+    /// Server URL (`host:port` or a URL).
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "PHB_LEDGER_SERVER"
+    )]
+    pub(crate) server: String,
+    /// The reading organisation id ("root" allowed).
+    #[arg(long)]
+    pub(crate) signer: String,
+    /// File holding the reader's secret key (hex).
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+}
+
+impl ReadAs {
+    /// The reader's signer, its key read from the file.
+    pub(crate) fn signer(&self) -> Result<Signer> {
+        load_signer(&self.signer, &self.key)
+    }
 }
 
 fn load_signer(id: &str, key: &Path) -> Result<Signer> {

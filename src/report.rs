@@ -3,7 +3,6 @@
 use anyhow::Result;
 use phb_client::Signer;
 use phb_proto::v1 as pb;
-use std::path::PathBuf;
 
 /// The reports.
 #[derive(clap::Subcommand)]
@@ -13,15 +12,9 @@ pub enum Report {
     /// quarter's end, and spending, in total and by age band, cohort and
     /// management option.
     Quarterly {
-        /// Server URL.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        server: String,
-        /// The reading organisation id: the commissioner itself, an auditor or "root".
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        /// Who reads (the commissioner itself, an auditor or "root").
+        #[command(flatten)]
+        read: crate::ReadAs,
         /// The commissioner whose return it is.
         #[arg(long)]
         commissioner: String,
@@ -37,15 +30,9 @@ pub enum Report {
     /// management option and sector, outside the NHS, budgets in surplus and
     /// what they hold, and open flags by code.
     Spending {
-        /// Server URL.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        server: String,
-        /// The reading organisation id: the commissioner itself, an auditor or "root".
-        #[arg(long)]
-        signer: String,
-        /// File holding the reader's secret key (hex).
-        #[arg(long)]
-        key: PathBuf,
+        /// Who reads (the commissioner itself, an auditor or "root").
+        #[command(flatten)]
+        read: crate::ReadAs,
         /// The commissioner whose spending it is.
         #[arg(long)]
         commissioner: String,
@@ -65,29 +52,25 @@ pub enum Report {
 pub async fn run(report: Report) -> Result<()> {
     match report {
         Report::Quarterly {
-            server,
-            signer,
-            key,
+            read,
             commissioner,
             quarter,
             csv,
         } => {
-            let signer = crate::load_signer(&signer, &key)?;
-            let r = quarterly(&server, &signer, commissioner, quarter).await?;
+            let signer = read.signer()?;
+            let r = quarterly(&read.server, &signer, commissioner, quarter).await?;
             print!("{}", if csv { csv_of(&r) } else { table_of(&r) });
             Ok(())
         }
         Report::Spending {
-            server,
-            signer,
-            key,
+            read,
             commissioner,
             from,
             to,
             json,
         } => {
-            let signer = crate::load_signer(&signer, &key)?;
-            let mut client = crate::connect(&server).await?;
+            let signer = read.signer()?;
+            let mut client = crate::connect(&read.server).await?;
             let req = signer.request(
                 phb_client::methods::GET_SPENDING_SUMMARY,
                 pb::GetSpendingSummaryRequest {
