@@ -184,6 +184,9 @@ record() {  # FAULT T0 T_END NOTE
 
 # --- the faults ------------------------------------------------------------
 
+# Seconds since a `now` reading, one decimal.
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
 fault_pg_leader_kill() {
   local l t0 t1 note
   l="$("$CLUSTER" leader)"
@@ -192,7 +195,7 @@ fault_pg_leader_kill() {
   "$CLUSTER" kill "$l"
   wait_until 90 "a new leader" leader_is_not "$l" || true
   wait_writes_after "$t0" 90 || true
-  note="new leader $("$CLUSTER" leader) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+  note="new leader $("$CLUSTER" leader) after $(since "$t0") s"
   log "pg-leader-kill: $note; starting $l again"
   "$CLUSTER" start-node "$l"
   wait_until 180 "$l to rejoin" is_replica "$l" || true
@@ -211,13 +214,13 @@ fault_pg_leader_freeze() {
   "$CLUSTER" freeze "$l"
   wait_until 90 "another leader while $l is frozen" leader_is_not "$l" || true
   wait_writes_after "$t0" 90 || true
-  note="new leader $("$CLUSTER" leader) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+  note="new leader $("$CLUSTER" leader) after $(since "$t0") s"
   log "pg-leader-freeze: $note; SIGCONT $l"
   local tc
   tc="$(now)"
   "$CLUSTER" thaw "$l"
   if wait_until 60 "$l to step down after SIGCONT" is_replica "$l"; then
-    stepped="$l stepped down $(awk -v a="$tc" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s after SIGCONT"
+    stepped="$l stepped down $(since "$tc") s after SIGCONT"
   else
     stepped="$l DID NOT step down"
     fail "$stepped"
@@ -238,7 +241,7 @@ fault_pg_sync_kill() {
   "$CLUSTER" kill "$s"
   wait_until 90 "another synchronous standby" sync_is_not "$s" || true
   wait_writes_after "$t0" 90 || true
-  note="new synchronous standby $("$CLUSTER" sync-standby) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+  note="new synchronous standby $("$CLUSTER" sync-standby) after $(since "$t0") s"
   log "pg-sync-kill: $note; starting $s again"
   "$CLUSTER" start-node "$s"
   wait_until 180 "a healthy cluster" all_healthy || true
@@ -276,7 +279,7 @@ fault_ledger_writer_freeze() {
   t0="$(now)"
   "$LEDGERS_SH" freeze "$w"
   if wait_until 60 "another writer while $w is frozen" sh -c "w=\$(\"$LEDGERS_SH\" writer); [ -n \"\$w\" ] && [ \"\$w\" != \"$w\" ]"; then
-    took="another instance ($("$LEDGERS_SH" writer)) took over after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+    took="another instance ($("$LEDGERS_SH" writer)) took over after $(since "$t0") s"
   else
     # Not a loss: writes wait for the frozen writer. Said in the notes.
     FAILED="$failed_before"
@@ -304,11 +307,11 @@ fault_ledger_writer_kill() {
     # over, so this measures a restart instead.
     "$LEDGERS_SH" start-one "$w"
     wait_writes_after "$t0" 90 || true
-    note="single instance: restarted, writing again after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+    note="single instance: restarted, writing again after $(since "$t0") s"
   else
     wait_until 90 "another writer" sh -c "w=\$(\"$LEDGERS_SH\" writer); [ -n \"\$w\" ] && [ \"\$w\" != \"$w\" ]" || true
     wait_writes_after "$t0" 90 || true
-    note="new writer $("$LEDGERS_SH" writer) after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
+    note="new writer $("$LEDGERS_SH" writer) after $(since "$t0") s"
     log "ledger-writer-kill: $note; restarting $w"
     "$LEDGERS_SH" start-one "$w"
     if [ "$("$LEDGERS_SH" writer)" = "$w" ]; then
