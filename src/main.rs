@@ -347,6 +347,31 @@ impl ReadAs {
     }
 }
 
+/// Prints one line of a command's output. If whoever reads it has gone
+/// (`phb-ledger flags … | head`), the command ends quietly with success, as
+/// Unix tools do, instead of panicking in `println!`. (SIGPIPE stays
+/// ignored: these commands are gRPC clients, and a server closing its
+/// connection must be an error to report, not a signal that kills them.)
+pub(crate) fn out_line(line: &dyn std::fmt::Display) {
+    out(&format!("{line}\n"));
+}
+
+/// Prints `text` as it is, as `out_line` does.
+pub(crate) fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn load_signer(id: &str, key: &Path) -> Result<Signer> {
     warn_if_exposed(key);
     let text = std::fs::read_to_string(key)
@@ -904,7 +929,7 @@ async fn submit(
     for r in resp.results {
         let code = r.error.as_ref().map(|e| e.code).unwrap_or(0);
         failed |= code != 0;
-        println!("{}", json_event::result_json(&r));
+        out_line(&json_event::result_json(&r));
     }
     if failed {
         bail!("one or more events were refused");
@@ -941,7 +966,7 @@ async fn balance(server: String, signer: Signer, budget_id: Option<String>) -> R
         None => demo::list_all(&mut client, &signer).await?,
     };
     for b in &balances {
-        println!("{}", json_event::balance_json(b));
+        out_line(&json_event::balance_json(b));
     }
     Ok(())
 }
@@ -957,9 +982,9 @@ async fn holdings(server: String, signer: Signer, organisation_id: String) -> Re
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{}", json_event::holdings_total_json(&h));
+    out_line(&json_event::holdings_total_json(&h));
     for row in &h.holdings {
-        println!("{}", json_event::holding_json(row));
+        out_line(&json_event::holding_json(row));
     }
     Ok(())
 }
@@ -975,7 +1000,7 @@ async fn plan(server: String, signer: Signer, budget_id: String) -> Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{}", json_event::care_plan_json(&p));
+    out_line(&json_event::care_plan_json(&p));
     Ok(())
 }
 
@@ -997,7 +1022,7 @@ async fn statement(server: String, signer: Signer, budget_id: String) -> Result<
             .map_err(rpc_error)?
             .into_inner();
         for row in &page.rows {
-            println!("{}", json_event::statement_row_json(row));
+            out_line(&json_event::statement_row_json(row));
         }
         if page.next_page_token.is_empty() {
             return Ok(());
@@ -1044,7 +1069,7 @@ async fn flags(
             .map_err(rpc_error)?
             .into_inner();
         for f in &page.flags {
-            println!("{}", json_event::flag_json(f, page.head_sequence));
+            out_line(&json_event::flag_json(f, page.head_sequence));
         }
         if page.next_page_token.is_empty() {
             return Ok(());

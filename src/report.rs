@@ -59,7 +59,7 @@ pub async fn run(report: Report) -> Result<()> {
         } => {
             let signer = read.signer()?;
             let r = quarterly(&read.server, &signer, commissioner, quarter).await?;
-            print!("{}", if csv { csv_of(&r) } else { table_of(&r) });
+            crate::out(&if csv { csv_of(&r) } else { table_of(&r) });
             Ok(())
         }
         Report::Spending {
@@ -85,9 +85,9 @@ pub async fn run(report: Report) -> Result<()> {
                 .map_err(crate::rpc_error)?
                 .into_inner();
             if json {
-                println!("{}", spending_json(&r));
+                crate::out_line(&spending_json(&r));
             } else {
-                print!("{}", spending_table(&r));
+                crate::out(&spending_table(&r));
             }
             Ok(())
         }

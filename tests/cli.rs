@@ -497,6 +497,27 @@ fn readme_tour() {
     assert_eq!(st[6]["amount"], "-3602.01");
     assert_eq!(st[6]["allocated"], "3602.00");
     assert_eq!(st[6]["refusal_code"], 9);
+    // Output to a reader that has gone (`| head -1`): the command ends
+    // quietly with success, no panic.
+    {
+        use std::io::Read as _;
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .args(signed("statement", url, "my-icb", "my-org.key", &["b1"]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running phb-ledger");
+        drop(child.stdout.take());
+        let status = child.wait().expect("waiting for phb-ledger");
+        let mut stderr = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .map(|mut e| e.read_to_string(&mut stderr));
+        assert!(status.success(), "{status}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
     // Holdings: a commissioner holds no funds (FAILED_PRECONDITION, exit 1).
     let h = run(
         dir,
