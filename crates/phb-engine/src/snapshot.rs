@@ -155,7 +155,9 @@ impl Taker {
             (head, bytes)
         };
         let encoded = started.elapsed();
-        self.store.put(head.sequence, &head.hash, &bytes)?;
+        self.store
+            .put(head.sequence, &head.hash, &bytes)
+            .map_err(|e| StoreError::Io("keeping a snapshot".into(), e))?;
         self.latest.fetch_max(head.sequence, Ordering::Relaxed);
         phb_metrics::global().snapshots.inc();
         tracing::info!(

@@ -297,7 +297,7 @@ impl Store {
         let mut expected = 1u64;
         let mut frontier = Frontier::new();
         if let Some(ix) = &index {
-            let snapshots = Snapshots::open(&ix.db).map_err(StoreError::Index)?;
+            let snapshots = open_snapshots(dir)?;
             if let Some(r) = replay.resume(&snapshots) {
                 match ix.resume_point(&log, len, r).and_then(|p| {
                     ix.check_prefix(&log, r.sequence, p.1, r.entry_hash)
@@ -465,7 +465,16 @@ impl Store {
                 rebuild_index(&index_path, &log, offset, head_sequence)?
             }
         };
-        let snapshots = Snapshots::open(&index.db)?;
+        let snapshots = open_snapshots(dir)?;
+        // Snapshots were kept in sled before they were files.
+        if index
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == snapshots::LEGACY_TREE.as_bytes())
+        {
+            index.db.drop_tree(snapshots::LEGACY_TREE)?;
+        }
         index.tree.flush()?;
         log.set_committed_len(offset);
         report.entries = head_sequence;
@@ -961,6 +970,11 @@ impl OpenedIndex {
         }
         Ok(())
     }
+}
+
+fn open_snapshots(dir: &Path) -> Result<Snapshots, StoreError> {
+    let path = dir.join("snapshots");
+    Snapshots::open(&path).map_err(|e| StoreError::Io(format!("opening {}", path.display()), e))
 }
 
 /// Deletes the index and builds it again from the log's first `end` bytes
