@@ -68,17 +68,28 @@ async fn writes(server: &Server) -> bool {
         .is_ok_and(|r| r.into_inner().status == 1)
 }
 
-async fn wait_until_writer(server: &Server, within: Duration) -> Duration {
+/// Waits until `server` holds the writer role (`writer`) or does not;
+/// answers how long that took.
+async fn wait_for_role(server: &Server, writer: bool, within: Duration) -> Duration {
     let started = Instant::now();
-    while !writes(server).await {
+    while writes(server).await != writer {
         assert!(
             started.elapsed() < within,
-            "no writer role within {within:?}; stderr:\n{}",
+            "{} within {within:?}; stderr:\n{}",
+            if writer {
+                "no writer role"
+            } else {
+                "it still claims the writer role"
+            },
             server.stderr()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     started.elapsed()
+}
+
+async fn wait_until_writer(server: &Server, within: Duration) -> Duration {
+    wait_for_role(server, true, within).await
 }
 
 /// The first instance on an empty shared log, once it holds the writer role.
@@ -267,15 +278,7 @@ async fn a_frozen_writer_loses_the_role_to_a_reader() {
         )
         .await;
     signal(libc::SIGCONT);
-    let started = Instant::now();
-    while writes(&wa.server).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the resumed writer still claims the role; stderr:\n{}",
-            wa.server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_role(&wa.server, false, Duration::from_secs(30)).await;
     wait_for_len(&wa, seq).await;
     assert_same(&wa, &wb).await;
 }

@@ -120,6 +120,17 @@ enum CopyError {
     Broken(String),
 }
 
+impl From<SharedLogError> for CopyError {
+    /// What the shared log holds wrongly stops this instance; anything
+    /// else (the database unreachable) is tried again.
+    fn from(e: SharedLogError) -> CopyError {
+        match e {
+            SharedLogError::Corrupt(why) => CopyError::Broken(why),
+            e => CopyError::Retry(e),
+        }
+    }
+}
+
 impl Writer {
     fn shared(&mut self) -> &mut Shared {
         self.shared
@@ -329,10 +340,7 @@ impl Writer {
             .shared()
             .log
             .read(head.sequence - 1, head.sequence, 1)
-            .map_err(|e| match e {
-                SharedLogError::Corrupt(why) => CopyError::Broken(why),
-                e => CopyError::Retry(e),
-            })?;
+            .map_err(CopyError::from)?;
         match found.first() {
             Some(e) if e.hash == head.hash => Ok(()),
             Some(_) => Err(CopyError::Broken(format!(
@@ -357,10 +365,7 @@ impl Writer {
                 .shared()
                 .log
                 .read(after, through, MAX_GROUP_ENTRIES)
-                .map_err(|e| match e {
-                    SharedLogError::Corrupt(why) => CopyError::Broken(why),
-                    e => CopyError::Retry(e),
-                })?;
+                .map_err(CopyError::from)?;
             if entries.is_empty() {
                 return Err(CopyError::Broken(format!(
                     "the shared log confirms entries through {through} but holds none after {after}"
