@@ -793,6 +793,66 @@ fn every_projection_round_trips_after_every_entry_and_folds_on_alike() {
     assert_eq!(flags.controls(cast::ORGS[COMM_B]).surplus_weeks, 4);
 }
 
+/// Forgetting statement rows (the server stores each row and then forgets
+/// it, `phb-engine`'s rows.rs) changes no figure and no later fold: at
+/// every entry the stored rows up to a budget's `forgotten_through` and
+/// the resident rows after it are exactly the statement a fold that
+/// forgets nothing holds, and the forgetting state round-trips through
+/// its snapshot.
+#[test]
+fn stored_rows_and_resident_rows_are_the_whole_statement() {
+    use phb_domain::projections::{decode_statement_row, encode_statement_row, statement_row_key};
+    let w = build_log();
+    let mut full = Statements::default();
+    let mut forgetting = Statements::default();
+    let mut stored = std::collections::BTreeMap::new();
+    for (k, (e, ev)) in w.log.iter().zip(&w.events).enumerate() {
+        let c = Committed::of(e, ev);
+        full.apply(&c);
+        forgetting.apply(&c);
+        if let Some(row) = forgetting.row(&ev.budget_id, e.sequence) {
+            let mut v = Vec::new();
+            encode_statement_row(row, &mut v);
+            assert_eq!(&decode_statement_row(&v).unwrap(), row);
+            stored.insert(statement_row_key(&ev.budget_id, e.sequence), v);
+        }
+        // A watermark that lags, and a budget forgotten on its own.
+        if k % 3 == 0 {
+            forgetting.forget_all_through(e.sequence.saturating_sub(2));
+        } else {
+            forgetting.forget(&ev.budget_id, e.sequence);
+        }
+        let forgetting_decoded = round_trip(&forgetting);
+        assert_eq!(
+            forgetting_decoded.forgotten_max(),
+            forgetting.forgotten_max()
+        );
+        for b in BUDGETS {
+            let (Some(all), Some(through)) = (full.rows(b.id), forgetting.forgotten_through(b.id))
+            else {
+                assert!(forgetting.rows(b.id).is_none());
+                continue;
+            };
+            let mut whole: Vec<_> = stored
+                .range(statement_row_key(b.id, 0)..=statement_row_key(b.id, through))
+                .map(|(_, v)| decode_statement_row(v).unwrap())
+                .collect();
+            whole.extend(forgetting.rows(b.id).unwrap().iter().cloned());
+            assert_eq!(
+                whole, all,
+                "statement of {} after entry {}",
+                b.id, e.sequence
+            );
+            assert_eq!(forgetting.figures(b.id), full.figures(b.id));
+        }
+    }
+    assert!(forgetting.forgotten_max() > 0);
+    assert!(forgetting.total_rows() * 4 < full.total_rows());
+    // A row stored under a damaged encoding is an error, not a panic.
+    let (_, v) = stored.iter().next().unwrap();
+    assert!(decode_statement_row(&v[..v.len() - 1]).is_err());
+}
+
 fn date(year: u16, month: u8, day: u8) -> Date {
     Date { year, month, day }
 }

@@ -19,6 +19,7 @@ use phb_store::{
     Append, DataDirLock, LockError, LogReader, OpenReport, Replay, Resume, SharedLog, Snapshots,
     Store, StoreError, MAX_GROUP_ENTRIES,
 };
+mod rows;
 mod shared;
 mod snapshot;
 mod verifiable;
@@ -262,7 +263,11 @@ impl Engine {
         let options = phb_store::OpenOptions {
             allow_index_rebuild: config.allow_index_rebuild,
         };
-        let (store, report, ledger, read) = open_store(&config, options)?;
+        let (store, report, ledger, mut read) = open_store(&config, options)?;
+        let rows = rows::RowKeeper::open(&store, &mut read);
+        phb_metrics::global()
+            .statement_rows_resident
+            .set(read.statements().total_rows() as i64);
         let reader = Arc::new(store.reader()?);
         let verifiable = Arc::new(RwLock::new(Verifiable::open(
             &config.data_dir,
@@ -290,6 +295,7 @@ impl Engine {
         let writer = Writer {
             shared,
             role: role_tx,
+            rows,
             store,
             ledger,
             view: view.clone(),
@@ -366,6 +372,19 @@ impl Engine {
     /// writer or a reader (which refuses appends, naming the writer).
     pub fn role(&self) -> watch::Receiver<Role> {
         self.role.clone()
+    }
+
+    /// Up to `max` of `budget_id`'s statement rows with sequence in
+    /// `after + 1 ..= through` that the view has forgotten
+    /// (`Statements::forgotten_through`): they are read from the store.
+    pub fn stored_statement_rows(
+        &self,
+        budget_id: &str,
+        after: u64,
+        through: u64,
+        max: usize,
+    ) -> Result<Vec<phb_domain::projections::StatementRow>, StoreError> {
+        rows::read(&self.reader, budget_id, after, through, max)
     }
 
     /// Reads committed entries `from..` up to `max`.
@@ -546,6 +565,8 @@ struct Writer {
     /// The shared log and this instance's part in it, if it shares one.
     shared: Option<shared::Shared>,
     role: watch::Sender<Role>,
+    /// Statement rows handed to the store and not yet forgotten (`rows.rs`).
+    rows: rows::RowKeeper,
     store: Store,
     ledger: Ledger,
     view: Arc<RwLock<ReadModel>>,
@@ -893,11 +914,12 @@ impl Writer {
         m.log_entries.set(self.store.head_sequence() as i64);
         m.log_bytes.set(self.store.log_bytes() as i64);
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        let mut entries = 0usize;
+        let mut folded = Vec::new();
         for (entry, event) in committed {
             view.apply(&Committed::of(entry, event));
-            entries += 1;
+            folded.push((entry.sequence, event));
         }
+        let entries = folded.len();
         debug_assert_eq!(view.head(), self.ledger.head());
         let head = view.head().sequence;
         assert_eq!(
@@ -905,7 +927,14 @@ impl Writer {
             self.store.head_sequence(),
             "the view covers exactly the log"
         );
+        let rows = self
+            .rows
+            .after_fold(&mut view, &folded, self.store.derived_through());
+        m.statement_rows_resident
+            .set(view.statements().total_rows() as i64);
         drop(view);
+        // Behind the group's index records, on the index thread.
+        self.store.put_derived(rows, Some(head));
         let mut v = self.verifiable.write().unwrap_or_else(|p| p.into_inner());
         v.advance(self.store.frontier());
         assert_eq!(v.size(), head, "the tree covers exactly the log");
@@ -1006,11 +1035,11 @@ impl<'a> Opening<'a> {
 }
 
 impl Replay for Opening<'_> {
-    fn resume(&mut self, snapshots: &Snapshots) -> Option<Resume> {
+    fn resume(&mut self, snapshots: &Snapshots, derived_through: u64) -> Option<Resume> {
         if self.config.verify_full {
             return None;
         }
-        let (read, resume) = snapshot::load(snapshots, self.config)?;
+        let (read, resume) = snapshot::load(snapshots, self.config, derived_through)?;
         self.ledger = Ledger::restore(&read, self.config.root_key);
         self.read = read;
         Some(resume)

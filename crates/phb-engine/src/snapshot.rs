@@ -25,7 +25,11 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 
 /// The latest kept snapshot that fits this ledger, decoded, with its
 /// resume point; `None` (and a warning) if there is none that fits.
-pub(crate) fn load(snapshots: &Snapshots, config: &EngineConfig) -> Option<(ReadModel, Resume)> {
+pub(crate) fn load(
+    snapshots: &Snapshots,
+    config: &EngineConfig,
+    derived_through: u64,
+) -> Option<(ReadModel, Resume)> {
     let sequences = match snapshots.sequences() {
         Ok(s) => s,
         Err(e) => {
@@ -60,6 +64,17 @@ pub(crate) fn load(snapshots: &Snapshots, config: &EngineConfig) -> Option<(Read
             tracing::warn!(
                 sequence,
                 "a snapshot is not of this ledger at its sequence; skipping it"
+            );
+            continue;
+        }
+        // Its forgotten statement rows must be in the store (`rows.rs`).
+        let forgotten = read.statements().forgotten_max();
+        if forgotten > derived_through {
+            tracing::warn!(
+                sequence,
+                forgotten,
+                derived_through,
+                "a snapshot relies on statement rows the index lacks; skipping it"
             );
             continue;
         }

@@ -698,7 +698,11 @@ impl LedgerService for LedgerApi {
             .map_err(|r| status::from_reject(&r))?;
         let page_size = page_size(req.page_size);
         let after = decode_statement_token(&req.page_token)?;
-        let (mut rows, more) = {
+        // Rows up to the budget's `forgotten_through` are in the store,
+        // the rest in the view; a row leaves the view only once the store
+        // has it, so reading the view first and the store second misses
+        // nothing.
+        let (forgotten, resident) = {
             let view = self.engine.view();
             let reader = view
                 .reader(&reader_id)
@@ -711,16 +715,33 @@ impl LedgerService for LedgerApi {
                     "{reader_id:?} may not read budget {budget_id:?}: commissioners read their own budgets, providers the budgets that name them, auditors all"
                 )));
             }
-            let all = view
-                .statements()
-                .rows_after(&budget_id, after)
+            let statements = view.statements();
+            let forgotten = statements
+                .forgotten_through(&budget_id)
                 .ok_or_else(|| Status::internal("the budget has no statement"))?;
-            let page = &all[..all.len().min(page_size)];
-            (
-                page.iter().map(statement_row_pb).collect::<Vec<_>>(),
-                all.len() > page.len(),
-            )
+            let all = statements
+                .rows_after(&budget_id, after.max(forgotten))
+                .ok_or_else(|| Status::internal("the budget has no statement"))?;
+            (forgotten, all[..all.len().min(page_size + 1)].to_vec())
         };
+        let mut page = Vec::with_capacity(page_size + 1);
+        if after < forgotten {
+            let engine = self.engine.clone();
+            let id = budget_id.clone();
+            page = tokio::task::spawn_blocking(move || {
+                engine.stored_statement_rows(&id, after, forgotten, page_size + 1)
+            })
+            .await
+            .map_err(|_| Status::internal("reading the statement failed"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "GetBudgetStatement could not read stored rows");
+                Status::internal(format!("reading the statement failed: {e}"))
+            })?;
+        }
+        page.extend(resident);
+        let more = page.len() > page_size;
+        page.truncate(page_size);
+        let mut rows: Vec<_> = page.iter().map(statement_row_pb).collect();
         // Refusal messages stay in the log, not in the projection.
         let refused: Vec<u64> = rows
             .iter()

@@ -176,6 +176,9 @@ pub struct Metrics {
     pub flags_raised: Family<Counter>,
     /// Snapshots of the projections kept.
     pub snapshots: Counter,
+    /// Statement rows held in memory: those not yet stored in the index
+    /// (the rest are read from it), so a few groups' worth.
+    pub statement_rows_resident: Gauge,
     /// Signed checkpoints issued.
     pub checkpoints: Counter,
     /// 1 while the ledger accepts writes, 0 once storage refuses them.
@@ -202,6 +205,7 @@ impl Default for Metrics {
             connections: Gauge::default(),
             flags_raised: Family::new(&["code"], Counter::default),
             snapshots: Counter::default(),
+            statement_rows_resident: Gauge::default(),
             checkpoints: Counter::default(),
             writable: Gauge::default(),
             writer_role: Gauge::default(),
@@ -330,8 +334,13 @@ impl Metrics {
             &[],
             &self.log_sync_seconds,
         );
-        let gauges: [(&str, &str, &Gauge); 7] = [
+        let gauges: [(&str, &str, &Gauge); 8] = [
             ("phb_log_entries", "Entries in the log.", &self.log_entries),
+            (
+                "phb_statement_rows_resident",
+                "Statement rows held in memory, not yet stored in the index.",
+                &self.statement_rows_resident,
+            ),
             ("phb_log_bytes", "Bytes in the log file.", &self.log_bytes),
             (
                 "phb_writer_queue_depth",

@@ -21,7 +21,7 @@ use crate::IndexedEvent;
 use phb_chain::merkle::NodeId;
 use phb_chain::Hash;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     recent: Mutex<Recent>,
     /// sled failed: the index lacks entries the log has.
     failed: AtomicBool,
+    /// The derived records' watermark as applied to sled.
+    derived_through: AtomicU64,
 }
 
 impl Shared {
@@ -54,6 +56,10 @@ impl Shared {
 
     pub(crate) fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn derived_through(&self) -> u64 {
+        self.derived_through.load(Ordering::Acquire)
     }
 }
 
@@ -67,6 +73,9 @@ pub(crate) struct Group {
 
 enum Job {
     Group(Group),
+    /// Derived records (`Store::put_derived`), and the watermark they move
+    /// to once applied.
+    Derived(sled::Batch, Option<u64>),
     /// Answered once every group queued before it is applied and sled has
     /// written its files out.
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
@@ -80,13 +89,20 @@ pub(crate) struct Indexer {
 }
 
 impl Indexer {
-    pub(crate) fn start(tree: sled::Tree) -> std::io::Result<Indexer> {
-        let shared = Arc::new(Shared::default());
+    pub(crate) fn start(
+        tree: sled::Tree,
+        derived: sled::Tree,
+        derived_through: u64,
+    ) -> std::io::Result<Indexer> {
+        let shared = Arc::new(Shared {
+            derived_through: AtomicU64::new(derived_through),
+            ..Shared::default()
+        });
         let (tx, rx) = sync_channel(QUEUE_GROUPS);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("phb-indexer".into())
-            .spawn(move || run(tree, rx, &s))?;
+            .spawn(move || run(tree, derived, rx, &s))?;
         Ok(Indexer {
             tx: Some(tx),
             thread: Some(thread),
@@ -101,6 +117,17 @@ impl Indexer {
         if !matches!(sent, Some(Ok(()))) {
             // The thread is gone (it only ends when the sender is dropped,
             // or by a panic in sled): the index is behind the log.
+            self.shared.failed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Queues derived records; blocks while `QUEUE_GROUPS` jobs wait.
+    pub(crate) fn submit_derived(&self, batch: sled::Batch, through: Option<u64>) {
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Job::Derived(batch, through)));
+        if !matches!(sent, Some(Ok(()))) {
             self.shared.failed.store(true, Ordering::Release);
         }
     }
@@ -127,9 +154,23 @@ impl Drop for Indexer {
     }
 }
 
-fn run(tree: sled::Tree, rx: Receiver<Job>, shared: &Shared) {
+fn run(tree: sled::Tree, derived: sled::Tree, rx: Receiver<Job>, shared: &Shared) {
     for job in rx {
         match job {
+            Job::Derived(batch, through) => {
+                if shared.failed() {
+                    continue;
+                }
+                if let Err(e) = derived.apply_batch(batch) {
+                    tracing::error!(error = %e, "storing derived records failed; refusing writes until restart");
+                    shared.failed.store(true, Ordering::Release);
+                    continue;
+                }
+                if let Some(t) = through {
+                    debug_assert!(t >= shared.derived_through());
+                    shared.derived_through.store(t, Ordering::Release);
+                }
+            }
             Job::Group(g) => {
                 if shared.failed() {
                     continue;

@@ -45,6 +45,16 @@ const KEY_SEQ: u8 = b's';
 /// records, so the index's watermark covers the tree's nodes too.
 const KEY_NODE: u8 = b'n';
 const KEY_INDEXED_THROUGH: &[u8] = b"m/indexed_through";
+/// Records the caller derives from committed entries and keeps here
+/// instead of in memory (the engine's statement rows): opaque keys and
+/// values, written on the index thread, in their own tree of the index's
+/// database so they share its fate (a rebuilt index starts without them).
+const DERIVED_TREE: &str = "derived-v1";
+/// The derived records' watermark: every record of every entry up to it
+/// is stored. Callers' keys never start with 0xFF (see `put_derived`).
+const KEY_DERIVED_THROUGH: &[u8] = b"\xffderived_through";
+/// At most this many derived records in one `put_derived` call.
+pub const MAX_DERIVED_RECORDS: usize = 65_536;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +132,10 @@ pub struct Resume {
 /// What `Store::open_resuming` calls while it opens.
 pub trait Replay {
     /// Offered the kept snapshots before the log is read: the resume point
-    /// of the one loaded, or `None` to read the whole log.
-    fn resume(&mut self, snapshots: &Snapshots) -> Option<Resume>;
+    /// of the one loaded, or `None` to read the whole log. `derived_through`
+    /// is the derived records' watermark (`Store::derived_through`): a
+    /// snapshot that relies on derived records beyond it does not fit.
+    fn resume(&mut self, snapshots: &Snapshots, derived_through: u64) -> Option<Resume>;
     /// The resume point did not fit the log (why): forget the state loaded
     /// from the snapshot; every entry is visited from the first.
     fn resume_refused(&mut self, why: &str);
@@ -152,6 +164,8 @@ pub struct OpenReport {
 pub struct Store {
     log: LogFile,
     index: sled::Tree,
+    /// The caller's derived records (`put_derived`).
+    derived: sled::Tree,
     /// The Merkle tree's right edge at `head_sequence`.
     frontier: Frontier,
     snapshots: Snapshots,
@@ -238,7 +252,7 @@ impl Store {
     ) -> Result<(Store, OpenReport), StoreError> {
         struct Visit<'a>(&'a mut dyn FnMut(&LogEntry) -> Result<(), String>);
         impl Replay for Visit<'_> {
-            fn resume(&mut self, _: &Snapshots) -> Option<Resume> {
+            fn resume(&mut self, _: &Snapshots, _: u64) -> Option<Resume> {
                 None
             }
             fn resume_refused(&mut self, _: &str) {}
@@ -298,7 +312,7 @@ impl Store {
         let mut frontier = Frontier::new();
         if let Some(ix) = &index {
             let snapshots = open_snapshots(dir)?;
-            if let Some(r) = replay.resume(&snapshots) {
+            if let Some(r) = replay.resume(&snapshots, ix.derived_through) {
                 match ix.resume_point(&log, len, r).and_then(|p| {
                     ix.check_prefix(&log, r.sequence, p.1, r.entry_hash)
                         .map(|()| p)
@@ -435,6 +449,19 @@ impl Store {
             );
             index = None;
         }
+        if index
+            .as_ref()
+            .is_some_and(|ix| ix.derived_through > head_sequence)
+        {
+            // Derived records are written after their group's index
+            // records, so this cannot happen without the index being
+            // ahead too; treat it as an index that disagrees.
+            tracing::warn!(
+                head_sequence,
+                "derived records beyond the log's head; rebuilding the index"
+            );
+            index = None;
+        }
         if let Some(ix) = &index {
             let finished = if pending > 0 {
                 batch.insert(KEY_INDEXED_THROUGH, &head_sequence.to_be_bytes());
@@ -478,11 +505,16 @@ impl Store {
         index.tree.flush()?;
         log.set_committed_len(offset);
         report.entries = head_sequence;
-        let indexer = indexer::Indexer::start(index.tree.clone())
-            .map_err(|e| StoreError::Io("starting the index thread".into(), e))?;
+        let indexer = indexer::Indexer::start(
+            index.tree.clone(),
+            index.derived.clone(),
+            index.derived_through,
+        )
+        .map_err(|e| StoreError::Io("starting the index thread".into(), e))?;
         Ok((
             Store {
                 log,
+                derived: index.derived,
                 index: index.tree,
                 frontier,
                 snapshots,
@@ -581,6 +613,33 @@ impl Store {
         Ok(())
     }
 
+    /// Queues derived records (key, value) for the index thread, after
+    /// the group's index records; with `through`, the derived watermark
+    /// moves there once they are applied (every record of every entry up
+    /// to `through` must then have been put). Keys must not start with
+    /// 0xFF; at most `MAX_DERIVED_RECORDS` records. Blocks while the index
+    /// thread's queue is full. If sled fails, the watermark stops and
+    /// writes are refused as for the index.
+    pub fn put_derived(&self, records: Vec<(Vec<u8>, Vec<u8>)>, through: Option<u64>) {
+        assert!(records.len() <= MAX_DERIVED_RECORDS);
+        assert!(records.iter().all(|(k, _)| k.first() != Some(&0xFF)));
+        assert!(through.is_none_or(|t| t <= self.head_sequence));
+        let mut batch = sled::Batch::default();
+        for (k, v) in records {
+            batch.insert(k, v);
+        }
+        if let Some(t) = through {
+            batch.insert(KEY_DERIVED_THROUGH, &t.to_be_bytes());
+        }
+        self.indexer.submit_derived(batch, through);
+    }
+
+    /// The derived records' watermark: every derived record of every entry
+    /// up to it is in sled (readable by `LogReader::derived`).
+    pub fn derived_through(&self) -> u64 {
+        self.indexer.shared.derived_through()
+    }
+
     /// The Merkle tree's right edge over the whole log (its size is the
     /// head sequence).
     pub fn frontier(&self) -> &Frontier {
@@ -636,6 +695,7 @@ impl Store {
         Ok(LogReader {
             file,
             index: self.index.clone(),
+            derived: self.derived.clone(),
             recent: self.indexer.shared.clone(),
             resume: std::sync::Mutex::new((1, HEADER_LEN)),
             index_failed: std::sync::atomic::AtomicBool::new(false),
@@ -731,6 +791,8 @@ struct OpenedIndex {
     db: sled::Db,
     tree: sled::Tree,
     indexed_through: u64,
+    derived: sled::Tree,
+    derived_through: u64,
 }
 
 impl OpenedIndex {
@@ -750,20 +812,23 @@ impl OpenedIndex {
                 db.drop_tree(old).map_err(unusable)?;
             }
             let tree = db.open_tree(INDEX_TREE).map_err(unusable)?;
-            let indexed_through = match tree.get(KEY_INDEXED_THROUGH).map_err(unusable)? {
-                None => 0,
-                Some(v) if v.len() == 8 => be_u64(&v).unwrap_or(0),
-                Some(v) => {
-                    return Err(IndexOpenError::Unusable(format!(
-                        "malformed watermark ({} bytes)",
-                        v.len()
-                    )))
-                }
+            let derived = db.open_tree(DERIVED_TREE).map_err(unusable)?;
+            let watermark = |tree: &sled::Tree, key: &[u8]| match tree.get(key).map_err(unusable)? {
+                None => Ok(0),
+                Some(v) if v.len() == 8 => Ok(be_u64(&v).unwrap_or(0)),
+                Some(v) => Err(IndexOpenError::Unusable(format!(
+                    "malformed watermark ({} bytes)",
+                    v.len()
+                ))),
             };
+            let indexed_through = watermark(&tree, KEY_INDEXED_THROUGH)?;
+            let derived_through = watermark(&derived, KEY_DERIVED_THROUGH)?;
             Ok(OpenedIndex {
                 db,
                 tree,
                 indexed_through,
+                derived,
+                derived_through,
             })
         });
         opened.unwrap_or_else(|_| {
@@ -1030,10 +1095,13 @@ fn rebuild_index(
     batch.insert(KEY_INDEXED_THROUGH, &head.to_be_bytes());
     tree.apply_batch(batch)?;
     tracing::info!(entries = head, "index rebuilt from the log");
+    let derived = db.open_tree(DERIVED_TREE)?;
     Ok(OpenedIndex {
         db,
         tree,
         indexed_through: head,
+        derived,
+        derived_through: 0,
     })
 }
 
@@ -1098,6 +1166,7 @@ fn tail_is_zero(file: &File, from: u64, len: u64) -> Result<bool, StoreError> {
 pub struct LogReader {
     file: File,
     index: sled::Tree,
+    derived: sled::Tree,
     /// Committed entries the index thread has not written to sled yet.
     recent: std::sync::Arc<indexer::Shared>,
     /// (next sequence, its offset) after the last read.
@@ -1141,6 +1210,22 @@ impl LogReader {
         }
         let v = self.index.get(key).ok()??;
         parse_index_value(&v)
+    }
+
+    /// Up to `max` derived records with keys in `from..=to`, in key
+    /// order (only records up to `Store::derived_through` are sure to be
+    /// there).
+    pub fn derived(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        max: usize,
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.derived.range(from..=to).take(max) {
+            out.push(item?);
+        }
+        Ok(out)
     }
 
     /// A stored Merkle tree node (a complete subtree), if the index has it:

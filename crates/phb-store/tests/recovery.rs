@@ -514,3 +514,88 @@ fn keys_are_per_signer_and_refusals_round_trip() {
     );
     assert_eq!(store.find_event("org-c", "same-id").unwrap(), None);
 }
+
+/// Derived records (the engine's statement rows) are written on the index
+/// thread behind their group, with a watermark; they survive a reopen,
+/// are read back by key range, and a rebuilt index starts without them
+/// (watermark 0), so a caller that relied on them replays instead.
+#[test]
+fn derived_records_follow_the_index_and_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(6);
+    write(dir.path(), &all, 3);
+    {
+        let (store, _, _) = reopen(dir.path()).unwrap();
+        assert_eq!(store.derived_through(), 0);
+        store.put_derived(
+            vec![
+                (
+                    b"b\x00\x00\x00\x00\x00\x00\x00\x00\x02".to_vec(),
+                    b"two".to_vec(),
+                ),
+                (
+                    b"a\x00\x00\x00\x00\x00\x00\x00\x00\x01".to_vec(),
+                    b"one".to_vec(),
+                ),
+            ],
+            None,
+        );
+        store.put_derived(
+            vec![(
+                b"a\x00\x00\x00\x00\x00\x00\x00\x00\x05".to_vec(),
+                b"five".to_vec(),
+            )],
+            Some(5),
+        );
+        store.flush_index().unwrap();
+        assert_eq!(store.derived_through(), 5);
+        let reader = store.reader().unwrap();
+        let a: Vec<_> = reader
+            .derived(b"a\x00", b"a\x00\xff\xff\xff\xff\xff\xff\xff\xff", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v.to_vec())
+            .collect();
+        assert_eq!(a, [b"one".to_vec(), b"five".to_vec()]);
+        assert_eq!(reader.derived(b"a\x00", b"a\xff", 1).unwrap().len(), 1);
+    }
+    // Reopened: the watermark and the records are there, and the caller's
+    // resume is told the watermark.
+    struct Seen(Option<u64>);
+    impl phb_store::Replay for Seen {
+        fn resume(
+            &mut self,
+            _: &phb_store::Snapshots,
+            derived_through: u64,
+        ) -> Option<phb_store::Resume> {
+            self.0 = Some(derived_through);
+            None
+        }
+        fn resume_refused(&mut self, _: &str) {}
+        fn visit(&mut self, _: &LogEntry) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let mut seen = Seen(None);
+    let (store, _) = Store::open_resuming(dir.path(), Default::default(), &mut seen).unwrap();
+    assert_eq!(seen.0, Some(5));
+    assert_eq!(store.derived_through(), 5);
+    assert_eq!(
+        store.reader().unwrap().derived(b"b", b"c", 10).unwrap()[0]
+            .1
+            .to_vec(),
+        b"two".to_vec()
+    );
+    drop(store);
+    // A lost index is rebuilt from the log; the derived records are gone.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let (store, _, report) = reopen(dir.path()).unwrap();
+    assert_eq!(report.reindexed, 6);
+    assert_eq!(store.derived_through(), 0);
+    assert!(store
+        .reader()
+        .unwrap()
+        .derived(b"a", b"c", 10)
+        .unwrap()
+        .is_empty());
+}

@@ -21,7 +21,10 @@ pub use flags::Flags;
 pub use holdings::{Holding, HoldingTotals, Holdings};
 pub use reports::Reports;
 pub use snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
-pub use statements::{StatementRow, Statements};
+pub use statements::{
+    decode_row as decode_statement_row, encode_row as encode_statement_row,
+    row_key as statement_row_key, StatementRow, Statements,
+};
 
 use crate::chain::{LogEntry, Refusal};
 use crate::event::Event;
@@ -151,6 +154,18 @@ impl ReadModel {
         &self.statements
     }
 
+    /// Forgets `budget_id`'s statement rows up to `through`, which the
+    /// caller has stored (`Statements::forget`).
+    pub fn forget_statement_rows(&mut self, budget_id: &str, through: u64) {
+        self.statements.forget(budget_id, through);
+    }
+
+    /// Forgets every statement row up to `through`, which the caller has
+    /// stored (`Statements::forget_all_through`).
+    pub fn forget_all_statement_rows(&mut self, through: u64) {
+        self.statements.forget_all_through(through);
+    }
+
     /// The flags raised so far, their reviews and the thresholds.
     pub fn flags(&self) -> &Flags {
         &self.flags
@@ -274,16 +289,22 @@ impl ReadModel {
         let Some(b) = self.balances.budget(id) else {
             return;
         };
-        let last = self
+        let figures = self
             .statements
-            .rows(id)
-            .and_then(|r| r.last())
-            .expect("an opened budget has a statement row");
+            .figures(id)
+            .expect("an opened budget has a statement");
         assert_eq!(
-            (last.allocated, last.paid_in, last.spent, last.held),
+            figures,
             (b.allocated, b.paid_in, b.spent, b.held()),
             "statement of {id} disagrees with its balance"
         );
+        if let Some(last) = self.statements.rows(id).and_then(|r| r.last()) {
+            assert_eq!(
+                (last.allocated, last.paid_in, last.spent, last.held),
+                figures,
+                "statement of {id}: its last row disagrees with its figures"
+            );
+        }
         match (&b.funds_holder_id, self.holdings.budget(id)) {
             (Some(_), Some(h)) => {
                 assert_eq!(

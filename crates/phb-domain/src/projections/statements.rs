@@ -9,9 +9,17 @@
 //! belong to no statement.
 //!
 //! Rows are compact — no event bytes, no free text; the signer id is shared
-//! between rows — about 150 bytes each, one per entry on the budget, kept in
-//! memory for the life of the process (ARCHITECTURE.md, "Known limits").
-//! A refusal's message stays in the log: readers fetch it by sequence.
+//! between rows — about 150 bytes each, one per entry on the budget. A
+//! refusal's message stays in the log: readers fetch it by sequence.
+//!
+//! Rows are **resident** (in memory) until the owner *forgets* them:
+//! the server stores every row on disk (`row_key`, `encode_row`: derived
+//! data, rebuilt by a replay) and then forgets it here, keeping only each
+//! budget's running figures and `forgotten_through`, so memory is bounded
+//! by the number of budgets, not of entries. Rows up to a budget's
+//! `forgotten_through` are read back from that store; rows after it are
+//! here. A fold that nobody asks to forget (the auditor's, the tests')
+//! keeps every row. Forgetting changes no figure and no later fold.
 
 use super::snapshot::{Format, SnapshotError, SnapshotReader, SnapshotWriter};
 use super::{plus, Committed, Projection};
@@ -58,6 +66,10 @@ struct Statement {
     allocated: Money,
     paid_in: Money,
     spent: Money,
+    /// The last sequence of the rows forgotten (0: none): rows up to it
+    /// are kept elsewhere, rows after it are `rows`.
+    forgotten_through: u64,
+    /// The resident rows, in sequence order.
     rows: Vec<StatementRow>,
 }
 
@@ -72,11 +84,122 @@ impl Statement {
 }
 
 /// Every budget's statement, by budget id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Statements {
     budgets: BTreeMap<String, Statement>,
-    /// Signer ids, shared by the rows that name them.
+    /// Signer ids, shared by the rows that name them (an interning cache,
+    /// not state: bounded by the organisations, and not compared).
     signers: BTreeSet<Arc<str>>,
+    /// Resident rows in all statements (kept, not recounted).
+    resident: usize,
+}
+
+impl PartialEq for Statements {
+    fn eq(&self, other: &Self) -> bool {
+        self.budgets == other.budgets
+    }
+}
+
+impl Eq for Statements {}
+
+/// Forgets `s`'s rows up to `through`; how many it forgot.
+fn forget_rows(s: &mut Statement, through: u64) -> usize {
+    let n = s.rows.partition_point(|r| r.sequence <= through);
+    if n == 0 {
+        return 0;
+    }
+    s.forgotten_through = s.forgotten_through.max(s.rows[n - 1].sequence);
+    s.rows.drain(..n);
+    // A budget with a long history must not keep its high-water capacity.
+    if s.rows.capacity() > 16 && s.rows.len() < s.rows.capacity() / 4 {
+        s.rows.shrink_to_fit();
+    }
+    n
+}
+
+/// The key a stored row is kept under: the budget id, a zero byte (ids
+/// never hold one), then the sequence as eight big-endian bytes — so one
+/// budget's rows are contiguous and in sequence order.
+pub fn row_key(budget_id: &str, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(budget_id.len() + 9);
+    k.extend_from_slice(budget_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+/// A stored row's encoding: `ROW1`, then its fields as in the snapshot,
+/// with the signer id written out.
+const ROW_FORMAT: Format = Format {
+    tag: *b"ROW1",
+    version: 1,
+};
+
+/// Appends `row`'s stored encoding to `out`.
+pub fn encode_row(row: &StatementRow, out: &mut Vec<u8>) {
+    let mut w = SnapshotWriter::new(out);
+    w.header(ROW_FORMAT);
+    w.str(&row.signer_id);
+    write_row(&mut w, row, 0);
+}
+
+/// The row stored as `bytes` (as `encode_row` wrote it).
+pub fn decode_row(bytes: &[u8]) -> Result<StatementRow, SnapshotError> {
+    SnapshotReader::read_all(bytes, |r| {
+        r.header(ROW_FORMAT)?;
+        let signer: [Arc<str>; 1] = [Arc::from(r.str()?)];
+        read_row(r, &signer)
+    })
+}
+
+fn write_row(w: &mut SnapshotWriter<'_>, row: &StatementRow, signer: usize) {
+    let kind = KIND_FIELDS
+        .iter()
+        .position(|k| *k == row.kind)
+        .expect("a row's kind is one of KIND_FIELDS");
+    w.u64(row.sequence);
+    w.i64(row.recorded_at_micros);
+    w.i64(row.occurred_at_micros);
+    w.u8(u8::try_from(kind).expect("fewer than 256 kinds"));
+    w.len(signer);
+    w.option(row.amount, SnapshotWriter::money);
+    w.money(row.allocated);
+    w.money(row.paid_in);
+    w.money(row.spent);
+    w.money(row.held);
+    w.option(row.refusal_code, SnapshotWriter::u32);
+}
+
+fn read_row(
+    r: &mut SnapshotReader<'_>,
+    signers: &[Arc<str>],
+) -> Result<StatementRow, SnapshotError> {
+    let sequence = r.u64()?;
+    let recorded_at_micros = r.i64()?;
+    let occurred_at_micros = r.i64()?;
+    let kind_at = r.position();
+    let kind = KIND_FIELDS
+        .get(usize::from(r.u8()?))
+        .ok_or_else(|| SnapshotReader::bad(kind_at, "unknown event kind"))?;
+    let signer_at = r.position();
+    let signer_id = usize::try_from(r.u32()?)
+        .ok()
+        .and_then(|i| signers.get(i))
+        .ok_or_else(|| SnapshotReader::bad(signer_at, "no such signer id"))?
+        .clone();
+    Ok(StatementRow {
+        sequence,
+        recorded_at_micros,
+        occurred_at_micros,
+        kind,
+        signer_id,
+        amount: r.option(SnapshotReader::money)?,
+        allocated: r.money()?,
+        paid_in: r.money()?,
+        spent: r.money()?,
+        held: r.money()?,
+        refusal_code: r.option(SnapshotReader::u32)?,
+    })
 }
 
 fn negative(a: Money) -> Money {
@@ -86,22 +209,85 @@ fn negative(a: Money) -> Money {
 }
 
 impl Statements {
-    /// The rows of `budget_id` with sequence > `after`, in sequence order;
-    /// `None` if the budget was never opened.
+    /// The resident rows of `budget_id` with sequence > `after`, in
+    /// sequence order; `None` if the budget was never opened. Rows up to
+    /// `forgotten_through(budget_id)` are not among them.
     pub fn rows_after(&self, budget_id: &str, after: u64) -> Option<&[StatementRow]> {
         let s = self.budgets.get(budget_id)?;
         let start = s.rows.partition_point(|r| r.sequence <= after);
         Some(&s.rows[start..])
     }
 
-    /// Every row of `budget_id`.
+    /// The resident rows of `budget_id` (every row, if none was forgotten).
     pub fn rows(&self, budget_id: &str) -> Option<&[StatementRow]> {
         self.rows_after(budget_id, 0)
     }
 
-    /// How many rows all statements hold (for memory accounting).
+    /// The resident row of `budget_id` at `sequence`, if there is one.
+    pub fn row(&self, budget_id: &str, sequence: u64) -> Option<&StatementRow> {
+        let s = self.budgets.get(budget_id)?;
+        let i = s
+            .rows
+            .binary_search_by_key(&sequence, |r| r.sequence)
+            .ok()?;
+        s.rows.get(i)
+    }
+
+    /// The last sequence of `budget_id`'s forgotten rows (0 if none);
+    /// `None` if the budget was never opened.
+    pub fn forgotten_through(&self, budget_id: &str) -> Option<u64> {
+        self.budgets.get(budget_id).map(|s| s.forgotten_through)
+    }
+
+    /// The last sequence of any forgotten row (0 if none): a store of
+    /// rows must hold every row up to it for this state to be complete.
+    pub fn forgotten_max(&self) -> u64 {
+        self.budgets
+            .values()
+            .map(|s| s.forgotten_through)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The running figures (allocated, paid in, spent, held) after the
+    /// budget's last entry: its last row's, whether or not it is resident.
+    pub fn figures(&self, budget_id: &str) -> Option<(Money, Money, Money, Money)> {
+        let s = self.budgets.get(budget_id)?;
+        Some((s.allocated, s.paid_in, s.spent, s.held()))
+    }
+
+    /// Forgets `budget_id`'s resident rows up to `through` (the caller
+    /// keeps them elsewhere). Rows are forgotten in sequence order, so
+    /// `forgotten_through` only grows.
+    pub fn forget(&mut self, budget_id: &str, through: u64) {
+        if let Some(s) = self.budgets.get_mut(budget_id) {
+            self.resident -= forget_rows(s, through);
+        }
+    }
+
+    /// Forgets every budget's resident rows up to `through`.
+    pub fn forget_all_through(&mut self, through: u64) {
+        for s in self.budgets.values_mut() {
+            self.resident -= forget_rows(s, through);
+        }
+    }
+
+    /// How many rows all statements hold in memory (for memory accounting).
     pub fn total_rows(&self) -> usize {
-        self.budgets.values().map(|s| s.rows.len()).sum()
+        debug_assert_eq!(
+            self.resident,
+            self.budgets.values().map(|s| s.rows.len()).sum::<usize>()
+        );
+        self.resident
+    }
+
+    /// Every resident row after `after`, by budget id (for a caller that
+    /// stores them all, e.g. after a replay).
+    pub fn resident_after(&self, after: u64) -> impl Iterator<Item = (&str, &StatementRow)> + '_ {
+        self.budgets.iter().flat_map(move |(id, s)| {
+            let start = s.rows.partition_point(|r| r.sequence <= after);
+            s.rows[start..].iter().map(move |r| (id.as_str(), r))
+        })
     }
 
     fn signer(&mut self, id: &str) -> Arc<str> {
@@ -116,17 +302,26 @@ impl Statements {
 
 /// The `Statements`' snapshot: its header; the signer ids, sorted, each
 /// once; then every budget's statement in id order: id, notional, running
-/// figures, and its rows, each naming its signer by index (`u32`) in that
-/// list and its kind by index (`u8`) in `KIND_FIELDS`.
+/// figures, `forgotten_through`, and its resident rows, each naming its
+/// signer by index (`u32`) in that list and its kind by index (`u8`) in
+/// `KIND_FIELDS`. Version 2 added `forgotten_through` (version 1 held
+/// every row).
 const FORMAT: Format = Format {
     tag: *b"STMT",
-    version: 1,
+    version: 2,
 };
 
 impl Statements {
     pub(super) fn write(&self, w: &mut SnapshotWriter<'_>) {
         w.header(FORMAT);
-        let signers: Vec<&str> = self.signers.iter().map(|s| &**s).collect();
+        // Only the signers resident rows name: forgotten rows carry their
+        // own, so the list does not grow with the log.
+        let named: BTreeSet<&str> = self
+            .budgets
+            .values()
+            .flat_map(|s| s.rows.iter().map(|r| &*r.signer_id))
+            .collect();
+        let signers: Vec<&str> = named.into_iter().collect();
         w.seq(&signers, |w, s| w.str(s));
         w.seq(&self.budgets, |w, (id, s)| {
             w.str(id);
@@ -134,25 +329,12 @@ impl Statements {
             w.money(s.allocated);
             w.money(s.paid_in);
             w.money(s.spent);
+            w.u64(s.forgotten_through);
             w.seq(&s.rows, |w, row| {
-                let kind = KIND_FIELDS
-                    .iter()
-                    .position(|k| *k == row.kind)
-                    .expect("a row's kind is one of KIND_FIELDS");
                 let signer = signers
                     .binary_search(&&*row.signer_id)
-                    .expect("a row's signer is interned in `signers`");
-                w.u64(row.sequence);
-                w.i64(row.recorded_at_micros);
-                w.i64(row.occurred_at_micros);
-                w.u8(u8::try_from(kind).expect("fewer than 256 kinds"));
-                w.len(signer);
-                w.option(row.amount, SnapshotWriter::money);
-                w.money(row.allocated);
-                w.money(row.paid_in);
-                w.money(row.spent);
-                w.money(row.held);
-                w.option(row.refusal_code, SnapshotWriter::u32);
+                    .expect("a row's signer is in `signers`");
+                write_row(w, row, signer);
             });
         });
     }
@@ -168,36 +350,14 @@ impl Statements {
             let id = r.string()?;
             let notional = r.bool()?;
             let (allocated, paid_in, spent) = (r.money()?, r.money()?, r.money()?);
+            let forgotten_through = r.u64()?;
             let at = r.position();
-            let rows = r.seq(|r| {
-                let sequence = r.u64()?;
-                let recorded_at_micros = r.i64()?;
-                let occurred_at_micros = r.i64()?;
-                let kind_at = r.position();
-                let kind = KIND_FIELDS
-                    .get(usize::from(r.u8()?))
-                    .ok_or_else(|| SnapshotReader::bad(kind_at, "unknown event kind"))?;
-                let signer_at = r.position();
-                let signer_id = usize::try_from(r.u32()?)
-                    .ok()
-                    .and_then(|i| signers.get(i))
-                    .ok_or_else(|| SnapshotReader::bad(signer_at, "no such signer id"))?
-                    .clone();
-                Ok(StatementRow {
-                    sequence,
-                    recorded_at_micros,
-                    occurred_at_micros,
-                    kind,
-                    signer_id,
-                    amount: r.option(SnapshotReader::money)?,
-                    allocated: r.money()?,
-                    paid_in: r.money()?,
-                    spent: r.money()?,
-                    held: r.money()?,
-                    refusal_code: r.option(SnapshotReader::u32)?,
-                })
-            })?;
-            if rows.is_empty() || !rows.windows(2).all(|w| w[0].sequence < w[1].sequence) {
+            let rows = r.seq(|r| read_row(r, &signers))?;
+            let ordered = rows.windows(2).all(|w| w[0].sequence < w[1].sequence)
+                && rows.first().map_or(forgotten_through > 0, |first| {
+                    first.sequence > forgotten_through
+                });
+            if !ordered {
                 return Err(SnapshotReader::bad(
                     at,
                     "rows missing or out of sequence order",
@@ -208,11 +368,21 @@ impl Statements {
                 allocated,
                 paid_in,
                 spent,
+                forgotten_through,
                 rows,
             };
             Ok((id, s))
         })?;
+        // Canonical: the list holds exactly the signers the rows name.
+        let named: BTreeSet<&str> = budgets
+            .values()
+            .flat_map(|s: &Statement| s.rows.iter().map(|r| &*r.signer_id))
+            .collect();
+        if named.len() != signers.len() {
+            return Err(SnapshotReader::bad(at, "a signer id no row names"));
+        }
         Ok(Statements {
+            resident: budgets.values().map(|s: &Statement| s.rows.len()).sum(),
             budgets,
             signers: signers.into_iter().collect(),
         })
@@ -242,6 +412,7 @@ impl Projection for Statements {
                     allocated: Money::ZERO,
                     paid_in: Money::ZERO,
                     spent: Money::ZERO,
+                    forgotten_through: 0,
                     rows: Vec::new(),
                 },
             );
@@ -306,6 +477,7 @@ impl Projection for Statements {
             KIND_FIELDS.contains(&kind.field_name()),
             "add the kind to KIND_FIELDS"
         );
+        self.resident += 1;
         s.rows.push(StatementRow {
             sequence: c.head.sequence,
             recorded_at_micros: c.head.recorded_at_micros,
