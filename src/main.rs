@@ -5,6 +5,7 @@
 //! `phb-domain`, storage in `phb-store`, the write path in `phb-engine` and
 //! the gRPC surface in `phb-grpc`.
 
+mod allocator;
 mod audit_export;
 mod backup;
 mod bench;
@@ -207,7 +208,6 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     use std::io::IsTerminal;
     config::adopt_old_env_names();
-    tune_allocator();
     let cli = Cli::parse();
     // `serve`'s settings first: they say how to log.
     let (command, settings) = match cli.command {
@@ -686,22 +686,6 @@ fn ignore_sigxfsz() {
     // code and touches no memory; it is done once, at start-up.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-}
-
-/// glibc raises its mmap threshold after the first large buffer is freed
-/// (up to 32 MiB), so later request buffers come from the heap, and a heap
-/// rarely shrinks: after a burst of large requests the process kept its
-/// peak size. A fixed threshold keeps every buffer above 128 KiB in its own
-/// mapping, returned to the system when freed. (phb-grpc trims the heap
-/// after a burst for the smaller buffers.)
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's allocation parameters. It is
-    // called once, first thing in `main`, before any other thread exists
-    // (glibc documents it as unsafe to race with allocation in other threads).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -141,11 +141,12 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Large request bodies are freed back to glibc's heap, which keeps the
-/// memory (RSS stays at the peak after an attack ends). Once the buffers
-/// have held a lot and have mostly drained, `malloc_trim` returns the free
-/// pages. `M_MMAP_THRESHOLD`, set at start by the binary, already sends the
-/// largest buffers to their own mappings; this catches the rest.
+/// Under glibc's malloc, large request bodies are freed back to its heap,
+/// which keeps the memory (RSS stays at the peak after an attack ends).
+/// Once the buffers have held a lot and have mostly drained, `malloc_trim`
+/// returns the free pages. (The `phb-ledger` binary allocates with
+/// jemalloc, whose background thread returns freed pages by itself —
+/// `src/allocator.rs`; this then trims only what glibc itself holds.)
 async fn give_back_memory(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TRIM_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
