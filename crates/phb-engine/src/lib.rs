@@ -23,6 +23,7 @@ mod rows;
 mod shared;
 mod snapshot;
 mod verifiable;
+mod verifiers;
 
 pub use shared::Role;
 
@@ -42,7 +43,8 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 /// (gRPC deadlines bound how long).
 pub const QUEUE_DEPTH: usize = 1024;
 
-/// Requests with more events than this are prechecked on the blocking pool.
+/// Requests with more events than this are prechecked on the blocking
+/// pool, smaller ones on the verifier threads.
 const PRECHECK_INLINE_EVENTS: usize = 16;
 
 // The writer takes whole requests into a group only while one more fits.
@@ -198,6 +200,8 @@ pub struct Engine {
     reader: Arc<LogReader>,
     verifiable: Arc<RwLock<Verifiable>>,
     snapshots: Arc<snapshot::Taker>,
+    /// Where appended events' signatures are checked (`verifiers.rs`).
+    verifiers: Arc<verifiers::Verifiers>,
     // Shared with the writer thread: the directory stays locked until the
     // last handle and the writer (which owns the store) are gone. Last, so
     // it is released after the reader's files are closed.
@@ -309,6 +313,8 @@ impl Engine {
             .name("phb-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(OpenError::Thread)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let verifiers = Arc::new(verifiers::Verifiers::start(threads).map_err(OpenError::Thread)?);
         Ok((
             Engine {
                 tx,
@@ -319,6 +325,7 @@ impl Engine {
                 reader,
                 verifiable,
                 snapshots,
+                verifiers,
                 _lock: lock,
             },
             report,
@@ -468,21 +475,22 @@ impl Engine {
     /// with what passed). In an atomic request one failed precheck refuses
     /// the whole request before it reaches the writer.
     pub async fn submit(&self, events: Vec<SignedEvent>, atomic: bool) -> Vec<Outcome> {
-        // A large request's signatures take milliseconds to check: do that
-        // on the blocking pool, so that a flood of big requests cannot hold
-        // the async workers small requests need.
+        // Off the async workers, so reads are not queued behind signature
+        // checks (`verifiers.rs`). A large request's signatures take
+        // milliseconds: those go to the blocking pool instead, so a flood
+        // of big requests cannot hold the verifiers small requests need.
+        let engine = self.clone();
         let checked = if events.len() > PRECHECK_INLINE_EVENTS {
-            let engine = self.clone();
-            match tokio::task::spawn_blocking(move || engine.precheck(events)).await {
-                Ok(checked) => checked,
-                Err(_) => {
-                    return vec![Outcome::Rejected(Reject::unavailable(
-                        "checking the request's signatures failed; retry",
-                    ))]
-                }
-            }
+            tokio::task::spawn_blocking(move || engine.precheck(events))
+                .await
+                .ok()
         } else {
-            self.precheck(events)
+            self.verifiers.run(move || engine.precheck(events)).await
+        };
+        let Some(checked) = checked else {
+            return vec![Outcome::Rejected(Reject::unavailable(
+                "checking the request's signatures failed; retry",
+            ))];
         };
         if atomic {
             if let Some(failed_at) = checked.iter().position(Result::is_err) {
