@@ -34,7 +34,7 @@ if [ -n "${PHB_LEDGER_BIN:-}" ]; then
   BIN="$PHB_LEDGER_BIN"
 else
   cargo build --locked --quiet --bin phb-ledger
-  BIN="$REPO/target/debug/phb-ledger"
+  BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/phb-ledger"
 fi
 
 WORK="$(mktemp -d)"
