@@ -222,23 +222,50 @@ pub struct ReadRun {
 /// Starts `n` readers, each sending GetBalance as one of `readers` (in
 /// turn) on a budget of its own picked at random, until `stop` is set:
 /// `rate` calls a second between them all, or back to back if 0.
+///
+/// The readers run on a thread and runtime of their own, each on its own
+/// HTTP/2 connection: a commissioner's dashboard is another process on
+/// another connection than a payroll provider's submissions, so its calls
+/// must not wait behind the append clients' frames on a shared connection
+/// or behind their tasks in the load generator's own scheduler. What the
+/// latency then measures is the server's.
 pub fn spawn_readers(
-    channels: &[Channel],
+    url: &str,
     readers: Arc<Vec<Reader>>,
     n: usize,
     rate: u32,
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<ReadRun>> {
+) -> Result<std::thread::JoinHandle<Result<Vec<ReadRun>>>> {
     // Each reader's share of the rate, as the time between its calls.
     let every = (rate > 0).then(|| Duration::from_secs_f64(n as f64 / f64::from(rate)));
-    (0..n)
-        .map(|i| {
-            let client = Client::new(channels[i % channels.len()].clone());
-            let readers = readers.clone();
-            let stop = stop.clone();
-            tokio::spawn(read_loop(client, readers, i, every, stop))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the readers' runtime")?;
+    let url = url.to_string();
+    let thread = std::thread::Builder::new()
+        .name("bench-readers".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let channels = connect(&url, n).await?;
+                let tasks: Vec<_> = channels
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, channel)| {
+                        let readers = readers.clone();
+                        let stop = stop.clone();
+                        tokio::spawn(read_loop(Client::new(channel), readers, i, every, stop))
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    out.push(t.await.context("a reader failed")?);
+                }
+                Ok(out)
+            })
         })
-        .collect()
+        .context("starting the readers' thread")?;
+    Ok(thread)
 }
 
 async fn read_loop(

@@ -488,15 +488,15 @@ async fn timed_run(
     let threads_before = server_pid.map(server::thread_cpu_seconds).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader_tasks = if with_readers {
-        load::spawn_readers(
-            &channels,
+        Some(load::spawn_readers(
+            url,
             readers.clone(),
             args.readers,
             args.read_rate,
             stop.clone(),
-        )
+        )?)
     } else {
-        Vec::new()
+        None
     };
     let mut run = load::run_appends(&channels, shares).await?;
     stop.store(true, Ordering::Relaxed);
@@ -509,8 +509,14 @@ async fn timed_run(
     if with_readers {
         let mut latencies = load::Latencies::default();
         let (mut errors, mut reasons) = (0, Vec::new());
-        for t in reader_tasks {
-            let r = t.await.context("a reader failed")?;
+        let runs = match reader_tasks {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .context("waiting for the readers")?
+                .map_err(|_| anyhow::anyhow!("the readers' thread panicked"))??,
+            None => Vec::new(),
+        };
+        for r in runs {
             latencies.extend(r.latencies);
             errors += r.errors;
             reasons.extend(r.reasons);
